@@ -1,0 +1,458 @@
+"""A quantizable BERT in Flax Linen, with the outputs distillation needs.
+
+What is quantized follows the papers and the released code: the word embedding; the Q, K, V,
+attention-output, FFN and pooler weights and their inputs; Q and K before QKᵀ; the attention
+probabilities and V before the weighted sum. Position and segment embeddings, LayerNorm, biases,
+softmax, residuals and the task head stay full precision. Attention probabilities and the second
+FFN input are quantized asymmetrically by default, everything else symmetrically.
+
+Parameter tree (Flax names; a *split* weight has a leading axis of 2, its two binary halves)::
+
+    embeddings/{word_embeddings (V,H) | (2,V,H), position_embeddings (P,H),
+                token_type_embeddings (T,H), LayerNorm/{scale,bias}}
+    encoder/layer_<i>/attention/{query,key,value,output}/{kernel (in,out) | (2,in,out),
+                                                         bias (out,) | (2,out), input_clip|input_step}
+    encoder/layer_<i>/attention/{query_clip,key_clip,value_clip,probs_clip} (or *_step for LSQ)
+    encoder/layer_<i>/attention/LayerNorm, encoder/layer_<i>/ffn/{intermediate,output}/..., ffn/LayerNorm
+    pooler/dense/...,  classifier/{kernel,bias} or span/{kernel,bias}
+
+Activation quantizer parameters are ``input_clip`` (a ``[lower, upper]`` pair, uniform) or
+``input_step`` (a scalar, LSQ), named ``*_clip`` / ``*_step`` so the optimizer can find them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any, Optional
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from binarybert_jax import quant
+
+# The released code's additive mask constant (Hugging Face uses the dtype's minimum instead).
+MASK_VALUE = -10000.0
+ACTIVATIONS = ("gelu", "gelu_tanh", "relu")
+
+
+@dataclasses.dataclass(frozen=True)
+class BertConfig:
+    """Architecture. ``num_heads`` and ``intermediate_size`` are those actually present (after a
+    width multiplier); ``head_dim`` is kept, so a half-width model has half the heads of its
+    parent, each as wide as before, and the same hidden size."""
+
+    vocab_size: int = 30522
+    hidden_size: int = 768
+    num_layers: int = 12
+    num_heads: int = 12
+    head_dim: int = 64
+    intermediate_size: int = 3072
+    max_position: int = 512
+    type_vocab_size: int = 2
+    hidden_act: str = "gelu"
+    layer_norm_eps: float = 1e-12
+    hidden_dropout: float = 0.1
+    attention_dropout: float = 0.1
+    pad_token_id: int = 0
+
+    def __post_init__(self):
+        if self.hidden_act not in ACTIVATIONS:
+            raise ValueError(f"hidden_act {self.hidden_act!r} not supported; allowed: {ACTIVATIONS}")
+        for field in ("vocab_size", "hidden_size", "num_layers", "num_heads", "head_dim",
+                      "intermediate_size", "max_position", "type_vocab_size"):
+            if getattr(self, field) <= 0:
+                raise ValueError(f"BertConfig.{field} must be positive, got {getattr(self, field)}")
+
+    @property
+    def attention_size(self) -> int:
+        """Width of Q, K, V (all heads together)."""
+        return self.num_heads * self.head_dim
+
+    def with_width(self, multiplier: float) -> "BertConfig":
+        """The config of a width-``multiplier`` sub-network: heads and FFN neurons scaled."""
+        if not 0 < multiplier <= 1:
+            raise ValueError(f"width multiplier must be in (0, 1], got {multiplier}")
+        heads = max(1, round(self.num_heads * multiplier))
+        inter = max(1, round(self.intermediate_size * multiplier))
+        return dataclasses.replace(self, num_heads=heads, intermediate_size=inter)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "BertConfig":
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - names)
+        if unknown:
+            raise ValueError(f"unknown BertConfig keys {unknown}; known: {sorted(names)}")
+        return cls(**d)
+
+
+@dataclasses.dataclass(frozen=True)
+class QuantConfig:
+    """Quantization, "W-E-A" bits as the papers write them: Transformer weights, word embedding,
+    activations. 32 bits means full precision.
+
+    Attributes:
+      weight_method / embed_method: ``twn`` | ``bwn`` | ``lat`` | ``uniform``.
+      act_method: ``uniform`` (clip + dynamic range) | ``lsq`` (learned step size).
+      weight_granularity / embed_granularity: ``layer`` (one scale per matrix) | ``row`` (one per
+        output unit of a kernel, per token of the embedding).
+      act_scope: ``tensor`` (released code: whole tensor, batch and padding included) | ``example`` |
+        ``token``. ``act_ignore_padding`` leaves padding out of the ranges.
+      act_axis_name: mapped axis (e.g. ``data``) over which dynamic ranges are reduced, so several
+        devices agree; None keeps each device's own ranges (the released code's behaviour on DDP).
+      sym_qkvo / sym_ffn_attn: symmetric quantization for Q/K/V/dense inputs, and for the attention
+        probabilities and second FFN input (asymmetric by default).
+      split: ternary-weight-split model: each quantized matrix (and the word embedding) holds two
+        latent halves whose quantized sum is the weight; ``unsplit`` names matrices kept single
+        (adaptive splitting), e.g. ``encoder/layer_0/ffn/output``.
+      split_shared_act: both halves share one input quantizer, so the forward is one matmul with
+        the summed quantized kernel. False gives each half its own quantizer, as the released code.
+    """
+
+    weight_bits: int = 32
+    embed_bits: int = 32
+    act_bits: int = 32
+    weight_method: str = "twn"
+    embed_method: str = "twn"
+    act_method: str = "uniform"
+    weight_granularity: str = "layer"
+    embed_granularity: str = "row"
+    act_scope: str = "tensor"
+    act_ignore_padding: bool = False
+    act_axis_name: Optional[str] = None
+    clip_init: float = 2.5
+    sym_qkvo: bool = True
+    sym_ffn_attn: bool = False
+    quantize_pooler: bool = True
+    split: bool = False
+    unsplit: tuple[str, ...] = ()
+    split_shared_act: bool = True
+
+    def __post_init__(self):
+        quant.check_weight_method(self.weight_method, self.weight_bits)
+        quant.check_weight_method(self.embed_method, self.embed_bits)
+        if self.act_method not in quant.ACT_METHODS:
+            raise ValueError(f"act_method {self.act_method!r}; allowed: {quant.ACT_METHODS}")
+        if not (2 <= self.act_bits <= 16 or self.act_bits == 32):
+            raise ValueError(f"act_bits must be in 2..16 or 32, got {self.act_bits}")
+        for field in ("weight_granularity", "embed_granularity"):
+            if getattr(self, field) not in ("layer", "row"):
+                raise ValueError(f"{field} must be 'layer' or 'row', got {getattr(self, field)!r}")
+        if self.act_scope not in ("tensor", "example", "token"):
+            raise ValueError(f"act_scope must be tensor, example or token, got {self.act_scope!r}")
+        object.__setattr__(self, "unsplit", tuple(self.unsplit))
+
+    @property
+    def quantizes_acts(self) -> bool:
+        return self.act_bits < quant.FULL_PRECISION_BITS
+
+    def is_split(self, path: str) -> bool:
+        return self.split and path not in self.unsplit
+
+    def to_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        d["unsplit"] = list(self.unsplit)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "QuantConfig":
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - names)
+        if unknown:
+            raise ValueError(f"unknown QuantConfig keys {unknown}; known: {sorted(names)}")
+        return cls(**{k: tuple(v) if k == "unsplit" else v for k, v in d.items()})
+
+
+FULL_PRECISION = QuantConfig()
+
+
+def splittable_paths(config: BertConfig, pooler: bool = True) -> list[str]:
+    """Paths of every matrix that is quantized (and so can be split), in model order."""
+    paths = ["embeddings/word_embeddings"]
+    for i in range(config.num_layers):
+        paths += [f"encoder/layer_{i}/attention/{n}" for n in ("query", "key", "value", "output")]
+        paths += [f"encoder/layer_{i}/ffn/{n}" for n in ("intermediate", "output")]
+    if pooler:
+        paths.append("pooler/dense")
+    return paths
+
+
+def _activation(name: str):
+    if name == "gelu":
+        return lambda x: jax.nn.gelu(x, approximate=False)
+    if name == "gelu_tanh":
+        return lambda x: jax.nn.gelu(x, approximate=True)
+    return jax.nn.relu
+
+
+class _ActQuantMixin:
+    """Creates and applies one activation quantizer inside a compact method.
+
+    Under a mutable ``lsq_init`` collection (the calibration pass), an LSQ quantizer sets its step
+    from the data it sees (the released code's first-batch initialisation), quantizes with it, and
+    records it there; ``init_lsq_steps`` then writes those values into the parameters.
+    """
+
+    def act_quant(self, name: str, x, quant_cfg: QuantConfig, symmetric: bool, token_axes,
+                  mask=None, stacked: int = 0):
+        if not quant_cfg.quantizes_acts:
+            return x
+        cfg = quant_cfg
+        shape = (stacked,) if stacked else ()
+        if cfg.act_method == "uniform":
+            param = self.param(f"{name}_clip",
+                               lambda _: jnp.tile(jnp.array([-cfg.clip_init, cfg.clip_init],
+                                                            jnp.float32), shape + (1,)))
+        else:
+            param = self.param(f"{name}_step", lambda _: jnp.ones(shape, jnp.float32))
+        axes = quant.scope_axes(cfg.act_scope, x.ndim, token_axes)
+        mask = mask if cfg.act_ignore_padding else None
+
+        def apply(p):
+            if cfg.act_method == "lsq" and self.is_mutable_collection("lsq_init"):
+                p = quant.lsq_init_step(x, cfg.act_bits, symmetric, mask, cfg.act_axis_name)
+                self.sow("lsq_init", f"{name}_step", p)
+            return quant.quantize_act(x, p, cfg.act_method, cfg.act_bits, symmetric, axes, mask,
+                                      cfg.act_axis_name)
+
+        if stacked:
+            return [apply(param[i]) for i in range(stacked)]
+        return apply(param)
+
+
+class QuantDense(nn.Module, _ActQuantMixin):
+    """A dense layer with quantized input and weight; optionally split into two binary halves."""
+
+    features: int
+    quant_cfg: QuantConfig
+    quantized: bool = True
+    split: bool = False
+    input_symmetric: bool = True
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x, mask=None):
+        cfg = self.quant_cfg
+        lead = (2,) if self.split else ()
+        kernel = self.param("kernel", nn.initializers.normal(0.02), lead + (x.shape[-1], self.features),
+                            jnp.float32)
+        bias = self.param("bias", nn.initializers.zeros, lead + (self.features,), jnp.float32)
+        if not self.quantized:
+            return jnp.dot(x.astype(self.dtype), kernel.astype(self.dtype)) + bias.astype(self.dtype)
+        diag = self.get_variable("lat_diag", "kernel") if self.has_variable("lat_diag", "kernel") else None
+        axes = quant.LAYERWISE if cfg.weight_granularity == "layer" else (-2,)
+        w = quant.quantize_weight(kernel, cfg.weight_method, cfg.weight_bits, axes, diag)
+        token_axes = tuple(range(1, x.ndim - 1))
+        if self.split and not cfg.split_shared_act:
+            xs = self.act_quant("input", x, cfg, self.input_symmetric, token_axes, mask, stacked=2)
+            y = sum(jnp.dot(xs[i].astype(self.dtype), w[i].astype(self.dtype)) for i in range(2))
+            return y + jnp.sum(bias, 0).astype(self.dtype)
+        xq = self.act_quant("input", x, cfg, self.input_symmetric, token_axes, mask)
+        if self.split:
+            # Both halves see the same quantized input: x·Ŵ1 + x·Ŵ2 = x·(Ŵ1 + Ŵ2), one matmul, and
+            # its kernel gradient reaches both latent halves through the sum.
+            w, bias = w[0] + w[1], bias[0] + bias[1]
+        return jnp.dot(xq.astype(self.dtype), w.astype(self.dtype)) + bias.astype(self.dtype)
+
+
+class Embeddings(nn.Module):
+    config: BertConfig
+    quant_cfg: QuantConfig
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, input_ids, token_type_ids, deterministic: bool):
+        cfg, qcfg = self.config, self.quant_cfg
+        split = qcfg.is_split("embeddings/word_embeddings") and qcfg.embed_bits < 32
+        lead = (2,) if split else ()
+        table = self.param("word_embeddings", nn.initializers.normal(0.02),
+                           lead + (cfg.vocab_size, cfg.hidden_size), jnp.float32)
+        if qcfg.embed_granularity == "row":
+            # Row-wise scales depend on the row alone, so quantizing the gathered rows equals
+            # gathering from the quantized table, at a fraction of the work.
+            words = quant.quantize_weight(jnp.take(table, input_ids, axis=-2), qcfg.embed_method,
+                                          qcfg.embed_bits, (-1,))
+        else:
+            words = jnp.take(quant.quantize_weight(table, qcfg.embed_method, qcfg.embed_bits,
+                                                   quant.LAYERWISE), input_ids, axis=-2)
+        if split:
+            words = words[0] + words[1]
+        positions = self.param("position_embeddings", nn.initializers.normal(0.02),
+                               (cfg.max_position, cfg.hidden_size), jnp.float32)
+        types = self.param("token_type_embeddings", nn.initializers.normal(0.02),
+                           (cfg.type_vocab_size, cfg.hidden_size), jnp.float32)
+        seq = input_ids.shape[-1]
+        if seq > cfg.max_position:
+            raise ValueError(f"sequence length {seq} exceeds max_position {cfg.max_position}")
+        x = words + positions[None, :seq] + jnp.take(types, token_type_ids, axis=0)
+        x = nn.LayerNorm(cfg.layer_norm_eps, dtype=self.dtype, name="LayerNorm")(x.astype(self.dtype))
+        return nn.Dropout(cfg.hidden_dropout)(x, deterministic=deterministic)
+
+
+class SelfAttention(nn.Module, _ActQuantMixin):
+    config: BertConfig
+    quant_cfg: QuantConfig
+    where: str
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x, mask_bias, token_mask, deterministic: bool):
+        cfg, qcfg = self.config, self.quant_cfg
+        batch, seq = x.shape[:2]
+        tok = token_mask[:, :, None] if token_mask is not None else None
+
+        def dense(name, features, sym=True):
+            return QuantDense(features, qcfg, split=qcfg.is_split(f"{self.where}/{name}"),
+                              input_symmetric=sym, dtype=self.dtype, name=name)
+
+        def heads(t):  # (B, T, H·d) -> (B, H, T, d)
+            return t.reshape(batch, seq, cfg.num_heads, cfg.head_dim).transpose(0, 2, 1, 3)
+
+        q = heads(dense("query", cfg.attention_size)(x, tok))
+        k = heads(dense("key", cfg.attention_size)(x, tok))
+        v = heads(dense("value", cfg.attention_size)(x, tok))
+        head_tok = token_mask[:, None, :, None] if token_mask is not None else None
+        q = self.act_quant("query", q, qcfg, qcfg.sym_qkvo, (2,), head_tok)
+        k = self.act_quant("key", k, qcfg, qcfg.sym_qkvo, (2,), head_tok)
+        scores = jnp.einsum("bhqd,bhkd->bhqk", q, k) / math.sqrt(cfg.head_dim)
+        scores = scores.astype(jnp.float32) + mask_bias
+        probs = jax.nn.softmax(scores, axis=-1).astype(self.dtype)
+        probs = nn.Dropout(cfg.attention_dropout)(probs, deterministic=deterministic)
+        pair_mask = None
+        if token_mask is not None:
+            pair_mask = token_mask[:, None, :, None] & token_mask[:, None, None, :]
+        probs = self.act_quant("probs", probs, qcfg, qcfg.sym_ffn_attn, (2,), pair_mask)
+        v = self.act_quant("value", v, qcfg, qcfg.sym_qkvo, (2,), head_tok)
+        context = jnp.einsum("bhqk,bhkd->bqhd", probs, v).reshape(batch, seq, cfg.attention_size)
+        out = dense("output", cfg.hidden_size)(context, tok)
+        out = nn.Dropout(cfg.hidden_dropout)(out, deterministic=deterministic)
+        out = nn.LayerNorm(cfg.layer_norm_eps, dtype=self.dtype, name="LayerNorm")(out + x)
+        return out, scores, probs
+
+
+class FeedForward(nn.Module):
+    config: BertConfig
+    quant_cfg: QuantConfig
+    where: str
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x, token_mask, deterministic: bool):
+        cfg, qcfg = self.config, self.quant_cfg
+        tok = token_mask[:, :, None] if token_mask is not None else None
+        h = QuantDense(cfg.intermediate_size, qcfg, split=qcfg.is_split(f"{self.where}/intermediate"),
+                       input_symmetric=qcfg.sym_qkvo, dtype=self.dtype, name="intermediate")(x, tok)
+        h = _activation(cfg.hidden_act)(h)
+        out = QuantDense(cfg.hidden_size, qcfg, split=qcfg.is_split(f"{self.where}/output"),
+                         input_symmetric=qcfg.sym_ffn_attn, dtype=self.dtype, name="output")(h, tok)
+        out = nn.Dropout(cfg.hidden_dropout)(out, deterministic=deterministic)
+        return nn.LayerNorm(cfg.layer_norm_eps, dtype=self.dtype, name="LayerNorm")(out + x)
+
+
+class Layer(nn.Module):
+    config: BertConfig
+    quant_cfg: QuantConfig
+    where: str
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x, mask_bias, token_mask, deterministic: bool):
+        x, scores, probs = SelfAttention(self.config, self.quant_cfg, f"{self.where}/attention",
+                                         self.dtype, name="attention")(
+            x, mask_bias, token_mask, deterministic)
+        x = FeedForward(self.config, self.quant_cfg, f"{self.where}/ffn", self.dtype, name="ffn")(
+            x, token_mask, deterministic)
+        return x, scores, probs
+
+
+class BertModel(nn.Module):
+    """The quantizable BERT encoder with pooler and a task head.
+
+    ``head``: ``classification`` (``num_labels`` logits from the pooled [CLS]; 1 label = regression),
+    ``span`` (start/end logits per token, SQuAD-style) or ``none``.
+    """
+
+    config: BertConfig
+    quant_cfg: QuantConfig = FULL_PRECISION
+    head: str = "classification"
+    num_labels: int = 2
+    dtype: Any = jnp.float32
+    mask_value: float = MASK_VALUE
+
+    @nn.compact
+    def __call__(self, input_ids, token_type_ids=None, attention_mask=None, *,
+                 deterministic: bool = True, output_attention_probs: bool = False):
+        """Runs the model.
+
+        Args:
+          input_ids, token_type_ids, attention_mask: int arrays ``(B, T)``; mask 1 for real tokens.
+          deterministic: False enables dropout (needs a ``dropout`` rng).
+          output_attention_probs: also return post-softmax attention probabilities.
+        Returns:
+          dict with ``hidden_states`` (tuple of L+1 ``(B, T, H)``: embedding output then each layer),
+          ``attention_scores`` (tuple of L ``(B, heads, T, T)`` pre-softmax scores, mask added,
+          float32), ``pooled`` ``(B, H)``, ``logits`` (``(B, num_labels)`` or ``(B, T, 2)``), and
+          ``attention_probs`` when asked.
+        """
+        cfg, qcfg = self.config, self.quant_cfg
+        if token_type_ids is None:
+            token_type_ids = jnp.zeros_like(input_ids)
+        if attention_mask is None:
+            attention_mask = jnp.ones_like(input_ids)
+        token_mask = attention_mask.astype(bool)
+        mask_bias = jnp.where(token_mask, 0.0, self.mask_value).astype(jnp.float32)[:, None, None, :]
+
+        x = Embeddings(cfg, qcfg, self.dtype, name="embeddings")(input_ids, token_type_ids, deterministic)
+        hidden, scores, probs = Encoder(cfg, qcfg, self.dtype, name="encoder")(
+            x, mask_bias, token_mask, deterministic)
+        pooled = Pooler(cfg, qcfg, self.dtype, name="pooler")(hidden[-1])
+        outputs = {"hidden_states": hidden, "attention_scores": scores, "pooled": pooled}
+        if output_attention_probs:
+            outputs["attention_probs"] = probs
+        if self.head == "classification":
+            h = nn.Dropout(cfg.hidden_dropout)(pooled, deterministic=deterministic)
+            outputs["logits"] = nn.Dense(self.num_labels, dtype=jnp.float32, name="classifier",
+                                         kernel_init=nn.initializers.normal(0.02))(h)
+        elif self.head == "span":
+            outputs["logits"] = nn.Dense(2, dtype=jnp.float32, name="span",
+                                         kernel_init=nn.initializers.normal(0.02))(hidden[-1])
+        elif self.head != "none":
+            raise ValueError(f"unknown head {self.head!r}; allowed: classification, span, none")
+        return outputs
+
+
+class Encoder(nn.Module):
+    config: BertConfig
+    quant_cfg: QuantConfig
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x, mask_bias, token_mask, deterministic: bool):
+        hidden, scores, probs = [x], [], []
+        for i in range(self.config.num_layers):
+            x, s, p = Layer(self.config, self.quant_cfg, f"encoder/layer_{i}", self.dtype,
+                            name=f"layer_{i}")(x, mask_bias, token_mask, deterministic)
+            hidden.append(x)
+            scores.append(s)
+            probs.append(p)
+        return tuple(hidden), tuple(scores), tuple(probs)
+
+
+class Pooler(nn.Module):
+    """tanh(dense([CLS])), the dense layer quantized like the encoder's (released code)."""
+
+    config: BertConfig
+    quant_cfg: QuantConfig
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, sequence):
+        qcfg = self.quant_cfg
+        dense = QuantDense(self.config.hidden_size, qcfg, quantized=qcfg.quantize_pooler,
+                           split=qcfg.quantize_pooler and qcfg.is_split("pooler/dense"),
+                           input_symmetric=qcfg.sym_qkvo, dtype=self.dtype, name="dense")
+        return jnp.tanh(dense(sequence[:, 0]))

@@ -1,0 +1,398 @@
+"""Quantizers with straight-through gradients: the one home of every quantization formula.
+
+Pure functions on arrays, differentiable through ``jax.custom_vjp``; they compose with ``jit``,
+``grad``, ``vmap`` and ``shard_map``. The model, the ternary weight splitting, the exporter and the
+tests all call these, so a formula is written exactly once.
+
+Weights (straight-through: the latent full-precision weight receives the gradient unchanged):
+  * ``ternarize`` (TWN), ``binarize`` (BWN), ``loss_aware_quantize`` (LAT/LAQ, optional diagonal),
+    ``uniform_weight_quantize`` (symmetric k-bit, for 8-bit baselines); ``quantize_weight`` dispatches.
+  * Granularity is given as the axes a scale is shared over: ``(-2, -1)`` is one scale per matrix
+    ("layer-wise"), ``(-1,)`` one scale per row of an embedding table, ``(-2,)`` one scale per output
+    unit of a ``(in, out)`` Flax kernel. A leading stacking axis (the two halves of a split weight)
+    therefore always gets scales of its own.
+
+Activations (dynamic ranges; the input gradient is zero outside the clip range):
+  * ``uniform_act_quantize``: clip to learnable ``[c_lo, c_hi]`` then symmetric max-abs or asymmetric
+    min-max k-bit quantization; PACT-style clip gradients.
+  * ``lsq_act_quantize``: LSQ with a learned step size, symmetric or asymmetric; ``lsq_init_step``
+    is the released code's data-driven initial step.
+  * Range statistics are shared over ``reduce_axes`` (``None``: the whole tensor, batch and padding
+    included, as the released code does), restricted to ``mask`` where given, and reduced across the
+    devices of ``axis_name`` where given (so a sharded step matches a single-device one).
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from typing import Optional, Sequence
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+Axes = Optional[tuple[int, ...]]
+
+LAYERWISE: tuple[int, ...] = (-2, -1)
+WEIGHT_METHODS = ("twn", "bwn", "lat", "uniform")
+ACT_METHODS = ("uniform", "lsq")
+FULL_PRECISION_BITS = 32
+
+
+# --------------------------------------------------------------------------------------------
+# Straight-through estimator.
+# --------------------------------------------------------------------------------------------
+@jax.custom_vjp
+def straight_through(latent: jax.Array, quantized: jax.Array) -> jax.Array:
+    """Returns ``quantized`` in the forward pass and hands its gradient to ``latent`` unchanged."""
+    return quantized
+
+
+def _straight_through_fwd(latent, quantized):
+    return quantized, None
+
+
+def _straight_through_bwd(_, g):
+    return g, None
+
+
+straight_through.defvjp(_straight_through_fwd, _straight_through_bwd)
+
+
+def _mean(x, axes, keepdims=True):
+    return jnp.mean(x, axis=axes, keepdims=keepdims)
+
+
+def _norm_axes(axes: Axes, ndim: int) -> tuple[int, ...]:
+    if axes is None:
+        return tuple(range(ndim))
+    return tuple(sorted(a % ndim for a in axes))
+
+
+# --------------------------------------------------------------------------------------------
+# Weight quantizers: forward values (no gradient logic here).
+# --------------------------------------------------------------------------------------------
+def ternary_values(w: jax.Array, axes: Axes = LAYERWISE) -> jax.Array:
+    """TWN: Δ = 0.7·mean|w|; α = mean of |w| over entries with |w| > Δ; ŵ = α·sign(w) there, else 0."""
+    axes = _norm_axes(axes, w.ndim)
+    abs_w = jnp.abs(w)
+    delta = 0.7 * _mean(abs_w, axes)
+    keep = abs_w > delta
+    kept = jnp.sum(keep, axis=axes, keepdims=True)
+    alpha = jnp.sum(jnp.where(keep, abs_w, 0), axis=axes, keepdims=True) / jnp.maximum(kept, 1)
+    return jnp.where(keep, alpha * jnp.sign(w), jnp.zeros_like(w))
+
+
+def binary_values(w: jax.Array, axes: Axes = LAYERWISE) -> jax.Array:
+    """BWN: ŵ = α·sign(w) with α = mean|w|."""
+    axes = _norm_axes(axes, w.ndim)
+    return jnp.sign(w) * _mean(jnp.abs(w), axes)
+
+
+def loss_aware_values(w: jax.Array, bits: int, axes: Axes = LAYERWISE,
+                      diag: Optional[jax.Array] = None, iterations: int = 10) -> jax.Array:
+    """LAT/LAQ: approximately minimises ‖w − α·b‖²_D with D = diag(√v + 1e-8) (identity without ``v``).
+
+    ``bits == 1`` is loss-aware binarization (α = Σ|D·w| / ΣD, b = sign w). Otherwise b takes the
+    ``2·(2^(bits−1) − 1) + 1`` symmetric levels in [−1, 1] and α, b alternate ``iterations`` times
+    from b = sign(w), as the released code does.
+    """
+    axes = _norm_axes(axes, w.ndim)
+    d = jnp.ones_like(w) if diag is None else jnp.sqrt(diag.astype(w.dtype)) + 1e-8
+    if bits == 1:
+        alpha = jnp.sum(jnp.abs(d * w), axes, keepdims=True) / jnp.sum(d, axes, keepdims=True)
+        return alpha * jnp.sign(w)
+    levels = 2 ** (bits - 1) - 1
+
+    def refit(b):
+        alpha = (jnp.sum(jnp.abs(b * d * w), axes, keepdims=True)
+                 / jnp.maximum(jnp.sum(jnp.abs(b * d), axes, keepdims=True), 1e-30))
+        b = jnp.round(jnp.clip(w / alpha, -1.0, 1.0) * levels) / levels
+        return alpha, b
+
+    alpha, b = refit(jnp.sign(w))
+    alpha, b = lax.fori_loop(0, iterations, lambda _, ab: refit(ab[1]), (alpha, b))
+    return alpha * b
+
+
+def uniform_weight_values(w: jax.Array, bits: int, axes: Axes = LAYERWISE) -> jax.Array:
+    """Symmetric k-bit: s = (2^(bits−1) − 1)/max|w|, ŵ = round(w·s)/s."""
+    axes = _norm_axes(axes, w.ndim)
+    max_abs = jnp.max(jnp.abs(w), axis=axes, keepdims=True)
+    scale = (2 ** (bits - 1) - 1) / jnp.where(max_abs > 0, max_abs, 1)
+    return jnp.round(w * scale) / scale
+
+
+def weight_quant_values(w: jax.Array, method: str, bits: int, axes: Axes = LAYERWISE,
+                        diag: Optional[jax.Array] = None) -> jax.Array:
+    """The quantized values of ``w`` for a method and bit width (no gradient rule attached)."""
+    check_weight_method(method, bits)
+    if bits >= FULL_PRECISION_BITS:
+        return w
+    if method == "twn":
+        return ternary_values(w, axes)
+    if method == "bwn":
+        return binary_values(w, axes)
+    if method == "lat":
+        return loss_aware_values(w, bits, axes, diag)
+    return uniform_weight_values(w, bits, axes)
+
+
+def check_weight_method(method: str, bits: int) -> None:
+    """Raises ValueError for an unknown method or a bit width the method cannot produce."""
+    if bits >= FULL_PRECISION_BITS:
+        return
+    if method not in WEIGHT_METHODS:
+        raise ValueError(f"unknown weight quantization method {method!r}; allowed: {WEIGHT_METHODS}")
+    allowed = {"twn": (2,), "bwn": (1,), "lat": tuple(range(1, 9)), "uniform": tuple(range(2, 17))}
+    if bits not in allowed[method]:
+        raise ValueError(f"weight method {method!r} cannot quantize to {bits} bits; allowed bits: "
+                         f"{allowed[method]} (or 32 for full precision)")
+
+
+# --------------------------------------------------------------------------------------------
+# Weight quantizers with straight-through gradients.
+# --------------------------------------------------------------------------------------------
+def quantize_weight(w: jax.Array, method: str, bits: int, axes: Axes = LAYERWISE,
+                    diag: Optional[jax.Array] = None) -> jax.Array:
+    """Quantizes a latent weight; its gradient passes to ``w`` unchanged (straight-through).
+
+    Args:
+      w: latent full-precision weight, any shape (e.g. ``(in, out)``, ``(2, in, out)``, ``(V, H)``).
+      method: ``twn``, ``bwn``, ``lat`` or ``uniform``.
+      bits: 1 (bwn, lat), 2 (twn, lat, uniform), ... ; 32 returns ``w`` itself.
+      axes: axes one scale is shared over (see the module docstring).
+      diag: LAT only, the optimizer's second moment for ``w`` (same shape), or None for identity.
+    Returns:
+      An array like ``w`` holding the quantized values.
+    """
+    if bits >= FULL_PRECISION_BITS:
+        return w
+    values = weight_quant_values(lax.stop_gradient(w), method, bits, axes,
+                                 None if diag is None else lax.stop_gradient(diag))
+    return straight_through(w, values)
+
+
+def ternarize(w, axes: Axes = LAYERWISE):
+    """TWN ternarization with a straight-through gradient."""
+    return quantize_weight(w, "twn", 2, axes)
+
+
+def binarize(w, axes: Axes = LAYERWISE):
+    """BWN binarization with a straight-through gradient."""
+    return quantize_weight(w, "bwn", 1, axes)
+
+
+# --------------------------------------------------------------------------------------------
+# Activation range statistics.
+# --------------------------------------------------------------------------------------------
+def _masked_max(x, axes, mask, axis_name):
+    if mask is not None:
+        x = jnp.where(mask, x, -jnp.inf)
+    m = jnp.max(x, axis=axes, keepdims=True)
+    if axis_name is not None:
+        m = lax.pmax(m, axis_name)
+    return m
+
+
+def _masked_min(x, axes, mask, axis_name):
+    return -_masked_max(-x, axes, mask, axis_name)
+
+
+def _finite_or(x, fallback):
+    return jnp.where(jnp.isfinite(x), x, fallback)
+
+
+# --------------------------------------------------------------------------------------------
+# Uniform activation quantizer (symmetric max-abs or asymmetric min-max), learnable clip.
+# --------------------------------------------------------------------------------------------
+def _uniform_act_forward(x, clip, bits, symmetric, axes, mask, axis_name):
+    lo, hi = clip[0].astype(x.dtype), clip[1].astype(x.dtype)
+    xc = jnp.where(x < hi, x, hi)
+    xc = jnp.where(xc > lo, xc, lo)
+    if symmetric:
+        max_abs = _finite_or(_masked_max(jnp.abs(xc), axes, mask, axis_name), 0)
+        scale = (2 ** (bits - 1) - 1) / jnp.where(max_abs > 0, max_abs, 1).astype(x.dtype)
+        return jnp.round(xc * scale) / scale
+    x_max = _masked_max(xc, axes, mask, axis_name)
+    x_min = _finite_or(_masked_min(xc, axes, mask, axis_name), 0)
+    width = _finite_or(x_max - x_min, 0) + 1e-8
+    levels = 2 ** bits - 1
+    return (jnp.round((xc - x_min) / width * levels) / levels * width + x_min).astype(x.dtype)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4, 6))
+def _uniform_act(x, clip, bits, symmetric, axes, mask, axis_name):
+    return _uniform_act_forward(x, clip, bits, symmetric, axes, mask, axis_name)
+
+
+def _uniform_act_fwd(x, clip, bits, symmetric, axes, mask, axis_name):
+    out = _uniform_act_forward(x, clip, bits, symmetric, axes, mask, axis_name)
+    return out, (x, clip, mask)
+
+
+def _uniform_act_bwd(bits, symmetric, axes, axis_name, residuals, g):
+    x, clip, mask = residuals
+    below = x <= clip[0].astype(x.dtype)
+    above = x >= clip[1].astype(x.dtype)
+    grad_x = jnp.where(below | above, jnp.zeros_like(g), g)
+    # PACT: the clip value collects the upstream gradient of every position it clipped.
+    grad_lo = jnp.sum(jnp.where(below, g, 0), dtype=jnp.float32)
+    grad_hi = jnp.sum(jnp.where(above, g, 0), dtype=jnp.float32)
+    grad_clip = jnp.stack([grad_lo, grad_hi]).astype(clip.dtype)
+    return grad_x, grad_clip, None
+
+
+_uniform_act.defvjp(_uniform_act_fwd, _uniform_act_bwd)
+
+
+def uniform_act_quantize(x: jax.Array, clip: jax.Array, bits: int, symmetric: bool = True,
+                         reduce_axes: Axes = None, mask: Optional[jax.Array] = None,
+                         axis_name: Optional[str] = None) -> jax.Array:
+    """Uniform k-bit activation quantization with a dynamic range and a learnable clip.
+
+    Args:
+      x: activations, any shape.
+      clip: ``(2,)`` array ``[lower, upper]`` (learnable; initialised to ±2.5 in the papers).
+      bits: number of bits; 32 returns ``x``.
+      symmetric: max-abs scaling with ``2^(bits−1) − 1`` levels a side, else min-max with ``2^bits − 1``.
+      reduce_axes: axes whose range is shared; None for the whole tensor.
+      mask: optional boolean array broadcastable to ``x``; False positions (padding) are left out of
+        the range statistics.
+      axis_name: optional mapped axis over which ranges are reduced (max over devices).
+    Returns:
+      Quantized activations shaped like ``x``. Gradients: ``x`` gets the upstream gradient inside the
+      clip range and 0 outside; ``clip`` gets the summed upstream gradient at positions clipped below
+      (``clip[0]``) and above (``clip[1]``).
+    """
+    if bits >= FULL_PRECISION_BITS:
+        return x
+    if mask is not None:
+        mask = jnp.broadcast_to(mask, x.shape)
+    axes = None if reduce_axes is None else _norm_axes(reduce_axes, x.ndim)
+    return _uniform_act(x, clip, bits, bool(symmetric), axes, mask, axis_name)
+
+
+# --------------------------------------------------------------------------------------------
+# LSQ activation quantizer (learned step size).
+# --------------------------------------------------------------------------------------------
+def lsq_levels(bits: int, symmetric: bool) -> tuple[int, int]:
+    """(Qn, Qp): the integer range of LSQ codes."""
+    if symmetric:
+        return -(2 ** (bits - 1)), 2 ** (bits - 1) - 1
+    return 0, 2 ** bits - 1
+
+
+def _lsq_offset(x, symmetric, axes, mask, axis_name):
+    if symmetric:
+        return jnp.zeros((), x.dtype)
+    return lax.stop_gradient(_finite_or(_masked_min(x, axes, mask, axis_name), 0))
+
+
+def _lsq_count(x, mask):
+    if mask is None:
+        return float(x.size)
+    return jnp.maximum(jnp.sum(mask, dtype=jnp.float32), 1.0)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4, 6))
+def _lsq_act(x, step, bits, symmetric, axes, mask, axis_name):
+    qn, qp = lsq_levels(bits, symmetric)
+    offset = _lsq_offset(x, symmetric, axes, mask, axis_name)
+    s = step.astype(x.dtype)
+    return jnp.clip(jnp.round((x - offset) / s), qn, qp) * s + offset
+
+
+def _lsq_act_fwd(x, step, bits, symmetric, axes, mask, axis_name):
+    qn, qp = lsq_levels(bits, symmetric)
+    offset = _lsq_offset(x, symmetric, axes, mask, axis_name)
+    s = step.astype(x.dtype)
+    out = jnp.clip(jnp.round((x - offset) / s), qn, qp) * s + offset
+    return out, (x - offset, step, mask)
+
+
+def _lsq_act_bwd(bits, symmetric, axes, axis_name, residuals, g):
+    shifted, step, mask = residuals
+    qn, qp = lsq_levels(bits, symmetric)
+    q = shifted / step.astype(shifted.dtype)
+    small, big = q < qn, q > qp
+    middle = ~(small | big)
+    grad_scale = 1.0 / jnp.sqrt(_lsq_count(shifted, mask) * qp)
+    per_element = jnp.where(small, float(qn), jnp.where(big, float(qp), jnp.round(q) - q))
+    grad_step = (jnp.sum(per_element * g, dtype=jnp.float32) * grad_scale).astype(step.dtype)
+    grad_x = jnp.where(middle, g, jnp.zeros_like(g))
+    return grad_x, jnp.reshape(grad_step, step.shape), None
+
+
+_lsq_act.defvjp(_lsq_act_fwd, _lsq_act_bwd)
+
+
+def lsq_act_quantize(x: jax.Array, step: jax.Array, bits: int, symmetric: bool = True,
+                     reduce_axes: Axes = None, mask: Optional[jax.Array] = None,
+                     axis_name: Optional[str] = None) -> jax.Array:
+    """LSQ k-bit activation quantization with a learned step size.
+
+    Symmetric: codes in [−2^(bits−1), 2^(bits−1) − 1]. Asymmetric: the (masked, range-scoped) minimum
+    is subtracted first and added back; codes in [0, 2^bits − 1].
+
+    Gradients (LSQ): ``x`` gets the upstream gradient where its code is inside the range, 0 outside;
+    ``step`` gets Σ g·(Qn | Qp | round(q) − q) scaled by 1/√(numel·Qp), numel counting unmasked
+    elements.
+    """
+    if bits >= FULL_PRECISION_BITS:
+        return x
+    if mask is not None:
+        mask = jnp.broadcast_to(mask, x.shape)
+    axes = None if reduce_axes is None else _norm_axes(reduce_axes, x.ndim)
+    return _lsq_act(x, step, bits, bool(symmetric), axes, mask, axis_name)
+
+
+def lsq_init_step(x: jax.Array, bits: int, symmetric: bool = True,
+                  mask: Optional[jax.Array] = None, axis_name: Optional[str] = None) -> jax.Array:
+    """The released code's data-driven initial step: 2·mean|x|/√Qp (symmetric), 4·mean|x|/√Qp
+    (asymmetric), over the unmasked elements of the first batch (and all devices of ``axis_name``)."""
+    _, qp = lsq_levels(bits, symmetric)
+    abs_x = jnp.abs(lax.stop_gradient(x)).astype(jnp.float32)
+    if mask is None:
+        total, count = jnp.sum(abs_x), jnp.float32(x.size)
+    else:
+        mask = jnp.broadcast_to(mask, x.shape)
+        total, count = jnp.sum(jnp.where(mask, abs_x, 0)), jnp.sum(mask, dtype=jnp.float32)
+    if axis_name is not None:
+        total, count = lax.psum(total, axis_name), lax.psum(count, axis_name)
+    mean_abs = total / jnp.maximum(count, 1.0)
+    return (2.0 if symmetric else 4.0) * mean_abs / math.sqrt(qp)
+
+
+def quantize_act(x: jax.Array, param: jax.Array, method: str, bits: int, symmetric: bool,
+                 reduce_axes: Axes = None, mask: Optional[jax.Array] = None,
+                 axis_name: Optional[str] = None) -> jax.Array:
+    """Dispatches to ``uniform_act_quantize`` (``param`` = clip pair) or ``lsq_act_quantize``
+    (``param`` = step size)."""
+    if bits >= FULL_PRECISION_BITS:
+        return x
+    if method == "uniform":
+        return uniform_act_quantize(x, param, bits, symmetric, reduce_axes, mask, axis_name)
+    if method == "lsq":
+        return lsq_act_quantize(x, param, bits, symmetric, reduce_axes, mask, axis_name)
+    raise ValueError(f"unknown activation quantization method {method!r}; allowed: {ACT_METHODS}")
+
+
+def scope_axes(scope: str, ndim: int, token_axes: Sequence[int]) -> Axes:
+    """Axes whose range statistics are shared for a range scope.
+
+    Args:
+      scope: ``tensor`` (one range for the whole tensor), ``example`` (one per batch element) or
+        ``token`` (one per batch element and position).
+      ndim: rank of the activation; axis 0 is the batch.
+      token_axes: the axes that index positions, kept apart under ``token`` scope.
+    """
+    if scope == "tensor":
+        return None
+    if scope == "example":
+        return tuple(range(1, ndim))
+    if scope == "token":
+        keep = {0, *[a % ndim for a in token_axes]}
+        return tuple(a for a in range(ndim) if a not in keep)
+    raise ValueError(f"unknown activation range scope {scope!r}; allowed: tensor, example, token")
