@@ -456,3 +456,25 @@ class Pooler(nn.Module):
                            split=qcfg.quantize_pooler and qcfg.is_split("pooler/dense"),
                            input_symmetric=qcfg.sym_qkvo, dtype=self.dtype, name="dense")
         return jnp.tanh(dense(sequence[:, 0]))
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelSpec:
+    """Everything needed to rebuild a model from its parameters: stored beside every checkpoint."""
+
+    config: BertConfig
+    quant: QuantConfig = FULL_PRECISION
+    head: str = "classification"
+    num_labels: int = 2
+
+    def build(self, dtype: Any = jnp.float32) -> BertModel:
+        return BertModel(self.config, self.quant, self.head, self.num_labels, dtype=dtype)
+
+    def to_dict(self) -> dict:
+        return {"config": self.config.to_dict(), "quant": self.quant.to_dict(), "head": self.head,
+                "num_labels": self.num_labels}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "ModelSpec":
+        return cls(BertConfig.from_dict(d["config"]), QuantConfig.from_dict(d["quant"]),
+                   d.get("head", "classification"), int(d.get("num_labels", 2)))

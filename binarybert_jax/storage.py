@@ -1,0 +1,104 @@
+"""Every Orbax call of the project: model checkpoints between stages, and (in ``TrainCheckpoints``)
+the periodic train-state checkpoints of a run.
+
+A *model checkpoint* is a directory::
+
+    <dir>/params/      Orbax StandardCheckpointer tree of float32 parameters
+    <dir>/model.json   {"format": "binarybert-jax/model", "version": 1, "spec": ModelSpec, "info": {...}}
+
+written to a temporary sibling and renamed into place, so a crash never leaves a half-written
+checkpoint under the final name.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import shutil
+from typing import Any, Optional
+
+import jax
+import numpy as np
+
+from binarybert_jax.model import ModelSpec
+
+MODEL_FORMAT = "binarybert-jax/model"
+MODEL_FORMAT_VERSION = 1
+
+
+def _checkpointer():
+    import orbax.checkpoint as ocp
+    return ocp.StandardCheckpointer()
+
+
+def save_params(directory: str | os.PathLike, params: Any) -> None:
+    """Saves a parameter pytree with Orbax at ``directory`` (which must not exist)."""
+    ckptr = _checkpointer()
+    ckptr.save(pathlib.Path(directory).absolute(), jax.tree_util.tree_map(np.asarray, params))
+    ckptr.wait_until_finished()
+
+
+def restore_params(directory: str | os.PathLike) -> Any:
+    """Restores a parameter pytree saved by ``save_params`` as numpy arrays."""
+    path = pathlib.Path(directory).absolute()
+    if not path.is_dir():
+        raise FileNotFoundError(f"no Orbax checkpoint at {path}")
+    tree = _checkpointer().restore(path)
+    return jax.tree_util.tree_map(np.asarray, tree)
+
+
+def save_model(directory: str | os.PathLike, params: Any, spec: ModelSpec,
+               info: Optional[dict] = None) -> pathlib.Path:
+    """Writes a model checkpoint atomically; replaces an existing one at ``directory``.
+
+    Args:
+      directory: target directory.
+      params: the model's ``params`` tree.
+      spec: how to rebuild the model.
+      info: free-form JSON metadata (stage, task, metrics, source checkpoint...).
+    """
+    final = pathlib.Path(directory).absolute()
+    tmp = final.with_name(final.name + ".tmp")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir(parents=True)
+    save_params(tmp / "params", params)
+    meta = {"format": MODEL_FORMAT, "version": MODEL_FORMAT_VERSION, "spec": spec.to_dict(),
+            "info": info or {}}
+    (tmp / "model.json").write_text(json.dumps(meta, indent=2, sort_keys=True))
+    if final.exists():
+        old = final.with_name(final.name + ".old")
+        if old.exists():
+            shutil.rmtree(old)
+        os.replace(final, old)
+        os.replace(tmp, final)
+        shutil.rmtree(old)
+    else:
+        os.replace(tmp, final)
+    return final
+
+
+def read_model_meta(directory: str | os.PathLike) -> dict:
+    """Reads and validates ``model.json`` of a model checkpoint."""
+    path = pathlib.Path(directory) / "model.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found: {directory} is not a binarybert-jax model checkpoint")
+    meta = json.loads(path.read_text())
+    if meta.get("format") != MODEL_FORMAT:
+        raise ValueError(f"{path}: format {meta.get('format')!r} is not {MODEL_FORMAT!r}")
+    if meta.get("version") != MODEL_FORMAT_VERSION:
+        raise ValueError(f"{path}: version {meta.get('version')!r} is not supported "
+                         f"(this code reads version {MODEL_FORMAT_VERSION})")
+    return meta
+
+
+def load_model(directory: str | os.PathLike) -> tuple[Any, ModelSpec, dict]:
+    """Loads a model checkpoint: (params, spec, info)."""
+    meta = read_model_meta(directory)
+    params = restore_params(pathlib.Path(directory) / "params")
+    return params, ModelSpec.from_dict(meta["spec"]), meta.get("info", {})
+
+
+def is_model_checkpoint(directory: str | os.PathLike) -> bool:
+    return (pathlib.Path(directory) / "model.json").is_file()
