@@ -478,3 +478,29 @@ class ModelSpec:
     def from_dict(cls, d: dict) -> "ModelSpec":
         return cls(BertConfig.from_dict(d["config"]), QuantConfig.from_dict(d["quant"]),
                    d.get("head", "classification"), int(d.get("num_labels", 2)))
+
+
+def calibrate_lsq_steps(model: BertModel, params, input_ids, token_type_ids=None, attention_mask=None):
+    """Initialises every LSQ step size from one batch, as the released code does on its first
+    forward pass (2·mean|x|/√Qp symmetric, 4·mean|x|/√Qp asymmetric; each quantizer sees inputs
+    already quantized with the steps initialised before it).
+
+    Returns:
+      ``params`` with each ``*_step`` replaced; unchanged when the model has no LSQ quantizer.
+    """
+    if model.quant_cfg.act_method != "lsq" or not model.quant_cfg.quantizes_acts:
+        return params
+    _, state = model.apply({"params": params}, input_ids, token_type_ids, attention_mask,
+                           mutable=["lsq_init"])
+    sown = state["lsq_init"]
+
+    def merge(p, s):
+        out = dict(p)
+        for k, v in s.items():
+            if isinstance(v, tuple):  # sow stores a tuple of the values recorded
+                out[k] = jnp.reshape(v[0], jnp.shape(p[k])).astype(jnp.float32)
+            else:
+                out[k] = merge(p[k], v)
+        return out
+
+    return merge(params, sown)

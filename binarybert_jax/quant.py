@@ -238,8 +238,9 @@ def _uniform_act_bwd(bits, symmetric, axes, axis_name, residuals, g):
     above = x >= clip[1].astype(x.dtype)
     grad_x = jnp.where(below | above, jnp.zeros_like(g), g)
     # PACT: the clip value collects the upstream gradient of every position it clipped.
-    grad_lo = jnp.sum(jnp.where(below, g, 0), dtype=jnp.float32)
-    grad_hi = jnp.sum(jnp.where(above, g, 0), dtype=jnp.float32)
+    acc = jnp.promote_types(g.dtype, jnp.float32)  # bf16 sums over a whole tensor lose too much
+    grad_lo = jnp.sum(jnp.where(below, g, 0), dtype=acc)
+    grad_hi = jnp.sum(jnp.where(above, g, 0), dtype=acc)
     grad_clip = jnp.stack([grad_lo, grad_hi]).astype(clip.dtype)
     return grad_x, grad_clip, None
 
@@ -320,7 +321,8 @@ def _lsq_act_bwd(bits, symmetric, axes, axis_name, residuals, g):
     middle = ~(small | big)
     grad_scale = 1.0 / jnp.sqrt(_lsq_count(shifted, mask) * qp)
     per_element = jnp.where(small, float(qn), jnp.where(big, float(qp), jnp.round(q) - q))
-    grad_step = (jnp.sum(per_element * g, dtype=jnp.float32) * grad_scale).astype(step.dtype)
+    acc = jnp.promote_types(g.dtype, jnp.float32)
+    grad_step = (jnp.sum(per_element * g, dtype=acc) * grad_scale).astype(step.dtype)
     grad_x = jnp.where(middle, g, jnp.zeros_like(g))
     return grad_x, jnp.reshape(grad_step, step.shape), None
 

@@ -1,0 +1,46 @@
+"""Orbax model checkpoints: round trip, atomic replacement, refusal of foreign directories."""
+
+import json
+
+import jax
+import numpy as np
+import pytest
+
+from binarybert_jax import model as M, storage
+
+TINY = M.BertConfig(vocab_size=50, hidden_size=16, num_layers=1, num_heads=2, head_dim=8,
+                    intermediate_size=32, max_position=32)
+
+
+def _params(spec, seed=0):
+    return spec.build().init(jax.random.key(seed), np.ones((1, 8), np.int32))["params"]
+
+
+def test_model_roundtrip_and_replace(tmp_path):
+    spec = M.ModelSpec(TINY, M.QuantConfig(2, 2, 4, act_method="lsq"), num_labels=3)
+    p0, p1 = _params(spec, 0), _params(spec, 1)
+    target = tmp_path / "ckpt"
+    storage.save_model(target, p0, spec, {"stage": "ternary"})
+    storage.save_model(target, p1, spec, {"stage": "ternary", "epoch": 2})
+    params, spec2, info = storage.load_model(target)
+    assert spec2 == spec and info == {"stage": "ternary", "epoch": 2}
+    jax.tree_util.tree_map(np.testing.assert_array_equal, params, jax.tree_util.tree_map(np.asarray, p1))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt"]  # no temporary left behind
+
+
+def test_params_roundtrip(tmp_path):
+    p = _params(M.ModelSpec(TINY))
+    storage.save_params(tmp_path / "p", p)
+    jax.tree_util.tree_map(np.testing.assert_array_equal, storage.restore_params(tmp_path / "p"),
+                           jax.tree_util.tree_map(np.asarray, p))
+
+
+def test_refuses_foreign_or_future_checkpoints(tmp_path):
+    with pytest.raises(FileNotFoundError, match="not a binarybert-jax model checkpoint"):
+        storage.load_model(tmp_path)
+    spec = M.ModelSpec(TINY)
+    storage.save_model(tmp_path / "m", _params(spec), spec)
+    meta = json.loads((tmp_path / "m" / "model.json").read_text())
+    (tmp_path / "m" / "model.json").write_text(json.dumps(dict(meta, version=99)))
+    with pytest.raises(ValueError, match="version 99"):
+        storage.load_model(tmp_path / "m")
