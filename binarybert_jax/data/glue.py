@@ -1,0 +1,610 @@
+"""GLUE tasks in the official TSV layout: task specifications, a strict reader, and the download.
+
+The files are the ones GLUE's ``download_glue_data.py`` produces: one directory per task under a
+root (``$GLUE_DIR``), e.g. ``$GLUE_DIR/SST-2/{train,dev,test}.tsv`` and, for MNLI,
+``dev_matched.tsv`` / ``dev_mismatched.tsv`` / ``test_matched.tsv`` / ``test_mismatched.tsv``.
+
+Every fact about a task (directory, columns, labels, metrics, which metric picks the best
+checkpoint) lives in its :class:`TaskSpec`, so the reader, the encoder and ``metrics`` agree.
+
+The reader is strict by default: a row with the wrong number of columns, an unknown label or an
+unparsable score raises a ``ValueError`` naming the file and its 1-based line number. With
+``skip_malformed=True`` such rows are skipped, and :func:`read_split` reports each one in its
+:class:`ReadReport` (:func:`read_examples` logs a warning with the count).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import os
+import pathlib
+import shutil
+import tempfile
+import urllib.error
+import urllib.request
+import zipfile
+from collections.abc import Callable, Mapping
+from types import MappingProxyType
+
+logger = logging.getLogger(__name__)
+
+GLUE_DIR_ENV = "GLUE_DIR"
+
+# Header cells that name a label column in TSVs we know of; used to recognise a header row in a
+# file whose layout says it has none (e.g. a CoLA file someone gave a header).
+_LABEL_HEADER_NAMES = frozenset({"label", "gold_label", "quality", "score", "is_duplicate"})
+
+
+@dataclasses.dataclass(frozen=True)
+class TsvLayout:
+    """Where the fields of one kind of GLUE TSV file are.
+
+    Column indices are 0-based; a negative index counts from the end of the row (MNLI's gold
+    label is the last column, and train and dev rows have different lengths).
+
+    Attributes:
+      num_columns: the column counts a well-formed row may have.
+      text_a: column of the first sentence.
+      text_b: column of the second sentence, or None for single-sentence tasks.
+      label: column of the label or score, or None for unlabeled (test) files.
+      index: column holding the row's id (used in ``Example.guid``), or None.
+      column_names: the names of the columns; this is the header row when ``has_header``.
+      has_header: whether the official file starts with a header row.
+    """
+
+    num_columns: tuple[int, ...]
+    text_a: int
+    text_b: int | None
+    label: int | None
+    index: int | None
+    column_names: tuple[str, ...]
+    has_header: bool
+
+
+@dataclasses.dataclass(frozen=True)
+class TaskSpec:
+    """Everything the pipeline needs to know about one GLUE task.
+
+    Attributes:
+      name: canonical lower-case name (``"sst-2"``, ``"sts-b"``, ...).
+      directory: the task's directory under the GLUE root (``"SST-2"``).
+      labels: label strings as they appear in the TSVs, in class-id order; None for regression.
+      is_regression: True for STS-B (a score in [0, 5]).
+      num_labels: number of classes (1 for regression: the model has one output).
+      max_seq_length: default padded sequence length (64 for CoLA/SST-2, 128 otherwise, as in
+        the BinaryBERT/TernaryBERT GLUE scripts).
+      metric_names: the keys ``metrics.glue_metrics`` returns for this task.
+      main_metric: the key that selects the best checkpoint.
+      layout: column layout of the train and dev files.
+      test_layout: column layout of the test files (index column, no labels).
+      split_files: split name -> file stem (``"dev"`` -> ``"dev_matched"`` for MNLI).
+    """
+
+    name: str
+    directory: str
+    labels: tuple[str, ...] | None
+    is_regression: bool
+    num_labels: int
+    max_seq_length: int
+    metric_names: tuple[str, ...]
+    main_metric: str
+    layout: TsvLayout
+    test_layout: TsvLayout
+    split_files: Mapping[str, str]
+
+    @property
+    def is_pair(self) -> bool:
+        """Whether examples are sentence pairs (segment ids 0 and 1)."""
+        return self.layout.text_b is not None
+
+    @property
+    def splits(self) -> tuple[str, ...]:
+        """The split names :func:`read_examples` accepts for this task."""
+        return tuple(self.split_files)
+
+    def layout_for(self, split: str) -> TsvLayout:
+        """The column layout of ``split`` (the test layout for ``test*`` splits)."""
+        return self.test_layout if split.startswith("test") else self.layout
+
+
+@dataclasses.dataclass(frozen=True)
+class Example:
+    """One GLUE example.
+
+    Attributes:
+      guid: ``"<task>-<split>-<id>"``, the id being the file's index column or the row number.
+      text_a: first sentence.
+      text_b: second sentence, or None for single-sentence tasks.
+      label: class id (int) for classification, score (float) for STS-B, None for test rows.
+    """
+
+    guid: str
+    text_a: str
+    text_b: str | None
+    label: int | float | None
+
+
+@dataclasses.dataclass(frozen=True)
+class MalformedRow:
+    """A row that :func:`read_split` skipped: its 1-based line number and what was wrong."""
+
+    line: int
+    reason: str
+
+
+@dataclasses.dataclass(frozen=True)
+class ReadReport:
+    """What :func:`read_split` read from one file.
+
+    Attributes:
+      path: the file read.
+      examples: the well-formed rows, in file order.
+      skipped: the malformed rows skipped (only non-empty with ``skip_malformed=True``).
+      header_found: whether the first line was recognised as a header row.
+    """
+
+    path: pathlib.Path
+    examples: list[Example]
+    skipped: tuple[MalformedRow, ...]
+    header_found: bool
+
+    @property
+    def num_skipped(self) -> int:
+        return len(self.skipped)
+
+
+def _splits(*extra: tuple[str, str]) -> Mapping[str, str]:
+    return MappingProxyType(dict((("train", "train"), ("dev", "dev"), ("test", "test")) + extra))
+
+
+_MNLI_COLUMNS = ("index", "promptID", "pairID", "genre", "sentence1_binary_parse",
+                 "sentence2_binary_parse", "sentence1_parse", "sentence2_parse", "sentence1",
+                 "sentence2", "label1", "gold_label")
+_STSB_COLUMNS = ("index", "genre", "filename", "year", "old_index", "source1", "source2",
+                 "sentence1", "sentence2", "score")
+_ACC = ("accuracy",)
+_ACC_F1 = ("f1", "accuracy", "acc_and_f1")
+
+
+def _nli_layouts(first: str, second: str) -> tuple[TsvLayout, TsvLayout]:
+    """QNLI/RTE/WNLI: index, two sentences, label; test files drop the label."""
+    return (
+        TsvLayout((4,), 1, 2, 3, 0, ("index", first, second, "label"), True),
+        TsvLayout((3,), 1, 2, None, 0, ("index", first, second), True),
+    )
+
+
+_TASKS: dict[str, TaskSpec] = {
+    spec.name: spec for spec in (
+        TaskSpec(
+            name="cola", directory="CoLA", labels=("0", "1"), is_regression=False, num_labels=2,
+            max_seq_length=64, metric_names=("mcc",), main_metric="mcc",
+            # source code, label, the original author's acceptability mark, sentence.
+            layout=TsvLayout((4,), 3, None, 1, None,
+                             ("source", "label", "original_label", "sentence"), False),
+            test_layout=TsvLayout((2,), 1, None, None, 0, ("index", "sentence"), True),
+            split_files=_splits()),
+        TaskSpec(
+            name="sst-2", directory="SST-2", labels=("0", "1"), is_regression=False,
+            num_labels=2, max_seq_length=64, metric_names=_ACC, main_metric="accuracy",
+            layout=TsvLayout((2,), 0, None, 1, None, ("sentence", "label"), True),
+            test_layout=TsvLayout((2,), 1, None, None, 0, ("index", "sentence"), True),
+            split_files=_splits()),
+        TaskSpec(
+            name="mrpc", directory="MRPC", labels=("0", "1"), is_regression=False, num_labels=2,
+            max_seq_length=128, metric_names=_ACC_F1, main_metric="f1",
+            layout=TsvLayout((5,), 3, 4, 0, None,
+                             ("Quality", "#1 ID", "#2 ID", "#1 String", "#2 String"), True),
+            test_layout=TsvLayout((5,), 3, 4, None, 0,
+                                  ("index", "#1 ID", "#2 ID", "#1 String", "#2 String"), True),
+            split_files=_splits()),
+        TaskSpec(
+            name="sts-b", directory="STS-B", labels=None, is_regression=True, num_labels=1,
+            max_seq_length=128, metric_names=("pearson", "spearman", "corr"),
+            main_metric="pearson",
+            layout=TsvLayout((10,), 7, 8, 9, 0, _STSB_COLUMNS, True),
+            test_layout=TsvLayout((9,), 7, 8, None, 0, _STSB_COLUMNS[:9], True),
+            split_files=_splits()),
+        TaskSpec(
+            name="qqp", directory="QQP", labels=("0", "1"), is_regression=False, num_labels=2,
+            max_seq_length=128, metric_names=_ACC_F1, main_metric="f1",
+            layout=TsvLayout((6,), 3, 4, 5, 0,
+                             ("id", "qid1", "qid2", "question1", "question2", "is_duplicate"),
+                             True),
+            test_layout=TsvLayout((3,), 1, 2, None, 0, ("id", "question1", "question2"), True),
+            split_files=_splits()),
+        TaskSpec(
+            name="mnli", directory="MNLI", labels=("contradiction", "entailment", "neutral"),
+            is_regression=False, num_labels=3, max_seq_length=128, metric_names=_ACC,
+            main_metric="accuracy",
+            # Train rows have 12 columns (label1, gold_label), dev rows 16 (label1..label5,
+            # gold_label): the gold label is always last.
+            layout=TsvLayout((12, 16), 8, 9, -1, 0, _MNLI_COLUMNS, True),
+            test_layout=TsvLayout((10,), 8, 9, None, 0, _MNLI_COLUMNS[:10], True),
+            split_files=MappingProxyType({
+                "train": "train", "dev": "dev_matched", "dev_matched": "dev_matched",
+                "dev_mismatched": "dev_mismatched", "test": "test_matched",
+                "test_matched": "test_matched", "test_mismatched": "test_mismatched"})),
+        TaskSpec(
+            name="qnli", directory="QNLI", labels=("entailment", "not_entailment"),
+            is_regression=False, num_labels=2, max_seq_length=128, metric_names=_ACC,
+            main_metric="accuracy", layout=_nli_layouts("question", "sentence")[0],
+            test_layout=_nli_layouts("question", "sentence")[1], split_files=_splits()),
+        TaskSpec(
+            name="rte", directory="RTE", labels=("entailment", "not_entailment"),
+            is_regression=False, num_labels=2, max_seq_length=128, metric_names=_ACC,
+            main_metric="accuracy", layout=_nli_layouts("sentence1", "sentence2")[0],
+            test_layout=_nli_layouts("sentence1", "sentence2")[1], split_files=_splits()),
+        TaskSpec(
+            name="wnli", directory="WNLI", labels=("0", "1"), is_regression=False, num_labels=2,
+            max_seq_length=128, metric_names=_ACC, main_metric="accuracy",
+            layout=_nli_layouts("sentence1", "sentence2")[0],
+            test_layout=_nli_layouts("sentence1", "sentence2")[1], split_files=_splits()),
+    )
+}
+
+TASK_NAMES: tuple[str, ...] = tuple(_TASKS)
+
+# Split names other tools use for ours (tfds and Hugging Face call the dev set "validation").
+_SPLIT_ALIASES = {"validation": "dev", "validation_matched": "dev_matched",
+                  "validation_mismatched": "dev_mismatched"}
+
+
+def _squash(name: str) -> str:
+    return name.lower().replace("-", "").replace("_", "")
+
+
+_ALIASES = {_squash(name): name for name in _TASKS}
+_ALIASES.update({"sst": "sst-2", "sts": "sts-b"})
+
+
+def get_task(name: str | TaskSpec) -> TaskSpec:
+    """Returns the spec of a GLUE task.
+
+    Args:
+      name: a task name in any case, with or without the dash (``"SST-2"``, ``"sst2"``,
+        ``"STS_B"``), or a ``TaskSpec`` (returned as is).
+
+    Raises:
+      ValueError: unknown task; the message lists the known ones.
+    """
+    if isinstance(name, TaskSpec):
+        return name
+    canonical = _ALIASES.get(_squash(str(name)))
+    if canonical is None:
+        raise ValueError(f"Unknown GLUE task {name!r}; expected one of {', '.join(TASK_NAMES)} "
+                         f"(case-insensitive; 'sst2', 'stsb' also work).")
+    return _TASKS[canonical]
+
+
+def all_tasks() -> tuple[TaskSpec, ...]:
+    """Every GLUE task's spec, in the usual GLUE order."""
+    return tuple(_TASKS.values())
+
+
+def glue_dir() -> pathlib.Path | None:
+    """The GLUE root from ``$GLUE_DIR``, or None when the variable is unset or empty."""
+    value = os.environ.get(GLUE_DIR_ENV)
+    return pathlib.Path(value).expanduser() if value else None
+
+
+def _canonical_split(task: TaskSpec, split: str) -> str:
+    split = _SPLIT_ALIASES.get(split, split)
+    if split not in task.split_files:
+        raise ValueError(f"Unknown split {split!r} for {task.name}; expected one of "
+                         f"{', '.join(task.splits)}.")
+    return split
+
+
+def split_path(data_dir: str | os.PathLike | None, task: str | TaskSpec, split: str
+               ) -> pathlib.Path:
+    """The TSV file of a task's split.
+
+    Args:
+      data_dir: the GLUE root (holding ``CoLA/``, ``SST-2/``, ...), or the task's own directory;
+        None means ``$GLUE_DIR``.
+      task: task name or spec.
+      split: ``train``, ``dev``, ``test`` (and MNLI's ``dev_matched`` etc.; ``validation`` is
+        accepted for ``dev``).
+
+    Raises:
+      FileNotFoundError: no such file; the message names the path and the expected layout.
+    """
+    task = get_task(task)
+    split = _canonical_split(task, split)
+    file_name = task.split_files[split] + ".tsv"
+    if data_dir is None:
+        data_dir = glue_dir()
+        if data_dir is None:
+            raise FileNotFoundError(
+                f"No GLUE data directory given and ${GLUE_DIR_ENV} is not set; expected "
+                f"$GLUE_DIR/{task.directory}/{file_name} (the layout of GLUE's "
+                f"download_glue_data.py, or call download_glue).")
+    root = pathlib.Path(data_dir)
+    path = root / task.directory / file_name
+    if path.is_file():
+        return path
+    # Also accept the task's own directory, as the reference BERT scripts take it.
+    if root.name.lower() == task.directory.lower() and (root / file_name).is_file():
+        return root / file_name
+    raise FileNotFoundError(
+        f"{path} not found: expected the GLUE_DIR layout <glue_dir>/{task.directory}/"
+        f"{file_name}, as produced by GLUE's download_glue_data.py (set ${GLUE_DIR_ENV} or "
+        f"call download_glue).")
+
+
+def _is_header(fields: list[str], layout: TsvLayout) -> bool:
+    """Whether a first row is a header: its used columns carry the layout's column names."""
+    def cell(column: int | None) -> str | None:
+        if column is None or not -len(fields) <= column < len(fields):
+            return None
+        return fields[column].strip().lower()
+
+    if layout.label is not None and cell(layout.label) in _LABEL_HEADER_NAMES:
+        return True
+    used = [c for c in (layout.index, layout.text_a, layout.text_b, layout.label) if c is not None]
+    return all(cell(c) == layout.column_names[c].lower() for c in used)
+
+
+def _parse_row(fields: list[str], task: TaskSpec, layout: TsvLayout, split: str,
+               row_number: int) -> Example:
+    """Turns one row into an Example; raises ValueError (without location) when malformed."""
+    if len(fields) not in layout.num_columns:
+        expected = " or ".join(str(n) for n in layout.num_columns)
+        raise ValueError(f"expected {expected} tab-separated columns, found {len(fields)}")
+    label: int | float | None = None
+    if layout.label is not None:
+        raw = fields[layout.label].strip()
+        if task.is_regression:
+            try:
+                label = float(raw)
+            except ValueError:
+                raise ValueError(f"score {raw!r} is not a number") from None
+            if not math.isfinite(label):
+                raise ValueError(f"score {raw!r} is not finite")
+        else:
+            try:
+                label = task.labels.index(raw)
+            except ValueError:
+                raise ValueError(f"unknown label {raw!r}; expected one of "
+                                 f"{', '.join(task.labels)}") from None
+    row_id = fields[layout.index].strip() if layout.index is not None else str(row_number)
+    return Example(
+        guid=f"{task.name}-{split}-{row_id}",
+        text_a=fields[layout.text_a],
+        text_b=fields[layout.text_b] if layout.text_b is not None else None,
+        label=label)
+
+
+def read_split(data_dir: str | os.PathLike | None, task: str | TaskSpec, split: str, *,
+               skip_malformed: bool = False) -> ReadReport:
+    """Reads one split of a GLUE task and reports what was read and skipped.
+
+    Rows are split on tabs only: GLUE TSVs are not quoted, so a ``"`` is an ordinary character
+    (what ``csv.QUOTE_NONE`` does) and can never swallow a tab or a line break. Lines are split
+    on ``\\n`` only (a stray ``\\r`` inside a sentence does not end the row; a ``\\r\\n`` line
+    end is removed). A UTF-8 byte-order mark at the start is dropped (MRPC's train and dev files
+    have one). The first line is taken as a header when its used columns carry the layout's
+    column names, whatever the layout says, so a missing or an extra header costs no row.
+    Empty lines are ignored.
+
+    Args:
+      data_dir: the GLUE root or the task directory; None means ``$GLUE_DIR``.
+      task: task name or spec.
+      split: split name (see :func:`split_path`).
+      skip_malformed: skip rows with the wrong column count, an unknown label or an
+        unparsable score, recording them in ``ReadReport.skipped``, instead of raising.
+
+    Returns:
+      A :class:`ReadReport` with the examples in file order.
+
+    Raises:
+      FileNotFoundError: the file is missing.
+      ValueError: a malformed row (unless ``skip_malformed``), or bytes that are not UTF-8; the
+        message starts with ``<path>:<line>:``.
+    """
+    task = get_task(task)
+    split = _canonical_split(task, split)
+    path = split_path(data_dir, task, split)
+    layout = task.layout_for(split)
+    examples: list[Example] = []
+    skipped: list[MalformedRow] = []
+    header_found = False
+    first = True
+    data_rows = 0  # Non-empty rows after the header: the id of rows without an index column.
+    with open(path, "rb") as f:
+        for line_number, raw in enumerate(f, start=1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise ValueError(f"{path}:{line_number}: not valid UTF-8 ({e})") from None
+            if line_number == 1:
+                line = line.removeprefix("\ufeff")
+            line = line.rstrip("\n").removesuffix("\r")
+            if not line.strip():
+                continue
+            fields = line.split("\t")
+            if first:
+                first = False
+                if _is_header(fields, layout):
+                    header_found = True
+                    continue
+            data_rows += 1
+            try:
+                examples.append(_parse_row(fields, task, layout, split, data_rows - 1))
+            except ValueError as e:
+                if not skip_malformed:
+                    raise ValueError(f"{path}:{line_number}: {e}") from None
+                skipped.append(MalformedRow(line_number, str(e)))
+    if header_found != layout.has_header:
+        logger.info("%s: header row %s, unlike the official file.", path,
+                    "present" if header_found else "missing")
+    return ReadReport(path=path, examples=examples, skipped=tuple(skipped),
+                      header_found=header_found)
+
+
+def read_examples(data_dir: str | os.PathLike | None, task: str | TaskSpec, split: str, *,
+                  skip_malformed: bool = False) -> list[Example]:
+    """Reads one split of a GLUE task (see :func:`read_split` for the rules).
+
+    With ``skip_malformed=True`` the skipped rows are logged as a warning with their count and
+    first line numbers; call :func:`read_split` to get them as data.
+
+    Returns:
+      The examples in file order.
+    """
+    report = read_split(data_dir, task, split, skip_malformed=skip_malformed)
+    if report.skipped:
+        first = ", ".join(f"line {row.line}: {row.reason}" for row in report.skipped[:3])
+        logger.warning("%s: skipped %d malformed row(s) (%s%s).", report.path,
+                       report.num_skipped, first, ", ..." if report.num_skipped > 3 else "")
+    return report.examples
+
+
+# ---------------------------------------------------------------------------------------------
+# Download (the URLs of GLUE's download_glue_data.py).
+# ---------------------------------------------------------------------------------------------
+
+_GLUE_DATA_URL = "https://dl.fbaipublicfiles.com/glue/data/"
+
+# Zips that unpack to <dest>/<TaskSpec.directory>/. QQP is the cleaned release and QNLI its v2,
+# the versions the GLUE leaderboard uses.
+GLUE_ZIP_URLS: Mapping[str, str] = MappingProxyType({
+    "cola": _GLUE_DATA_URL + "CoLA.zip",
+    "sst-2": _GLUE_DATA_URL + "SST-2.zip",
+    "sts-b": _GLUE_DATA_URL + "STS-B.zip",
+    "qqp": _GLUE_DATA_URL + "QQP-clean.zip",
+    "mnli": _GLUE_DATA_URL + "MNLI.zip",
+    "qnli": _GLUE_DATA_URL + "QNLIv2.zip",
+    "rte": _GLUE_DATA_URL + "RTE.zip",
+    "wnli": _GLUE_DATA_URL + "WNLI.zip",
+})
+
+# GLUE cannot host MRPC: the script builds it from SentEval's copy of the Microsoft corpus,
+# moving the pairs listed in dev_ids.tsv from train to dev.
+MRPC_URLS: Mapping[str, str] = MappingProxyType({
+    "msr_paraphrase_train.txt":
+        "https://dl.fbaipublicfiles.com/senteval/senteval_data/msr_paraphrase_train.txt",
+    "msr_paraphrase_test.txt":
+        "https://dl.fbaipublicfiles.com/senteval/senteval_data/msr_paraphrase_test.txt",
+    "dev_ids.tsv": _GLUE_DATA_URL + "mrpc_dev_ids.tsv",
+})
+
+
+def download_urls(task: str | TaskSpec) -> dict[str, str]:
+    """The files :func:`download_glue` fetches for a task: file name -> URL."""
+    task = get_task(task)
+    if task.name == "mrpc":
+        return dict(MRPC_URLS)
+    url = GLUE_ZIP_URLS[task.name]
+    return {url.rsplit("/", 1)[1]: url}
+
+
+def _urlretrieve(url: str, path: pathlib.Path) -> None:
+    with urllib.request.urlopen(url, timeout=60) as response, open(path, "wb") as out:
+        shutil.copyfileobj(response, out)
+
+
+def _safe_extract(zip_path: pathlib.Path, dest: pathlib.Path) -> None:
+    """Extracts a zip, refusing members that would land outside ``dest``."""
+    dest_resolved = dest.resolve()
+    with zipfile.ZipFile(zip_path) as zf:
+        for member in zf.namelist():
+            target = (dest / member).resolve()
+            if dest_resolved != target and dest_resolved not in target.parents:
+                raise ValueError(f"{zip_path}: member {member!r} would extract outside {dest}.")
+        zf.extractall(dest)
+
+
+def format_mrpc(mrpc_dir: str | os.PathLike) -> None:
+    """Builds MRPC's train/dev/test.tsv from SentEval's files, as GLUE's script does.
+
+    Reads ``msr_paraphrase_train.txt``, ``msr_paraphrase_test.txt`` and ``dev_ids.tsv`` in
+    ``mrpc_dir``. The train file's header (with its byte-order mark) is copied to train.tsv and
+    dev.tsv; pairs whose ids are in dev_ids.tsv go to dev.tsv; test.tsv gets an index column
+    in place of the quality label.
+    """
+    mrpc_dir = pathlib.Path(mrpc_dir)
+    with open(mrpc_dir / "dev_ids.tsv", encoding="utf-8") as f:
+        dev_ids = {tuple(line.strip().split("\t")) for line in f if line.strip()}
+    with open(mrpc_dir / "msr_paraphrase_train.txt", encoding="utf-8") as src, \
+            open(mrpc_dir / "train.tsv", "w", encoding="utf-8") as train, \
+            open(mrpc_dir / "dev.tsv", "w", encoding="utf-8") as dev:
+        header = src.readline()
+        train.write(header)
+        dev.write(header)
+        for row in src:
+            if not row.strip():
+                continue
+            label, id1, id2, s1, s2 = row.strip().split("\t")
+            out = dev if (id1, id2) in dev_ids else train
+            out.write(f"{label}\t{id1}\t{id2}\t{s1}\t{s2}\n")
+    with open(mrpc_dir / "msr_paraphrase_test.txt", encoding="utf-8") as src, \
+            open(mrpc_dir / "test.tsv", "w", encoding="utf-8") as test:
+        src.readline()
+        test.write("index\t#1 ID\t#2 ID\t#1 String\t#2 String\n")
+        rows = (row for row in src if row.strip())
+        for index, row in enumerate(rows):
+            _, id1, id2, s1, s2 = row.strip().split("\t")
+            test.write(f"{index}\t{id1}\t{id2}\t{s1}\t{s2}\n")
+
+
+def download_glue(task: str | TaskSpec, dest: str | os.PathLike, *,
+                  fetch: Callable[[str, pathlib.Path], None] | None = None) -> pathlib.Path:
+    """Downloads one GLUE task into ``dest/<directory>/`` in the official TSV layout.
+
+    Args:
+      task: task name or spec.
+      dest: the GLUE root to fill (created if needed); use it as ``$GLUE_DIR`` afterwards.
+      fetch: ``fetch(url, path)`` writes the resource at ``url`` to ``path``; defaults to an
+        HTTPS download. Tests pass a local copy function.
+
+    Returns:
+      The task directory, ``dest/<directory>``.
+
+    Raises:
+      OSError: a download failed (no network, moved URL); the message suggests ``$GLUE_DIR``.
+      FileNotFoundError: the archive did not contain the expected directory.
+    """
+    task = get_task(task)
+    dest = pathlib.Path(dest)
+    dest.mkdir(parents=True, exist_ok=True)
+    fetch = fetch or _urlretrieve
+    task_dir = dest / task.directory
+
+    def get(url: str, path: pathlib.Path) -> None:
+        # Download beside the target and rename, so an interrupted download leaves no file
+        # that a later run would take for complete.
+        tmp = path.with_name(path.name + ".part")
+        try:
+            fetch(url, tmp)
+        except (urllib.error.URLError, OSError) as e:
+            tmp.unlink(missing_ok=True)
+            raise OSError(f"Could not download {url} ({e}). Without network access, put the "
+                          f"GLUE TSVs in a directory and set ${GLUE_DIR_ENV} to it.") from e
+        os.replace(tmp, path)
+
+    if task.name == "mrpc":
+        task_dir.mkdir(exist_ok=True)
+        for name, url in MRPC_URLS.items():
+            get(url, task_dir / name)
+        format_mrpc(task_dir)
+    else:
+        with tempfile.TemporaryDirectory(dir=dest) as tmp:
+            (name, url), = download_urls(task).items()
+            zip_path = pathlib.Path(tmp) / name
+            get(url, zip_path)
+            _safe_extract(zip_path, dest)
+    if not (task_dir / "train.tsv").is_file():
+        raise FileNotFoundError(f"{task_dir / 'train.tsv'} missing after downloading "
+                                f"{task.name}; the archive layout has changed.")
+    logger.info("Downloaded %s into %s.", task.name, task_dir)
+    return task_dir
+
+
+__all__ = [
+    "Example", "GLUE_DIR_ENV", "GLUE_ZIP_URLS", "MRPC_URLS", "MalformedRow", "ReadReport",
+    "TASK_NAMES", "TaskSpec", "TsvLayout", "all_tasks", "download_glue", "download_urls",
+    "format_mrpc", "get_task", "glue_dir", "read_examples", "read_split", "split_path"]

@@ -1,0 +1,141 @@
+"""GLUE through TensorFlow Datasets, for machines where the TSVs are not at hand.
+
+Optional: needs ``tensorflow`` and ``tensorflow-datasets``, which the project does not depend on.
+Records become the same :class:`~binarybert_jax.data.glue.Example` objects the TSV reader gives,
+with labels in the TSV's class order (tfds orders MNLI's classes differently, so labels are
+mapped by name, not copied).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from types import MappingProxyType
+
+from binarybert_jax.data import glue
+
+# Our task name -> tfds builder config, text features and (for named labels) tfds class names.
+TFDS_CONFIGS: Mapping[str, str] = MappingProxyType({
+    "cola": "cola", "sst-2": "sst2", "mrpc": "mrpc", "sts-b": "stsb", "qqp": "qqp",
+    "mnli": "mnli", "qnli": "qnli", "rte": "rte", "wnli": "wnli",
+})
+
+TFDS_TEXT_FEATURES: Mapping[str, tuple[str, str | None]] = MappingProxyType({
+    "cola": ("sentence", None),
+    "sst-2": ("sentence", None),
+    "mrpc": ("sentence1", "sentence2"),
+    "sts-b": ("sentence1", "sentence2"),
+    "qqp": ("question1", "question2"),
+    "mnli": ("premise", "hypothesis"),
+    "qnli": ("question", "sentence"),
+    "rte": ("sentence1", "sentence2"),
+    "wnli": ("sentence1", "sentence2"),
+})
+
+# tfds class names where the TSVs use words; the other tasks' classes are 0/1 in both, same
+# order (e.g. WNLI: 0 not_entailment, 1 entailment).
+TFDS_LABEL_NAMES: Mapping[str, tuple[str, ...]] = MappingProxyType({
+    "mnli": ("entailment", "neutral", "contradiction"),
+    "qnli": ("entailment", "not_entailment"),
+    "rte": ("entailment", "not_entailment"),
+})
+
+# Our split names -> tfds split names.
+_TFDS_SPLITS = {
+    "train": "train", "dev": "validation", "test": "test",
+    "dev_matched": "validation_matched", "dev_mismatched": "validation_mismatched",
+    "test_matched": "test_matched", "test_mismatched": "test_mismatched",
+}
+
+
+def tfds_split(task: str | glue.TaskSpec, split: str) -> str:
+    """The tfds split name of one of our splits (MNLI's ``dev`` is ``validation_matched``)."""
+    spec = glue.get_task(task)
+    split = {"validation": "dev"}.get(split, split)
+    if split not in spec.split_files:
+        raise ValueError(f"Unknown split {split!r} for {spec.name}; expected one of "
+                         f"{', '.join(spec.splits)}.")
+    if spec.name == "mnli" and split in ("dev", "test"):
+        split += "_matched"
+    return _TFDS_SPLITS[split]
+
+
+def _text(value) -> str:
+    return value.decode("utf-8") if isinstance(value, bytes) else str(value)
+
+
+def record_to_example(task: str | glue.TaskSpec, split: str, record: Mapping[str, object]
+                      ) -> glue.Example:
+    """Converts one tfds GLUE record (as from ``tfds.as_numpy``) to an Example.
+
+    Args:
+      task: task name or spec.
+      split: our split name, used in the guid.
+      record: a dict with the task's text features (bytes or str), ``label`` (int, or float for
+        STS-B; -1 on test splits) and ``idx``.
+
+    Returns:
+      The Example, label None where tfds has -1.
+
+    Raises:
+      ValueError: a label outside the task's classes.
+    """
+    spec = glue.get_task(task)
+    first, second = TFDS_TEXT_FEATURES[spec.name]
+    raw_label = record["label"]
+    label: int | float | None
+    if spec.is_regression:
+        label = float(raw_label)
+        # STS-B scores lie in [0, 5]; tfds marks the hidden test scores with -1.
+        if label == -1.0:
+            label = None
+    else:
+        label = int(raw_label)
+        if label == -1:
+            label = None
+        else:
+            names = TFDS_LABEL_NAMES.get(spec.name)
+            if not 0 <= label < (len(names) if names else spec.num_labels):
+                raise ValueError(f"Label {label} out of range for {spec.name}.")
+            if names is not None:
+                label = spec.labels.index(names[label])
+    return glue.Example(
+        guid=f"{spec.name}-{split}-{int(record['idx'])}",
+        text_a=_text(record[first]),
+        text_b=_text(record[second]) if second is not None else None,
+        label=label)
+
+
+def read_examples_tfds(task: str | glue.TaskSpec, split: str,
+                       data_dir: str | os.PathLike | None = None) -> list[glue.Example]:
+    """Reads ``glue/<config>`` with tensorflow_datasets (downloading it if needed).
+
+    Args:
+      task: task name or spec.
+      split: our split name (``train``, ``dev``, ``test``, MNLI's ``dev_mismatched`` ...).
+      data_dir: tfds data directory; None means tfds's default (``~/tensorflow_datasets``).
+
+    Returns:
+      The examples in tfds's order (sorted by ``idx``, which is the TSV's row order).
+
+    Raises:
+      ImportError: tensorflow-datasets (or TensorFlow) is not installed.
+    """
+    try:
+        import tensorflow_datasets as tfds
+    except ImportError as e:
+        raise ImportError(
+            "Reading GLUE through TensorFlow Datasets needs TensorFlow and tensorflow-datasets: "
+            "pip install tensorflow tensorflow-datasets (or use the GLUE TSVs via "
+            "$GLUE_DIR).") from e
+    spec = glue.get_task(task)
+    dataset = tfds.load(f"glue/{TFDS_CONFIGS[spec.name]}", split=tfds_split(spec, split),
+                        data_dir=None if data_dir is None else os.fspath(data_dir),
+                        shuffle_files=False)
+    examples = [record_to_example(spec, split, record) for record in tfds.as_numpy(dataset)]
+    examples.sort(key=lambda ex: int(ex.guid.rsplit("-", 1)[1]))
+    return examples
+
+
+__all__ = ["TFDS_CONFIGS", "TFDS_LABEL_NAMES", "TFDS_TEXT_FEATURES", "read_examples_tfds",
+           "record_to_example", "tfds_split"]
