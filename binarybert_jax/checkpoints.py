@@ -16,6 +16,7 @@ from typing import Any, Mapping
 import numpy as np
 
 from binarybert_jax.model import BertConfig
+from binarybert_jax.trees import flatten, unflatten  # noqa: F401  (re-exported)
 
 log = logging.getLogger(__name__)
 
@@ -147,30 +148,6 @@ def convert_hf_tensors(tensors: Mapping[str, np.ndarray]) -> dict[str, np.ndarra
     return flat
 
 
-def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    """Nested dict -> ``{"a/b/c": leaf}``."""
-    out = {}
-    for k, v in tree.items():
-        key = f"{prefix}{k}"
-        if isinstance(v, Mapping):
-            out.update(flatten(v, key + "/"))
-        else:
-            out[key] = v
-    return out
-
-
-def unflatten(flat: Mapping[str, Any]) -> dict[str, Any]:
-    """``{"a/b/c": leaf}`` -> nested dict."""
-    tree: dict[str, Any] = {}
-    for key, v in flat.items():
-        node = tree
-        *parents, leaf = key.split("/")
-        for p in parents:
-            node = node.setdefault(p, {})
-        node[leaf] = v
-    return tree
-
-
 # Parameters a fresh model may keep from its own initialisation when the checkpoint lacks them:
 # task heads (a backbone checkpoint has none), the pooler (BertForQuestionAnswering has none) and
 # activation quantizer parameters (the checkpoint is full precision).
@@ -232,3 +209,57 @@ def load_hf_checkpoint(model_dir: str | pathlib.Path) -> tuple[BertConfig, dict[
     except CheckpointError as e:
         raise CheckpointError(f"{model_dir / 'model.safetensors'}: {e}") from None
     return config, flat
+
+
+def to_hf_tensors(params: Mapping[str, Any], prefix: str = "") -> dict[str, np.ndarray]:
+    """Our full-precision parameter tree -> Hugging Face BERT tensor names (PyTorch layout), the
+    inverse of ``convert_hf_tensors``. Split or quantizer parameters have no HF counterpart and are
+    refused."""
+    inverse_layer = {v: k for k, v in _LAYER_MAP.items()}
+    inverse_top = {v: k for k, v in _TOP_MAP.items()}
+    out = {}
+    for key, value in flatten(params).items():
+        module, leaf = key.rsplit("/", 1)
+        if leaf.endswith(("_clip", "_step")) or np.ndim(value) > 2 or (leaf == "bias" and np.ndim(value) > 1):
+            raise CheckpointError(f"{key} (shape {np.shape(value)}) has no Hugging Face counterpart: "
+                                  "export a full-precision, unsplit model")
+        if module == "embeddings" and leaf.endswith("_embeddings"):
+            name = f"embeddings.{leaf}.weight"
+        else:
+            m = re.fullmatch(r"encoder/layer_(\d+)/(.+)", module)
+            hf_module = (f"encoder.layer.{m.group(1)}.{inverse_layer[m.group(2)]}" if m
+                         else inverse_top[module])
+            hf_leaf = {"kernel": "weight", "scale": "weight", "bias": "bias"}[leaf]
+            name = f"{hf_module}.{hf_leaf}"
+        array = np.asarray(value, np.float32)
+        out[prefix + name] = np.ascontiguousarray(array.T if leaf == "kernel" else array)
+    return out
+
+
+def write_hf_checkpoint(directory, params: Mapping[str, Any], config: BertConfig,
+                        tokenizer_dir=None) -> pathlib.Path:
+    """Writes ``config.json`` + ``model.safetensors`` (and copies the tokenizer files from
+    ``tokenizer_dir``) so that transformers or this module can load the model."""
+    import shutil
+    from safetensors.numpy import save_file
+    directory = pathlib.Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    act = {"gelu": "gelu", "gelu_tanh": "gelu_new", "relu": "relu"}[config.hidden_act]
+    if config.num_heads * config.head_dim != config.hidden_size:
+        raise CheckpointError(f"a Hugging Face BERT needs num_heads·head_dim == hidden_size; got "
+                              f"{config.num_heads}·{config.head_dim} != {config.hidden_size}")
+    hf_config = {"architectures": ["BertModel"], "model_type": "bert", "vocab_size": config.vocab_size,
+                 "hidden_size": config.hidden_size, "num_hidden_layers": config.num_layers,
+                 "num_attention_heads": config.num_heads, "intermediate_size": config.intermediate_size,
+                 "max_position_embeddings": config.max_position, "type_vocab_size": config.type_vocab_size,
+                 "hidden_act": act, "layer_norm_eps": config.layer_norm_eps,
+                 "hidden_dropout_prob": config.hidden_dropout,
+                 "attention_probs_dropout_prob": config.attention_dropout,
+                 "pad_token_id": config.pad_token_id, "position_embedding_type": "absolute"}
+    (directory / "config.json").write_text(json.dumps(hf_config, indent=2))
+    save_file(to_hf_tensors(params), str(directory / "model.safetensors"))
+    if tokenizer_dir is not None:
+        for name in ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json"):
+            if (pathlib.Path(tokenizer_dir) / name).is_file():
+                shutil.copy(pathlib.Path(tokenizer_dir) / name, directory / name)
+    return directory

@@ -200,7 +200,7 @@ class _ActQuantMixin:
     def act_quant(self, name: str, x, quant_cfg: QuantConfig, symmetric: bool, token_axes,
                   mask=None, stacked: int = 0):
         if not quant_cfg.quantizes_acts:
-            return x
+            return [x] * stacked if stacked else x
         cfg = quant_cfg
         shape = (stacked,) if stacked else ()
         if cfg.act_method == "uniform":
@@ -469,6 +469,11 @@ class ModelSpec:
 
     def build(self, dtype: Any = jnp.float32) -> BertModel:
         return BertModel(self.config, self.quant, self.head, self.num_labels, dtype=dtype)
+
+    def without_axis(self) -> "ModelSpec":
+        """The same model with ranges computed locally: for initialisation and calibration on the
+        host's whole batch, outside the sharded step (parameters are identical)."""
+        return dataclasses.replace(self, quant=dataclasses.replace(self.quant, act_axis_name=None))
 
     def to_dict(self) -> dict:
         return {"config": self.config.to_dict(), "quant": self.quant.to_dict(), "head": self.head,

@@ -291,10 +291,12 @@ def _lsq_offset(x, symmetric, axes, mask, axis_name):
     return lax.stop_gradient(_finite_or(_masked_min(x, axes, mask, axis_name), 0))
 
 
-def _lsq_count(x, mask):
-    if mask is None:
-        return float(x.size)
-    return jnp.maximum(jnp.sum(mask, dtype=jnp.float32), 1.0)
+def _lsq_count(x, mask, axis_name):
+    count = jnp.float32(x.size) if mask is None else jnp.sum(mask, dtype=jnp.float32)
+    if axis_name is not None:
+        # The gradient scale uses the global element count, so a sharded step matches one device.
+        count = lax.psum(count, axis_name)
+    return jnp.maximum(count, 1.0)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4, 6))
@@ -319,7 +321,7 @@ def _lsq_act_bwd(bits, symmetric, axes, axis_name, residuals, g):
     q = shifted / step.astype(shifted.dtype)
     small, big = q < qn, q > qp
     middle = ~(small | big)
-    grad_scale = 1.0 / jnp.sqrt(_lsq_count(shifted, mask) * qp)
+    grad_scale = 1.0 / jnp.sqrt(_lsq_count(shifted, mask, axis_name) * qp)
     per_element = jnp.where(small, float(qn), jnp.where(big, float(qp), jnp.round(q) - q))
     acc = jnp.promote_types(g.dtype, jnp.float32)
     grad_step = (jnp.sum(per_element * g, dtype=acc) * grad_scale).astype(step.dtype)

@@ -100,5 +100,53 @@ def load_model(directory: str | os.PathLike) -> tuple[Any, ModelSpec, dict]:
     return params, ModelSpec.from_dict(meta["spec"]), meta.get("info", {})
 
 
+def load_model_spec(directory: str | os.PathLike) -> ModelSpec:
+    """The ModelSpec of a model checkpoint, without reading its parameters."""
+    return ModelSpec.from_dict(read_model_meta(directory)["spec"])
+
+
 def is_model_checkpoint(directory: str | os.PathLike) -> bool:
     return (pathlib.Path(directory) / "model.json").is_file()
+
+
+class TrainCheckpoints:
+    """Periodic, atomic train-state checkpoints of one training phase (Orbax CheckpointManager).
+
+    Each step directory holds ``state`` (params, optimizer state, step) and ``meta`` (JSON: the
+    phase's progress and anything the loop wants back on resume). Orbax writes to a temporary
+    directory and renames it when complete, so a crash mid-save leaves the previous checkpoint as
+    the latest one.
+    """
+
+    def __init__(self, directory: str | os.PathLike, max_to_keep: int = 2):
+        import orbax.checkpoint as ocp
+        self._ocp = ocp
+        self.directory = pathlib.Path(directory).absolute()
+        self._manager = ocp.CheckpointManager(
+            self.directory,
+            options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True,
+                                                 enable_async_checkpointing=False),
+            item_names=("state", "meta"))
+
+    def latest_step(self) -> Optional[int]:
+        return self._manager.latest_step()
+
+    def save(self, step: int, state: Any, meta: dict) -> None:
+        ocp = self._ocp
+        self._manager.save(step, args=ocp.args.Composite(
+            state=ocp.args.StandardSave(jax.tree_util.tree_map(np.asarray, state)),
+            meta=ocp.args.JsonSave(meta)), force=True)
+        self._manager.wait_until_finished()
+
+    def restore(self, step: int, abstract_state: Any) -> tuple[Any, dict]:
+        """Restores the state at ``step`` into the structure of ``abstract_state``."""
+        ocp = self._ocp
+        target = jax.tree_util.tree_map(
+            lambda x: jax.ShapeDtypeStruct(np.shape(x), np.asarray(x).dtype) if not isinstance(
+                x, jax.ShapeDtypeStruct) else x, abstract_state)
+        restored = self._manager.restore(step, args=ocp.args.Composite(
+            state=ocp.args.StandardRestore(target), meta=ocp.args.JsonRestore()))
+        return restored["state"], restored["meta"]
+
+    def close(self) -> None:
+        self._manager.close()

