@@ -1,0 +1,641 @@
+"""Real low-bit models: bit-packed export of a trained quantized model, and loading it back.
+
+The authors' code saves float32 tensors that merely hold quantized values; here a binary weight
+takes 1 bit on disk, a ternary weight 2, a k-bit weight k.
+
+File format ("binarybert-jax/packed", version 1): ONE ``.safetensors`` file
+  One file rather than a directory with a manifest beside it: it is copied, uploaded and
+  replaced atomically, and there is no way to pair a manifest with the wrong tensors. safetensors
+  is read without pickle (no code runs on load), maps the payload lazily, and its header (read
+  without touching the payload) carries a string metadata dict, where the manifest lives.
+
+  Tensors, for a parameter at flat path ``P`` (e.g. ``encoder/layer_0/attention/query/kernel``):
+    * float32 parameter (LayerNorm, biases, position/segment embeddings, task head, pooler when
+      unquantized, activation clip pairs and LSQ steps): ``P``, float32, its own shape. The two
+      halves of a split bias only ever enter the forward pass as their sum, so ``P`` holds that
+      sum, shape ``(out,)`` (encoding ``fp32_sum``).
+    * quantized weight: ``P:codes`` (uint8, 1-D, bit-packed codes), ``P:scales`` (float32, the
+      weight's shape with 1 along every axis a scale is shared over: ``(1, 1)`` per matrix
+      layer-wise, ``(V, 1)`` per embedding row, ``(1, out)`` per kernel output unit, and a
+      leading 2 for the two planes of a split weight, each plane with its own scales) and
+      ``P:levels`` (float32, the 2^k − 1 or fewer code levels, ascending); a binary weight with
+      exact zeros also has ``P:zeros`` (uint32 flat C-order indices; uint64 past 2^32 entries).
+  Decoding a quantized weight: ``value = scales * levels[code]`` in float32 (scales broadcast),
+  then 0 at the ``P:zeros`` indices.
+  Codes are indices into ``levels``: binary 0 → −1, 1 → +1 (1 bit); ternary 0, 1, 2 → −1, 0,
+  +1 (2 bits); ``int<k>`` 0 .. 2^k − 2 → 2^k − 1 symmetric levels (k bits): j·fl(1/L) for LAT
+  (L = 2^(k−1) − 1, j = −L..L, as XLA computes j/L; the scale is α), and j itself for uniform
+  k-bit (the scale is the step).
+  Packing: the codes are taken in C order over the whole (planes included) tensor; code ``i``'s
+  bit ``b`` (least significant first) is bit number ``i·k + b`` of the stream, and stream bit
+  ``n`` is bit ``n % 8`` (least significant first, ``np.packbits(bitorder="little")``) of byte
+  ``n // 8``; the last byte is zero-padded.
+
+  Metadata key ``binarybert_jax.manifest``: JSON with ``format``, ``version``, ``spec``
+  (``ModelSpec.to_dict()`` of the quantized model), ``info`` (free-form), ``bit_order`` and
+  ``tensors``: per parameter path, ``kind`` (quantized | fp32 | act), ``encoding`` (fp32 |
+  fp32_sum | binary | ternary | int<k>), ``shape`` (the parameter's shape in the model), and for
+  quantized weights ``bits``, ``method``, ``scale_axes``, ``scale_shape``, ``split``, ``levels``
+  and ``zeros`` (how many of each).
+
+Why codes and scales are exact
+  ``export_packed`` never re-derives a formula: it asks ``quant.weight_quant_values`` (the one home
+  of the formulas) for the quantized values, jitted as in the model's forward pass, then finds
+  per scale group a float32 scale and per entry a level index with ``scale * level == value``
+  exactly (the scale is the group's max |value| over the top level for BWN/TWN/LAT; a few ulps
+  are searched where the compiler folded a division into a multiplication). It decodes what it
+  is about to write and raises unless that equals the quantized values exactly, entry for entry.
+  BWN maps an exact zero weight to 0 (sign(0) = 0), a value one bit cannot hold: such entries
+  are listed in ``P:zeros``. LAT: the values are the diagonal-free ones unless ``lat_diag`` (the
+  optimizer's second moments, a tree like the params) is passed.
+
+Loading (``load_packed``)
+  Unpacks once into float32 parameters that hold exactly the quantized values, and returns a spec
+  for the NORMAL model that does not quantize weights again (``weight_bits = embed_bits = 32``;
+  activation quantization and everything else unchanged; see ``inference_spec``). Quantizing the
+  values again is not exact: re-averaging |ŵ| in float32 moves a scale by an ulp for many shapes
+  (measured on random weights: layer-wise BWN of a (384, 1536) kernel, row-wise BWN/TWN of
+  embeddings), and LAT ≥ 3 bits refits to other levels. The quantized spec is returned in
+  ``info["quantized_spec"]``; ``requantize=True`` returns it with its own layout instead (to
+  fine-tune further; the forward then matches to float rounding). Where the model only ever uses
+  the two planes of a split weight as their sum (the word embedding; every matrix when both
+  halves share their input quantizer, the default), the loaded model holds that sum: the same
+  float32 additions, done once at load.
+  The loaded logits equal the source model's bitwise in every configuration of the tests (tiny
+  TWN, BWN, split, LAT + LSQ, uniform 8-bit; MiniLM BWN and split). That is not guaranteed: the
+  weights equal the quantizer's values as computed on their own under jit, and XLA may compile
+  the same reductions with another summation order inside a larger graph (an ulp on a scale).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import math
+import os
+import pathlib
+from typing import Any, Mapping, Optional
+
+import jax
+import numpy as np
+
+from binarybert_jax import checkpoints, quant, size
+from binarybert_jax.model import ModelSpec
+
+FORMAT = "binarybert-jax/packed"
+FORMAT_VERSION = 1
+MANIFEST_KEY = "binarybert_jax.manifest"
+BIT_ORDER = "little"
+# How many ulps away from the direct estimate a group's scale is searched, and how many of the
+# top levels are tried as the level of the group's largest |value| (LAT may leave the top unused).
+_ULP_SEARCH = (0, -1, 1, -2, 2, -3, 3)
+_TOP_LEVELS_TRIED = 16
+
+
+class PackedFormatError(ValueError):
+    """A packed file that cannot be read; the message names the file and the tensor."""
+
+
+class ExportError(ValueError):
+    """Parameters that cannot be exported exactly; the message names the tensor."""
+
+
+# --------------------------------------------------------------------------------------------
+# Bit packing.
+# --------------------------------------------------------------------------------------------
+def pack_codes(codes: np.ndarray, bits: int) -> np.ndarray:
+    """Packs unsigned integer codes (each < 2^bits) into a little-endian bit stream.
+
+    Args:
+      codes: any shape; taken in C order.
+      bits: bits per code, 1..16.
+    Returns:
+      uint8 array of ``ceil(codes.size * bits / 8)`` bytes (layout: module docstring).
+    """
+    flat = np.ascontiguousarray(codes).reshape(-1)
+    if bits == 8:
+        return flat.astype(np.uint8)
+    if bits == 1:
+        return np.packbits(flat.astype(np.uint8), bitorder=BIT_ORDER)
+    planes = (flat.astype(np.uint32)[:, None] >> np.arange(bits, dtype=np.uint32)) & 1
+    return np.packbits(planes.astype(np.uint8).reshape(-1), bitorder=BIT_ORDER)
+
+
+def unpack_codes(packed: np.ndarray, bits: int, count: int) -> np.ndarray:
+    """Inverse of ``pack_codes``: the first ``count`` codes, 1-D (uint8 to 8 bits, else uint16)."""
+    if bits == 8:
+        return packed[:count]
+    stream = np.unpackbits(packed, count=count * bits, bitorder=BIT_ORDER)
+    if bits == 1:
+        return stream
+    dtype = np.uint8 if bits <= 8 else np.uint16
+    codes = np.zeros(count, dtype)
+    for b in range(bits):
+        codes |= stream[b::bits].astype(dtype) << dtype(b)
+    return codes
+
+
+def packed_nbytes(count: int, bits: int) -> int:
+    return (count * bits + 7) // 8
+
+
+# --------------------------------------------------------------------------------------------
+# Codes and scales from quantized values.
+# --------------------------------------------------------------------------------------------
+@functools.partial(jax.jit, static_argnums=(1, 2, 3))
+def _quantized_values(w, method, bits, axes, diag):
+    # Jitted like the model's forward pass: XLA folds some divisions by constants into
+    # multiplications, and the export must see the values the model computes.
+    return quant.weight_quant_values(w, method, bits, axes, diag)
+
+
+def level_tables(method: str, bits: int) -> list[tuple[int, np.ndarray]]:
+    """Candidate (code bits, ascending float32 levels) for a quantizer.
+
+    LAT ≥ 3 bits gets j·fl(1/L) (what XLA computes for j/L under jit) and the exactly rounded
+    j/L; uniform k-bit values are fl(step·j).
+    """
+    if method == "bwn" or (method == "lat" and bits == 1):
+        return [(1, np.array([-1, 1], np.float32))]
+    if bits == 2 and method in ("twn", "lat", "uniform"):
+        return [(2, np.array([-1, 0, 1], np.float32))]
+    top = 2 ** (bits - 1) - 1
+    j = np.arange(-top, top + 1)
+    if method == "uniform":
+        return [(bits, j.astype(np.float32))]
+    folded = (j.astype(np.float32) * (np.float32(1) / np.float32(top))).astype(np.float32)
+    exact = (j.astype(np.float32) / np.float32(top)).astype(np.float32)
+    tables = [(bits, folded)]
+    if not np.array_equal(folded, exact):
+        tables.append((bits, exact))
+    return tables
+
+
+def _shift_ulps(x: np.ndarray, n: int) -> np.ndarray:
+    direction = np.float32(np.inf if n > 0 else -np.inf)
+    for _ in range(abs(n)):
+        x = np.nextafter(x, direction).astype(np.float32)
+    return x
+
+
+def _fit_groups(v: np.ndarray, levels: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per row of ``v`` (one scale group a row), a float32 scale and level indices that reproduce
+    the row exactly.
+
+    Args:
+      v: ``(G, n)`` float32 quantized values.
+      levels: ``(m,)`` ascending float32 levels, evenly spaced up to rounding, m ≤ 65535.
+    Returns:
+      (codes ``(G, n)`` uint8 or uint16, scales ``(G,)`` float32, solved ``(G,)`` bool).
+    """
+    code_dtype = np.uint8 if len(levels) <= 256 else np.uint16
+    codes = np.zeros(v.shape, code_dtype)
+    scales = np.zeros(v.shape[0], np.float32)
+    vmax = np.max(np.abs(v), axis=1)
+    zero = vmax == 0
+    # An all-zero group: any level times a zero scale gives 0.
+    codes[zero] = int(np.argmin(np.abs(levels)))
+    solved = zero.copy()
+    spacing = np.float32(float(levels[1]) - float(levels[0]))
+
+    def attempt(rows, s):
+        # Each value sits within a few ulps of scale·level, far inside half a level spacing, so
+        # float32 rounding finds its level. In place: these arrays can hold 10^7 entries.
+        q = rows / s[:, None]
+        q -= levels[0]
+        q /= spacing
+        np.rint(q, out=q)
+        np.clip(q, 0, len(levels) - 1, out=q)
+        idx = q.astype(code_dtype)
+        recon = levels[idx]
+        recon *= s[:, None]
+        return idx, np.all(recon == rows, axis=1)
+
+    tops = [t for t in levels[::-1] if t > 0][:_TOP_LEVELS_TRIED]
+    for top in tops:
+        todo = np.flatnonzero(~solved & np.isfinite(vmax))
+        if todo.size == 0:
+            break
+        base = (vmax[todo] / top).astype(np.float32)
+        for shift in _ULP_SEARCH:
+            if todo.size == 0:
+                break
+            everything = todo.size == v.shape[0]
+            idx, ok = attempt(v if everything else v[todo], _shift_ulps(base, shift))
+            hit = todo[ok]
+            if everything and ok.all():
+                codes, scales[:] = idx, _shift_ulps(base, shift)
+            else:
+                codes[hit], scales[hit] = idx[ok], _shift_ulps(base, shift)[ok]
+            solved[hit] = True
+            todo, base = todo[~ok], base[~ok]
+    return codes, scales, solved
+
+
+def _group_view(x: np.ndarray, axes: tuple[int, ...]):
+    """(x as ``(G, n)`` rows of scale groups, a function restoring a ``(G, n)`` array's layout)."""
+    ndim = x.ndim
+    shared = sorted(a % ndim for a in axes)
+    kept = [a for a in range(ndim) if a not in shared]
+    perm = kept + shared
+    xt = np.transpose(x, perm)
+    rows = xt.reshape(math.prod(x.shape[a] for a in kept), -1)
+    inverse = np.argsort(perm)
+    return rows, lambda y: np.transpose(y.reshape(xt.shape), inverse)
+
+
+def dequantize(codes: np.ndarray, scales: np.ndarray, levels: np.ndarray,
+               zeros: Optional[np.ndarray] = None) -> np.ndarray:
+    """``scales * levels[codes]`` in float32, then 0 at the flat (C-order) indices ``zeros``.
+
+    Args:
+      codes: integer level indices, the weight's shape.
+      scales: float32, keepdims shape (broadcasts against ``codes``).
+      levels: float32 ``(m,)``.
+      zeros: optional flat indices of binary entries that are exactly 0.
+    """
+    out = (scales.astype(np.float32) * levels.astype(np.float32)[codes]).astype(np.float32)
+    if zeros is not None and zeros.size:
+        out.reshape(-1)[zeros] = 0
+    return out
+
+
+@dataclasses.dataclass
+class _Encoded:
+    bits: int
+    codes: np.ndarray     # uint8 / uint16 level indices, the weight's shape
+    scales: np.ndarray    # float32, keepdims shape
+    levels: np.ndarray    # float32, ascending
+    zeros: np.ndarray     # flat indices of exact zeros no level can hold (binary only)
+
+
+def encode_values(values: np.ndarray, acct: size.TensorAccount) -> _Encoded:
+    """Codes and scales reproducing quantized ``values`` exactly.
+
+    Args:
+      values: float32 quantized values of the parameter ``acct`` describes (its full shape).
+      acct: the parameter's ``TensorAccount`` (method, bits, scale axes).
+    Returns:
+      The encoding.
+    Raises:
+      ExportError: no candidate level table reproduces every scale group.
+    """
+    values = np.asarray(values, np.float32)
+    if not np.all(np.isfinite(values)):
+        raise ExportError(f"{acct.path}: quantized values are not all finite")
+    rows, restore = _group_view(values, acct.axes)
+    unsolved = 0
+    for bits, levels in level_tables(acct.method, acct.bits):
+        zeros, fit_rows = np.zeros(0, np.int64), rows
+        if not np.any(levels == 0):
+            # BWN maps w == 0 to 0 (sign(0) = 0, as torch.sign in the released code), a value no
+            # bit can hold; real checkpoints have a few (3 in MiniLM's word embedding). They are
+            # listed apart rather than spending a second bit on every entry.
+            vmax = np.max(np.abs(rows), axis=1, keepdims=True)
+            holes = (rows == 0) & (vmax > 0)
+            if holes.any():
+                zeros = np.flatnonzero(restore(holes))
+                fit_rows = np.where(holes, vmax, rows)  # any level will do: listed as zeros
+        codes, scales, solved = _fit_groups(fit_rows, levels)
+        if solved.all():
+            return _Encoded(bits, restore(codes), scales.reshape(acct.scale_shape), levels, zeros)
+        unsolved = int((~solved).sum())
+    raise ExportError(f"{acct.path}: {unsolved} of {rows.shape[0]} scale groups of these "
+                      f"{acct.method} {acct.bits}-bit values fit no scale × level table; the "
+                      "quantizer's output is not of the form scale·level")
+
+
+# --------------------------------------------------------------------------------------------
+# Export.
+# --------------------------------------------------------------------------------------------
+@dataclasses.dataclass(frozen=True)
+class ExportSummary:
+    """What ``export_packed`` wrote.
+
+    Attributes:
+      path: the file.
+      file_bytes: its size on disk.
+      payload_bytes: bytes of tensor data (packed codes, scales, levels, float32 parameters).
+      accounting: ``size.model_size_bits`` of the spec with scales and activation parameters in.
+      overhead_bits: ``payload_bytes·8 − accounting.total_bits`` (code padding + level tables).
+      fp32_bytes: the same model's parameters as float32 (4 bytes each, split halves included).
+    """
+
+    path: pathlib.Path
+    file_bytes: int
+    payload_bytes: int
+    accounting: size.SizeReport
+    overhead_bits: int
+    fp32_bytes: int
+
+    @property
+    def header_bytes(self) -> int:
+        return self.file_bytes - self.payload_bytes
+
+
+def _check_params(flat: Mapping[str, Any], plan: list[size.TensorAccount], what: str) -> None:
+    expected = {t.path: t.shape for t in plan}
+    missing = sorted(set(expected) - set(flat))
+    extra = sorted(set(flat) - set(expected))
+    bad = [f"{k}: expected {expected[k]}, got {tuple(np.shape(flat[k]))}"
+           for k in sorted(set(expected) & set(flat)) if tuple(np.shape(flat[k])) != expected[k]]
+    problems = []
+    if missing:
+        problems.append(f"missing parameters {missing}")
+    if extra:
+        problems.append(f"parameters the spec's model does not have {extra}")
+    if bad:
+        problems.append(f"shape mismatches {bad}")
+    if problems:
+        raise ExportError(f"{what} do not fit the spec: " + "; ".join(problems))
+
+
+def export_packed(params: Mapping[str, Any], spec: ModelSpec, path: str | os.PathLike,
+                  info: Optional[dict] = None, lat_diag: Optional[Mapping[str, Any]] = None
+                  ) -> ExportSummary:
+    """Writes a trained quantized model as one bit-packed ``.safetensors`` file.
+
+    Args:
+      params: the model's ``params`` tree (nested dict of arrays, as ``model.init(...)["params"]``).
+      spec: the model's spec (any W-E-A bits, split or not).
+      path: the output file (replaced atomically if it exists).
+      info: free-form JSON-serialisable metadata stored in the manifest.
+      lat_diag: LAT only: the optimizer's second moments as a tree mirroring ``params`` for the
+        kernels (the model's ``lat_diag`` collection); without it the values are diagonal-free.
+    Returns:
+      An ``ExportSummary``.
+    Raises:
+      ExportError: parameters that do not fit the spec, or values that cannot be encoded exactly.
+    """
+    from safetensors.numpy import save_file
+
+    plan = size.tensor_plan(spec)
+    flat = checkpoints.flatten(params)
+    _check_params(flat, plan, "params")
+    diag = checkpoints.flatten(lat_diag) if lat_diag is not None else {}
+
+    tensors: dict[str, np.ndarray] = {}
+    entries: dict[str, dict] = {}
+    for acct in plan:
+        w = np.asarray(flat[acct.path], np.float32)
+        entry: dict[str, Any] = {"kind": acct.kind, "shape": list(acct.shape)}
+        if acct.kind != size.QUANTIZED:
+            if acct.split:  # a split bias: the forward pass only uses its summed halves
+                tensors[acct.path] = (w[0] + w[1]).astype(np.float32)
+                entry["encoding"] = "fp32_sum"
+            else:
+                tensors[acct.path] = w
+                entry["encoding"] = "fp32"
+            entries[acct.path] = entry
+            continue
+        d = diag.get(acct.path) if acct.method == "lat" else None
+        values = np.asarray(_quantized_values(w, acct.method, acct.bits, tuple(acct.axes),
+                                              None if d is None else np.asarray(d, np.float32)))
+        enc = encode_values(values, acct)
+        packed = pack_codes(enc.codes, enc.bits)
+        # Decode exactly what is written, and refuse to write anything that does not decode to
+        # the quantized values (IEEE equality: -0.0 == 0.0).
+        zeros = enc.zeros.astype(np.uint32 if acct.size < 2 ** 32 else np.uint64)
+        decoded = dequantize(unpack_codes(packed, enc.bits, acct.size).reshape(acct.shape),
+                             enc.scales, enc.levels, zeros)
+        if not np.array_equal(decoded, values):
+            raise ExportError(f"{acct.path}: decoded values differ from the quantized values at "
+                              f"{int(np.sum(decoded != values))} entries")
+        tensors[f"{acct.path}:codes"] = packed
+        tensors[f"{acct.path}:scales"] = enc.scales
+        tensors[f"{acct.path}:levels"] = enc.levels
+        if zeros.size:
+            tensors[f"{acct.path}:zeros"] = zeros
+        entry.update(encoding=_encoding_name(enc.bits, len(enc.levels)), bits=enc.bits,
+                     method=acct.method, scale_axes=list(acct.axes),
+                     scale_shape=list(acct.scale_shape), split=acct.split,
+                     levels=len(enc.levels), zeros=int(zeros.size))
+        entries[acct.path] = entry
+
+    manifest = {"format": FORMAT, "version": FORMAT_VERSION, "spec": spec.to_dict(),
+                "info": info or {}, "bit_order": BIT_ORDER, "tensors": entries}
+    final = pathlib.Path(path).absolute()
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = final.with_name(final.name + f".tmp{os.getpid()}")
+    save_file({k: np.array(v, order="C") for k, v in tensors.items()}, str(tmp),
+              metadata={MANIFEST_KEY: json.dumps(manifest, sort_keys=True)})
+    os.replace(tmp, final)
+
+    payload = sum(v.nbytes for v in tensors.values())
+    accounting = size.SizeReport(tuple(plan), include_scales=True, include_act_params=True)
+    return ExportSummary(final, final.stat().st_size, payload, accounting,
+                         payload * 8 - accounting.total_bits, 4 * accounting.num_params)
+
+
+def _encoding_name(bits: int, num_levels: int) -> str:
+    if bits == 1:
+        return "binary"
+    if bits == 2 and num_levels == 3:
+        return "ternary"
+    return f"int{bits}"
+
+
+# --------------------------------------------------------------------------------------------
+# Loading.
+# --------------------------------------------------------------------------------------------
+def read_manifest(path: str | os.PathLike) -> dict:
+    """Reads and validates the manifest of a packed file (the payload is not read).
+
+    Raises:
+      FileNotFoundError: no such file.
+      PackedFormatError: not a safetensors file, no manifest, another format, or another version.
+    """
+    from safetensors import safe_open
+
+    path = pathlib.Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such packed model file")
+    try:
+        with safe_open(str(path), framework="numpy") as f:
+            metadata = f.metadata() or {}
+    except Exception as e:  # safetensors raises its own error types for corrupt files.
+        raise PackedFormatError(f"{path} could not be read as safetensors: {e}") from e
+    if MANIFEST_KEY not in metadata:
+        raise PackedFormatError(f"{path} is a safetensors file without a {MANIFEST_KEY!r} "
+                                f"manifest: not a {FORMAT} file")
+    try:
+        manifest = json.loads(metadata[MANIFEST_KEY])
+    except json.JSONDecodeError as e:
+        raise PackedFormatError(f"{path}: the manifest is not valid JSON: {e}") from e
+    if manifest.get("format") != FORMAT:
+        raise PackedFormatError(f"{path}: format {manifest.get('format')!r} is not {FORMAT!r}")
+    if manifest.get("version") != FORMAT_VERSION:
+        raise PackedFormatError(f"{path}: {FORMAT} version {manifest.get('version')!r} is not "
+                                f"supported (this code reads version {FORMAT_VERSION})")
+    if manifest.get("bit_order", BIT_ORDER) != BIT_ORDER:
+        raise PackedFormatError(f"{path}: bit order {manifest['bit_order']!r} is not {BIT_ORDER!r}")
+    return manifest
+
+
+_ENCODINGS = ("fp32", "fp32_sum", "binary", "ternary") + tuple(f"int{k}" for k in range(2, 17))
+
+
+def _check_entry(entry: Any, name: str, path) -> None:
+    """Refuses a manifest entry that does not describe a tensor this loader can rebuild."""
+    def bad(why):
+        return PackedFormatError(f"{path}: manifest entry {name!r}: {why}")
+    if not isinstance(entry, Mapping):
+        raise bad(f"not an object: {entry!r}")
+    if entry.get("encoding") not in _ENCODINGS:
+        raise bad(f"unknown encoding {entry.get('encoding')!r}; known: "
+                  f"{', '.join(_ENCODINGS[:4])}, int<k> (k = 2..16)")
+    shape = tuple(entry.get("shape", ()))
+    if entry["encoding"] == "fp32_sum" and (len(shape) < 1 or shape[0] != 2):
+        raise bad(f"fp32_sum needs a leading axis of 2, shape is {shape}")
+    if entry["encoding"].startswith("fp32"):
+        return
+    for key in ("bits", "scale_shape", "levels"):
+        if key not in entry:
+            raise bad(f"a quantized weight needs {key!r}")
+    scale_shape = tuple(entry["scale_shape"])
+    if len(scale_shape) != len(shape) or any(s not in (1, d) for s, d in zip(scale_shape, shape)):
+        raise bad(f"scale shape {scale_shape} does not broadcast to the weight's shape {shape}")
+    if not 1 <= int(entry["bits"]) <= 16 or not 1 <= int(entry["levels"]) <= 2 ** entry["bits"]:
+        raise bad(f"{entry['levels']} levels in {entry['bits']} bits")
+
+
+def _expected_tensors(entry: Mapping[str, Any], name: str
+                      ) -> dict[str, tuple[tuple[int, ...], str]]:
+    """The file tensors (name -> (shape, dtype)) one manifest entry implies."""
+    shape = tuple(entry["shape"])
+    encoding = entry["encoding"]
+    if encoding == "fp32":
+        return {name: (shape, "float32")}
+    if encoding == "fp32_sum":
+        return {name: (shape[1:], "float32")}
+    count = math.prod(shape)
+    out = {f"{name}:codes": ((packed_nbytes(count, entry["bits"]),), "uint8"),
+           f"{name}:scales": (tuple(entry["scale_shape"]), "float32"),
+           f"{name}:levels": ((entry["levels"],), "float32")}
+    if entry.get("zeros", 0):
+        out[f"{name}:zeros"] = ((entry["zeros"],), "uint32" if count < 2 ** 32 else "uint64")
+    return out
+
+
+# safetensors' dtype names -> numpy's, for error messages that compare like with like.
+_DTYPES = {"F64": "float64", "F32": "float32", "F16": "float16", "BF16": "bfloat16",
+           "I64": "int64", "I32": "int32", "I16": "int16", "I8": "int8", "U64": "uint64",
+           "U32": "uint32", "U16": "uint16", "U8": "uint8", "BOOL": "bool"}
+
+
+def load_packed(path: str | os.PathLike, requantize: bool = False
+                ) -> tuple[dict[str, Any], ModelSpec, dict]:
+    """Loads a packed file into float32 parameters for the normal model.
+
+    Args:
+      path: a file written by ``export_packed``.
+      requantize: False (default): weights hold their quantized values and the returned spec
+        does not quantize them again (exact: the same logits as the quantized source model).
+        True: the quantized spec and its own parameter layout, to fine-tune further (its
+        quantizers then re-quantize the values, equal up to float rounding of the scales).
+    Returns:
+      (params, spec, info): the nested ``params`` tree (numpy float32), the spec to build the
+      model with, and the stored info plus ``quantized_spec`` (the source model's spec as a dict).
+    Raises:
+      FileNotFoundError, PackedFormatError: unreadable file, unknown format or version, missing,
+        unexpected, mis-shaped or mis-typed tensors (each named with expected and found).
+    """
+    from safetensors import safe_open
+
+    manifest = read_manifest(path)
+    try:
+        spec = ModelSpec.from_dict(manifest["spec"])
+    except (KeyError, TypeError, ValueError) as e:
+        raise PackedFormatError(f"{path}: the manifest's model spec is invalid: {e}") from e
+    entries = manifest.get("tensors", {})
+    plan = {t.path: t for t in size.tensor_plan(spec)}
+    wrong = sorted(set(plan) ^ set(entries))
+    if wrong:
+        raise PackedFormatError(f"{path}: the manifest's tensors do not match its spec's model "
+                                f"(differing parameters: {wrong})")
+    for name, entry in entries.items():
+        _check_entry(entry, name, path)
+        if tuple(entry.get("shape", ())) != plan[name].shape:
+            raise PackedFormatError(f"{path}: manifest entry {name!r} has shape "
+                                    f"{tuple(entry.get('shape', ()))}, the spec's model wants "
+                                    f"{plan[name].shape}")
+
+    expected: dict[str, tuple[tuple[int, ...], str]] = {}
+    for name, entry in entries.items():
+        expected.update(_expected_tensors(entry, name))
+    flat: dict[str, np.ndarray] = {}
+    with safe_open(str(path), framework="numpy") as f:
+        present = set(f.keys())
+        missing = sorted(set(expected) - present)
+        if missing:
+            raise PackedFormatError(f"{path}: missing tensors {missing}")
+        extra = sorted(present - set(expected))
+        if extra:
+            raise PackedFormatError(f"{path}: unexpected tensors {extra}")
+        for key, (shape, dtype) in expected.items():
+            sl = f.get_slice(key)
+            got_shape = tuple(sl.get_shape())
+            got_dtype = _DTYPES.get(sl.get_dtype(), sl.get_dtype())
+            if got_shape != shape or got_dtype != dtype:
+                raise PackedFormatError(f"{path}: tensor {key!r}: expected shape {shape} "
+                                        f"{dtype}, got {got_shape} {got_dtype}")
+        raw = {key: f.get_tensor(key) for key in expected}
+
+    for name, entry in entries.items():
+        shape = tuple(entry["shape"])
+        if entry["encoding"] == "fp32":
+            flat[name] = raw[name]
+        elif entry["encoding"] == "fp32_sum":
+            # The forward pass adds the two halves: (sum, 0) adds up to the sum exactly.
+            flat[name] = np.stack([raw[name], np.zeros_like(raw[name])])
+        else:
+            count = math.prod(shape)
+            codes = unpack_codes(raw[f"{name}:codes"], entry["bits"], count)
+            levels = raw[f"{name}:levels"]
+            if codes.size and int(codes.max()) >= len(levels):
+                raise PackedFormatError(f"{path}: tensor {name + ':codes'!r} holds code "
+                                        f"{int(codes.max())} but only {len(levels)} levels")
+            zeros = raw.get(f"{name}:zeros")
+            if zeros is not None and zeros.size and int(zeros.max()) >= count:
+                raise PackedFormatError(f"{path}: tensor {name + ':zeros'!r} indexes entry "
+                                        f"{int(zeros.max())} of a {count}-entry weight")
+            flat[name] = dequantize(codes.reshape(shape), raw[f"{name}:scales"], levels, zeros)
+
+    info = dict(manifest.get("info", {}))
+    info["quantized_spec"] = spec.to_dict()
+    if requantize:
+        return checkpoints.unflatten(flat), spec, info
+
+    inference = inference_spec(spec)
+    return checkpoints.unflatten(_merge_planes(flat, inference)), inference, info
+
+
+def inference_spec(spec: ModelSpec) -> ModelSpec:
+    """The spec ``load_packed`` returns for a quantized ``spec``: weights are not quantized again
+    (they hold their quantized values), activations are quantized as before. A split model whose
+    halves share their input quantizer becomes a plain one: x·Ŵ1 + x·Ŵ2 is computed by the model
+    as x·(Ŵ1 + Ŵ2) anyway, so the summed kernel gives the same logits with one plane."""
+    q = dataclasses.replace(spec.quant, weight_bits=quant.FULL_PRECISION_BITS,
+                            embed_bits=quant.FULL_PRECISION_BITS)
+    if q.split and q.split_shared_act:
+        q = dataclasses.replace(q, split=False, unsplit=())
+    return dataclasses.replace(spec, quant=q)
+
+
+def _merge_planes(flat: dict[str, np.ndarray], spec: ModelSpec) -> dict[str, np.ndarray]:
+    """Sums the two planes of every parameter that ``spec``'s model holds unsplit.
+
+    The model only ever uses such a pair as its sum (Ŵ1 + Ŵ2 before the matmul, bias1 + bias2,
+    the two gathered embedding rows added), and float32 addition gives the same sum before.
+    """
+    want = size.param_shapes(spec)
+    out = {}
+    for k, v in flat.items():
+        if k in want and v.shape == (2,) + tuple(want[k]):
+            v = (v[0] + v[1]).astype(np.float32)
+        out[k] = v
+    bad = sorted(k for k in set(want) | set(out) if tuple(want.get(k, ())) != np.shape(out.get(k)))
+    if bad:  # a bug here, not in the file: the inference layout must follow from the spec's
+        raise PackedFormatError(f"parameters do not fit the inference model: {bad}")
+    return out
