@@ -20,20 +20,27 @@ from binarybert_jax.trees import flatten, unflatten
 class BertAdamState(NamedTuple):
     mu: Any
     nu: Any
+    count: Any
 
 
-def scale_by_bert_adam(b1: float = 0.9, b2: float = 0.999, eps: float = 1e-6) -> optax.GradientTransformation:
-    """m/(√v + ε) with m, v the uncorrected moving moments (BertAdam has no bias correction)."""
+def scale_by_bert_adam(b1: float = 0.9, b2: float = 0.999, eps: float = 1e-6,
+                       bias_correction: bool = False) -> optax.GradientTransformation:
+    """m/(√v + ε) with m, v the uncorrected moving moments (BertAdam has no bias correction);
+    ``bias_correction=True`` gives standard Adam/AdamW (as Hugging Face's Trainer uses)."""
 
     def init(params):
         zeros = jax.tree_util.tree_map(jnp.zeros_like, params)
-        return BertAdamState(mu=zeros, nu=jax.tree_util.tree_map(jnp.zeros_like, params))
+        return BertAdamState(mu=zeros, nu=jax.tree_util.tree_map(jnp.zeros_like, params),
+                             count=jnp.zeros((), jnp.int32))
 
     def update(grads, state, params=None):
         mu = jax.tree_util.tree_map(lambda m, g: b1 * m + (1 - b1) * g, state.mu, grads)
         nu = jax.tree_util.tree_map(lambda v, g: b2 * v + (1 - b2) * g * g, state.nu, grads)
-        updates = jax.tree_util.tree_map(lambda m, v: m / (jnp.sqrt(v) + eps), mu, nu)
-        return updates, BertAdamState(mu, nu)
+        count = state.count + 1
+        c1, c2 = ((1 - b1 ** count.astype(jnp.float32), 1 - b2 ** count.astype(jnp.float32))
+                  if bias_correction else (1.0, 1.0))
+        updates = jax.tree_util.tree_map(lambda m, v: (m / c1) / (jnp.sqrt(v / c2) + eps), mu, nu)
+        return updates, BertAdamState(mu, nu, count)
 
     return optax.GradientTransformation(init, update)
 
@@ -61,10 +68,11 @@ def param_labels(params) -> Any:
 
 def bert_adam(learning_rate: optax.ScalarOrSchedule, quant_learning_rate: optax.ScalarOrSchedule,
               weight_decay: float = 0.01, eps: float = 1e-6,
-              clip_grad_norm: Optional[float] = None) -> optax.GradientTransformation:
+              clip_grad_norm: Optional[float] = None,
+              bias_correction: bool = False) -> optax.GradientTransformation:
     """BertAdam for a BERT parameter tree (labels from ``param_labels``)."""
     def group(lr, wd):
-        parts = [scale_by_bert_adam(eps=eps)]
+        parts = [scale_by_bert_adam(eps=eps, bias_correction=bias_correction)]
         if wd:
             parts.append(optax.add_decayed_weights(wd))
         parts.append(optax.scale_by_learning_rate(lr))

@@ -13,7 +13,8 @@ Workdir layout::
     results.json                 per phase: best and final dev metrics and checkpoint paths
 
 Resume order for the student of a phase: the phase's latest train checkpoint, else the previous
-phase's final model, else ``config.init_checkpoint``, else the pretrained Hugging Face weights.
+phase's final model, else ``config.init_checkpoint``, else the teacher (the papers initialise the
+student from the model it distils), else the pretrained Hugging Face weights.
 """
 
 from __future__ import annotations
@@ -238,15 +239,25 @@ def resolve_data_dir(config) -> pathlib.Path:
     return pathlib.Path(d)
 
 
+def init_source(config) -> str:
+    """The model checkpoint a fresh student starts from ("" for the pretrained weights)."""
+    if config.init_checkpoint:
+        return config.init_checkpoint
+    if config.teacher and config.kd.mode != "supervised" and config.student.width == 1.0:
+        return config.teacher
+    return ""
+
+
 def _backbone(config) -> BertConfig:
-    """The architecture the student starts from: the init checkpoint's (which fixes the width),
+    """The architecture the student starts from: its init checkpoint's (which fixes the width),
     else the pretrained checkpoint's (scaled by ``student.width``)."""
-    if not config.init_checkpoint:
+    source = init_source(config)
+    if not source:
         return checkpoints.read_hf_config(resolve_pretrained(config))
     if config.student.width != 1.0:
         raise ValueError(f"--config.student.width={config.student.width} with an init checkpoint: "
-                         f"{config.init_checkpoint} fixes the architecture; leave width at 1.0")
-    return storage.load_model_spec(config.init_checkpoint).config
+                         f"{source} fixes the architecture; leave width at 1.0")
+    return storage.load_model_spec(source).config
 
 
 def resolve_pretrained(config) -> pathlib.Path:
@@ -295,8 +306,8 @@ def _load_init_params(config, init_params, previous: Optional[pathlib.Path]):
     Returns:
       (params, source description, whether activation quantizer params came with them).
     """
-    if previous is not None or config.init_checkpoint:
-        source = str(previous if previous is not None else config.init_checkpoint)
+    if previous is not None or init_source(config):
+        source = str(previous if previous is not None else init_source(config))
         params, _, _ = storage.load_model(source)
         flat = flatten(params)
     else:
@@ -340,8 +351,9 @@ def train_phase(config, workdir: pathlib.Path, phase: Phase, spec: ModelSpec, ta
     schedule = optim.warmup_linear_schedule(phase.learning_rate, total_steps, config.warmup_proportion)
     quant_schedule = optim.warmup_linear_schedule(config.quant_learning_rate, total_steps,
                                                   config.warmup_proportion)
-    tx = optim.bert_adam(schedule, quant_schedule, config.weight_decay,
-                         clip_grad_norm=config.clip_grad_norm or None)
+    tx = optim.bert_adam(schedule, quant_schedule, config.weight_decay, config.adam_eps,
+                         clip_grad_norm=config.clip_grad_norm or None,
+                         bias_correction=config.adam_bias_correction)
 
     first = next(_epoch_batches(train_arrays, config, 0, 0))
     example = {k: jnp.asarray(first[k][:1]) for k in MODEL_INPUTS}

@@ -1,6 +1,6 @@
 """Quantized student distilled from a fine-tuned teacher with two-stage KD (TWN weights).
 
-TernaryBERT (W2-E2-A8, the teacher's width)::
+TernaryBERT (W2-E2-A8, the teacher's width; the student starts from the teacher)::
 
     python -m launch.train --config configs/ternary.py:task=mrpc --workdir runs/mrpc/ternary \
         --config.teacher=runs/mrpc/teacher/finetune/best --config.data_dir=$GLUE_DIR

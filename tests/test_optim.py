@@ -49,3 +49,16 @@ def test_schedule_warmup_then_linear_decay():
     assert float(sched(10)) == pytest.approx(1.0)
     assert float(sched(55)) == pytest.approx(0.5)
     assert float(sched(100)) == pytest.approx(0.0)
+
+
+def test_bias_corrected_variant_equals_optax_adamw():
+    params = {"dense": {"kernel": jnp.linspace(-1, 1, 6).reshape(2, 3)}}
+    ours = optim.bert_adam(0.01, 0.01, 0.01, eps=1e-8, bias_correction=True)
+    ref = optax.adamw(0.01, eps=1e-8, weight_decay=0.01)
+    s1, s2, p1, p2 = ours.init(params), ref.init(params), params, params
+    for i in range(4):
+        g = jax.tree_util.tree_map(lambda p: jnp.sin(p * (i + 1)), p1)
+        u1, s1 = ours.update(g, s1, p1)
+        u2, s2 = ref.update(g, s2, p2)
+        p1, p2 = optax.apply_updates(p1, u1), optax.apply_updates(p2, u2)
+    np.testing.assert_allclose(p1["dense"]["kernel"], p2["dense"]["kernel"], rtol=1e-6)
