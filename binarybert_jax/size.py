@@ -206,11 +206,6 @@ class SizeReport:
         return sum(t.stored_size for t in self.tensors if t.kind == FP32)
 
     @property
-    def stored_size(self) -> int:
-        """Entries actually stored: a split bias is stored as the sum of its halves."""
-        return self.size // 2 if self.kind == FP32 and self.split else self.size
-
-    @property
     def num_scales(self) -> int:
         return sum(t.num_scales for t in self.tensors)
 

@@ -9,10 +9,11 @@ Rerunning the same command resumes from the workdir's latest checkpoint.
 from __future__ import annotations
 
 import json
-import logging
 
 from absl import app, flags
 from ml_collections import config_flags
+
+from launch import common
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Config file, optionally with :arg.", lock_config=True)
@@ -25,14 +26,7 @@ flags.mark_flags_as_required(["config", "workdir"])
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    # Orbax logs every file operation through absl at INFO; keep absl at WARNING and our own
-    # package at INFO.
-    from absl import logging as absl_logging
-    absl_logging.set_verbosity(absl_logging.WARNING)
-    ours = logging.getLogger("binarybert_jax")
-    ours.setLevel(logging.INFO)
-    ours.addHandler(logging.StreamHandler())
-    ours.propagate = False
+    common.setup_logging()
     import jax
     if FLAGS.distributed:
         jax.distributed.initialize()

@@ -43,3 +43,30 @@ def glue_dir(shared_dir) -> pathlib.Path:
 def minilm_dir():
     from binarybert_jax import assets
     return assets.minilm_dir()
+
+
+# A small BERT for training tests: the real vocabulary (so the real tokenizer works), tiny widths.
+def tiny_config(num_layers: int = 2):
+    from binarybert_jax.model import BertConfig
+    return BertConfig(vocab_size=30522, hidden_size=32, num_layers=num_layers, num_heads=4, head_dim=8,
+                      intermediate_size=64, max_position=128, hidden_dropout=0.0, attention_dropout=0.0)
+
+
+def _write_tiny(directory, config, minilm_dir):
+    import jax
+    import jax.numpy as jnp
+    from binarybert_jax import checkpoints
+    from binarybert_jax.model import BertModel
+    params = BertModel(config, head="none").init(jax.random.key(0), jnp.ones((1, 8), jnp.int32))["params"]
+    return checkpoints.write_hf_checkpoint(directory, params, config, minilm_dir)
+
+
+@pytest.fixture(scope="session")
+def tiny_pretrained(tmp_path_factory, minilm_dir):
+    """A 2-layer BERT in the Hugging Face layout (config.json + model.safetensors + MiniLM's tokenizer)."""
+    return _write_tiny(tmp_path_factory.mktemp("tiny_hf"), tiny_config(2), minilm_dir)
+
+
+@pytest.fixture(scope="session")
+def tiny_pretrained_1layer(tmp_path_factory, minilm_dir):
+    return _write_tiny(tmp_path_factory.mktemp("tiny_hf1"), tiny_config(1), minilm_dir)

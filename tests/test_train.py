@@ -13,15 +13,9 @@ import pytest
 from binarybert_jax import checkpoints, model as M, optim, storage, train
 from configs import common
 
-TINY = M.BertConfig(vocab_size=30522, hidden_size=32, num_layers=2, num_heads=4, head_dim=8,
-                    intermediate_size=64, max_position=128, hidden_dropout=0.0, attention_dropout=0.0)
+from conftest import tiny_config
 
-
-@pytest.fixture(scope="module")
-def tiny_pretrained(tmp_path_factory, minilm_dir):
-    """A small BERT in the Hugging Face layout (config.json + model.safetensors + MiniLM's tokenizer)."""
-    params = M.BertModel(TINY, head="none").init(jax.random.key(0), jnp.ones((1, 8), jnp.int32))["params"]
-    return checkpoints.write_hf_checkpoint(tmp_path_factory.mktemp("tiny_hf"), params, TINY, minilm_dir)
+TINY = tiny_config(2)
 
 
 def _config(tiny_pretrained, glue_dir, **overrides):
