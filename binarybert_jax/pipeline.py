@@ -102,8 +102,7 @@ def _row(name: str, description: str, workdir: pathlib.Path, result: dict) -> St
 
 def _batches(config, task, count: int, seed_offset: int) -> list[dict]:
     """``count`` training batches (for importance and sensitivity estimates)."""
-    tokenizer = load_tokenizer(train.resolve_pretrained(config) if not config.tokenizer else config.tokenizer)
-    arrays, _ = train.load_data(config, task, tokenizer)
+    arrays, _ = train.load_data(config, task, load_tokenizer(train.tokenizer_dir(config)))
     it = batching.iterate_batches(arrays, config.batch_size, shuffle=True, seed=config.seed + seed_offset,
                                   process_index=0, process_count=1)
     out = []
@@ -212,8 +211,7 @@ def _plan_adaptive(config, workdir: pathlib.Path, task, ternary: StageResult):
     if p.adaptive_baselines:
         # The paper's min / random / max orders at the same budget, compared right after
         # splitting (before any binary training), where the choice of matrices is all that differs.
-        _, dev = train.load_data(config, task, load_tokenizer(
-            train.resolve_pretrained(config) if not config.tokenizer else config.tokenizer))
+        _, dev = train.load_data(config, task, load_tokenizer(train.tokenizer_dir(config)))
         mesh = train.make_mesh()
         for name, chosen in {"adaptive": plan.chosen, **plan.baselines}.items():
             split_params, split_spec = tws.split_params(params, spec, only=set(chosen))

@@ -260,6 +260,11 @@ def _backbone(config) -> BertConfig:
     return storage.load_model_spec(source).config
 
 
+def tokenizer_dir(config) -> str:
+    """The tokenizer the run uses, recorded with its checkpoints so prediction uses it too."""
+    return str(pathlib.Path(config.tokenizer or resolve_pretrained(config)).absolute())
+
+
 def resolve_pretrained(config) -> pathlib.Path:
     return pathlib.Path(config.pretrained) if config.pretrained else assets.minilm_dir()
 
@@ -454,7 +459,8 @@ def train_phase(config, workdir: pathlib.Path, phase: Phase, spec: ModelSpec, ta
                     if meta["best"] is None or scores[main_metric] > meta["best"][main_metric]:
                         meta = {"best": scores, "best_step": step}
                         storage.save_model(best_dir, jax.device_get(state.params), spec,
-                                           {"phase": phase.name, "step": step, "dev": scores})
+                                           {"phase": phase.name, "step": step, "dev": scores,
+                                            "task": task.name, "tokenizer": tokenizer_dir(config)})
                 if step % config.checkpoint_every_steps == 0 and step < total_steps:
                     save(step)
                 if config.stop_after_steps and run_steps >= config.stop_after_steps and step < total_steps:
@@ -469,7 +475,8 @@ def train_phase(config, workdir: pathlib.Path, phase: Phase, spec: ModelSpec, ta
     final_scores = (evaluate(predict_step, state.params, task, eval_sets, config.eval_batch_size, mesh,
                              tuple(config.bucket_lengths) or None) if evaluates else {})
     save(step)
-    storage.save_model(final_dir, params, spec, {"phase": phase.name, "step": step, "dev": final_scores})
+    storage.save_model(final_dir, params, spec, {"phase": phase.name, "step": step, "dev": final_scores,
+                                                 "task": task.name, "tokenizer": tokenizer_dir(config)})
     ckpts.close()
     result = {"phase": phase.name, "objective": phase.objective, "steps": step,
               "final": final_scores, "best": meta["best"] or final_scores,
@@ -514,7 +521,7 @@ def train_and_evaluate(config, workdir: str | os.PathLike) -> dict:
         raise ValueError(f"batch_size {config.batch_size} and eval_batch_size {config.eval_batch_size} "
                          f"must be multiples of the {mesh.size} devices")
     spec = student_spec(config, _backbone(config), task)
-    tokenizer = load_tokenizer(resolve_pretrained(config) if not config.tokenizer else config.tokenizer)
+    tokenizer = load_tokenizer(tokenizer_dir(config))
     train_arrays, eval_sets = load_data(config, task, tokenizer)
 
     teacher = None

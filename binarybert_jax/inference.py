@@ -1,0 +1,204 @@
+"""Inference from a trained model: load a packed file or a model checkpoint, get logits for texts.
+
+``load_predictor(path)`` accepts either kind of saved model:
+
+* a bit-packed ``.safetensors`` file (``export.export_packed``): unpacked once at load into
+  float32 weights that hold exactly the quantized values, run by the normal model with weight
+  quantization off (``export.inference_spec``); activations are still quantized as in training.
+* a model checkpoint directory (``storage.save_model``, with ``model.json``): its spec as
+  trained, so a quantized model re-quantizes its latent weights in every forward pass, as in
+  training and evaluation. The logits equal the packed file's (``export``'s docstring says why
+  they match bitwise in practice and where they could differ by float rounding).
+
+Predictions go through the same encoding (``data.encode.encode_examples``) and evaluation
+batching (``data.batching.iterate_batches``: file order, the last batch padded with copies of a
+real row, every example counted once) as evaluation during training. With the released code's
+``act_scope='tensor'`` the activation ranges are taken over the whole batch, so a row's logits
+depend slightly on the rows batched with it; the same batch size gives the same numbers as the
+evaluation in training.
+
+A single-device ``jax.jit`` of the model, not ``train.make_predict_step``: that one is a
+``shard_map`` over a ``data`` mesh axis, which needs the batch to divide over the devices (a
+batch of 1 for latency would not) and ranges reduced per device. The predictor's spec has no
+mapped axis (``ModelSpec.without_axis``), so the ranges are the whole batch's on any device.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import os
+import pathlib
+from typing import Any, Callable, Mapping, Optional, Sequence
+
+import jax
+import numpy as np
+
+from binarybert_jax import export, storage
+from binarybert_jax.data import batching, encode, glue
+from binarybert_jax.model import ModelSpec
+
+MODEL_INPUTS = ("input_ids", "token_type_ids", "attention_mask")
+PACKED, CHECKPOINT = "packed", "checkpoint"
+# ``info`` keys that may name the tokenizer's directory (the HF checkpoint the model came from).
+TOKENIZER_INFO_KEYS = ("tokenizer_dir", "tokenizer", "pretrained")
+_TOKENIZER_FILES = ("tokenizer.json", "vocab.txt")
+
+
+@dataclasses.dataclass(frozen=True)
+class Predictor:
+    """A loaded model, ready to run.
+
+    Attributes:
+      spec: the spec of the model that runs (for a packed file, ``export.inference_spec`` of the
+        quantized spec, which ``info["quantized_spec"]`` holds).
+      params: its parameters, float32, already on the default device.
+      tokenizer_dir: a directory holding the model's tokenizer when the saved model names one
+        (``info`` keys ``TOKENIZER_INFO_KEYS``, or tokenizer files in the checkpoint directory),
+        else None.
+      kind: ``packed`` or ``checkpoint``.
+      info: the saved model's free-form info.
+      path: where it was loaded from.
+    """
+
+    spec: ModelSpec
+    params: Any
+    tokenizer_dir: Optional[pathlib.Path]
+    kind: str
+    info: dict
+    path: pathlib.Path
+    _apply: Callable = dataclasses.field(repr=False, compare=False)
+
+    @property
+    def num_labels(self) -> int:
+        return self.spec.num_labels
+
+    def logits(self, batch: Mapping[str, Any]) -> jax.Array:
+        """Logits of one batch (jitted; compiled once per batch shape).
+
+        Args:
+          batch: ``input_ids``, ``token_type_ids``, ``attention_mask``: int ``(B, T)``; other
+            keys are ignored.
+        Returns:
+          ``(B, num_labels)`` float32 logits, on the device (not blocked on).
+        """
+        return self._apply(self.params, *(batch[k] for k in MODEL_INPUTS))
+
+
+def _find_tokenizer(candidates: Sequence[Any]) -> Optional[pathlib.Path]:
+    for c in candidates:
+        if not c or not isinstance(c, (str, os.PathLike)):
+            continue
+        d = pathlib.Path(c)
+        if any((d / name).is_file() for name in _TOKENIZER_FILES):
+            return d
+    return None
+
+
+def load_predictor(path: str | os.PathLike) -> Predictor:
+    """Loads a packed file or a model checkpoint directory into a ``Predictor``.
+
+    Args:
+      path: a ``.safetensors`` file written by ``export.export_packed``, or a directory written
+        by ``storage.save_model``.
+    Returns:
+      The predictor; weights are unpacked (packed file) or restored (checkpoint) once, here.
+    Raises:
+      FileNotFoundError: nothing at ``path``, or a directory without ``model.json``.
+      export.PackedFormatError: a file that is not a readable packed model of a supported version.
+      ValueError: a checkpoint of another format or version.
+    """
+    path = pathlib.Path(path)
+    if path.is_file():
+        params, spec, info = export.load_packed(path)
+        kind, candidates = PACKED, [info.get(k) for k in TOKENIZER_INFO_KEYS]
+    elif path.is_dir():
+        if not storage.is_model_checkpoint(path):
+            raise FileNotFoundError(
+                f"{path} is a directory without model.json: not a binarybert-jax model checkpoint "
+                f"(expected a directory written by storage.save_model, or a packed .safetensors "
+                f"file written by launch.export; a Hugging Face backbone has no task head to "
+                f"predict with)")
+        params, spec, info = storage.load_model(path)
+        kind = CHECKPOINT
+        candidates = [path] + [info.get(k) for k in TOKENIZER_INFO_KEYS]
+    else:
+        raise FileNotFoundError(f"{path}: no such model (expected a packed .safetensors file or a "
+                                f"model checkpoint directory)")
+    if spec.head != "classification":
+        raise ValueError(f"{path}: a {spec.head!r} head; predictions need a classification head")
+    spec = spec.without_axis()
+    return Predictor(spec=spec, params=jax.device_put(params),
+                     tokenizer_dir=_find_tokenizer(candidates), kind=kind, info=dict(info),
+                     path=path, _apply=_compiled_apply(spec))
+
+
+@functools.lru_cache(maxsize=8)
+def _compiled_apply(spec: ModelSpec) -> Callable:
+    # Parameters are an argument, not closed over: closed-over arrays would be baked into the
+    # compiled program as constants (slow to compile, and a second copy of the weights).
+    model = spec.build()
+
+    def apply(params, input_ids, token_type_ids, attention_mask):
+        return model.apply({"params": params}, input_ids, token_type_ids,
+                           attention_mask)["logits"]
+
+    return jax.jit(apply)
+
+
+def predict_examples(predictor: Predictor, tokenizer, examples: Sequence[glue.Example],
+                     max_length: int = 128, batch_size: int = 32) -> np.ndarray:
+    """Logits of GLUE examples, in their order.
+
+    Args:
+      predictor: from ``load_predictor``.
+      tokenizer: the model's tokenizer (``tokenizer.load_tokenizer``).
+      examples: N examples, all single sentences or all pairs; labels are ignored.
+      max_length: padded sequence length T (at most the model's ``max_position``).
+      batch_size: examples per forward pass; the last batch is padded to it.
+    Returns:
+      ``(N, num_labels)`` float32 logits.
+    Raises:
+      ValueError: ``max_length`` beyond the model's position embeddings.
+    """
+    positions = predictor.spec.config.max_position
+    if max_length > positions:
+        # XLA clamps out-of-range gathers: longer inputs would silently reuse the last position.
+        raise ValueError(f"max_length {max_length} exceeds the model's {positions} position "
+                         "embeddings")
+    arrays = encode.encode_examples(tokenizer, examples, max_length,
+                                    is_regression=predictor.num_labels == 1)
+    out = np.zeros((len(examples), predictor.num_labels), np.float32)
+    # One host: the predictor runs on this process's default device whatever jax.process_count().
+    for batch in batching.iterate_batches(arrays, batch_size, shuffle=False,
+                                          process_index=0, process_count=1):
+        index = batch["example_index"]
+        keep = index >= 0
+        out[index[keep]] = np.asarray(predictor.logits(batch))[keep]
+    return out
+
+
+def predict_texts(predictor: Predictor, tokenizer, texts_a: Sequence[str],
+                  texts_b: Optional[Sequence[str]] = None, max_length: int = 128,
+                  batch_size: int = 32) -> np.ndarray:
+    """Logits of raw texts (single sentences, or pairs when ``texts_b`` is given).
+
+    Args:
+      predictor: from ``load_predictor``.
+      tokenizer: the model's tokenizer.
+      texts_a: N first sentences.
+      texts_b: N second sentences, or None.
+      max_length, batch_size: as in ``predict_examples``.
+    Returns:
+      ``(N, num_labels)`` float32 logits.
+    Raises:
+      ValueError: ``texts_a`` and ``texts_b`` differ in length.
+    """
+    if texts_b is not None and len(texts_b) != len(texts_a):
+        raise ValueError(f"{len(texts_a)} first sentences but {len(texts_b)} second sentences")
+    examples = [glue.Example(f"text-{i}", a, None if texts_b is None else texts_b[i], None)
+                for i, a in enumerate(texts_a)]
+    return predict_examples(predictor, tokenizer, examples, max_length, batch_size)
+
+
+__all__ = ["Predictor", "load_predictor", "predict_examples", "predict_texts"]

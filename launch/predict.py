@@ -1,0 +1,193 @@
+"""Predictions of a trained model in the GLUE submission format.
+
+    python -m launch.predict --model runs/mrpc/tws.safetensors --task mrpc \\
+        --input $GLUE_DIR/MRPC/test.tsv --out MRPC.tsv
+    python -m launch.predict --model runs/mrpc/tws/final --task mrpc \\
+        --input $GLUE_DIR/MRPC/dev.tsv --out mrpc_dev.tsv      # also prints the GLUE metrics
+    printf 'A man sings.\\tA person sings.\\n' | python -m launch.predict \\
+        --model m.safetensors --task mrpc --input - --out -
+
+``--model``: a bit-packed file (``launch.export``) or a model checkpoint directory
+(``storage.save_model``); ``binarybert_jax.inference`` loads either. ``--input``: a GLUE TSV, read
+with the task's layout for ``--split`` (by default the split its file name says: ``dev.tsv``,
+``test_matched.tsv``...; pass ``--split`` for any other name), or ``-`` for standard input, one
+example a line, a tab between the two sentences of a pair task. Blank lines are skipped, as in a
+TSV.
+
+Output: a header ``index<TAB>prediction``, then one row per example, ``index`` its position
+(0..N-1, the row order GLUE's server expects), ``prediction`` the label string of the task's
+label list (``0``/``1``, ``entailment``...) or, for STS-B, the score clipped to [0, 5]. When every
+input row has a label (a dev file), the GLUE metrics are printed (to stderr when ``--out -``).
+
+Tokenizer: ``--tokenizer DIR``, else the one the saved model names, else MiniLM's
+(``assets.minilm_dir()``). Flags are parsed with argparse so ``main(argv)`` can be called
+repeatedly in-process (tests); ``stdin``/``stdout`` can be passed in as well.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import pathlib
+import sys
+import tempfile
+from typing import Optional, Sequence, TextIO
+
+import numpy as np
+
+from binarybert_jax import assets, inference, metrics
+from binarybert_jax.data import glue
+from binarybert_jax.tokenizer import load_tokenizer
+
+STSB_RANGE = (0.0, 5.0)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m launch.predict",
+                                     description="GLUE predictions from a packed file or a "
+                                                 "model checkpoint.")
+    parser.add_argument("--model", required=True,
+                        help="packed .safetensors file or model checkpoint directory")
+    parser.add_argument("--task", required=True, help=f"GLUE task: {', '.join(glue.TASK_NAMES)}")
+    parser.add_argument("--input", required=True, help="GLUE TSV file, or - for stdin lines")
+    parser.add_argument("--split", default=None,
+                        help="the TSV layout to read (test, dev, train, MNLI's dev_mismatched..."
+                             "); default: the split the file name says")
+    parser.add_argument("--out", required=True, help="output TSV (- for stdout)")
+    parser.add_argument("--tokenizer", default=None, help="tokenizer directory (default: the "
+                        "model's if it names one, else MiniLM's)")
+    parser.add_argument("--max-length", type=int, default=None,
+                        help="padded sequence length (default: the task's, 64 or 128)")
+    parser.add_argument("--batch-size", type=int, default=32)
+    return parser
+
+
+def _split_for(task: glue.TaskSpec, path: pathlib.Path, split: Optional[str]) -> str:
+    if split is not None:
+        return split
+    by_stem = {stem: name for name, stem in task.split_files.items()}
+    if path.stem in by_stem:
+        return by_stem[path.stem]
+    raise ValueError(f"cannot tell the layout of {path} from its name; pass --split "
+                     f"({', '.join(task.splits)})")
+
+
+def read_tsv(path: str | os.PathLike, task: glue.TaskSpec, split: str) -> list[glue.Example]:
+    """Reads any TSV file with the column layout of one of a task's splits.
+
+    ``glue.read_examples`` finds its file under a GLUE root by task and split; the input here may
+    have any name, so it is linked into a temporary root under the name the reader looks for.
+    Error messages name the real file.
+    """
+    path = pathlib.Path(path).absolute()
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such input file")
+    if split not in task.split_files:
+        raise ValueError(f"unknown split {split!r} for {task.name}; expected one of "
+                         f"{', '.join(task.splits)}")
+    with tempfile.TemporaryDirectory() as root:
+        link = pathlib.Path(root) / task.directory / f"{task.split_files[split]}.tsv"
+        link.parent.mkdir()
+        link.symlink_to(path)
+        try:
+            return glue.read_examples(root, task, split)
+        except ValueError as e:
+            raise ValueError(str(e).replace(str(link), str(path))) from None
+
+
+def read_lines(stream: TextIO, task: glue.TaskSpec) -> list[glue.Example]:
+    """One example a non-blank line; a pair task's line holds its two sentences tab-separated.
+
+    Raises:
+      ValueError: a pair task's line without exactly one tab (names the line number).
+    """
+    examples = []
+    for number, line in enumerate(stream, start=1):
+        line = line.rstrip("\n").removesuffix("\r")
+        if not line.strip():
+            continue
+        if task.is_pair:
+            parts = line.split("\t")
+            if len(parts) != 2:
+                raise ValueError(f"<stdin>:{number}: {task.name} takes sentence pairs, one pair a "
+                                 f"line with one tab between them; found {len(parts) - 1} tabs")
+            a, b = parts
+        else:
+            a, b = line, None
+        examples.append(glue.Example(f"{task.name}-stdin-{len(examples)}", a, b, None))
+    return examples
+
+
+def format_predictions(task: glue.TaskSpec, logits: np.ndarray) -> list[str]:
+    """The submission file's lines: header, then ``index<TAB>prediction`` per example."""
+    lines = ["index\tprediction"]
+    if task.is_regression:
+        scores = np.clip(logits[:, 0], *STSB_RANGE)
+        lines += [f"{i}\t{s:.3f}" for i, s in enumerate(scores)]
+    else:
+        lines += [f"{i}\t{task.labels[c]}" for i, c in enumerate(logits.argmax(-1))]
+    return lines
+
+
+def main(argv: Optional[Sequence[str]] = None, stdin: Optional[TextIO] = None,
+         stdout: Optional[TextIO] = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    stdin = sys.stdin if stdin is None else stdin
+    stdout = sys.stdout if stdout is None else stdout
+    try:
+        task = glue.get_task(args.task)
+    except ValueError as e:
+        parser.error(str(e))
+    if args.batch_size < 1:
+        parser.error(f"--batch-size must be positive, got {args.batch_size}")
+
+    # ---- examples ----
+    if args.input == "-":
+        examples = read_lines(stdin, task)
+    else:
+        path = pathlib.Path(args.input)
+        try:
+            split = _split_for(task, path, args.split)
+        except ValueError as e:
+            parser.error(str(e))
+        examples = read_tsv(path, task, split)
+
+    # ---- model and tokenizer ----
+    predictor = inference.load_predictor(args.model)
+    if predictor.num_labels != task.num_labels:
+        raise ValueError(f"{args.model}: the model has {predictor.num_labels} outputs, "
+                         f"{task.name} needs {task.num_labels}; is it a {task.name} model?")
+    tokenizer_dir = args.tokenizer or predictor.tokenizer_dir or assets.minilm_dir()
+    tokenizer = load_tokenizer(tokenizer_dir)
+    max_length = args.max_length or task.max_seq_length
+
+    # ---- predictions ----
+    logits = inference.predict_examples(predictor, tokenizer, examples, max_length,
+                                        args.batch_size)
+    text = "\n".join(format_predictions(task, logits)) + "\n"
+    report = stdout
+    if args.out == "-":
+        stdout.write(text)
+        report = sys.stderr
+    else:
+        out = pathlib.Path(args.out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = out.with_name(out.name + f".tmp{os.getpid()}")
+        tmp.write_text(text)
+        os.replace(tmp, out)
+        print(f"wrote {len(examples)} predictions to {out} ({predictor.kind} model "
+              f"{predictor.path}, tokenizer {tokenizer_dir})", file=report)
+
+    # ---- metrics, when the input is labelled ----
+    if examples and all(ex.label is not None for ex in examples):
+        labels = np.array([ex.label for ex in examples],
+                          np.float32 if task.is_regression else np.int64)
+        scores = metrics.glue_metrics(task, logits, labels)
+        print(f"{task.name} ({len(examples)} examples): "
+              + ", ".join(f"{k} {v:.4f}" for k, v in scores.items()), file=report)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,199 @@
+"""Inference: packed file and checkpoint predictors agree, launch.predict writes GLUE submission
+files from TSVs and stdin, and bad inputs fail clearly."""
+
+import io
+import json
+import re
+
+import numpy as np
+import pytest
+from safetensors import safe_open
+from safetensors.numpy import load_file, save_file
+
+from binarybert_jax import checkpoints, export, inference, size, storage
+from binarybert_jax.data import glue
+from binarybert_jax.model import BertConfig, ModelSpec, QuantConfig
+from binarybert_jax.tokenizer import load_tokenizer
+from launch import predict as predict_main
+
+# MiniLM's vocabulary, so that its tokenizer fits; small everywhere else.
+TINY = BertConfig(vocab_size=30522, hidden_size=32, num_layers=2, num_heads=4, head_dim=8,
+                  intermediate_size=64, max_position=128, hidden_dropout=0.0,
+                  attention_dropout=0.0)
+SPECS = {
+    "bwn-1-1-8": ModelSpec(TINY, QuantConfig(1, 1, 8, "bwn", "bwn")),
+    "split-1-1-8": ModelSpec(TINY, QuantConfig(weight_bits=1, embed_bits=1, weight_method="bwn",
+                                               embed_method="bwn", split=True, act_bits=8)),
+}
+ROWS = 20
+# Short sequences and a batch size that leaves a partial last batch (20 = 8 + 8 + 4).
+FAST = ["--max-length", "32", "--batch-size", "8"]
+
+
+def random_params(spec, seed):
+    """Random latent weights for every parameter of ``spec``, from shapes alone: initialising a
+    quantized model through ``init`` compiles its forward pass, seconds per spec."""
+    rng = np.random.default_rng(seed)
+    flat = {}
+    for path, shape in size.param_shapes(spec).items():
+        if path.endswith("_clip"):
+            flat[path] = np.broadcast_to(np.array([-2.5, 2.5], np.float32), shape).copy()
+        else:
+            flat[path] = rng.normal(0.0, 0.05, shape).astype(np.float32)
+    return checkpoints.unflatten(flat)
+
+
+@pytest.fixture(scope="module")
+def tiny_hf(tmp_path_factory, minilm_dir):
+    """A tiny backbone in the Hugging Face layout with MiniLM's tokenizer: the ``pretrained``
+    directory a trained model's info points to."""
+    params = random_params(ModelSpec(TINY, head="none"), seed=0)
+    return checkpoints.write_hf_checkpoint(tmp_path_factory.mktemp("tiny_hf"), params, TINY,
+                                           minilm_dir)
+
+
+@pytest.fixture(scope="module", params=sorted(SPECS))
+def saved(request, tmp_path_factory, tiny_hf):
+    """(packed file, checkpoint directory) of one randomly initialised quantized model."""
+    spec = SPECS[request.param]
+    params = random_params(spec, seed=1)
+    root = tmp_path_factory.mktemp(request.param)
+    info = {"pretrained": str(tiny_hf)}
+    ckpt = storage.save_model(root / "ckpt", params, spec, info)
+    packed = export.export_packed(params, spec, root / "model.safetensors", info=info).path
+    return packed, ckpt
+
+
+@pytest.fixture(scope="module")
+def slices(tmp_path_factory, glue_dir):
+    """The first ROWS rows of MRPC dev (under a name that says no split) and test."""
+    root = tmp_path_factory.mktemp("mrpc")
+    out = {}
+    for split, name in (("dev", "mrpc_dev_head.tsv"), ("test", "test.tsv")):
+        lines = (glue_dir / "MRPC" / f"{split}.tsv").read_text(encoding="utf-8").splitlines()
+        (root / name).write_text("\n".join(lines[:ROWS + 1]) + "\n", encoding="utf-8")
+        out[split] = root / name
+    return out
+
+
+def read_submission(path):
+    lines = path.read_text().splitlines()
+    return lines[0], [line.split("\t") for line in lines[1:]]
+
+
+def test_packed_and_checkpoint_predict_the_same(saved, slices, tiny_hf, tmp_path, capsys):
+    packed, ckpt = saved
+    from_packed = inference.load_predictor(packed)
+    from_ckpt = inference.load_predictor(ckpt)
+    assert (from_packed.kind, from_ckpt.kind) == ("packed", "checkpoint")
+    assert from_packed.tokenizer_dir == from_ckpt.tokenizer_dir == tiny_hf
+    # The packed model runs without weight quantization; the checkpoint re-quantizes each time.
+    assert from_packed.spec.quant.weight_bits == 32 and from_ckpt.spec.quant.weight_bits == 1
+
+    examples = predict_main.read_tsv(slices["dev"], glue.get_task("mrpc"), "dev")
+    assert len(examples) == ROWS and all(ex.label is not None for ex in examples)
+    tokenizer = load_tokenizer(tiny_hf)
+    a = inference.predict_examples(from_packed, tokenizer, examples, 32, 8)
+    b = inference.predict_examples(from_ckpt, tokenizer, examples, 32, 8)
+    assert a.shape == (ROWS, 2)
+    np.testing.assert_allclose(a, b, rtol=0, atol=1e-5)
+
+    outputs = {}
+    for name, model in (("packed", packed), ("ckpt", ckpt)):
+        out = tmp_path / f"{name}_dev.tsv"
+        assert predict_main.main(["--model", str(model), "--task", "mrpc", "--input",
+                                  str(slices["dev"]), "--split", "dev", "--out", str(out)]
+                                 + FAST) == 0
+        assert "f1" in capsys.readouterr().out  # labelled input: metrics printed
+        header, rows = read_submission(out)
+        assert header == "index\tprediction"
+        assert [r[0] for r in rows] == [str(i) for i in range(ROWS)]
+        assert [r[1] for r in rows] == [str(int(c)) for c in a.argmax(-1)]
+        outputs[name] = out.read_text()
+    assert outputs["packed"] == outputs["ckpt"]
+
+    # A test file: its layout from its name, no labels, no metrics.
+    out = tmp_path / "MRPC.tsv"
+    predict_main.main(["--model", str(packed), "--task", "MRPC", "--input", str(slices["test"]),
+                       "--out", str(out)] + FAST)
+    assert "f1" not in capsys.readouterr().out
+    header, rows = read_submission(out)
+    assert header == "index\tprediction" and len(rows) == ROWS
+    assert {r[1] for r in rows} <= {"0", "1"}
+
+
+def test_stdin_lines(saved, tiny_hf):
+    packed, _ = saved
+    pairs = [("The cat sat on the mat .", "A cat was sitting on the mat ."),
+             ("Stocks fell sharply .", "It rained in Paris ."),
+             ("He left .", "He went away .")]
+    stdin = io.StringIO("\n".join(f"{a}\t{b}" for a, b in pairs[:2]) + "\n\n"
+                        + "\t".join(pairs[2]) + "\r\n")
+    stdout = io.StringIO()
+    assert predict_main.main(["--model", str(packed), "--task", "mrpc", "--input", "-",
+                              "--out", "-"] + FAST, stdin=stdin, stdout=stdout) == 0
+    lines = stdout.getvalue().splitlines()
+    assert lines[0] == "index\tprediction" and len(lines) == 1 + len(pairs)
+
+    predictor = inference.load_predictor(packed)
+    logits = inference.predict_texts(predictor, load_tokenizer(tiny_hf), *zip(*pairs),
+                                     max_length=32, batch_size=8)
+    assert lines[1:] == [f"{i}\t{c}" for i, c in enumerate(logits.argmax(-1))]
+
+    # Single-sentence tasks take the whole line; pair tasks refuse a line without its tab.
+    sst = predict_main.read_lines(io.StringIO("a b\tc\n"), glue.get_task("sst-2"))
+    assert (sst[0].text_a, sst[0].text_b) == ("a b\tc", None)
+    with pytest.raises(ValueError, match=r"<stdin>:2: mrpc takes sentence pairs"):
+        predict_main.read_lines(io.StringIO("a\tb\nno pair here\n"), glue.get_task("mrpc"))
+
+
+def test_submission_format_for_label_names_and_scores():
+    mnli = predict_main.format_predictions(glue.get_task("mnli"),
+                                           np.array([[0, 5, 1], [2, 0, 1], [0, 0, 9]], float))
+    assert mnli == ["index\tprediction", "0\tentailment", "1\tcontradiction", "2\tneutral"]
+    stsb = predict_main.format_predictions(glue.get_task("sts-b"), np.array([[-1.0], [2.5], [7]]))
+    assert stsb == ["index\tprediction", "0\t0.000", "1\t2.500", "2\t5.000"]
+
+
+def test_errors_are_clear(saved, slices, tmp_path, capsys):
+    packed, ckpt = saved
+    run = ["--input", str(slices["test"]), "--out", str(tmp_path / "o.tsv")]
+
+    with pytest.raises(FileNotFoundError, match="no such model"):
+        inference.load_predictor(tmp_path / "missing.safetensors")
+    with pytest.raises(FileNotFoundError, match="no such model"):
+        predict_main.main(["--model", str(tmp_path / "missing"), "--task", "mrpc"] + run)
+    predictor = inference.load_predictor(packed)
+    with pytest.raises(ValueError, match="max_length 129 exceeds the model's 128 position"):
+        inference.predict_texts(predictor, None, ["a"], max_length=129)
+    with pytest.raises(ValueError, match="2 first sentences but 1 second"):
+        inference.predict_texts(predictor, None, ["a", "b"], ["c"])
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FileNotFoundError, match="without model.json"):
+        inference.load_predictor(tmp_path / "empty")
+
+    with pytest.raises(SystemExit):
+        predict_main.main(["--model", str(packed), "--task", "mrcp"] + run)
+    assert "Unknown GLUE task 'mrcp'" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        predict_main.main(["--model", str(packed), "--task", "mrpc", "--input",
+                           str(slices["dev"]), "--out", str(tmp_path / "o.tsv")])
+    assert "pass --split" in capsys.readouterr().err
+    # A 2-label model for a 3-label task.
+    with pytest.raises(ValueError, match="2 outputs, mnli needs 3"):
+        predict_main.main(["--model", str(ckpt), "--task", "mnli", "--input", "-", "--out", "-"],
+                          stdin=io.StringIO("a\tb\n"), stdout=io.StringIO())
+    # A file read with the wrong layout: the error names the real file (not the link the
+    # reader was given) and the line.
+    with pytest.raises(ValueError, match=re.escape(f"{slices['test']}:1: unknown label")):
+        predict_main.read_tsv(slices["test"], glue.get_task("mrpc"), "dev")
+
+    # A packed file of another format version: export's own error.
+    tensors = load_file(str(packed))
+    with safe_open(str(packed), framework="numpy") as f:
+        manifest = json.loads(f.metadata()[export.MANIFEST_KEY])
+    manifest["version"] = export.FORMAT_VERSION + 1
+    bad = tmp_path / "future.safetensors"
+    save_file(tensors, str(bad), metadata={export.MANIFEST_KEY: json.dumps(manifest)})
+    with pytest.raises(export.PackedFormatError, match="version"):
+        inference.load_predictor(bad)
