@@ -204,22 +204,53 @@ def _finite_or(x, fallback):
     return jnp.where(jnp.isfinite(x), x, fallback)
 
 
+def _masked_extremes(x, axes, mask, axis_name):
+    """(max, min) of ``x`` over ``axes`` restricted to ``mask`` (−inf / +inf where nothing is
+    unmasked), reduced over the devices of ``axis_name``.
+
+    Two plain reductions: XLA:CPU runs them as vectorised, threaded library reductions, where
+    one variadic (max, min) reduction falls back to a scalar loop that also recomputes the
+    fused producers of ``x`` (softmax, dropout) per element, several times slower in the step.
+    """
+    hi_in, lo_in = (x, x) if mask is None else (jnp.where(mask, x, -jnp.inf), jnp.where(mask, x, jnp.inf))
+    x_max = jnp.max(hi_in, axis=axes, keepdims=True)
+    x_min = jnp.min(lo_in, axis=axes, keepdims=True)
+    if axis_name is not None:
+        x_max, x_min = lax.pmax(x_max, axis_name), -lax.pmax(-x_min, axis_name)
+    return x_max, x_min
+
+
 # --------------------------------------------------------------------------------------------
 # Uniform activation quantizer (symmetric max-abs or asymmetric min-max), learnable clip.
 # --------------------------------------------------------------------------------------------
-def _uniform_act_forward(x, clip, bits, symmetric, axes, mask, axis_name):
-    lo, hi = clip[0].astype(x.dtype), clip[1].astype(x.dtype)
+def _clip(x, lo, hi):
     xc = jnp.where(x < hi, x, hi)
-    xc = jnp.where(xc > lo, xc, lo)
+    return jnp.where(xc > lo, xc, lo)
+
+
+def _uniform_act_forward(x, clip, bits, symmetric, axes, mask, axis_name):
+    # The range of the clipped tensor comes from the extremes of the raw one: clipping is
+    # monotone, so max clip(x) = clip(max x) and min clip(x) = clip(min x), exactly (the same
+    # floats). The clipped tensor is then never written out, and the quantizers of one tensor
+    # (the Q, K and V inputs) share its two reductions, which XLA merges.
+    lo, hi = clip[0].astype(x.dtype), clip[1].astype(x.dtype)
+    x_max, x_min = _masked_extremes(x, axes, mask, axis_name)
+    if mask is not None:
+        # Nothing unmasked: the fallbacks of a reduction over an empty set (see below).
+        empty = x_max == -jnp.inf
+    c_max, c_min = _clip(x_max, lo, hi), _clip(x_min, lo, hi)
+    xc = _clip(x, lo, hi)
     if symmetric:
-        max_abs = _finite_or(_masked_max(jnp.abs(xc), axes, mask, axis_name), 0)
+        max_abs = jnp.maximum(jnp.abs(c_max), jnp.abs(c_min))
+        if mask is not None:
+            max_abs = jnp.where(empty, 0, max_abs)
         scale = (2 ** (bits - 1) - 1) / jnp.where(max_abs > 0, max_abs, 1).astype(x.dtype)
         return jnp.round(xc * scale) / scale
-    x_max = _masked_max(xc, axes, mask, axis_name)
-    x_min = _finite_or(_masked_min(xc, axes, mask, axis_name), 0)
-    width = _finite_or(x_max - x_min, 0) + 1e-8
+    if mask is not None:
+        c_max, c_min = jnp.where(empty, -jnp.inf, c_max), jnp.where(empty, 0, c_min)
+    width = _finite_or(c_max - c_min, 0) + 1e-8
     levels = 2 ** bits - 1
-    return (jnp.round((xc - x_min) / width * levels) / levels * width + x_min).astype(x.dtype)
+    return (jnp.round((xc - c_min) / width * levels) / levels * width + c_min).astype(x.dtype)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4, 6))
@@ -292,7 +323,8 @@ def _lsq_offset(x, symmetric, axes, mask, axis_name):
 
 
 def _lsq_count(x, mask, axis_name):
-    count = jnp.float32(x.size) if mask is None else jnp.sum(mask, dtype=jnp.float32)
+    acc = jnp.promote_types(x.dtype, jnp.float32)
+    count = jnp.asarray(x.size, acc) if mask is None else jnp.sum(mask, dtype=acc)
     if axis_name is not None:
         # The gradient scale uses the global element count, so a sharded step matches one device.
         count = lax.psum(count, axis_name)
@@ -312,11 +344,14 @@ def _lsq_act_fwd(x, step, bits, symmetric, axes, mask, axis_name):
     offset = _lsq_offset(x, symmetric, axes, mask, axis_name)
     s = step.astype(x.dtype)
     out = jnp.clip(jnp.round((x - offset) / s), qn, qp) * s + offset
-    return out, (x - offset, step, mask)
+    # ``x`` and the offset rather than ``x − offset``: the shift is recomputed where it is read,
+    # not written out as one more activation-sized tensor.
+    return out, (x, offset, step, mask)
 
 
 def _lsq_act_bwd(bits, symmetric, axes, axis_name, residuals, g):
-    shifted, step, mask = residuals
+    x, offset, step, mask = residuals
+    shifted = x - offset
     qn, qp = lsq_levels(bits, symmetric)
     q = shifted / step.astype(shifted.dtype)
     small, big = q < qn, q > qp

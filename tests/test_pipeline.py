@@ -17,7 +17,9 @@ def _shrunk(tiny_pretrained):
     c.max_seq_length, c.bucket_lengths = 32, (16, 32)
     c.progress_bar = False
     c.pipeline.prune_batches = c.pipeline.sensitivity_batches = 1
-    c.pipeline.bwn_full = False
+    # The BWN baselines are further runs of the same training code; leaving them out keeps the
+    # test to the stages with code of their own.
+    c.pipeline.bwn = c.pipeline.bwn_full = False
     for hyper in c.stages.values():
         hyper.batch_size = 8
         hyper.stage1_epochs = hyper.stage2_epochs = 0.5  # two steps a phase
@@ -27,12 +29,12 @@ def _shrunk(tiny_pretrained):
 def test_pipeline_end_to_end_and_rerun_skips(tmp_path, tiny_pretrained_1layer):
     report = pipeline.run_pipeline(_shrunk(tiny_pretrained_1layer), tmp_path)
     rows = {r["model"]: r for r in report["rows"]}
-    assert list(rows) == ["teacher", "half", "ternary", "tws", "bwn", "adaptive"]
+    assert list(rows) == ["teacher", "half", "ternary", "tws", "adaptive"]
     assert rows["teacher"]["bits"] == "32-32-32" and rows["ternary"]["bits"] == "2-2-8"
     assert rows["tws"]["bits"] == "1-1-8" and rows["tws"]["split"]
     assert rows["half"]["width"] == "2/4 heads"
     # Sizes follow the accounting: the split model is larger than BWN, smaller than twice TWN 0.5x.
-    assert rows["bwn"]["size_bits"] < rows["adaptive"]["size_bits"] < rows["tws"]["size_bits"]
+    assert rows["adaptive"]["size_bits"] < rows["tws"]["size_bits"]
     assert rows["tws"]["gflops"] == rows["ternary"]["gflops"] < rows["teacher"]["gflops"]
     for r in rows.values():
         assert 0.0 <= r["best"]["accuracy"] <= 1.0 and 0.0 <= r["final"]["accuracy"] <= 1.0
