@@ -177,7 +177,7 @@ def run_pipeline(config, workdir) -> dict:
         adaptive_info = None
         if p.adaptive:
             adaptive_info, adaptive_init = _plan_adaptive(config, workdir, task, ternary)
-            rows.append(_row("adaptive", f"adaptive split at {adaptive_info['budget_mb']:.2f} MB",
+            rows.append(_row("adaptive", f"adaptive split at {adaptive_info['budget_mb']:.2f} MiB",
                              workdir, _train_stage(
                                  config, workdir, "adaptive", mode="two_stage", hyper=s.binary,
                                  teacher=half.checkpoint, init=str(adaptive_init),

@@ -1,0 +1,503 @@
+"""Speed of the distillation train step (``train.make_train_step``, the real one) and of one
+stage-1 KD epoch over MRPC.
+
+    PYTHONPATH=. python -m benchmarks.train_step --out BENCHMARKS.md
+
+A full run (six step cases, the matmul probe and the MRPC epoch) takes about 12-15 minutes on the
+2 shared cores of the development machine; ``--cases w2a8 --no-epoch`` about 2.
+
+Models: MiniLM dimensions by default (vocab 30522, hidden 384, 6 layers, 12 heads of 32, FFN 1536)
+at half width (6 heads, FFN 768), teacher and student both half width, as BinaryBERT's released
+scripts (the teacher is the half-width full-precision model); ``--bert-base`` gives hidden 768,
+12 layers, 12 heads of 64, FFN 3072, halved likewise. Parameters are random (speed does not
+depend on their values); the batch holds random token ids, every token real (no padding).
+
+Cases (``--cases``), each the jitted ``train.make_train_step`` on a one-device ``data`` mesh:
+
+* ``fp``: full-precision fine-tuning of the student, supervised objective (no teacher).
+* ``w2a8``: ternary TWN weights and word embedding, 8-bit uniform activations (learnable clips),
+  stage-1 KD (hidden-state + attention-score MSE) from a float32 teacher; ranges over the whole
+  tensor, as the released code.
+* ``w2a8-masked``: ``w2a8`` with padding-independent ranges and losses (per-example ranges with
+  padding masked out, ``kd.ignore_padding``): the configuration the MRPC epoch uses.
+* ``w2a4``: ternary weights, 4-bit LSQ activations, student FFN in ReLU (released 4-bit scripts).
+* ``w1a8`` / ``w1a4``: the split binary student after TWS (two BWN halves per matrix and word
+  embedding), with 8-bit uniform / 4-bit LSQ activations.
+
+For each case, in a fresh subprocess (so that the peak resident memory, ``ru_maxrss``, is the
+case's own): the step is lowered and compiled ahead of time (*compile s*: ``lower`` + ``compile``),
+run twice to warm up, then ``--steps`` times, each blocked on (``block_until_ready``) and timed.
+*ex/s* is the batch over the median step time (the best step in brackets: on a shared machine the
+best is the steadier figure).
+
+FLOPs ("model GFLOP/s") are counted from the shapes by ``binarybert_jax.flops``: matrix products
+only, 2·m·n·k each (Q, K, V, attention output, FFN in and out, QKᵀ, probabilities·V, pooler,
+classifier); per example, one teacher forward plus one student forward and backward, the backward
+counted as twice the forward (one product for the input gradient, one for the weight gradient):
+``kd_step_flops = teacher_fwd + 3·student_fwd``, for ``fp`` ``3·student_fwd``. Embedding gathers,
+softmax, LayerNorm, quantizers and the optimizer are work the count leaves out. The split binary
+model runs one product per matrix (both halves share the quantized input: x·Ŵ1 + x·Ŵ2 =
+x·(Ŵ1 + Ŵ2)), so its FLOPs are the ternary model's. At MiniLM half width and sequence 128 this is
+5.74 GFLOP per KD example.
+
+The machine's matmul rate is measured in the same run, in its own subprocess: a jitted float32
+2048×2048 by 2048×2048 product (17.2 GFLOP), best of 10 after warm-up. *of matmul* is the model
+GFLOP/s over that rate.
+
+The epoch: MRPC's 3,667 training pairs (``$GLUE_DIR`` or ``shared/data/glue`` beside the
+checkout), tokenized with MiniLM's tokenizer to at most 128 tokens, batched 32 with length
+bucketing (``--buckets``: each batch is cut to the smallest bucket holding its longest example;
+similar lengths are grouped as ``train`` does), 114 steps (the remainder dropped, as training
+does), stage-1 KD of the ``w2a8-masked`` student from a float32 teacher; every bucket's step is
+compiled before the clock starts (compile time reported apart) and the epoch is timed from the
+first step to the last result, the batches built, placed and fed as ``train.train_phase`` does.
+The reference: the authors' PyTorch code does 7.4 ex/s on this machine at 128 tokens, ~490 s.
+
+The compiled step is also checked for host synchronisation: no infeed/outfeed/send/recv and no
+host-callback custom calls in its optimized HLO (*host ops*, should be 0).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import pathlib
+import platform
+import re
+import resource
+import shlex
+import statistics
+import subprocess
+import sys
+import time
+from typing import Optional, Sequence
+
+SECTION = "## Training step"
+CASES = ("fp", "w2a8", "w2a8-masked", "w2a4", "w1a8", "w1a4")
+DEFAULT_BUCKETS = (48, 64, 80, 112)
+MIB = 2 ** 20
+# Targets of the issue (2-core CPU, MiniLM dims, batch 32, seq 128).
+REFERENCE = {"w2a8": 7.4, "w1a8": 4.7, "mrpc_epoch_s": 490.0}
+
+
+# --------------------------------------------------------------------------------------------
+# Models and cases (child processes only: these import JAX).
+# --------------------------------------------------------------------------------------------
+def architecture(bert_base: bool):
+    from binarybert_jax.model import BertConfig
+
+    if bert_base:
+        full = BertConfig(vocab_size=30522, hidden_size=768, num_layers=12, num_heads=12, head_dim=64,
+                          intermediate_size=3072)
+    else:
+        full = BertConfig(vocab_size=30522, hidden_size=384, num_layers=6, num_heads=12, head_dim=32,
+                          intermediate_size=1536)
+    return full.with_width(0.5)
+
+
+def case_setup(case: str, bert_base: bool):
+    """(student spec, teacher spec or None, objective, kd ignore_padding) of a case."""
+    import dataclasses
+    from binarybert_jax.model import ModelSpec, QuantConfig
+
+    arch = architecture(bert_base)
+    teacher = ModelSpec(arch)
+    if case == "fp":
+        return ModelSpec(arch), None, "supervised", False
+    bits = {"w2a8": (2, 8), "w2a8-masked": (2, 8), "w2a4": (2, 4), "w1a8": (1, 8), "w1a4": (1, 4)}
+    if case not in bits:
+        raise ValueError(f"unknown case {case!r}; allowed: {CASES}")
+    wbits, abits = bits[case]
+    method = "twn" if wbits == 2 else "bwn"
+    masked = case == "w2a8-masked"
+    q = QuantConfig(wbits, wbits, abits, method, method, "lsq" if abits == 4 else "uniform",
+                    split=wbits == 1, act_scope="example" if masked else "tensor",
+                    act_ignore_padding=masked)
+    student = arch if abits == 8 else dataclasses.replace(arch, hidden_act="relu")
+    return ModelSpec(student, q), teacher, "intermediate", masked
+
+
+def build_step(student_spec, teacher_spec, objective: str, ignore_padding: bool, mesh):
+    from binarybert_jax import optim, train
+
+    schedule = optim.warmup_linear_schedule(2e-5, 1000)
+    tx = optim.bert_adam(schedule, optim.warmup_linear_schedule(1e-4, 1000))
+    step = train.make_train_step(student_spec.build(), teacher_spec.build() if teacher_spec else None,
+                                 tx, schedule, mesh, objective=objective, is_regression=False,
+                                 ignore_padding=ignore_padding)
+    return step, tx
+
+
+def init_state(student_spec, teacher_spec, tx, mesh, seq: int):
+    import jax
+    import jax.numpy as jnp
+    from binarybert_jax import train
+
+    ids = jnp.ones((1, seq), jnp.int32)
+    params = jax.jit(student_spec.without_axis().build().init)(jax.random.key(0), ids)["params"]
+    state = train.TrainState(jnp.zeros((), jnp.int32), params, tx.init(params))
+    state = train.replicate(state, mesh)
+    teacher_params = None
+    if teacher_spec is not None:
+        teacher_params = train.replicate(
+            jax.jit(teacher_spec.build().init)(jax.random.key(1), ids)["params"], mesh)
+    return state, teacher_params
+
+
+def synthetic_batch(batch: int, seq: int, vocab: int) -> dict:
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    ids = rng.integers(1000, vocab, (batch, seq)).astype(np.int32)
+    types = np.zeros_like(ids)
+    types[:, seq // 2:] = 1
+    return {"input_ids": ids, "token_type_ids": types, "attention_mask": np.ones_like(ids),
+            "labels": rng.integers(0, 2, batch).astype(np.int32),
+            "example_mask": np.ones(batch, np.float32)}
+
+
+HOST_OPS = re.compile(r"\b(infeed|outfeed|send|recv|send-done|recv-done)\(|custom_call_target=\"[^\"]*"
+                      r"(callback|host)[^\"]*\"", re.I)
+
+
+def hlo_summary(compiled) -> dict:
+    """Host-synchronising ops and the top-level op mix of the optimized HLO."""
+    text = compiled.as_text()
+    entry = text[text.find("ENTRY"):]
+    entry = entry[:entry.find("\n}\n")]
+    lines = [l for l in entry.splitlines()[1:] if "=" in l]
+    ops = [re.search(r"=\s*\S+\s+([\w-]+)\(", l) for l in lines]
+    kinds = [m.group(1) for m in ops if m]
+    return {"host_ops": len(HOST_OPS.findall(text)),
+            "entry_ops": len(kinds),
+            "entry_fusions": sum(k == "fusion" for k in kinds),
+            "entry_dots": sum(k in ("dot", "convolution") for k in kinds),
+            "entry_unfused_elementwise": sum(k not in ("fusion", "dot", "convolution", "parameter",
+                                                      "tuple", "get-tuple-element", "constant",
+                                                      "bitcast", "copy", "call", "custom-call",
+                                                      "while", "conditional")
+                                             for k in kinds)}
+
+
+def _rss_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+
+
+def measure_case(case: str, bert_base: bool, batch: int, seq: int, steps: int,
+                 hlo_dir: Optional[str]) -> dict:
+    import jax
+    from binarybert_jax import flops, train
+
+    student_spec, teacher_spec, objective, ignore_padding = case_setup(case, bert_base)
+    mesh = train.make_mesh(1)
+    step, tx = build_step(student_spec, teacher_spec, objective, ignore_padding, mesh)
+    state, teacher_params = init_state(student_spec, teacher_spec, tx, mesh, seq)
+    data = train.shard_batch(synthetic_batch(batch, seq, student_spec.config.vocab_size), mesh)
+    rng = jax.random.key(0)
+    jax.block_until_ready((state, teacher_params, data))
+    rss_before = _rss_mib()
+
+    start = time.perf_counter()
+    compiled = step.lower(state, teacher_params, data, rng).compile()
+    compile_s = time.perf_counter() - start
+    summary = hlo_summary(compiled)
+    if hlo_dir:
+        pathlib.Path(hlo_dir).mkdir(parents=True, exist_ok=True)
+        (pathlib.Path(hlo_dir) / f"{case}.hlo.txt").write_text(compiled.as_text())
+
+    for _ in range(2):
+        state, measured = compiled(state, teacher_params, data, rng)
+    jax.block_until_ready((state, measured))
+    probe = MatmulProbe()
+    times, cpu_times, probe_rates = [], [], []
+    for _ in range(steps):
+        probe_rates.append(probe.rate())  # the machine's matmul rate right now (shared machine)
+        start, cpu_start = time.perf_counter(), time.process_time()
+        state, measured = compiled(state, teacher_params, data, rng)
+        jax.block_until_ready((state, measured))
+        times.append(time.perf_counter() - start)
+        cpu_times.append(time.process_time() - cpu_start)
+    per_example = flops.kd_step_flops(student_spec.config, teacher_spec.config if teacher_spec else None,
+                                      seq)
+    median = statistics.median(times)
+    loss = float(measured["total"])
+    # Each step's model FLOP rate over the matmul rate measured just before it: steadier than
+    # either alone while other jobs come and go.
+    fractions = [per_example * batch / t / 1e9 / r for t, r in zip(times, probe_rates)]
+    return {"case": case, "objective": objective, "compile_s": compile_s,
+            "step_s_median": median, "step_s_min": min(times), "step_s_all": times,
+            "cpu_s_median": statistics.median(cpu_times), "probe_gflops": probe_rates,
+            "fraction_of_probe_median": statistics.median(fractions),
+            "fraction_of_probe_best": max(fractions),
+            "examples_per_s": batch / median, "examples_per_s_best": batch / min(times),
+            "gflop_per_example": per_example / 1e9,
+            "model_gflops": per_example * batch / median / 1e9,
+            "model_gflops_best": per_example * batch / min(times) / 1e9,
+            "rss_before_compile_mib": rss_before, "rss_peak_mib": _rss_mib(),
+            "loss": loss, "loadavg": os.getloadavg(), **summary}
+
+
+class MatmulProbe:
+    """The machine's float32 matmul rate through XLA: one jitted n×n by n×n product."""
+
+    def __init__(self, n: int = 2048):
+        import jax
+        import jax.numpy as jnp
+
+        self.n = n
+        self._a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32)
+        self._b = jax.random.normal(jax.random.key(1), (n, n), jnp.float32)
+        self._f = jax.jit(jnp.dot)
+        jax.block_until_ready(self._f(self._a, self._b))
+
+    def rate(self) -> float:
+        """GFLOP/s of one product, now."""
+        import jax
+
+        start = time.perf_counter()
+        jax.block_until_ready(self._f(self._a, self._b))
+        return 2 * self.n ** 3 / (time.perf_counter() - start) / 1e9
+
+
+def measure_matmul(repeats: int = 10) -> dict:
+    probe = MatmulProbe()
+    rates = [probe.rate() for _ in range(repeats)]
+    return {"n": probe.n, "gflops_best": max(rates), "gflops_median": statistics.median(rates),
+            "loadavg": os.getloadavg()}
+
+
+def glue_root() -> pathlib.Path:
+    env = os.environ.get("GLUE_DIR")
+    return pathlib.Path(env) if env else pathlib.Path(__file__).resolve().parents[2] / "shared" / "data" / "glue"
+
+
+def measure_epoch(bert_base: bool, batch: int, buckets: Sequence[int]) -> dict:
+    import jax
+    import numpy as np
+    from binarybert_jax import assets, flops, train
+    from binarybert_jax.data import batching, encode
+    from binarybert_jax.tokenizer import load_tokenizer
+
+    tokenizer = load_tokenizer(assets.minilm_dir())
+    arrays = encode.load_encoded_split(tokenizer, "mrpc", "train", data_dir=glue_root(), max_length=128,
+                                       cache_dir=assets.cache_dir() / "tokenized")
+    student_spec, teacher_spec, objective, ignore_padding = case_setup("w2a8-masked", bert_base)
+    mesh = train.make_mesh(1)
+    step, tx = build_step(student_spec, teacher_spec, objective, ignore_padding, mesh)
+    state, teacher_params = init_state(student_spec, teacher_spec, tx, mesh, 128)
+    rng = jax.random.key(0)
+
+    def batches():
+        for b in batching.iterate_batches(arrays, batch, shuffle=True, seed=42, epoch=0,
+                                          bucket_lengths=tuple(buckets)):
+            yield {k: b[k] for k in train.MODEL_INPUTS + ("labels", "example_mask")}
+
+    lengths = [b["input_ids"].shape[1] for b in batches()]
+    compiled, compile_s = {}, {}
+    for length in sorted(set(lengths)):
+        example = train.shard_batch(next(b for b in batches() if b["input_ids"].shape[1] == length), mesh)
+        start = time.perf_counter()
+        compiled[length] = step.lower(state, teacher_params, example, rng).compile()
+        compile_s[length] = time.perf_counter() - start
+    # One warm-up step per shape (first-run allocations), on a copy so the timed epoch starts fresh.
+    for length, fn in compiled.items():
+        example = train.shard_batch(next(b for b in batches() if b["input_ids"].shape[1] == length), mesh)
+        warm = jax.tree_util.tree_map(lambda x: x.copy(), state)
+        jax.block_until_ready(fn(warm, teacher_params, example, rng))
+    load_start = os.getloadavg()
+    start = time.perf_counter()
+    pending = []
+    for b in batches():
+        state, measured = compiled[b["input_ids"].shape[1]](state, teacher_params,
+                                                            train.shard_batch(b, mesh), rng)
+        pending.append(measured["total"])
+    jax.block_until_ready((state, pending))
+    epoch_s = time.perf_counter() - start
+    work = sum(flops.kd_step_flops(student_spec.config, teacher_spec.config, L) * batch for L in lengths)
+    losses = np.asarray(jax.device_get(pending))
+    return {"steps": len(lengths), "examples": len(lengths) * batch, "epoch_s": epoch_s,
+            "examples_per_s": len(lengths) * batch / epoch_s, "buckets": list(buckets),
+            "bucket_counts": {int(L): lengths.count(L) for L in sorted(set(lengths))},
+            "mean_padded_length": float(np.mean(lengths)),
+            "mean_real_length": float(np.mean(arrays["lengths"])),
+            "compile_s": {int(k): v for k, v in compile_s.items()}, "compile_s_total": sum(compile_s.values()),
+            "model_gflops": work / epoch_s / 1e9, "loss_first": float(losses[0]),
+            "loss_last": float(losses[-1]), "all_finite": bool(np.isfinite(losses).all()),
+            "rss_peak_mib": _rss_mib(), "loadavg_start": load_start, "loadavg_end": os.getloadavg()}
+
+
+# --------------------------------------------------------------------------------------------
+# Parent: subprocesses and the report (no JAX imported here, see ``_subprocess``).
+# --------------------------------------------------------------------------------------------
+def _subprocess(args: list[str]) -> dict:
+    """Runs this module with ``args`` in a fresh interpreter; returns its last stdout line's JSON.
+
+    Linux carries ``ru_maxrss`` over ``fork`` and ``exec``, so the parent never imports JAX: each
+    child's peak is its own, give or take the parent's few tens of MiB of bare Python.
+    """
+    root = pathlib.Path(__file__).resolve().parents[1]
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+        [str(root)] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]))
+    proc = subprocess.run([sys.executable, "-m", "benchmarks.train_step"] + args,
+                          capture_output=True, text=True, env=env, cwd=root)
+    if proc.returncode:
+        raise RuntimeError(f"{' '.join(args)} failed:\n{proc.stderr[-4000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def machine() -> dict:
+    cpu = platform.processor() or "unknown CPU"
+    try:
+        found = re.search(r"^model name\s*:\s*(.+)$", pathlib.Path("/proc/cpuinfo").read_text(), re.M)
+        cpu = found.group(1).strip() if found else cpu
+    except OSError:
+        pass
+    from importlib import metadata
+    return {"cpu": cpu, "cores": len(os.sched_getaffinity(0)), "jax": metadata.version("jax"),
+            "xla_flags": os.environ.get("XLA_FLAGS", ""), "loadavg": os.getloadavg(),
+            "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")}
+
+
+CASE_NAMES = {"fp": "full precision, supervised", "w2a8": "ternary W2A8 (TWN, uniform 8-bit)",
+              "w2a8-masked": "ternary W2A8, per-example masked ranges",
+              "w2a4": "ternary W2A4 (TWN, LSQ 4-bit)", "w1a8": "split binary W1A8 (TWS, BWN)",
+              "w1a4": "split binary W1A4 (TWS, BWN, LSQ)"}
+
+
+def table(rows: dict, matmul: dict, batch: int) -> str:
+    lines = ["| case | ex/s median (best) | step s median (best) | CPU s per step | model GFLOP/s median "
+             "(best) | of matmul probe: best / step by step | compile s | peak RSS MiB | host ops | "
+             "load avg |", "|" + "---|" * 10]
+    rate = matmul["gflops_best"]
+    for name, r in rows.items():
+        lines.append(
+            f"| {CASE_NAMES.get(name, name)} | {r['examples_per_s']:.1f} ({r['examples_per_s_best']:.1f}) | "
+            f"{r['step_s_median']:.2f} ({r['step_s_min']:.2f}) | {r['cpu_s_median']:.2f} | "
+            f"{r['model_gflops']:.0f} ({r['model_gflops_best']:.0f}) | "
+            f"{r['model_gflops_best'] / rate:.0%} / {r['fraction_of_probe_median']:.0%} | "
+            f"{r['compile_s']:.1f} | {r['rss_peak_mib']:.0f} | {r['host_ops']} | "
+            f"{r['loadavg'][0]:.1f} |")
+    return "\n".join(lines)
+
+
+def epoch_text(e: dict) -> str:
+    counts = ", ".join(f"{L}: {n}" for L, n in e["bucket_counts"].items())
+    return (f"MRPC stage-1 KD epoch (ternary W2A8, per-example masked ranges, `kd.ignore_padding`): "
+            f"**{e['epoch_s']:.1f} s** for {e['steps']} steps of {e['examples'] // e['steps']} "
+            f"({e['examples_per_s']:.1f} ex/s, {e['model_gflops']:.0f} model GFLOP/s on the padded "
+            f"shapes), vs ~{REFERENCE['mrpc_epoch_s']:.0f} s for the reference (target ≤ 122 s). "
+            f"Buckets {tuple(e['buckets'])}; batches per length: {counts}; mean padded length "
+            f"{e['mean_padded_length']:.1f} (real tokens {e['mean_real_length']:.1f}). Compiling the "
+            f"{len(e['compile_s'])} shapes beforehand: {e['compile_s_total']:.0f} s in all. Load average "
+            f"{e['loadavg_start'][0]:.1f} at the start, {e['loadavg_end'][0]:.1f} at the end; stage-1 loss "
+            f"{e['loss_first']:.2f} → {e['loss_last']:.2f}, finite throughout: {e['all_finite']}.")
+
+
+NOTES_FILE = pathlib.Path(__file__).with_name("train_step_notes.md")
+
+
+def section(rows: dict, matmul: dict, epoch: Optional[dict], info: dict, command: str, args) -> str:
+    dims = "BERT-base" if args.bert_base else "MiniLM"
+    load = ", ".join(f"{x:.2f}" for x in info["loadavg"])
+    parts = [
+        SECTION, "",
+        f"The jitted KD train step (`train.make_train_step`), {dims} dimensions at half width (teacher "
+        f"and student), batch {args.batch}, sequence {args.seq}, one CPU device; how each number is "
+        "taken and how FLOPs are counted: the docstring of `benchmarks/train_step.py`.", "",
+        "```", command, "```", "",
+        f"Measured {info['date']} on {info['cpu']} ({info['cores']} cores visible), jax {info['jax']}"
+        + (f", XLA_FLAGS `{info['xla_flags']}`" if info["xla_flags"] else "")
+        + f"; load average at the start {load} (the machine is shared with other jobs: times vary by "
+        "tens of percent between runs; the load average column is each case's at its end). "
+        f"Matmul probe (float32 {matmul['n']}², XLA): {matmul['gflops_best']:.0f} GFLOP/s best, "
+        f"{matmul['gflops_median']:.0f} median. Median (best) of {args.steps} timed steps.", "",
+        table(rows, matmul, args.batch), ""]
+    if epoch:
+        parts += [epoch_text(epoch), ""]
+    if NOTES_FILE.is_file():
+        parts += [NOTES_FILE.read_text().rstrip("\n"), ""]
+    return "\n".join(parts)
+
+
+def write_section(out: pathlib.Path, text: str) -> None:
+    """Replaces (or appends) this benchmark's section of ``out``, leaving every other one."""
+    old = out.read_text() if out.is_file() else "# Benchmarks\n\nEvery number here comes from " \
+        "the command printed beside it.\n"
+    start = old.find(SECTION + "\n")
+    if start < 0:
+        new = old.rstrip("\n") + "\n\n" + text
+    else:
+        nxt = old.find("\n## ", start + len(SECTION))
+        new = old[:start] + text + ("" if nxt < 0 else "\n" + old[nxt + 1:])
+    tmp = out.with_name(out.name + f".tmp{os.getpid()}")
+    tmp.write_text(new.rstrip("\n") + "\n")
+    os.replace(tmp, out)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.train_step",
+                                     description="Speed of the KD train step and of an MRPC epoch.")
+    parser.add_argument("--bert-base", action="store_true", help="BERT-base dimensions (half width)")
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--seq", type=int, default=128)
+    parser.add_argument("--steps", type=int, default=10, help="timed steps per case")
+    parser.add_argument("--cases", nargs="+", choices=CASES, default=list(CASES))
+    parser.add_argument("--no-epoch", action="store_true", help="skip the MRPC epoch")
+    parser.add_argument("--epoch-only", action="store_true", help="only the MRPC epoch")
+    parser.add_argument("--buckets", type=int, nargs="+", default=list(DEFAULT_BUCKETS),
+                        help="bucket lengths for the MRPC epoch")
+    parser.add_argument("--out", default=None, help="Markdown file to write the section into")
+    parser.add_argument("--json", default=None, help="also write the raw results here")
+    parser.add_argument("--hlo-dir", default=None, help="write each case's optimized HLO here")
+    # Internal: the subprocesses' entry points.
+    parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
+    return parser
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.child == "matmul":
+        print(json.dumps(measure_matmul()))
+        return 0
+    if args.child == "epoch":
+        print(json.dumps(measure_epoch(args.bert_base, args.batch, args.buckets)))
+        return 0
+    if args.child:
+        print(json.dumps(measure_case(args.child, args.bert_base, args.batch, args.seq, args.steps,
+                                      args.hlo_dir)))
+        return 0
+    argv = sys.argv[1:] if argv is None else list(argv)
+    command = "PYTHONPATH=. python -m benchmarks.train_step " + " ".join(map(shlex.quote, argv))
+    info = machine()
+    common = ["--batch", str(args.batch), "--seq", str(args.seq), "--steps", str(args.steps)]
+    if args.bert_base:
+        common.append("--bert-base")
+    matmul = _subprocess(["--child", "matmul"])
+    print(f"matmul: {json.dumps(matmul)}", file=sys.stderr)
+    rows = {}
+    if not args.epoch_only:
+        for case in args.cases:
+            extra = ["--hlo-dir", args.hlo_dir] if args.hlo_dir else []
+            rows[case] = _subprocess(["--child", case] + common + extra)
+            print(f"{case}: {json.dumps(rows[case])}", file=sys.stderr)
+    epoch = None
+    if not args.no_epoch:
+        epoch = _subprocess(["--child", "epoch", "--batch", str(args.batch), "--buckets",
+                             *map(str, args.buckets)] + (["--bert-base"] if args.bert_base else []))
+        print(f"epoch: {json.dumps(epoch)}", file=sys.stderr)
+    if rows:
+        print(table(rows, matmul, args.batch))
+    if epoch:
+        print(epoch_text(epoch))
+    if args.json:
+        pathlib.Path(args.json).write_text(json.dumps({"info": info, "matmul": matmul, "rows": rows,
+                                                       "epoch": epoch}, indent=2))
+    if args.out:
+        write_section(pathlib.Path(args.out), section(rows, matmul, epoch, info, command, args))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
