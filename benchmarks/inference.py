@@ -46,6 +46,8 @@ import tempfile
 import time
 from typing import Optional, Sequence
 
+from benchmarks import markdown
+
 SECTION = "## Inference: packed vs full precision"
 VARIANTS = ("fp32", "bwn-packed", "tws-packed", "bwn-ckpt")
 MIB = 2 ** 20
@@ -264,21 +266,6 @@ def section(rows: dict[str, dict], info: dict, command: str, args) -> str:
         ""])
 
 
-def write_section(out: pathlib.Path, text: str) -> None:
-    """Replaces (or appends) this benchmark's section of ``out``, leaving every other one."""
-    old = out.read_text() if out.is_file() else "# Benchmarks\n\nEvery number here comes from " \
-        "the command printed beside it.\n"
-    start = old.find(SECTION + "\n")
-    if start < 0:
-        new = old.rstrip("\n") + "\n\n" + text
-    else:
-        nxt = old.find("\n## ", start + len(SECTION))
-        new = old[:start] + text + ("" if nxt < 0 else "\n" + old[nxt + 1:])
-    tmp = out.with_name(out.name + f".tmp{os.getpid()}")
-    tmp.write_text(new.rstrip("\n") + "\n")
-    os.replace(tmp, out)
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.inference",
                                      description="Inference cost of packed vs float32 models.")
@@ -323,7 +310,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if args.json:
         pathlib.Path(args.json).write_text(json.dumps({"info": info, "rows": rows}, indent=2))
     if args.out:
-        write_section(pathlib.Path(args.out), section(rows, info, command, args))
+        markdown.write_section(pathlib.Path(args.out), SECTION, section(rows, info, command, args))
     return 0
 
 

@@ -74,6 +74,8 @@ import sys
 import time
 from typing import Optional, Sequence
 
+from benchmarks import markdown
+
 SECTION = "## Training step"
 CASES = ("fp", "w2a8", "w2a8-masked", "w2a4", "w1a8", "w1a4")
 DEFAULT_BUCKETS = (48, 64, 80, 112)
@@ -421,21 +423,6 @@ def section(rows: dict, matmul: dict, epoch: Optional[dict], info: dict, command
     return "\n".join(parts)
 
 
-def write_section(out: pathlib.Path, text: str) -> None:
-    """Replaces (or appends) this benchmark's section of ``out``, leaving every other one."""
-    old = out.read_text() if out.is_file() else "# Benchmarks\n\nEvery number here comes from " \
-        "the command printed beside it.\n"
-    start = old.find(SECTION + "\n")
-    if start < 0:
-        new = old.rstrip("\n") + "\n\n" + text
-    else:
-        nxt = old.find("\n## ", start + len(SECTION))
-        new = old[:start] + text + ("" if nxt < 0 else "\n" + old[nxt + 1:])
-    tmp = out.with_name(out.name + f".tmp{os.getpid()}")
-    tmp.write_text(new.rstrip("\n") + "\n")
-    os.replace(tmp, out)
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.train_step",
                                      description="Speed of the KD train step and of an MRPC epoch.")
@@ -495,7 +482,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         pathlib.Path(args.json).write_text(json.dumps({"info": info, "matmul": matmul, "rows": rows,
                                                        "epoch": epoch}, indent=2))
     if args.out:
-        write_section(pathlib.Path(args.out), section(rows, matmul, epoch, info, command, args))
+        markdown.write_section(pathlib.Path(args.out), SECTION, section(rows, matmul, epoch, info, command, args))
     return 0
 
 

@@ -17,7 +17,7 @@ from binarybert_jax.data import batching, encode, glue, tfds_source
 # The shared data sits beside the repository checkout, never inside it.
 GLUE_ROOT = pathlib.Path(__file__).resolve().parents[2] / "shared" / "data" / "glue"
 
-# Rows per split of the shared files (/work/shared/data/README.md); test labels are hidden.
+# Rows per split of the shared files (../shared/data/README.md beside the checkout); test labels are hidden.
 # MRPC's train.tsv holds 3,667 data rows (3,668 lines with the header), one fewer than the
 # README's table and the 3,668 of the GLUE release: the file is what it is (its SHA-256 matches
 # data/SHA256SUMS), so the count asserted is the file's.
