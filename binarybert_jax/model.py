@@ -401,8 +401,9 @@ class SelfAttention(nn.Module, _ActQuantMixin):
         q = self.act_quant("query", q, qcfg, qcfg.sym_qkvo, (2,), head_tok)
         k = self.act_quant("key", k, qcfg, qcfg.sym_qkvo, (2,), head_tok)
         scores = jnp.einsum("bhqd,bhkd->bhqk", q, k) / math.sqrt(cfg.head_dim)
-        scores = scores.astype(jnp.float32) + mask_bias
-        probs = jax.nn.softmax(scores, axis=-1).astype(self.dtype)
+        with jax.named_scope("softmax"):
+            scores = scores.astype(jnp.float32) + mask_bias
+            probs = jax.nn.softmax(scores, axis=-1).astype(self.dtype)
         probs = Dropout(cfg.attention_dropout)(probs, deterministic=deterministic)
         pair_mask = None
         if token_mask is not None:

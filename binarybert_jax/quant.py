@@ -169,9 +169,10 @@ def quantize_weight(w: jax.Array, method: str, bits: int, axes: Axes = LAYERWISE
     """
     if bits >= FULL_PRECISION_BITS:
         return w
-    values = weight_quant_values(lax.stop_gradient(w), method, bits, axes,
-                                 None if diag is None else lax.stop_gradient(diag))
-    return straight_through(w, values)
+    with jax.named_scope("weight_quant"):  # names the ops in profiles and HLO dumps
+        values = weight_quant_values(lax.stop_gradient(w), method, bits, axes,
+                                     None if diag is None else lax.stop_gradient(diag))
+        return straight_through(w, values)
 
 
 def ternarize(w, axes: Axes = LAYERWISE):
@@ -411,10 +412,11 @@ def quantize_act(x: jax.Array, param: jax.Array, method: str, bits: int, symmetr
     (``param`` = step size)."""
     if bits >= FULL_PRECISION_BITS:
         return x
-    if method == "uniform":
-        return uniform_act_quantize(x, param, bits, symmetric, reduce_axes, mask, axis_name)
-    if method == "lsq":
-        return lsq_act_quantize(x, param, bits, symmetric, reduce_axes, mask, axis_name)
+    with jax.named_scope("act_quant"):  # names the ops in profiles and HLO dumps
+        if method == "uniform":
+            return uniform_act_quantize(x, param, bits, symmetric, reduce_axes, mask, axis_name)
+        if method == "lsq":
+            return lsq_act_quantize(x, param, bits, symmetric, reduce_axes, mask, axis_name)
     raise ValueError(f"unknown activation quantization method {method!r}; allowed: {ACT_METHODS}")
 
 

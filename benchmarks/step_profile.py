@@ -1,0 +1,290 @@
+"""Where the time of the KD train step goes: a per-op profile and ablations.
+
+    PYTHONPATH=. python -m benchmarks.step_profile --out BENCHMARKS.md
+
+About 4 minutes on 2 CPU cores. The step is the one ``benchmarks/train_step.py`` times (MiniLM
+dimensions at half width, batch 32, sequence 128, stage-1 KD, ``--case`` default ``w2a8``).
+
+*Profile.* The compiled step runs ``--steps`` times under ``jax.profiler.trace``; every trace
+event named after an instruction of the compiled module is one executed op (a fusion, a library
+matmul, a copy). Each op is put in a category from the ``op_name`` metadata XLA keeps for it:
+the quantizers run under ``jax.named_scope("act_quant" / "weight_quant")``, the softmax under
+``softmax``, Flax modules under their names (``Dropout_0``, ``LayerNorm``); a matmul op is one
+whose event name is a library fusion or dot (on XLA:CPU these carry the producers and epilogues
+fused into them, e.g. bias, residual and LayerNorm). The phase comes from the name stack:
+``transpose(jvp(...))`` is the student's backward, ``jvp(...)`` its forward, the rest of the
+model the teacher's forward, and what is outside the model (losses, optimizer) "outside".
+Figures are op time per step summed over the executor's threads (*thread ms*), so with two
+cores they add up to more than the step; *alone* is the part of the step during which exactly
+one op was running, which shows how much of the step ran without the two cores both busy.
+
+*Ablations.* The same step with one ingredient removed at a time (activation quantization,
+weight quantization, both, dropout, the teacher), each the median of ``--ablation-steps`` steps:
+what each ingredient costs, and the floor of this model on this machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import dataclasses
+import glob
+import gzip
+import json
+import os
+import pathlib
+import re
+import shlex
+import statistics
+import sys
+import tempfile
+import time
+from typing import Optional, Sequence
+
+from benchmarks import markdown, train_step
+
+SECTION = "## Training step: where the time goes"
+CATEGORIES = ("dense matmuls (+ fused epilogues)", "attention matmuls", "activation quantizers",
+              "weight quantizers", "dropout", "LayerNorm", "softmax and mask", "GELU",
+              "other model ops (reshapes, transposes, residuals)", "losses, optimizer, rest")
+PHASES = ("teacher forward", "student forward", "student backward", "outside the model")
+ABLATIONS = {
+    "as is": {},
+    "no activation quantization": {"act_bits": 32},
+    "no weight quantization": {"weight_bits": 32, "embed_bits": 32},
+    "full-precision student": {"act_bits": 32, "weight_bits": 32, "embed_bits": 32},
+    "no dropout": {"dropout": 0.0},
+    "no teacher (supervised)": {"teacher": None},
+    "full-precision student, no dropout": {"act_bits": 32, "weight_bits": 32, "embed_bits": 32,
+                                           "dropout": 0.0},
+}
+
+
+def _is_matmul(event_name: str) -> bool:
+    return event_name.startswith(("ynn_fusion", "xnn_fusion", "dot", "onednn"))
+
+
+def categorize(event_name: str, op_name: str) -> tuple[str, str]:
+    """(category, phase) of one executed op from its event name and ``op_name`` metadata."""
+    if "transpose(jvp(" in op_name:
+        phase = "student backward"
+    elif "jvp(" in op_name:
+        phase = "student forward"
+    elif "BertModel" in op_name:
+        phase = "teacher forward"
+    else:
+        phase = "outside the model"
+    if _is_matmul(event_name):
+        attention = re.search(r"bhqd,bhkd|bhqk,bhkd", op_name)
+        return ("attention matmuls" if attention else "dense matmuls (+ fused epilogues)"), phase
+    for key, category in (("act_quant", "activation quantizers"), ("weight_quant", "weight quantizers"),
+                          ("Dropout", "dropout"), ("LayerNorm", "LayerNorm"),
+                          ("softmax", "softmax and mask")):
+        if key in op_name:
+            return category, phase
+    if "/ffn/" in op_name and re.search(r"erf|/ffn/(mul|add)", op_name):
+        return "GELU", phase
+    if "BertModel" in op_name:
+        return "other model ops (reshapes, transposes, residuals)", phase
+    return "losses, optimizer, rest", phase
+
+
+def hlo_op_names(hlo_text: str) -> dict[str, str]:
+    """Instruction name -> its ``op_name`` metadata ("" where it has none)."""
+    names = {}
+    for m in re.finditer(r"^\s*(?:ROOT )?%([\w.\-]+) = [^\n]*$", hlo_text, re.M):
+        meta = re.search(r'op_name="([^"]*)"', m.group(0))
+        names[m.group(1)] = meta.group(1) if meta else ""
+    return names
+
+
+def trace_events(trace_dir: str) -> list[dict]:
+    files = glob.glob(os.path.join(trace_dir, "**", "*.trace.json.gz"), recursive=True)
+    if not files:
+        raise RuntimeError(f"no *.trace.json.gz under {trace_dir}: jax.profiler wrote no Perfetto trace")
+    with gzip.open(files[0]) as f:
+        data = json.load(f)
+    return data["traceEvents"] if isinstance(data, dict) else data
+
+
+def concurrency(ops: list[dict]) -> tuple[float, float, float]:
+    """Time (µs) during which 0, 1 and 2 or more of ``ops`` ran, between the first start and the
+    last end."""
+    points = sorted([(e["ts"], 1) for e in ops] + [(e["ts"] + e["dur"], -1) for e in ops])
+    spans = [0.0, 0.0, 0.0]
+    active, last = 0, points[0][0]
+    for t, delta in points:
+        spans[min(active, 2)] += t - last
+        active += delta
+        last = t
+    return tuple(spans)
+
+
+def profile(case: str, steps: int) -> dict:
+    import jax
+    from binarybert_jax import train
+
+    student, teacher, objective, ignore_padding = train_step.case_setup(case, False)
+    mesh = train.make_mesh(1)
+    step, tx = train_step.build_step(student, teacher, objective, ignore_padding, mesh)
+    state, teacher_params = train_step.init_state(student, teacher, tx, mesh, 128)
+    data = train.shard_batch(train_step.synthetic_batch(32, 128, student.config.vocab_size), mesh)
+    rng = jax.random.key(0)
+    compiled = step.lower(state, teacher_params, data, rng).compile()
+    op_names = hlo_op_names(compiled.as_text())
+    for _ in range(2):
+        state, measured = compiled(state, teacher_params, data, rng)
+    jax.block_until_ready((state, measured))
+    with tempfile.TemporaryDirectory() as trace_dir:
+        with jax.profiler.trace(trace_dir, create_perfetto_trace=True):
+            start = time.perf_counter()
+            for _ in range(steps):
+                state, measured = compiled(state, teacher_params, data, rng)
+                jax.block_until_ready((state, measured))
+            wall = (time.perf_counter() - start) / steps
+        events = trace_events(trace_dir)
+    ops = [e for e in events if e.get("ph") == "X" and e.get("name") in op_names]
+    if not ops:
+        raise RuntimeError("the trace holds no events named after the compiled module's instructions")
+    by_category, by_phase = collections.Counter(), collections.Counter()
+    alone_by_category = collections.Counter()
+    for e in ops:
+        category, phase = categorize(e["name"], op_names[e["name"]])
+        by_category[category] += e["dur"]
+        by_phase[phase] += e["dur"]
+    # Which categories ran alone: sweep once, charging single-op spans to that op's category.
+    points = sorted([(e["ts"], 1, i) for i, e in enumerate(ops)] +
+                    [(e["ts"] + e["dur"], -1, i) for i, e in enumerate(ops)])
+    active: set[int] = set()
+    last = points[0][0]
+    for t, delta, i in points:
+        if len(active) == 1:
+            (j,) = active
+            alone_by_category[categorize(ops[j]["name"], op_names[ops[j]["name"]])[0]] += t - last
+        if delta > 0:
+            active.add(i)
+        else:
+            active.discard(i)
+        last = t
+    idle, one, more = concurrency(ops)
+    per_step = lambda us: us / steps / 1e3  # noqa: E731  (µs over all steps -> ms per step)
+    return {"case": case, "steps": steps, "wall_ms": wall * 1e3, "ops_per_step": len(ops) / steps,
+            "thread_ms": {k: per_step(v) for k, v in by_category.items()},
+            "alone_ms": {k: per_step(v) for k, v in alone_by_category.items()},
+            "phase_ms": {k: per_step(v) for k, v in by_phase.items()},
+            "span_ms": {"no op": per_step(idle), "one op": per_step(one), "two or more": per_step(more)}}
+
+
+def ablate(case: str, changes: dict, steps: int) -> float:
+    """Median step seconds of ``case`` with ``changes`` applied to the student (and teacher)."""
+    import jax
+    from binarybert_jax import train
+    from binarybert_jax.model import ModelSpec
+
+    student, teacher, objective, ignore_padding = train_step.case_setup(case, False)
+    config, quant = student.config, student.quant
+    bits = {k: v for k, v in changes.items() if k.endswith("_bits")}
+    if bits:
+        quant = dataclasses.replace(quant, **bits)
+    if "dropout" in changes:
+        config = dataclasses.replace(config, hidden_dropout=changes["dropout"],
+                                     attention_dropout=changes["dropout"])
+    student = ModelSpec(config, quant)
+    if "teacher" in changes:
+        teacher, objective = None, "supervised"
+    mesh = train.make_mesh(1)
+    step, tx = train_step.build_step(student, teacher, objective, ignore_padding, mesh)
+    state, teacher_params = train_step.init_state(student, teacher, tx, mesh, 128)
+    data = train.shard_batch(train_step.synthetic_batch(32, 128, config.vocab_size), mesh)
+    rng = jax.random.key(0)
+    compiled = step.lower(state, teacher_params, data, rng).compile()
+    for _ in range(2):
+        state, measured = compiled(state, teacher_params, data, rng)
+    jax.block_until_ready((state, measured))
+    times = []
+    for _ in range(steps):
+        start = time.perf_counter()
+        state, measured = compiled(state, teacher_params, data, rng)
+        jax.block_until_ready((state, measured))
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def _child(args: list[str]) -> dict:
+    import subprocess
+
+    root = pathlib.Path(__file__).resolve().parents[1]
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+        [str(root)] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]))
+    proc = subprocess.run([sys.executable, "-m", "benchmarks.step_profile"] + args,
+                          capture_output=True, text=True, env=env, cwd=root)
+    if proc.returncode:
+        raise RuntimeError(f"{' '.join(args)} failed:\n{proc.stderr[-4000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def render(prof: dict, ablations: dict, info: dict, command: str) -> str:
+    total = sum(prof["thread_ms"].values())
+    spans = prof["span_ms"]
+    window = sum(spans.values())
+    lines = [SECTION, "",
+             "The KD step of the table above broken down by op, and timed again with one ingredient "
+             "removed at a time; how ops are classified: the docstring of `benchmarks/step_profile.py`.",
+             "", "```", command, "```", "",
+             f"Measured {info['date']} on {info['cpu']} ({info['cores']} cores visible), jax {info['jax']}; "
+             f"load average at the start {info['loadavg'][0]:.2f}. Case `{prof['case']}`, "
+             f"{prof['steps']} profiled steps: {prof['wall_ms']:.0f} ms a step under the profiler, "
+             f"{prof['ops_per_step']:.0f} ops executed a step. Of the span from the first op to the "
+             f"last, {spans['two or more'] / window:.0%} had two or more ops running, "
+             f"{spans['one op'] / window:.0%} one, {spans['no op'] / window:.0%} none.", "",
+             "| category | thread ms / step | share of op time | ms / step running alone |",
+             "|---|---|---|---|"]
+    for category in CATEGORIES:
+        ms = prof["thread_ms"].get(category, 0.0)
+        lines.append(f"| {category} | {ms:.0f} | {ms / total:.0%} | {prof['alone_ms'].get(category, 0.0):.0f} |")
+    lines += ["", "By phase (thread ms / step): " + ", ".join(
+        f"{p} {prof['phase_ms'].get(p, 0.0):.0f}" for p in PHASES) + ".", ""]
+    if ablations:
+        base = ablations["as is"]
+        lines += ["| variant | step s (median) | vs as is |", "|---|---|---|"]
+        for name, seconds in ablations.items():
+            lines.append(f"| {name} | {seconds:.3f} | {seconds / base - 1:+.0%} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.step_profile",
+                                     description="Per-op profile and ablations of the KD train step.")
+    parser.add_argument("--case", default="w2a8", choices=train_step.CASES)
+    parser.add_argument("--steps", type=int, default=3, help="profiled steps")
+    parser.add_argument("--ablation-steps", type=int, default=6, help="timed steps per ablation")
+    parser.add_argument("--no-ablations", action="store_true")
+    parser.add_argument("--out", default=None, help="Markdown file to write the section into")
+    parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.child == "profile":
+        print(json.dumps(profile(args.case, args.steps)))
+        return 0
+    if args.child:
+        print(json.dumps({"step_s": ablate(args.case, ABLATIONS[args.child], args.ablation_steps)}))
+        return 0
+    argv = sys.argv[1:] if argv is None else list(argv)
+    command = "PYTHONPATH=. python -m benchmarks.step_profile " + " ".join(map(shlex.quote, argv))
+    info = train_step.machine()
+    prof = _child(["--child", "profile", "--case", args.case, "--steps", str(args.steps)])
+    ablations = {}
+    if not args.no_ablations:
+        for name in ABLATIONS:
+            ablations[name] = _child(["--child", name, "--case", args.case,
+                                      "--ablation-steps", str(args.ablation_steps)])["step_s"]
+            print(f"{name}: {ablations[name]:.3f} s", file=sys.stderr)
+    text = render(prof, ablations, info, command)
+    print(text)
+    if args.out:
+        markdown.write_section(pathlib.Path(args.out), SECTION, text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,58 @@
+"""The benchmark scripts' bookkeeping: op classification, concurrency sweep, report sections."""
+
+import jax
+import jax.numpy as jnp
+import pytest
+
+from benchmarks import markdown, step_profile
+from binarybert_jax import quant
+
+
+@pytest.mark.parametrize("event, op_name, expected", [
+    ("ynn_fusion.12", "jit(per_device)/transpose(jvp(BertModel))/encoder/layer_3/ffn/output/dot_general",
+     ("dense matmuls (+ fused epilogues)", "student backward")),
+    ("dot.4", "jit(per_device)/BertModel/encoder/layer_0/attention/bhqd,bhkd->bhqk/dot_general",
+     ("attention matmuls", "teacher forward")),
+    ("multiply_select_fusion.3", "jit(per_device)/jvp(BertModel)/encoder/layer_1/attention/query/act_quant/div",
+     ("activation quantizers", "student forward")),
+    ("select_fusion", "jit(per_device)/jvp(BertModel)/embeddings/weight_quant/abs",
+     ("weight quantizers", "student forward")),
+    ("add_fusion.9", "jit(per_device)/transpose(jvp(BertModel))/encoder/layer_2/ffn/Dropout_0/div",
+     ("dropout", "student backward")),
+    ("reduce.1", "jit(per_device)/BertModel/encoder/layer_4/attention/softmax/reduce_max",
+     ("softmax and mask", "teacher forward")),
+    ("erf_fusion", "jit(per_device)/jvp(BertModel)/encoder/layer_4/ffn/erfc", ("GELU", "student forward")),
+    ("sqrt_fusion.2", "jit(per_device)/sqrt", ("losses, optimizer, rest", "outside the model")),
+])
+def test_categorize(event, op_name, expected):
+    assert step_profile.categorize(event, op_name) == expected
+
+
+def test_concurrency_sweep():
+    ops = [{"ts": 0, "dur": 10}, {"ts": 5, "dur": 10}, {"ts": 20, "dur": 5}]
+    # 0-5 one op, 5-10 two, 10-15 one, 15-20 none, 20-25 one.
+    assert step_profile.concurrency(ops) == (5.0, 15.0, 5.0)
+
+
+def test_hlo_op_names_carry_the_quantizer_scopes():
+    def f(x, w):
+        xq = quant.quantize_act(x, jnp.array([-2.5, 2.5]), "uniform", 8, True)
+        return jnp.sum(xq @ quant.quantize_weight(w, "twn", 2))
+
+    x = jnp.linspace(-3, 3, 32).reshape(4, 8)
+    compiled = jax.jit(jax.grad(f, argnums=(0, 1))).lower(x, jnp.ones((8, 3))).compile()
+    names = step_profile.hlo_op_names(compiled.as_text())
+    scopes = " ".join(names.values())
+    assert "act_quant" in scopes and "weight_quant" in scopes
+    assert all(isinstance(k, str) and k for k in names)
+
+
+def test_write_section_replaces_only_its_own(tmp_path):
+    out = tmp_path / "B.md"
+    markdown.write_section(out, "## A", "## A\n\nfirst\n")
+    markdown.write_section(out, "## B", "## B\n\nother\n")
+    markdown.write_section(out, "## A", "## A\n\nsecond\n")
+    text = out.read_text()
+    assert text.startswith(markdown.HEADER)
+    assert "second" in text and "first" not in text and "## B\n\nother" in text
+    assert text.index("## A") < text.index("## B")
