@@ -40,13 +40,12 @@ import re
 import resource
 import shlex
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from typing import Optional, Sequence
 
-from benchmarks import markdown
+from benchmarks import child, markdown
 
 SECTION = "## Inference: packed vs full precision"
 VARIANTS = ("fp32", "bwn-packed", "tws-packed", "bwn-ckpt")
@@ -183,21 +182,8 @@ def measure(path: str, seq: int, batch: int, repeats: int) -> dict:
 
 
 def _subprocess(args: list[str]) -> dict:
-    """Runs this module with ``args`` in a fresh interpreter; returns its last stdout line's JSON.
-
-    Linux carries ``ru_maxrss`` over ``fork`` and ``exec``: a child starts with its parent's peak.
-    The parent therefore never imports JAX or loads a model (the saved forms are written by a
-    subprocess too), so each measuring child's peak is its own, give or take the parent's few
-    tens of MiB of bare Python.
-    """
-    root = pathlib.Path(__file__).resolve().parents[1]
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
-        [str(root)] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]))
-    proc = subprocess.run([sys.executable, "-m", "benchmarks.inference"] + args,
-                          capture_output=True, text=True, env=env, cwd=root)
-    if proc.returncode:
-        raise RuntimeError(f"{' '.join(args)} failed:\n{proc.stderr[-4000:]}")
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    """This module's measuring part in a fresh interpreter (``child.run_module``)."""
+    return child.run_module("benchmarks.inference", args)
 
 
 # --------------------------------------------------------------------------------------------

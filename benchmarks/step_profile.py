@@ -41,7 +41,7 @@ import tempfile
 import time
 from typing import Optional, Sequence
 
-from benchmarks import markdown, train_step
+from benchmarks import child, markdown, train_step
 
 SECTION = "## Training step: where the time goes"
 CATEGORIES = ("dense matmuls (+ fused epilogues)", "attention matmuls", "activation quantizers",
@@ -211,16 +211,8 @@ def ablate(case: str, changes: dict, steps: int) -> float:
 
 
 def _child(args: list[str]) -> dict:
-    import subprocess
-
-    root = pathlib.Path(__file__).resolve().parents[1]
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
-        [str(root)] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]))
-    proc = subprocess.run([sys.executable, "-m", "benchmarks.step_profile"] + args,
-                          capture_output=True, text=True, env=env, cwd=root)
-    if proc.returncode:
-        raise RuntimeError(f"{' '.join(args)} failed:\n{proc.stderr[-4000:]}")
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    """This module's measuring part in a fresh interpreter (``child.run_module``)."""
+    return child.run_module("benchmarks.step_profile", args)
 
 
 def render(prof: dict, ablations: dict, info: dict, command: str) -> str:

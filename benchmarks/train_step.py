@@ -69,12 +69,11 @@ import re
 import resource
 import shlex
 import statistics
-import subprocess
 import sys
 import time
 from typing import Optional, Sequence
 
-from benchmarks import markdown
+from benchmarks import child, markdown
 
 SECTION = "## Training step"
 CASES = ("fp", "w2a8", "w2a8-masked", "w2a4", "w1a8", "w1a4")
@@ -334,19 +333,8 @@ def measure_epoch(bert_base: bool, batch: int, buckets: Sequence[int]) -> dict:
 # Parent: subprocesses and the report (no JAX imported here, see ``_subprocess``).
 # --------------------------------------------------------------------------------------------
 def _subprocess(args: list[str]) -> dict:
-    """Runs this module with ``args`` in a fresh interpreter; returns its last stdout line's JSON.
-
-    Linux carries ``ru_maxrss`` over ``fork`` and ``exec``, so the parent never imports JAX: each
-    child's peak is its own, give or take the parent's few tens of MiB of bare Python.
-    """
-    root = pathlib.Path(__file__).resolve().parents[1]
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
-        [str(root)] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]))
-    proc = subprocess.run([sys.executable, "-m", "benchmarks.train_step"] + args,
-                          capture_output=True, text=True, env=env, cwd=root)
-    if proc.returncode:
-        raise RuntimeError(f"{' '.join(args)} failed:\n{proc.stderr[-4000:]}")
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    """This module's measuring part in a fresh interpreter (``child.run_module``)."""
+    return child.run_module("benchmarks.train_step", args)
 
 
 def machine() -> dict:

@@ -22,9 +22,8 @@ import dataclasses
 import json
 import logging
 import pathlib
-from typing import Any, Optional
+from typing import Optional
 
-import jax
 import ml_collections
 import numpy as np
 

@@ -2,8 +2,6 @@
 
 import json
 
-import numpy as np
-import pytest
 
 from binarybert_jax import pipeline, storage
 from configs import pipeline as pipeline_config
