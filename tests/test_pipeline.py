@@ -2,7 +2,6 @@
 
 import json
 
-
 from binarybert_jax import pipeline, storage
 from configs import pipeline as pipeline_config
 
