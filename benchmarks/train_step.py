@@ -399,7 +399,7 @@ def section(rows: dict, matmul: dict, epoch: Optional[dict], info: dict, command
         "```", command, "```", "",
         f"Measured {info['date']} on {info['cpu']} ({info['cores']} cores visible), jax {info['jax']}"
         + (f", XLA_FLAGS `{info['xla_flags']}`" if info["xla_flags"] else "")
-        + f"; load average at the start {load} (the machine is shared with other jobs: times vary by "
+        + f"; load average at the start {load} (where other jobs share the machine, times vary by "
         "tens of percent between runs; the load average column is each case's at its end). "
         f"Matmul probe (float32 {matmul['n']}², XLA): {matmul['gflops_best']:.0f} GFLOP/s best, "
         f"{matmul['gflops_median']:.0f} median. Median (best) of {args.steps} timed steps.", "",
@@ -425,10 +425,26 @@ def build_parser() -> argparse.ArgumentParser:
                         help="bucket lengths for the MRPC epoch")
     parser.add_argument("--out", default=None, help="Markdown file to write the section into")
     parser.add_argument("--json", default=None, help="also write the raw results here")
+    parser.add_argument("--render", default=None, metavar="JSON",
+                        help="measure nothing: rewrite the --out section from a --json file of an "
+                             "earlier run (e.g. after editing train_step_notes.md)")
     parser.add_argument("--hlo-dir", default=None, help="write each case's optimized HLO here")
     # Internal: the subprocesses' entry points.
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
     return parser
+
+
+def _without_json(argv: list[str]) -> list[str]:
+    """The command line less ``--json PATH`` (where the raw results went is no part of the method)."""
+    out, skip = [], False
+    for a in argv:
+        if skip:
+            skip = False
+        elif a == "--json":
+            skip = True
+        elif not a.startswith("--json="):
+            out.append(a)
+    return out
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -443,8 +459,16 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(json.dumps(measure_case(args.child, args.bert_base, args.batch, args.seq, args.steps,
                                       args.hlo_dir)))
         return 0
+    if args.render:
+        saved = json.loads(pathlib.Path(args.render).read_text())
+        run_args = argparse.Namespace(**saved["args"])
+        text = section(saved["rows"], saved["matmul"], saved["epoch"], saved["info"], saved["command"], run_args)
+        if args.out:
+            markdown.write_section(pathlib.Path(args.out), SECTION, text)
+        print(text)
+        return 0
     argv = sys.argv[1:] if argv is None else list(argv)
-    command = "PYTHONPATH=. python -m benchmarks.train_step " + " ".join(map(shlex.quote, argv))
+    command = "PYTHONPATH=. python -m benchmarks.train_step " + " ".join(map(shlex.quote, _without_json(argv)))
     info = machine()
     common = ["--batch", str(args.batch), "--seq", str(args.seq), "--steps", str(args.steps)]
     if args.bert_base:
@@ -467,7 +491,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if epoch:
         print(epoch_text(epoch))
     if args.json:
-        pathlib.Path(args.json).write_text(json.dumps({"info": info, "matmul": matmul, "rows": rows,
+        run_args = {k: getattr(args, k) for k in ("bert_base", "batch", "seq", "steps")}
+        pathlib.Path(args.json).write_text(json.dumps({"command": command, "args": run_args,
+                                                       "info": info, "matmul": matmul, "rows": rows,
                                                        "epoch": epoch}, indent=2))
     if args.out:
         markdown.write_section(pathlib.Path(args.out), SECTION, section(rows, matmul, epoch, info, command, args))

@@ -56,3 +56,10 @@ def test_write_section_replaces_only_its_own(tmp_path):
     assert text.startswith(markdown.HEADER)
     assert "second" in text and "first" not in text and "## B\n\nother" in text
     assert text.index("## A") < text.index("## B")
+
+
+def test_printed_command_leaves_out_the_raw_results_path():
+    from benchmarks import train_step
+
+    argv = ["--cases", "w2a8", "--json", "/tmp/x.json", "--out", "B.md", "--json=/tmp/y.json"]
+    assert train_step._without_json(argv) == ["--cases", "w2a8", "--out", "B.md"]
