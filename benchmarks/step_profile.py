@@ -120,21 +120,28 @@ def concurrency(ops: list[dict]) -> tuple[float, float, float]:
     return tuple(spans)
 
 
-def profile(case: str, steps: int) -> dict:
+def _warm_step(student, teacher, objective: str, ignore_padding: bool):
+    """The compiled KD step at batch 32 × 128 and its inputs, after two warm-up steps."""
     import jax
     from binarybert_jax import train
 
-    student, teacher, objective, ignore_padding = train_step.case_setup(case, False)
     mesh = train.make_mesh(1)
     step, tx = train_step.build_step(student, teacher, objective, ignore_padding, mesh)
     state, teacher_params = train_step.init_state(student, teacher, tx, mesh, 128)
     data = train.shard_batch(train_step.synthetic_batch(32, 128, student.config.vocab_size), mesh)
     rng = jax.random.key(0)
     compiled = step.lower(state, teacher_params, data, rng).compile()
-    op_names = hlo_op_names(compiled.as_text())
     for _ in range(2):
         state, measured = compiled(state, teacher_params, data, rng)
     jax.block_until_ready((state, measured))
+    return compiled, (state, teacher_params, data, rng)
+
+
+def profile(case: str, steps: int) -> dict:
+    import jax
+
+    compiled, (state, teacher_params, data, rng) = _warm_step(*train_step.case_setup(case, False))
+    op_names = hlo_op_names(compiled.as_text())
     with tempfile.TemporaryDirectory() as trace_dir:
         with jax.profiler.trace(trace_dir, create_perfetto_trace=True):
             start = time.perf_counter()
@@ -179,7 +186,6 @@ def ablate(case: str, changes: dict, steps: int) -> dict:
     """Best and median step seconds of ``case`` with ``changes`` applied to the student (or the
     teacher left out)."""
     import jax
-    from binarybert_jax import train
     from binarybert_jax.model import ModelSpec
 
     student, teacher, objective, ignore_padding = train_step.case_setup(case, False)
@@ -193,15 +199,7 @@ def ablate(case: str, changes: dict, steps: int) -> dict:
     student = ModelSpec(config, quant)
     if "teacher" in changes:
         teacher, objective = None, "supervised"
-    mesh = train.make_mesh(1)
-    step, tx = train_step.build_step(student, teacher, objective, ignore_padding, mesh)
-    state, teacher_params = train_step.init_state(student, teacher, tx, mesh, 128)
-    data = train.shard_batch(train_step.synthetic_batch(32, 128, config.vocab_size), mesh)
-    rng = jax.random.key(0)
-    compiled = step.lower(state, teacher_params, data, rng).compile()
-    for _ in range(2):
-        state, measured = compiled(state, teacher_params, data, rng)
-    jax.block_until_ready((state, measured))
+    compiled, (state, teacher_params, data, rng) = _warm_step(student, teacher, objective, ignore_padding)
     times = []
     for _ in range(steps):
         start = time.perf_counter()
