@@ -4,7 +4,12 @@
         --config.data_dir=$GLUE_DIR
 
 Defaults follow the standard recipe (AdamW-style BertAdam, lr 5e-5 here, batch 32, 3 epochs, 10%
-warmup, max length 128; 64 for CoLA/SST-2). About 8 minutes for MRPC with MiniLM on 2 CPU cores.
+warmup, max length 128; 64 for CoLA/SST-2). About 8 minutes for MRPC with MiniLM on 2 CPU cores
+with ``"--config.bucket_lengths=(32,48,64,80,96,128)" --config.group_by_length=True``; without
+grouping the batches stay i.i.d. (as a padded run's) and carry more padding (87 tokens a row on
+average instead of 62). Small dev sets move a point or two between seeds (MRPC accuracy: standard
+deviation 1.5 over 10 seeds): compare settings over several ``--config.seed`` values;
+``python -m launch.summarize runs/mrpc_s*`` prints them side by side with mean and spread.
 ``arg`` keys: ``task``, ``tiny`` (a 64-example slice for smoke runs).
 """
 
