@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import pathlib
+import statistics
 import sys
 from typing import Optional, Sequence
 
@@ -51,18 +51,10 @@ def summarize(runs: Sequence[dict]) -> str:
         cells = [f"{100 * r['metrics'][n]:.1f}" for n in names]
         lines.append(f"| {r['run']} | {r['seed']} | " + " | ".join(cells) + " |")
     values = {n: [100 * r["metrics"][n] for r in runs] for n in names}
-
-    def mean(v):
-        return sum(v) / len(v)
-
-    def std(v):  # sample standard deviation; 0 for a single run
-        if len(v) < 2:
-            return 0.0
-        m = mean(v)
-        return math.sqrt(sum((x - m) ** 2 for x in v) / (len(v) - 1))
-
+    # Sample standard deviation; 0 for a single run.
+    std = {n: statistics.stdev(v) if len(v) > 1 else 0.0 for n, v in values.items()}
     lines.append(f"| mean ± std of {len(runs)} | | "
-                 + " | ".join(f"{mean(values[n]):.1f} ± {std(values[n]):.1f}" for n in names) + " |")
+                 + " | ".join(f"{statistics.mean(values[n]):.1f} ± {std[n]:.1f}" for n in names) + " |")
     lines.append("| min – max | | "
                  + " | ".join(f"{min(values[n]):.1f} – {max(values[n]):.1f}" for n in names) + " |")
     return "\n".join(lines)
