@@ -292,7 +292,7 @@ def measure_epoch(bert_base: bool, batch: int, buckets: Sequence[int]) -> dict:
 
     def batches():
         for b in batching.iterate_batches(arrays, batch, shuffle=True, seed=42, epoch=0,
-                                          bucket_lengths=tuple(buckets)):
+                                          bucket_lengths=tuple(buckets), group_by_length=True):
             yield {k: b[k] for k in train.MODEL_INPUTS + ("labels", "example_mask")}
 
     lengths = [b["input_ids"].shape[1] for b in batches()]

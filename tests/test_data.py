@@ -525,7 +525,8 @@ def test_training_can_keep_a_padded_remainder():
 @pytest.mark.parametrize("shuffle", [True, False])
 def test_host_slices_concatenate_to_the_global_batch(buckets, shuffle):
     arrays = fake_encoded(n=150)
-    kwargs = dict(shuffle=shuffle, seed=7, epoch=2, bucket_lengths=buckets)
+    kwargs = dict(shuffle=shuffle, seed=7, epoch=2, bucket_lengths=buckets,
+                  group_by_length=buckets is not None)
     whole = collect(arrays, 16, **kwargs)
     for count in (2, 4):
         per_host = [collect(arrays, 16, process_index=p, process_count=count, **kwargs)
@@ -558,12 +559,13 @@ def test_bucketing_uses_allowed_lengths_and_keeps_every_token():
 def test_length_grouping_cuts_padding_and_stays_random():
     arrays = fake_encoded(n=800, max_length=128)
     buckets = batching.default_bucket_lengths(128)
-    grouped = collect(arrays, 16, shuffle=True, bucket_lengths=buckets)
+    grouped = collect(arrays, 16, shuffle=True, bucket_lengths=buckets, group_by_length=True)
     ungrouped = collect(arrays, 16, shuffle=True, bucket_lengths=buckets, group_by_length=False)
     tokens = lambda batches: sum(b["input_ids"].size for b in batches)
     assert tokens(grouped) < 0.8 * tokens(ungrouped)
     assert sorted(order(grouped).tolist()) == list(range(800))
-    again = collect(arrays, 16, shuffle=True, bucket_lengths=buckets, epoch=1)
+    again = collect(arrays, 16, shuffle=True, bucket_lengths=buckets, group_by_length=True,
+                    epoch=1)
     assert not np.array_equal(order(grouped), order(again))
     # Batch order is shuffled, not sorted by length.
     widths = [b["input_ids"].shape[1] for b in grouped]

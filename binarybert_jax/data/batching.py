@@ -12,9 +12,9 @@ default.
 
 With ``bucket_lengths``, each batch is cut to the smallest allowed length that holds its
 longest example, so short batches cost less while the set of shapes (and of compilations) stays
-as small as the set of buckets. For training, examples of similar length are grouped within
-windows of shuffled examples and the batches then shuffled, so batches are short yet still
-random.
+as small as the set of buckets. With ``group_by_length``, examples of similar length are also
+grouped within windows of shuffled examples and the batches then shuffled, so batches are
+shorter still, though no longer i.i.d.
 """
 
 from __future__ import annotations
@@ -114,7 +114,7 @@ def batch_plan(num_examples: int, batch_size: int, *, shuffle: bool, seed: int =
 def iterate_batches(arrays: Mapping[str, np.ndarray], batch_size: int, *, shuffle: bool,
                     seed: int = 0, epoch: int = 0, drop_remainder: bool | None = None,
                     bucket_lengths: Sequence[int] | None = None,
-                    group_by_length: bool | None = None,
+                    group_by_length: bool = False,
                     sort_window: int = DEFAULT_SORT_WINDOW, start_batch: int = 0,
                     process_index: int | None = None, process_count: int | None = None,
                     ) -> Iterator[dict[str, np.ndarray]]:
@@ -133,9 +133,10 @@ def iterate_batches(arrays: Mapping[str, np.ndarray], batch_size: int, *, shuffl
         batch's ``SEQUENCE_KEYS`` are cut to the smallest one >= its longest real example,
         chosen over the global batch so all hosts agree. Needs ``arrays["lengths"]``. None keeps
         the full length L.
-      group_by_length: group similar lengths (see :func:`batch_plan`); None means on exactly
-        when shuffling with buckets. Evaluation order stays the file order unless set to True;
-        ``example_index`` maps rows back either way.
+      group_by_length: group similar lengths (see :func:`batch_plan`): fewer padded tokens with
+        buckets, but shuffled batches are no longer i.i.d. samples. Off, bucketing only cuts each
+        batch. Evaluation order stays the file order unless set; ``example_index`` maps rows
+        back either way.
       sort_window: window, in batches, for grouping a shuffled epoch.
       start_batch: skip this many global batches without building them (resuming mid-epoch).
       process_index, process_count: this host and the number of hosts; default to
@@ -174,8 +175,6 @@ def iterate_batches(arrays: Mapping[str, np.ndarray], batch_size: int, *, shuffl
         if lengths is None:
             raise ValueError("Bucketing needs arrays['lengths'] (real token counts).")
         buckets = _resolve_buckets(bucket_lengths, arrays["input_ids"].shape[1])
-    if group_by_length is None:
-        group_by_length = shuffle and buckets is not None
     plan = batch_plan(n, batch_size, shuffle=shuffle, seed=seed, epoch=epoch,
                       drop_remainder=drop_remainder, lengths=lengths,
                       group_by_length=group_by_length, sort_window=sort_window)
