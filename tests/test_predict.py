@@ -28,6 +28,8 @@ SPECS = {
 ROWS = 20
 # Short sequences and a batch size that leaves a partial last batch (20 = 8 + 8 + 4).
 FAST = ["--max-length", "32", "--batch-size", "8"]
+# The metrics line launch.predict prints for labelled input, e.g. "mrpc (20 examples): f1 0.8000, ...".
+METRIC_F1 = re.compile(r"\bf1 \d")
 
 
 def random_params(spec, seed):
@@ -104,7 +106,8 @@ def test_packed_and_checkpoint_predict_the_same(saved, slices, tiny_hf, tmp_path
         assert predict_main.main(["--model", str(model), "--task", "mrpc", "--input",
                                   str(slices["dev"]), "--split", "dev", "--out", str(out)]
                                  + FAST) == 0
-        assert "f1" in capsys.readouterr().out  # labelled input: metrics printed
+        # Labelled input: metrics printed (matched as "f1 <value>": tmp paths may contain "f1").
+        assert METRIC_F1.search(capsys.readouterr().out)
         header, rows = read_submission(out)
         assert header == "index\tprediction"
         assert [r[0] for r in rows] == [str(i) for i in range(ROWS)]
@@ -116,7 +119,7 @@ def test_packed_and_checkpoint_predict_the_same(saved, slices, tiny_hf, tmp_path
     out = tmp_path / "MRPC.tsv"
     predict_main.main(["--model", str(packed), "--task", "MRPC", "--input", str(slices["test"]),
                        "--out", str(out)] + FAST)
-    assert "f1" not in capsys.readouterr().out
+    assert not METRIC_F1.search(capsys.readouterr().out)
     header, rows = read_submission(out)
     assert header == "index\tprediction" and len(rows) == ROWS
     assert {r[1] for r in rows} <= {"0", "1"}
