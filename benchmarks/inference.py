@@ -6,7 +6,7 @@ The model is all-MiniLM-L6-v2 (6 layers, 384 wide, 22.7M parameters) with a fres
 the numbers are about cost, not accuracy, so no fine-tuning is needed. Saved forms, each loaded
 with ``inference.load_predictor`` as a user would:
 
-* ``fp32``: the float32 model as a model checkpoint (``storage.save_model``, Orbax), no
+* ``fp32``: the float32 model as a model checkpoint (``checkpoints.save_model``, Orbax), no
   quantization at all.
 * ``bwn-packed``: its weights quantized BWN 1-1-8 (1-bit weights and word embedding, 8-bit
   activations) and written by ``export.export_packed``; unpacked to float32 once at load.
@@ -60,7 +60,7 @@ def _fresh_params(spec, seed: int = 0) -> dict:
     """Parameters of ``spec``'s model from shapes alone (no compiled ``init``): N(0, 0.02) like
     the model's initialisers, activation clips at the model's ±clip_init."""
     import numpy as np
-    from binarybert_jax import checkpoints, size
+    from binarybert_jax import hf_import, size
 
     rng = np.random.default_rng(seed)
     clip = spec.quant.clip_init
@@ -70,22 +70,22 @@ def _fresh_params(spec, seed: int = 0) -> dict:
             flat[path] = np.broadcast_to(np.array([-clip, clip], np.float32), shape).copy()
         else:
             flat[path] = rng.normal(0.0, 0.02, shape).astype(np.float32)
-    return checkpoints.unflatten(flat)
+    return hf_import.unflatten(flat)
 
 
 def prepare(workdir: pathlib.Path, variants: Sequence[str]) -> dict[str, dict]:
     """Writes the saved forms ``variants`` into ``workdir``; returns {variant: {path, seconds to
     write}}."""
-    from binarybert_jax import assets, checkpoints, export, storage, tws
+    from binarybert_jax import assets, hf_import, export, checkpoints, tws
     from binarybert_jax.model import ModelSpec, QuantConfig
 
-    config, imported = checkpoints.load_hf_checkpoint(assets.minilm_dir())
+    config, imported = hf_import.load_hf_checkpoint(assets.minilm_dir())
 
     def spec_for(quant=None):
         return ModelSpec(config, quant or QuantConfig(), "classification", 2)
 
     def params_for(spec):
-        return checkpoints.merge_pretrained(_fresh_params(spec), imported, "MiniLM")
+        return hf_import.merge_pretrained(_fresh_params(spec), imported, "MiniLM")
 
     out = {}
 
@@ -98,7 +98,7 @@ def prepare(workdir: pathlib.Path, variants: Sequence[str]) -> dict[str, dict]:
         fp32 = spec_for()
         fp32_params = params_for(fp32)
         timed("fp32", workdir / "fp32",
-              lambda: storage.save_model(workdir / "fp32", fp32_params, fp32))
+              lambda: checkpoints.save_model(workdir / "fp32", fp32_params, fp32))
     bwn = spec_for(QuantConfig(1, 1, 8, "bwn", "bwn"))
     bwn_params = params_for(bwn)
     if "bwn-packed" in variants:
@@ -111,7 +111,7 @@ def prepare(workdir: pathlib.Path, variants: Sequence[str]) -> dict[str, dict]:
               lambda: export.export_packed(split_params, split_spec, workdir / "tws.safetensors"))
     if "bwn-ckpt" in variants:
         timed("bwn-ckpt", workdir / "bwn_ckpt",
-              lambda: storage.save_model(workdir / "bwn_ckpt", bwn_params, bwn))
+              lambda: checkpoints.save_model(workdir / "bwn_ckpt", bwn_params, bwn))
     for r in out.values():
         r["disk_bytes"] = disk_bytes(pathlib.Path(r["path"]))
     return out

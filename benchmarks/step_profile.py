@@ -123,12 +123,12 @@ def concurrency(ops: list[dict]) -> tuple[float, float, float]:
 def _warm_step(student, teacher, objective: str, ignore_padding: bool):
     """The compiled KD step at batch 32 × 128 and its inputs, after two warm-up steps."""
     import jax
-    from binarybert_jax import train
+    from binarybert_jax import sharding, train
 
-    mesh = train.make_mesh(1)
+    mesh = sharding.make_mesh(1)
     step, tx = train_step.build_step(student, teacher, objective, ignore_padding, mesh)
     state, teacher_params = train_step.init_state(student, teacher, tx, mesh, 128)
-    data = train.shard_batch(train_step.synthetic_batch(32, 128, student.config.vocab_size), mesh)
+    data = sharding.shard_batch(train_step.synthetic_batch(32, 128, student.config.vocab_size), mesh)
     rng = jax.random.key(0)
     compiled = step.lower(state, teacher_params, data, rng).compile()
     for _ in range(2):

@@ -134,15 +134,15 @@ def build_step(student_spec, teacher_spec, objective: str, ignore_padding: bool,
 def init_state(student_spec, teacher_spec, tx, mesh, seq: int):
     import jax
     import jax.numpy as jnp
-    from binarybert_jax import train
+    from binarybert_jax import sharding, train
 
     ids = jnp.ones((1, seq), jnp.int32)
     params = jax.jit(student_spec.without_axis().build().init)(jax.random.key(0), ids)["params"]
     state = train.TrainState(jnp.zeros((), jnp.int32), params, tx.init(params))
-    state = train.replicate(state, mesh)
+    state = sharding.replicate(state, mesh)
     teacher_params = None
     if teacher_spec is not None:
-        teacher_params = train.replicate(
+        teacher_params = sharding.replicate(
             jax.jit(teacher_spec.build().init)(jax.random.key(1), ids)["params"], mesh)
     return state, teacher_params
 
@@ -189,13 +189,13 @@ def _rss_mib() -> float:
 def measure_case(case: str, bert_base: bool, batch: int, seq: int, steps: int,
                  hlo_dir: Optional[str]) -> dict:
     import jax
-    from binarybert_jax import flops, train
+    from binarybert_jax import flops, sharding, train
 
     student_spec, teacher_spec, objective, ignore_padding = case_setup(case, bert_base)
-    mesh = train.make_mesh(1)
+    mesh = sharding.make_mesh(1)
     step, tx = build_step(student_spec, teacher_spec, objective, ignore_padding, mesh)
     state, teacher_params = init_state(student_spec, teacher_spec, tx, mesh, seq)
-    data = train.shard_batch(synthetic_batch(batch, seq, student_spec.config.vocab_size), mesh)
+    data = sharding.shard_batch(synthetic_batch(batch, seq, student_spec.config.vocab_size), mesh)
     rng = jax.random.key(0)
     jax.block_until_ready((state, teacher_params, data))
     rss_before = _rss_mib()
@@ -277,7 +277,7 @@ def glue_root() -> pathlib.Path:
 def measure_epoch(bert_base: bool, batch: int, buckets: Sequence[int]) -> dict:
     import jax
     import numpy as np
-    from binarybert_jax import assets, flops, train
+    from binarybert_jax import assets, flops, sharding, train
     from binarybert_jax.data import batching, encode
     from binarybert_jax.tokenizer import load_tokenizer
 
@@ -285,7 +285,7 @@ def measure_epoch(bert_base: bool, batch: int, buckets: Sequence[int]) -> dict:
     arrays = encode.load_encoded_split(tokenizer, "mrpc", "train", data_dir=glue_root(), max_length=128,
                                        cache_dir=assets.cache_dir() / "tokenized")
     student_spec, teacher_spec, objective, ignore_padding = case_setup("w2a8-masked", bert_base)
-    mesh = train.make_mesh(1)
+    mesh = sharding.make_mesh(1)
     step, tx = build_step(student_spec, teacher_spec, objective, ignore_padding, mesh)
     state, teacher_params = init_state(student_spec, teacher_spec, tx, mesh, 128)
     rng = jax.random.key(0)
@@ -293,18 +293,18 @@ def measure_epoch(bert_base: bool, batch: int, buckets: Sequence[int]) -> dict:
     def batches():
         for b in batching.iterate_batches(arrays, batch, shuffle=True, seed=42, epoch=0,
                                           bucket_lengths=tuple(buckets), group_by_length=True):
-            yield {k: b[k] for k in train.MODEL_INPUTS + ("labels", "example_mask")}
+            yield {k: b[k] for k in sharding.MODEL_INPUTS + ("labels", "example_mask")}
 
     lengths = [b["input_ids"].shape[1] for b in batches()]
     compiled, compile_s = {}, {}
     for length in sorted(set(lengths)):
-        example = train.shard_batch(next(b for b in batches() if b["input_ids"].shape[1] == length), mesh)
+        example = sharding.shard_batch(next(b for b in batches() if b["input_ids"].shape[1] == length), mesh)
         start = time.perf_counter()
         compiled[length] = step.lower(state, teacher_params, example, rng).compile()
         compile_s[length] = time.perf_counter() - start
     # One warm-up step per shape (first-run allocations), on a copy so the timed epoch starts fresh.
     for length, fn in compiled.items():
-        example = train.shard_batch(next(b for b in batches() if b["input_ids"].shape[1] == length), mesh)
+        example = sharding.shard_batch(next(b for b in batches() if b["input_ids"].shape[1] == length), mesh)
         warm = jax.tree_util.tree_map(lambda x: x.copy(), state)
         jax.block_until_ready(fn(warm, teacher_params, example, rng))
     load_start = os.getloadavg()
@@ -312,7 +312,7 @@ def measure_epoch(bert_base: bool, batch: int, buckets: Sequence[int]) -> dict:
     pending = []
     for b in batches():
         state, measured = compiled[b["input_ids"].shape[1]](state, teacher_params,
-                                                            train.shard_batch(b, mesh), rng)
+                                                            sharding.shard_batch(b, mesh), rng)
         pending.append(measured["total"])
     jax.block_until_ready((state, pending))
     epoch_s = time.perf_counter() - start

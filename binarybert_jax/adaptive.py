@@ -63,11 +63,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from binarybert_jax import kd, quant, size, tws
+from binarybert_jax import evaluate, kd, quant, size, tws
 from binarybert_jax.model import ModelSpec
+from binarybert_jax.sharding import MODEL_INPUTS, model_batch
 from binarybert_jax.trees import flatten, unflatten
 
-MODEL_INPUTS = ("input_ids", "token_type_ids", "attention_mask")
 UNIT_BITS = {"MiB": 8 * size.MIB, "MB": 8 * size.MB, "bits": 1}
 DEFAULT_MAX_CELLS = 20_000_000
 BASELINES = ("min", "random", "max")
@@ -105,19 +105,12 @@ def split_costs(spec: ModelSpec, shared_act: bool = True, include_scales: bool =
 # ---------------------------------------------------------------------------------------------
 # Sensitivities.
 # ---------------------------------------------------------------------------------------------
-@functools.lru_cache(maxsize=16)
 def outputs_fn(spec: ModelSpec):
     """Jitted ``(params, batch) -> {"hidden_states", "logits"}`` of ``spec``'s model (eval mode).
 
     One compiled forward serves the reference and every binarized variant (same tree, same shapes).
     """
-    model = spec.without_axis().build()
-
-    def fn(params, batch):
-        out = model.apply({"params": params}, *[batch[k] for k in MODEL_INPUTS], deterministic=True)
-        return {"hidden_states": out["hidden_states"], "logits": out["logits"]}
-
-    return jax.jit(fn)
+    return evaluate.forward_fn(spec, ("hidden_states", "logits"))
 
 
 @functools.partial(jax.jit, static_argnames="is_regression")
@@ -134,10 +127,8 @@ def kd_loss(outputs, reference, batch, is_regression: bool = False) -> jax.Array
 
 def _device_batch(batch: Mapping[str, Any]) -> tuple[dict, float]:
     """The model inputs and example mask on device, and the number of real examples."""
-    missing = [k for k in MODEL_INPUTS if k not in batch]
-    if missing:
-        raise ValueError(f"sensitivity batches need {MODEL_INPUTS}; missing {missing}")
-    out = {k: jnp.asarray(batch[k]) for k in MODEL_INPUTS}
+    inputs = model_batch(batch)  # a clear error when an input is missing
+    out = {k: jnp.asarray(inputs[k]) for k in MODEL_INPUTS}
     mask = np.asarray(batch.get("example_mask", np.ones(np.shape(batch["input_ids"])[0])), np.float32)
     out["example_mask"] = jnp.asarray(mask)
     return out, float(mask.sum())

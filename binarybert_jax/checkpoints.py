@@ -1,5 +1,14 @@
-"""Every Orbax call of the project: model checkpoints between stages, and (in ``TrainCheckpoints``)
-the periodic train-state checkpoints of a run.
+"""The one I/O boundary of the package: every file it writes goes through here.
+
+* Model checkpoints between stages (``save_model`` / ``load_model``) and, in ``TrainCheckpoints``,
+  the periodic train-state checkpoints of a run: every Orbax call of the project.
+* JSON records and reports (``write_json``, ``write_text``, ``write_figure``) and the metric log
+  (``MetricWriter``: ``metrics.jsonl`` and TensorBoard).
+
+Safe on several processes (multi-host training): every process takes part in an Orbax save, as
+Orbax requires, and only process 0 creates, renames or removes directories and writes JSON, text
+and figures; processes meet at a barrier around each model save, so none reads a checkpoint
+before it is in place.
 
 A *model checkpoint* is a directory::
 
@@ -20,6 +29,7 @@ from typing import Any, Optional
 
 import jax
 import numpy as np
+from jax.experimental import multihost_utils
 
 from binarybert_jax.model import ModelSpec
 
@@ -48,9 +58,61 @@ def restore_params(directory: str | os.PathLike) -> Any:
     return jax.tree_util.tree_map(np.asarray, tree)
 
 
+def is_writer() -> bool:
+    """Whether this process writes shared files (process 0; the only one on a single host)."""
+    return jax.process_index() == 0
+
+
+def sync(name: str) -> None:
+    """A barrier across processes (a no-op on one)."""
+    if jax.process_count() > 1:
+        multihost_utils.sync_global_devices(name)
+
+
+def _atomic_write(path: pathlib.Path, data: bytes) -> None:
+    tmp = path.with_name(f"{path.name}.tmp{os.getpid()}")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+
+
+def write_text(path: str | os.PathLike, text: str) -> None:
+    """Writes ``text`` atomically (temporary sibling, then rename), on process 0 only."""
+    if is_writer():
+        path = pathlib.Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        _atomic_write(path, text.encode())
+
+
+def write_json(path: str | os.PathLike, obj: Any, **dumps_kwargs) -> None:
+    """Writes ``obj`` as indented JSON, atomically, on process 0 only."""
+    write_text(path, json.dumps(obj, indent=2, **dumps_kwargs) + "\n")
+
+
+def read_json(path: str | os.PathLike) -> Any:
+    """Reads a JSON record; a malformed file is an error naming it."""
+    path = pathlib.Path(path)
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path}: not valid JSON ({e}); was the file cut short?") from None
+
+
+def write_figure(path: str | os.PathLike, fig, dpi: int = 120) -> None:
+    """Saves a matplotlib figure as PNG, atomically, on process 0 only."""
+    if is_writer():
+        import io
+        path = pathlib.Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        buf = io.BytesIO()
+        fig.savefig(buf, format="png", dpi=dpi)
+        _atomic_write(path, buf.getvalue())
+
+
 def save_model(directory: str | os.PathLike, params: Any, spec: ModelSpec,
                info: Optional[dict] = None) -> pathlib.Path:
     """Writes a model checkpoint atomically; replaces an existing one at ``directory``.
+
+    Call it on every process with the same arguments (Orbax's save is collective).
 
     Args:
       directory: target directory.
@@ -60,22 +122,26 @@ def save_model(directory: str | os.PathLike, params: Any, spec: ModelSpec,
     """
     final = pathlib.Path(directory).absolute()
     tmp = final.with_name(final.name + ".tmp")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir(parents=True)
+    if is_writer():
+        if tmp.exists():
+            shutil.rmtree(tmp)  # a save that died before its rename; never the checkpoint itself
+        tmp.mkdir(parents=True)
+    sync(f"save_model:start:{final}")
     save_params(tmp / "params", params)
-    meta = {"format": MODEL_FORMAT, "version": MODEL_FORMAT_VERSION, "spec": spec.to_dict(),
-            "info": info or {}}
-    (tmp / "model.json").write_text(json.dumps(meta, indent=2, sort_keys=True))
-    if final.exists():
-        old = final.with_name(final.name + ".old")
-        if old.exists():
+    if is_writer():
+        meta = {"format": MODEL_FORMAT, "version": MODEL_FORMAT_VERSION, "spec": spec.to_dict(),
+                "info": info or {}}
+        (tmp / "model.json").write_text(json.dumps(meta, indent=2, sort_keys=True))
+        if final.exists():
+            old = final.with_name(final.name + ".old")
+            if old.exists():
+                shutil.rmtree(old)
+            os.replace(final, old)
+            os.replace(tmp, final)
             shutil.rmtree(old)
-        os.replace(final, old)
-        os.replace(tmp, final)
-        shutil.rmtree(old)
-    else:
-        os.replace(tmp, final)
+        else:
+            os.replace(tmp, final)
+    sync(f"save_model:done:{final}")
     return final
 
 
@@ -150,3 +216,31 @@ class TrainCheckpoints:
 
     def close(self) -> None:
         self._manager.close()
+
+
+class MetricWriter:
+    """Writes scalars to ``metrics.jsonl`` and TensorBoard (tensorboardX), on process 0 only."""
+
+    def __init__(self, workdir: str | os.PathLike):
+        self._active = is_writer()
+        if not self._active:
+            return
+        workdir = pathlib.Path(workdir)
+        self._jsonl = open(workdir / "metrics.jsonl", "a")
+        from tensorboardX import SummaryWriter
+        self._tb = SummaryWriter(str(workdir / "tb"))
+
+    def write(self, phase: str, step: int, scalars: dict) -> None:
+        if not self._active:
+            return
+        clean = {k: float(v) for k, v in scalars.items()}
+        self._jsonl.write(json.dumps({"phase": phase, "step": step, **clean}) + "\n")
+        self._jsonl.flush()
+        for k, v in clean.items():
+            self._tb.add_scalar(f"{phase}/{k}", v, step)
+
+    def close(self) -> None:
+        if self._active:
+            self._jsonl.close()
+            self._tb.close()
+            self._active = False

@@ -80,7 +80,7 @@ from typing import Any, Mapping, Optional
 import jax
 import numpy as np
 
-from binarybert_jax import checkpoints, quant, size
+from binarybert_jax import hf_import, quant, size
 from binarybert_jax.model import ModelSpec
 
 FORMAT = "binarybert-jax/packed"
@@ -371,9 +371,9 @@ def export_packed(params: Mapping[str, Any], spec: ModelSpec, path: str | os.Pat
     from safetensors.numpy import save_file
 
     plan = size.tensor_plan(spec)
-    flat = checkpoints.flatten(params)
+    flat = hf_import.flatten(params)
     _check_params(flat, plan, "params")
-    diag = checkpoints.flatten(lat_diag) if lat_diag is not None else {}
+    diag = hf_import.flatten(lat_diag) if lat_diag is not None else {}
 
     tensors: dict[str, np.ndarray] = {}
     entries: dict[str, dict] = {}
@@ -605,10 +605,10 @@ def load_packed(path: str | os.PathLike, requantize: bool = False
     info = dict(manifest.get("info", {}))
     info["quantized_spec"] = spec.to_dict()
     if requantize:
-        return checkpoints.unflatten(flat), spec, info
+        return hf_import.unflatten(flat), spec, info
 
     inference = inference_spec(spec)
-    return checkpoints.unflatten(_merge_planes(flat, inference)), inference, info
+    return hf_import.unflatten(_merge_planes(flat, inference)), inference, info
 
 
 def inference_spec(spec: ModelSpec) -> ModelSpec:

@@ -53,12 +53,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from binarybert_jax import kd, quant, storage
+from binarybert_jax import checkpoints, kd, quant
 from binarybert_jax.model import ModelSpec
+from binarybert_jax.sharding import model_batch, model_inputs
 from binarybert_jax.trees import flatten, unflatten
-
-MODEL_INPUTS = ("input_ids", "token_type_ids", "attention_mask")
-
 
 def check_full_precision(spec: ModelSpec) -> None:
     """Raises ValueError unless ``spec`` is an unsplit full-precision model."""
@@ -100,7 +98,7 @@ def mask_gradient_fn(spec: ModelSpec):
     cfg = spec.config
 
     def loss_fn(params, batch):
-        out = model.apply({"params": params}, *[batch[k] for k in MODEL_INPUTS], deterministic=True)
+        out = model.apply({"params": params}, *model_inputs(batch), deterministic=True)
         return _task_loss(spec, out["logits"], batch)
 
     def fn(params, batch):
@@ -119,11 +117,9 @@ def mask_gradient_fn(spec: ModelSpec):
 
 
 def _model_batch(batch: Mapping[str, Any]) -> dict:
-    missing = [k for k in MODEL_INPUTS + ("labels",) if k not in batch]
-    if missing:
-        raise ValueError(f"importance scoring needs labelled batches; missing {missing}")
-    keys = MODEL_INPUTS + ("labels", "example_mask")
-    return {k: jnp.asarray(batch[k]) for k in keys if k in batch}
+    if "labels" not in batch:
+        raise ValueError("importance scoring needs labelled batches; this one has no 'labels'")
+    return {k: jnp.asarray(v) for k, v in model_batch(batch).items()}
 
 
 def score_importance(spec: ModelSpec, params: Any, batches: Iterable[Mapping[str, Any]],
@@ -251,7 +247,7 @@ def make_half_width_checkpoint(teacher_dir: str | os.PathLike, out_dir: str | os
     """Scores, prunes and saves: the fine-tuned teacher checkpoint → a half-width checkpoint.
 
     Args:
-      teacher_dir: a full-precision model checkpoint (``storage.save_model`` layout).
+      teacher_dir: a full-precision model checkpoint (``checkpoints.save_model`` layout).
       out_dir: where to write the pruned model (replaced if it exists).
       batches: labelled task batches for the importance (the training split; see
         ``score_importance``).
@@ -265,7 +261,7 @@ def make_half_width_checkpoint(teacher_dir: str | os.PathLike, out_dir: str | os
       the head scores, that summary, and the source's info as ``source_info``.
     """
     src = pathlib.Path(teacher_dir).absolute()
-    params, spec, src_info = storage.load_model(src)
+    params, spec, src_info = checkpoints.load_model(src)
     check_full_precision(spec)
     used = 0
 
@@ -290,5 +286,5 @@ def make_half_width_checkpoint(teacher_dir: str | os.PathLike, out_dir: str | os
     info = {"stage": "prune", "source": str(src), "width": width,
             "kept_heads": kept["heads"].tolist(), "kept_neurons": kept["neurons"].tolist(),
             "head_scores": scores["heads"].tolist(), "summary": summary, "source_info": src_info}
-    out = storage.save_model(out_dir, new_params, new_spec, info)
+    out = checkpoints.save_model(out_dir, new_params, new_spec, info)
     return {"out_dir": str(out), **summary}

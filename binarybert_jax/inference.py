@@ -5,7 +5,7 @@
 * a bit-packed ``.safetensors`` file (``export.export_packed``): unpacked once at load into
   float32 weights that hold exactly the quantized values, run by the normal model with weight
   quantization off (``export.inference_spec``); activations are still quantized as in training.
-* a model checkpoint directory (``storage.save_model``, with ``model.json``): its spec as
+* a model checkpoint directory (``checkpoints.save_model``, with ``model.json``): its spec as
   trained, so a quantized model re-quantizes its latent weights in every forward pass, as in
   training and evaluation. The logits equal the packed file's (``export``'s docstring says why
   they match bitwise in practice and where they could differ by float rounding).
@@ -26,7 +26,6 @@ mapped axis (``ModelSpec.without_axis``), so the ranges are the whole batch's on
 from __future__ import annotations
 
 import dataclasses
-import functools
 import os
 import pathlib
 from typing import Any, Callable, Mapping, Optional, Sequence
@@ -34,11 +33,11 @@ from typing import Any, Callable, Mapping, Optional, Sequence
 import jax
 import numpy as np
 
-from binarybert_jax import export, storage
+from binarybert_jax import checkpoints, evaluate, export
 from binarybert_jax.data import batching, encode, glue
 from binarybert_jax.model import ModelSpec
+from binarybert_jax.sharding import MODEL_INPUTS
 
-MODEL_INPUTS = ("input_ids", "token_type_ids", "attention_mask")
 PACKED, CHECKPOINT = "packed", "checkpoint"
 # ``info`` keys that may name the tokenizer's directory (the HF checkpoint the model came from).
 TOKENIZER_INFO_KEYS = ("tokenizer_dir", "tokenizer", "pretrained")
@@ -82,7 +81,7 @@ class Predictor:
         Returns:
           ``(B, num_labels)`` float32 logits, on the device (not blocked on).
         """
-        return self._apply(self.params, *(batch[k] for k in MODEL_INPUTS))
+        return self._apply(self.params, {k: batch[k] for k in MODEL_INPUTS})["logits"]
 
 
 def _find_tokenizer(candidates: Sequence[Any]) -> Optional[pathlib.Path]:
@@ -100,7 +99,7 @@ def load_predictor(path: str | os.PathLike) -> Predictor:
 
     Args:
       path: a ``.safetensors`` file written by ``export.export_packed``, or a directory written
-        by ``storage.save_model``.
+        by ``checkpoints.save_model``.
     Returns:
       The predictor; weights are unpacked (packed file) or restored (checkpoint) once, here.
     Raises:
@@ -113,13 +112,13 @@ def load_predictor(path: str | os.PathLike) -> Predictor:
         params, spec, info = export.load_packed(path)
         kind, candidates = PACKED, [info.get(k) for k in TOKENIZER_INFO_KEYS]
     elif path.is_dir():
-        if not storage.is_model_checkpoint(path):
+        if not checkpoints.is_model_checkpoint(path):
             raise FileNotFoundError(
                 f"{path} is a directory without model.json: not a binarybert-jax model checkpoint "
-                f"(expected a directory written by storage.save_model, or a packed .safetensors "
+                f"(expected a directory written by checkpoints.save_model, or a packed .safetensors "
                 f"file written by launch.export; a Hugging Face backbone has no task head to "
                 f"predict with)")
-        params, spec, info = storage.load_model(path)
+        params, spec, info = checkpoints.load_model(path)
         kind = CHECKPOINT
         candidates = [path] + [info.get(k) for k in TOKENIZER_INFO_KEYS]
     else:
@@ -130,20 +129,7 @@ def load_predictor(path: str | os.PathLike) -> Predictor:
     spec = spec.without_axis()
     return Predictor(spec=spec, params=jax.device_put(params),
                      tokenizer_dir=_find_tokenizer(candidates), kind=kind, info=dict(info),
-                     path=path, _apply=_compiled_apply(spec))
-
-
-@functools.lru_cache(maxsize=8)
-def _compiled_apply(spec: ModelSpec) -> Callable:
-    # Parameters are an argument, not closed over: closed-over arrays would be baked into the
-    # compiled program as constants (slow to compile, and a second copy of the weights).
-    model = spec.build()
-
-    def apply(params, input_ids, token_type_ids, attention_mask):
-        return model.apply({"params": params}, input_ids, token_type_ids,
-                           attention_mask)["logits"]
-
-    return jax.jit(apply)
+                     path=path, _apply=evaluate.forward_fn(spec))
 
 
 def predict_examples(predictor: Predictor, tokenizer, examples: Sequence[glue.Example],

@@ -1,19 +1,22 @@
-"""The whole BinaryBERT method as one resumable pipeline of stages.
+"""The whole BinaryBERT method as one resumable pipeline of stages, each declared in the config.
 
-    teacher      full-precision fine-tuning of the pretrained backbone (or a given checkpoint)
-    half         a half-width model: heads and FFN neurons ranked by importance on task data, the
-                 top half kept (halfwidth.py), then distilled from the teacher (hidden states and
-                 logits; attention scores cannot be matched across head counts)
-    ternary      TWN 0.5× (W2-E2-A8/A4) trained with two-stage KD; teacher = init = the half model
-    tws          ternary weight splitting of the ternary model (tws.py), then BWN 1.0× two-stage KD
-    bwn          the baseline: the half model binarized directly, same KD schedule
-    bwn_full     the paper's BWN rows: the full-width teacher binarized, same KD schedule
-    adaptive     sensitivity of each matrix, an exact knapsack under a size budget (adaptive.py),
-                 the chosen matrices split and the rest binary, same KD schedule
-    report       results.json / results.md (one row per model) and a plot of the dev metric
+``config.pipeline.stages`` lists the stages to run, in order; ``config.stages.<name>`` declares each
+one (configs/pipeline.py has the paper's recipe). A stage is one of four kinds:
 
-Every stage writes its outputs under the workdir and is skipped when complete; a training stage
-resumes inside itself (train.py). Rerun the same command after an interruption.
+    train           ``train.train_and_evaluate`` with the stage's own training keys (``kd``,
+                    ``student``, ``batch_size``, ``stage1``, ``stage2``, ``eval_every_steps``) over the
+                    shared ones (task, data, optimizer, seed, ...); ``teacher`` and ``init`` name
+                    earlier stages; ``checkpoint`` gives a trained model instead of training one
+    prune           a half-width model of ``source``: heads and FFN neurons ranked by importance on
+                    ``batches`` training batches, the top ``width`` kept (halfwidth.py)
+    split           ternary weight splitting of ``source`` into a binary model (tws.py)
+    adaptive_split  per-matrix sensitivity of the ternary ``source``, an exact knapsack under a size
+                    budget, the chosen matrices split and the rest binary (adaptive.py)
+
+Every stage writes its outputs under ``workdir/<name>`` and is skipped when complete; a training
+stage resumes inside itself (train.py). Rerun the same command after an interruption. The report
+(``results.json``, ``results.md``, ``learning_curves.png``) has one row per trained stage.
+A key the pipeline would not honour is an error naming it: every setting a user can see takes effect.
 """
 
 from __future__ import annotations
@@ -27,12 +30,26 @@ from typing import Optional
 import ml_collections
 import numpy as np
 
-from binarybert_jax import adaptive, flops, halfwidth, metrics, size, storage, train, tws
+from binarybert_jax import adaptive, checkpoints, evaluate, flops, halfwidth, metrics, resolve, size, train, tws
 from binarybert_jax.data import batching, glue
 from binarybert_jax.model import ModelSpec
+from binarybert_jax.sharding import make_mesh, model_batch
 from binarybert_jax.tokenizer import load_tokenizer
 
 log = logging.getLogger(__name__)
+
+# The keys of a training run that belong to each training stage, never to the pipeline as a whole.
+TRAIN_KEYS = ("kd", "student", "batch_size", "stage1", "stage2", "eval_every_steps")
+# Top-level base-schema keys the pipeline sets per stage (from ``teacher`` / ``init`` references).
+RESOLVED_KEYS = ("teacher", "init_checkpoint")
+STAGE_KEYS = {
+    "train": ("kind", "description", "teacher", "init", "checkpoint") + TRAIN_KEYS,
+    "prune": ("kind", "source", "width", "batches", "batch_size"),
+    "split": ("kind", "source"),
+    "adaptive_split": ("kind", "source", "budget_mb", "fraction", "sensitivity_batches", "batch_size",
+                       "baselines"),
+}
+REFERENCE_KEYS = ("teacher", "init", "source")
 
 
 @dataclasses.dataclass
@@ -46,186 +63,187 @@ class StageResult:
     best: dict
     final: dict
     spec: ModelSpec
-    workdir: Optional[str] = None  # the training run's workdir, for the learning-curve plot
+    workdir: Optional[str] = None  # the training run's workdir, for the training curves
 
 
-def _fresh(config) -> ml_collections.ConfigDict:
-    """An unlocked deep copy of the pipeline config to specialise for one training stage."""
-    return ml_collections.ConfigDict(config.to_dict())
+class PipelineConfigError(ValueError):
+    """The pipeline config declares something the pipeline cannot run."""
 
 
-def _quant(config, weight_bits: int, method: str, **extra) -> dict:
-    """The pipeline's quantization for a stage: W-E bits with ``method``, activations from
-    ``config.act_bits`` (8: uniform with learnable clips; ≤4: LSQ)."""
-    q = dict(config.student.quant.to_dict())
-    lsq = config.act_bits <= 4
-    q.update(weight_bits=weight_bits, embed_bits=weight_bits, act_bits=config.act_bits,
-             weight_method=method, embed_method=method, act_method="lsq" if lsq else "uniform")
-    q.update(extra)
-    return q
+# ==============================================================================================
+# The recipe: checks, and one stage's training config.
+# ==============================================================================================
+def check_config(config) -> None:
+    """Raises PipelineConfigError for anything the pipeline would not honour, before any work."""
+    stray = [k for k in TRAIN_KEYS + RESOLVED_KEYS if k in config]
+    if stray:
+        raise PipelineConfigError(
+            f"pipeline config has top-level {stray}: the pipeline sets these per stage; use "
+            f"--config.stages.<name>.<key> (stages: {', '.join(config.stages.keys())})")
+    order = tuple(config.pipeline.stages)
+    seen: dict[str, str] = {}
+    for name in order:
+        if name not in config.stages:
+            raise PipelineConfigError(f"config.pipeline.stages names {name!r}, which config.stages does "
+                                      f"not declare; declared: {sorted(config.stages.keys())}")
+        section = config.stages[name]
+        kind = section.get("kind", "")
+        if kind not in STAGE_KEYS:
+            raise PipelineConfigError(f"config.stages.{name}.kind={kind!r}; allowed: {sorted(STAGE_KEYS)}")
+        unknown = sorted(set(section.keys()) - set(STAGE_KEYS[kind]))
+        missing = sorted(set(STAGE_KEYS[kind]) - set(section.keys()))
+        if unknown or missing:
+            raise PipelineConfigError(
+                f"config.stages.{name} ({kind}): " + "; ".join(
+                    ([f"unknown keys {unknown}"] if unknown else []) + ([f"missing keys {missing}"] if missing else []))
+                + f"; a {kind} stage has {list(STAGE_KEYS[kind])}")
+        for ref in REFERENCE_KEYS:
+            target = section.get(ref, "")
+            if target and target not in seen:
+                raise PipelineConfigError(
+                    f"config.stages.{name}.{ref}={target!r} must name a stage that runs before it; "
+                    f"before {name}: {list(seen) or 'none'}")
+        seen[name] = kind
 
 
-def _train_stage(config, workdir: pathlib.Path, name: str, *, mode: str, hyper, teacher: str,
-                 init: str, quant: Optional[dict] = None, attention: bool = True) -> dict:
-    """Runs one training stage with ``train.train_and_evaluate`` in ``workdir/name``."""
-    c = _fresh(config)
-    c.kd.mode = mode
-    c.kd.attention = attention
-    c.teacher = teacher
-    c.init_checkpoint = init
-    c.batch_size = hyper.batch_size
-    c.stage1.epochs, c.stage1.learning_rate = hyper.stage1_epochs, hyper.stage1_learning_rate
-    c.stage2.epochs, c.stage2.learning_rate = hyper.stage2_epochs, hyper.stage2_learning_rate
-    c.eval_every_steps = hyper.eval_every_steps
-    if quant is not None:
-        c.student.quant = ml_collections.ConfigDict(quant)
-        if quant["act_method"] == "lsq" and quant["act_bits"] < 32:
-            c.student.hidden_act = "relu"  # the released 4-bit scripts' student
-    log.info("pipeline: stage %s", name)
-    result = train.train_and_evaluate(c, workdir / name)
-    if result.get("interrupted"):
-        raise _Interrupted(name)
-    return result
+def stage_config(config, name: str, teacher: str, init: str) -> ml_collections.ConfigDict:
+    """The base-schema training config of stage ``name``: the shared keys, the stage's training
+    keys, and its resolved teacher and init checkpoints."""
+    shared = {k: v for k, v in config.to_dict().items() if k not in ("pipeline", "stages")}
+    section = config.stages[name].to_dict()
+    c = ml_collections.ConfigDict({**shared, **{k: section[k] for k in TRAIN_KEYS}})
+    c.teacher, c.init_checkpoint = teacher, init
+    return c
 
 
+# ==============================================================================================
+# The stages.
+# ==============================================================================================
 class _Interrupted(Exception):
     pass
 
 
-def _row(name: str, description: str, workdir: pathlib.Path, result: dict) -> StageResult:
+def _train(config, workdir: pathlib.Path, name: str, outputs: dict, context: dict) -> StageResult:
+    """Trains stage ``name`` (or takes its given checkpoint). ``context`` fills placeholders of its
+    description, e.g. ``{budget_mb:.2f}`` after an adaptive split."""
+    section = config.stages[name]
+    description = section.description.format(**context)
+    if section.checkpoint:  # a trained model given instead of training one
+        spec = checkpoints.load_model_spec(section.checkpoint)
+        dev = checkpoints.load_model(section.checkpoint)[2].get("dev", {})
+        return StageResult(name, f"{description} (given)", section.checkpoint,
+                           section.checkpoint, dev, dev, spec)
+    c = stage_config(config, name, outputs.get(section.teacher, ""), outputs.get(section.init, ""))
+    log.info("pipeline: stage %s", name)
+    result = train.train_and_evaluate(c, workdir / name)
+    if result.get("interrupted"):
+        raise _Interrupted(name)
     run = workdir / name
     best = run / result["best_checkpoint"]
     return StageResult(name, description, str(best), str(run / result["final_checkpoint"]),
-                       result["best"], result["final"], storage.load_model_spec(best), str(run))
+                       result["best"], result["final"], checkpoints.load_model_spec(best), str(run))
 
 
-def _batches(config, task, count: int, seed_offset: int) -> list[dict]:
+def _batches(config, task, count: int, batch_size: int, seed_offset: int) -> list[dict]:
     """``count`` training batches (for importance and sensitivity estimates)."""
-    arrays, _ = train.load_data(config, task, load_tokenizer(train.tokenizer_dir(config)))
-    it = batching.iterate_batches(arrays, config.batch_size, shuffle=True, seed=config.seed + seed_offset,
+    arrays, _ = resolve.load_data(config, task, load_tokenizer(resolve.tokenizer_dir(config)))
+    it = batching.iterate_batches(arrays, batch_size, shuffle=True, seed=config.seed + seed_offset,
                                   process_index=0, process_count=1)
     out = []
     for batch in it:
-        out.append({k: v for k, v in batch.items() if k in train.MODEL_INPUTS + ("labels",)})
+        out.append({k: v for k, v in model_batch(batch).items() if k != "example_mask"})
         if len(out) == count:
             break
     return out
 
 
+def _prune(config, workdir: pathlib.Path, name: str, outputs: dict, task) -> None:
+    section, out = config.stages[name], workdir / name
+    if not checkpoints.is_model_checkpoint(out):
+        halfwidth.make_half_width_checkpoint(outputs[section.source], out,
+                                             _batches(config, task, section.batches, section.batch_size, 1),
+                                             width=section.width)
+
+
+def _split(config, workdir: pathlib.Path, name: str, outputs: dict) -> None:
+    out = workdir / name
+    if not checkpoints.is_model_checkpoint(out):
+        tws.split_checkpoint(outputs[config.stages[name].source], out)
+
+
 def run_pipeline(config, workdir) -> dict:
-    """Runs every stage of the method (skipping completed ones) and writes the report.
+    """Runs every stage of ``config.pipeline.stages`` (skipping completed ones) and writes the report.
 
     Returns:
-      The report dict also written to ``workdir/results.json``.
+      The report dict also written to ``workdir/results.json``, or ``{"interrupted": True,
+      "stage": name}`` when a training stage stopped early (``stop_after_steps``).
     """
+    check_config(config)
     workdir = pathlib.Path(workdir)
-    workdir.mkdir(parents=True, exist_ok=True)
-    (workdir / "pipeline_config.json").write_text(config.to_json_best_effort(indent=2, sort_keys=True))
+    if checkpoints.is_writer():
+        workdir.mkdir(parents=True, exist_ok=True)
+    checkpoints.write_text(workdir / "pipeline_config.json", config.to_json_best_effort(indent=2, sort_keys=True))
     task = glue.get_task(config.task)
-    p, s = config.pipeline, config.stages
     rows: list[StageResult] = []
+    outputs: dict[str, str] = {}  # stage -> the model checkpoint later stages refer to
+    adaptive_info = None
     try:
-        # -- teacher --------------------------------------------------------------------------
-        if p.teacher:
-            spec = storage.load_model_spec(p.teacher)
-            info = storage.load_model(p.teacher)[2]
-            dev = info.get("dev", {})
-            teacher = StageResult("teacher", "full precision (given)", p.teacher, p.teacher, dev, dev, spec)
-        else:
-            teacher = _row("teacher", "full precision", workdir, _train_stage(
-                config, workdir, "teacher", mode="supervised", hyper=s.teacher, teacher="", init=""))
-        rows.append(teacher)
-
-        # -- half-width full-precision model -------------------------------------------------
-        pruned = workdir / "half_pruned"
-        if not storage.is_model_checkpoint(pruned):
-            halfwidth.make_half_width_checkpoint(teacher.checkpoint, pruned,
-                                                 _batches(config, task, p.prune_batches, 1),
-                                                 width=p.width)
-        half = _row("half", f"full precision {p.width}×", workdir, _train_stage(
-            config, workdir, "half", mode="joint", hyper=s.half, teacher=teacher.checkpoint,
-            init=str(pruned), attention=False))
-        rows.append(half)
-
-        # -- ternary (TWN) half-width --------------------------------------------------------
-        ternary = _row("ternary", f"TWN {p.width}×", workdir, _train_stage(
-            config, workdir, "ternary", mode="two_stage", hyper=s.ternary, teacher=half.checkpoint,
-            init=half.checkpoint, quant=_quant(config, 2, "twn")))
-        rows.append(ternary)
-
-        # -- ternary weight splitting, then binary KD ----------------------------------------
-        split_init = workdir / "tws_init"
-        if not storage.is_model_checkpoint(split_init):
-            tws.split_checkpoint(ternary.checkpoint, split_init)
-        split_spec = storage.load_model_spec(split_init)
-        rows.append(_row("tws", f"TWS {2 * p.width:g}× (split from TWN {p.width}×)", workdir, _train_stage(
-            config, workdir, "tws", mode="two_stage", hyper=s.binary, teacher=half.checkpoint,
-            init=str(split_init), quant=split_spec.quant.to_dict())))
-
-        # -- baselines ----------------------------------------------------------------------
-        if p.bwn:
-            rows.append(_row("bwn", f"BWN {p.width}×", workdir, _train_stage(
-                config, workdir, "bwn", mode="two_stage", hyper=s.binary, teacher=half.checkpoint,
-                init=half.checkpoint, quant=_quant(config, 1, "bwn"))))
-        if p.bwn_full:
-            rows.append(_row("bwn_full", "BWN 1.0× (from the full-width teacher)", workdir, _train_stage(
-                config, workdir, "bwn_full", mode="two_stage", hyper=s.binary, teacher=teacher.checkpoint,
-                init=teacher.checkpoint, quant=_quant(config, 1, "bwn"))))
-
-        # -- adaptive splitting -------------------------------------------------------------
-        adaptive_info = None
-        if p.adaptive:
-            adaptive_info, adaptive_init = _plan_adaptive(config, workdir, task, ternary)
-            rows.append(_row("adaptive", f"adaptive split at {adaptive_info['budget_mb']:.2f} MiB",
-                             workdir, _train_stage(
-                                 config, workdir, "adaptive", mode="two_stage", hyper=s.binary,
-                                 teacher=half.checkpoint, init=str(adaptive_init),
-                                 quant=storage.load_model_spec(adaptive_init).quant.to_dict())))
+        for name in config.pipeline.stages:
+            kind = config.stages[name].kind
+            if kind == "train":
+                row = _train(config, workdir, name, outputs, adaptive_info or {})
+                rows.append(row)
+                outputs[name] = row.checkpoint
+            elif kind == "prune":
+                _prune(config, workdir, name, outputs, task)
+                outputs[name] = str(workdir / name)
+            elif kind == "split":
+                _split(config, workdir, name, outputs)
+                outputs[name] = str(workdir / name)
+            else:
+                adaptive_info = _plan_adaptive(config, workdir, name, outputs, task)
+                outputs[name] = str(workdir / name)
     except _Interrupted as e:
         log.info("pipeline: stage %s stopped early (stop_after_steps); rerun to resume", e)
         return {"interrupted": True, "stage": str(e)}
-
-    report = write_report(workdir, task, rows, config, adaptive_info)
-    return report
+    return write_report(workdir, task, rows, config, adaptive_info)
 
 
-def _plan_adaptive(config, workdir: pathlib.Path, task, ternary: StageResult):
-    """Plans the mixed split of the ternary model under the budget (cached in adaptive.json) and
-    writes the mixed binary model's initial checkpoint."""
-    plan_file = workdir / "adaptive.json"
-    init = workdir / "adaptive_init"
-    if plan_file.is_file() and storage.is_model_checkpoint(init):
-        return json.loads(plan_file.read_text()), init
-    p = config.pipeline
-    params, spec, _ = storage.load_model(ternary.checkpoint)
-    batches = _batches(config, task, p.sensitivity_batches, 2)
+def _plan_adaptive(config, workdir: pathlib.Path, name: str, outputs: dict, task) -> dict:
+    """Plans the mixed split of the ternary model under the budget (cached in ``<name>.json``) and
+    writes the mixed binary model's initial checkpoint to ``workdir/<name>``."""
+    section = config.stages[name]
+    plan_file, init = workdir / f"{name}.json", workdir / name
+    if plan_file.is_file() and checkpoints.is_model_checkpoint(init):
+        return checkpoints.read_json(plan_file)
+    source = outputs[section.source]
+    params, spec, _ = checkpoints.load_model(source)
+    batches = _batches(config, task, section.sensitivity_batches, section.batch_size, 2)
     _, none_bits, full_bits = adaptive.split_costs(spec)
     none, full = none_bits / 8 / size.MIB, full_bits / 8 / size.MIB
-    budget = p.adaptive_budget_mb or none + p.adaptive_fraction * (full - none)
+    budget = section.budget_mb or none + section.fraction * (full - none)
     # Sensitivities against the ternary model's own outputs (adaptive.py's default): a
     # non-negative divergence with less variance on a few batches than the teacher's loss.
     plan = adaptive.plan_adaptive_split(spec, params, batches, budget, seed=config.seed)
-    tws.split_checkpoint(ternary.checkpoint, init, only=set(plan.chosen))
+    tws.split_checkpoint(source, init, only=set(plan.chosen))
     baseline_scores = {}
-    if p.adaptive_baselines:
+    if section.baselines:
         # The paper's min / random / max orders at the same budget, compared right after
         # splitting (before any binary training), where the choice of matrices is all that differs.
-        _, dev = train.load_data(config, task, load_tokenizer(train.tokenizer_dir(config)))
-        mesh = train.make_mesh()
-        for name, chosen in {"adaptive": plan.chosen, **plan.baselines}.items():
+        _, dev = resolve.load_data(config, task, load_tokenizer(resolve.tokenizer_dir(config)))
+        mesh = make_mesh()
+        for order, chosen in {"adaptive": plan.chosen, **plan.baselines}.items():
             split_params, split_spec = tws.split_params(params, spec, only=set(chosen))
-            model = split_spec.without_axis().build()
-            scores = train.evaluate(train.make_predict_step(model, mesh), train.replicate(split_params, mesh),
-                                    task, dev, config.eval_batch_size, mesh)
-            baseline_scores[name] = {"split": len(chosen), "dev": scores,
-                                     "size_mb": size.model_size_bits(split_spec).mebibytes}
+            scores = evaluate.evaluate_model(split_spec, split_params, task, dev, config.eval_batch_size, mesh)
+            baseline_scores[order] = {"split": len(chosen), "dev": scores,
+                                      "size_mb": size.model_size_bits(split_spec).mebibytes}
     info = {"budget_mb": budget, "size_no_split_mb": none, "size_all_split_mb": full,
             "chosen": sorted(plan.chosen), "size_mb": plan.size_mb,
             "sensitivities": {k: float(v) for k, v in plan.sensitivities.items()},
             "costs_bits": {k: int(v) for k, v in plan.costs.items()},
             "orders_right_after_split": baseline_scores}
-    plan_file.write_text(json.dumps(info, indent=2))
-    return info, init
+    checkpoints.write_json(plan_file, info)
+    return info
 
 
 # ==============================================================================================
@@ -252,7 +270,7 @@ def write_report(workdir: pathlib.Path, task, rows: list[StageResult], config, a
             "best": r.best, "final": r.final, "checkpoint": r.checkpoint})
     out = {"task": task.name, "main_metric": main, "seq_len_for_flops": seq, "rows": table,
            "adaptive": adaptive_info}
-    (workdir / "results.json").write_text(json.dumps(out, indent=2))
+    checkpoints.write_json(workdir / "results.json", out)
     names = [k for k in (rows[0].best or {}) if "/" not in k] or [main]
     lines = [f"# BinaryBERT pipeline on {task.name} (dev)", "",
              f"Sizes count 1 bit per binary weight, 2 per ternary, 32 per full-precision parameter, in "
@@ -275,7 +293,7 @@ def write_report(workdir: pathlib.Path, task, rows: list[StageResult], config, a
                       f"| order | matrices split | size (MiB) | {main} |", "|---|---|---|---|"]
             for name, b in adaptive_info["orders_right_after_split"].items():
                 lines.append(f"| {name} | {b['split']} | {b['size_mb']:.2f} | {100 * b['dev'][main]:.1f} |")
-    (workdir / "results.md").write_text("\n".join(lines) + "\n")
+    checkpoints.write_text(workdir / "results.md", "\n".join(lines) + "\n")
     plot_learning_curves(workdir / "learning_curves.png", rows, main)
     print("\n".join(lines))
     return out
@@ -303,5 +321,5 @@ def plot_learning_curves(path: pathlib.Path, rows: list[StageResult], main: str)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    checkpoints.write_figure(path, fig)
     plt.close(fig)

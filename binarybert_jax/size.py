@@ -44,7 +44,7 @@ from typing import Iterable, Optional
 import jax
 import jax.numpy as jnp
 
-from binarybert_jax import checkpoints, quant
+from binarybert_jax import hf_import, quant
 from binarybert_jax.model import BertConfig, ModelSpec, QuantConfig, splittable_paths
 
 FLOAT_BITS = 32
@@ -162,7 +162,7 @@ def param_shapes(spec: ModelSpec) -> dict[str, tuple[int, ...]]:
     model = spec.build()
     ids = jax.ShapeDtypeStruct((1, 1), jnp.int32)
     variables = jax.eval_shape(lambda i: model.init(jax.random.PRNGKey(0), i), ids)
-    return {k: tuple(v.shape) for k, v in checkpoints.flatten(variables["params"]).items()}
+    return {k: tuple(v.shape) for k, v in hf_import.flatten(variables["params"]).items()}
 
 
 def tensor_plan(spec: ModelSpec, shapes: Optional[dict[str, tuple[int, ...]]] = None

@@ -37,7 +37,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from binarybert_jax import quant, storage
+from binarybert_jax import quant, checkpoints
 from binarybert_jax.model import ModelSpec, splittable_paths
 
 EMBEDDING_PATH = "embeddings/word_embeddings"
@@ -266,7 +266,7 @@ def count_params(params: Any) -> int:
 
 def split_checkpoint(src_dir: str | os.PathLike, out_dir: str | os.PathLike, *,
                      only: Optional[Iterable[str]] = None, shared_act: bool = True) -> dict:
-    """Splits a ternary model checkpoint (``storage.save_model`` layout) into a binary one.
+    """Splits a ternary model checkpoint (``checkpoints.save_model`` layout) into a binary one.
 
     Args:
       src_dir: the ternary model checkpoint.
@@ -278,12 +278,12 @@ def split_checkpoint(src_dir: str | os.PathLike, out_dir: str | os.PathLike, *,
       ``source`` path, the split/unsplit matrices, and the source's own info as ``source_info``.
     """
     src = pathlib.Path(src_dir).absolute()
-    params, spec, src_info = storage.load_model(src)
+    params, spec, src_info = checkpoints.load_model(src)
     new_params, new_spec = split_params(params, spec, only=only, shared_act=shared_act)
     candidates = candidate_paths(spec)
     split = [p for p in candidates if new_spec.quant.is_split(p)]
     info = {"stage": "tws", "source": str(src), "split": split,
             "unsplit": list(new_spec.quant.unsplit), "shared_act": shared_act, "source_info": src_info}
-    out = storage.save_model(out_dir, new_params, new_spec, info)
+    out = checkpoints.save_model(out_dir, new_params, new_spec, info)
     return {"out_dir": str(out), "split": split, "unsplit": list(new_spec.quant.unsplit),
             "params_before": count_params(params), "params_after": count_params(new_params)}

@@ -48,6 +48,12 @@ def quant_config(weight_bits=32, embed_bits=32, act_bits=32, weight_method="twn"
     return ml_collections.ConfigDict(q)
 
 
+def student_hidden_act(quant) -> str:
+    """The student's FFN activation for its quantization: ReLU for LSQ-quantized activations (the
+    released 4-bit scripts' students), else "" (the backbone's own)."""
+    return "relu" if quant.act_method == "lsq" and quant.act_bits < 32 else ""
+
+
 def base_config(task: str = "mrpc") -> ml_collections.ConfigDict:
     """Every key ``train.train_and_evaluate`` reads, with defaults."""
     spec = glue.get_task(task)

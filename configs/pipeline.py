@@ -13,12 +13,23 @@ The paper's setting on a full GLUE task (hours on a CPU; use a GPU/TPU)::
     python -m launch.pipeline --config configs/pipeline.py:task=mrpc,full,act_bits=4 \
         --config.data_dir=$GLUE_DIR --workdir runs/mrpc_w1a4
 
-The default leaves out the full-width BWN row (``--config.pipeline.bwn_full=True`` adds it).
-``arg`` keys: ``task`` (default sst-2), ``act_bits`` (8: uniform with learnable clips; 4: LSQ with
-ReLU students, as the released 4-bit scripts), ``full`` (the whole task and the released scripts'
-hyperparameters: batch 16; ternary lr 2.5e-5 / 1e-5, binary 1.25e-4 / 5e-5, 2 epochs per stage).
-Override any key, e.g. ``--config.pipeline.teacher=runs/x/teacher/finetune/best`` to reuse a
-fine-tuned teacher, ``--config.pipeline.adaptive_fraction=0.3``.
+The recipe is data: ``config.pipeline.stages`` lists the stages in order, and ``config.stages.<name>``
+declares each one in the schema of a single training run (``kd``, ``student``, ``batch_size``,
+``stage1``, ``stage2``, ``eval_every_steps``) plus its references (``teacher``, ``init``, ``source``
+name earlier stages). Override any of it, e.g.::
+
+    --config.stages.ternary.stage1.epochs=1 --config.stages.tws.batch_size=16
+    --config.stages.teacher.checkpoint=runs/x/teacher/finetune/best   # reuse a fine-tuned teacher
+    --config.stages.ternary.student.quant.weight_method=lat            # LAT instead of TWN
+    --config.stages.adaptive_init.fraction=0.3
+
+Shared keys (task, data, optimizer, seed, buckets, ...) stay at the top level; training keys at the
+top level are an error (the pipeline sets them per stage).
+``arg`` keys: ``task`` (default sst-2); ``act_bits`` (8: uniform with learnable clips; 4: LSQ with
+ReLU students, as the released 4-bit scripts); ``full`` (the whole task and the released scripts'
+hyperparameters: batch 16; ternary lr 2.5e-5 / 1e-5, binary 1.25e-4 / 5e-5, 2 epochs per stage; adds
+the full-width BWN row); ``bwn``, ``bwn_full``, ``adaptive`` (include those stages; ``bwn`` and
+``adaptive`` on by default); ``tiny`` (a 1-layer-sized smoke run: data slice, short stages).
 """
 
 import pathlib
@@ -30,51 +41,99 @@ from configs import common
 SLICE = pathlib.Path(__file__).resolve().parents[1] / "data" / "glue_slice"
 
 
-def _hyper(batch, e1, lr1, e2, lr2, eval_every=0):
+def _train_stage(c, description, *, teacher, init, mode, quant, hyper, attention=True):
+    """A training stage's section: the base config's kd/student with this stage's changes."""
+    batch, e1, lr1, e2, lr2, eval_every = hyper
+    kd = ml_collections.ConfigDict(c.kd.to_dict())
+    kd.mode, kd.attention = mode, attention
+    student = ml_collections.ConfigDict(c.student.to_dict())
+    student.quant = quant
+    student.hidden_act = common.student_hidden_act(quant)
     return ml_collections.ConfigDict(dict(
-        batch_size=int(batch), stage1_epochs=float(e1), stage1_learning_rate=float(lr1),
-        stage2_epochs=float(e2), stage2_learning_rate=float(lr2), eval_every_steps=int(eval_every)))
+        kind="train", description=description, teacher=teacher, init=init, checkpoint="",
+        kd=kd, student=student, batch_size=batch,
+        stage1=dict(epochs=float(e1), learning_rate=float(lr1)),
+        stage2=dict(epochs=float(e2), learning_rate=float(lr2)), eval_every_steps=eval_every))
 
 
 def get_config(arg=None):
-    a = common.parse_arg(arg, task="sst-2", act_bits=8, full=False)
+    a = common.parse_arg(arg, task="sst-2", act_bits=8, full=False, bwn=True, bwn_full=False,
+                         adaptive=True, tiny=False)
     c = common.base_config(a.task)
-    c.act_bits = a.act_bits
-    c.student.quant = common.quant_config(
-        act_method="lsq" if a.act_bits <= 4 else "uniform",
-        # Bucketed batches carry little padding; ranges and losses ignore what there is, so
-        # results do not depend on the bucket a batch falls in.
-        act_scope="example", act_ignore_padding=True)
+    act = dict(act_bits=a.act_bits, act_method="lsq" if a.act_bits <= 4 else "uniform",
+               # Bucketed batches carry little padding; ranges and losses ignore what there is, so
+               # results do not depend on the bucket a batch falls in.
+               act_scope="example", act_ignore_padding=True)
     c.kd.ignore_padding = True
     c.max_seq_length = 64 if c.task in ("cola", "sst-2") else 128
     c.bucket_lengths = tuple(range(16, c.max_seq_length + 1, 16))
     c.group_by_length = True  # speed: the embedded default's ~15 minutes count on it
     c.checkpoint_every_steps = 200
+    width = 0.5
 
-    c.pipeline = ml_collections.ConfigDict()
-    c.pipeline.teacher = ""             # a fine-tuned full-precision checkpoint to start from
-    c.pipeline.width = 0.5              # the half-width model's width
-    c.pipeline.prune_batches = 16       # batches for head/neuron importance
-    c.pipeline.bwn = True               # BWN baseline from the half-width model
-    c.pipeline.bwn_full = a.full        # BWN from the full-width teacher (the paper's BWN rows)
-    c.pipeline.adaptive = True
-    c.pipeline.adaptive_budget_mb = 0.0  # 0: no-split size + fraction · (all-split − no-split)
-    c.pipeline.adaptive_fraction = 0.25  # below the word embedding's cost, so the orders differ
-    c.pipeline.sensitivity_batches = 4
-    c.pipeline.adaptive_baselines = True  # min / random / max orders at the same budget
-
-    c.stages = ml_collections.ConfigDict()
     if a.full:
         c.data_dir = ""
-        c.stages.teacher = _hyper(32, 0, 0, 3.0, 5e-5)
-        c.stages.half = _hyper(32, 0, 0, 3.0, 5e-5)
-        c.stages.ternary = _hyper(16, 2.0, 2.5e-5, 2.0, 1e-5, 1000)
-        c.stages.binary = _hyper(16, 2.0, 1.25e-4, 2.0, 5e-5, 100)
+        teacher_h, half_h = (32, 0, 0, 3.0, 5e-5, 0), (32, 0, 0, 3.0, 5e-5, 0)
+        ternary_h, binary_h = (16, 2.0, 2.5e-5, 2.0, 1e-5, 1000), (16, 2.0, 1.25e-4, 2.0, 5e-5, 100)
     else:
         c.data_dir = str(SLICE)
         c.eval_batch_size = 128
-        c.stages.teacher = _hyper(32, 0, 0, 2.0, 5e-5)
-        c.stages.half = _hyper(32, 0, 0, 2.0, 1e-4)
-        c.stages.ternary = _hyper(32, 1.0, 5e-5, 1.0, 2e-5)
-        c.stages.binary = _hyper(32, 1.0, 1.25e-4, 1.0, 5e-5)
+        teacher_h, half_h = (32, 0, 0, 2.0, 5e-5, 0), (32, 0, 0, 2.0, 1e-4, 0)
+        ternary_h, binary_h = (32, 1.0, 5e-5, 1.0, 2e-5, 0), (32, 1.0, 1.25e-4, 1.0, 5e-5, 0)
+
+    fp = common.quant_config()
+    ternary_q = common.quant_config(2, 2, weight_method="twn", embed_method="twn", **act)
+    binary_q = common.quant_config(1, 1, weight_method="bwn", embed_method="bwn", **act)
+    s = c.stages = ml_collections.ConfigDict()
+    s.teacher = _train_stage(c, "full precision", teacher="", init="", mode="supervised", quant=fp,
+                             hyper=teacher_h)
+    s.half_pruned = ml_collections.ConfigDict(dict(kind="prune", source="teacher", width=width,
+                                                   batches=16, batch_size=32))
+    # Attention scores cannot be matched across head counts: hidden states and logits only.
+    s.half = _train_stage(c, f"full precision {width}×", teacher="teacher", init="half_pruned",
+                          mode="joint", quant=fp, hyper=half_h, attention=False)
+    s.ternary = _train_stage(c, f"TWN {width}×", teacher="half", init="half", mode="two_stage",
+                             quant=ternary_q, hyper=ternary_h)
+    s.tws_init = ml_collections.ConfigDict(dict(kind="split", source="ternary"))
+    s.tws = _train_stage(c, f"TWS {2 * width:g}× (split from TWN {width}×)", teacher="half",
+                         init="tws_init", mode="two_stage", quant=binary_q, hyper=binary_h)
+    s.bwn = _train_stage(c, f"BWN {width}×", teacher="half", init="half", mode="two_stage",
+                         quant=binary_q, hyper=binary_h)
+    s.bwn_full = _train_stage(c, "BWN 1.0× (from the full-width teacher)", teacher="teacher",
+                              init="teacher", mode="two_stage", quant=binary_q, hyper=binary_h)
+    s.adaptive_init = ml_collections.ConfigDict(dict(
+        kind="adaptive_split", source="ternary",
+        budget_mb=0.0,    # 0: no-split size + fraction · (all-split − no-split)
+        fraction=0.25,    # below the word embedding's cost, so the orders differ
+        sensitivity_batches=4, batch_size=32,
+        baselines=True))  # min / random / max orders at the same budget
+    s.adaptive = _train_stage(c, "adaptive split at {budget_mb:.2f} MiB", teacher="half",
+                              init="adaptive_init", mode="two_stage", quant=binary_q, hyper=binary_h)
+
+    order = ["teacher", "half_pruned", "half", "ternary", "tws_init", "tws"]
+    order += ["bwn"] * a.bwn + ["bwn_full"] * (a.bwn_full or a.full)
+    order += ["adaptive_init", "adaptive"] * a.adaptive
+    c.pipeline = ml_collections.ConfigDict(dict(stages=tuple(order)))
+
+    for key in ("teacher", "init_checkpoint", "kd", "student", "batch_size", "stage1", "stage2",
+                "eval_every_steps"):
+        del c[key]  # per stage (above); the pipeline refuses them at the top level
+    if a.tiny:
+        shrink_pipeline(c)
+    return c
+
+
+def shrink_pipeline(c):
+    """The ``tiny`` variant: 32 training sentences, 2 steps a phase, one batch for each estimate."""
+    c.train_limit, c.eval_limit = 32, 16
+    c.eval_batch_size = 16
+    c.max_seq_length, c.bucket_lengths = 32, (16, 32)
+    c.log_every_steps, c.checkpoint_every_steps = 2, 4
+    for section in c.stages.values():
+        if section.kind == "train":
+            section.batch_size = 8
+            section.stage1.epochs = section.stage2.epochs = 0.5  # two steps a phase
+        elif "batch_size" in section:
+            section.batch_size = 8
+    c.stages.half_pruned.batches = c.stages.adaptive_init.sensitivity_batches = 1
     return c

@@ -30,8 +30,7 @@ def get_config(arg=None):
     lsq = a.act_bits <= 4
     c.student.quant = common.quant_config(a.weight_bits, a.embed_bits, a.act_bits, "twn", "twn",
                                           "lsq" if lsq else "uniform")
-    if lsq:
-        c.student.hidden_act = "relu"
+    c.student.hidden_act = common.student_hidden_act(c.student.quant)
     if a.half_width:
         c.batch_size = 16
         c.stage1.update(epochs=2.0, learning_rate=2.5e-5)

@@ -16,7 +16,7 @@ import pathlib
 import sys
 from typing import Optional, Sequence
 
-from binarybert_jax import export, size, storage
+from binarybert_jax import export, size, checkpoints
 
 MIB = size.MIB
 
@@ -35,7 +35,7 @@ def _dir_bytes(path: pathlib.Path) -> int:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
-    params, spec, info = storage.load_model(args.ckpt)
+    params, spec, info = checkpoints.load_model(args.ckpt)
     info = dict(info, source_checkpoint=str(pathlib.Path(args.ckpt).absolute()))
     summary = export.export_packed(params, spec, args.out, info=info)
     papers = size.model_size_bits(spec)

@@ -8,7 +8,7 @@
         --model m.safetensors --task mrpc --input - --out -
 
 ``--model``: a bit-packed file (``launch.export``) or a model checkpoint directory
-(``storage.save_model``); ``binarybert_jax.inference`` loads either. ``--input``: a GLUE TSV, read
+(``checkpoints.save_model``); ``binarybert_jax.inference`` loads either. ``--input``: a GLUE TSV, read
 with the task's layout for ``--split`` (by default the split its file name says: ``dev.tsv``,
 ``test_matched.tsv``...; pass ``--split`` for any other name), or ``-`` for standard input, one
 example a line, a tab between the two sentences of a pair task. Blank lines are skipped, as in a

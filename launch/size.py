@@ -51,8 +51,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def spec_from_args(args: argparse.Namespace) -> ModelSpec:
     if args.ckpt:
-        from binarybert_jax import storage
-        return ModelSpec.from_dict(storage.read_model_meta(args.ckpt)["spec"])
+        from binarybert_jax import checkpoints
+        return ModelSpec.from_dict(checkpoints.read_model_meta(args.ckpt)["spec"])
     if args.packed:
         from binarybert_jax import export
         return ModelSpec.from_dict(export.read_manifest(args.packed)["spec"])

@@ -55,10 +55,10 @@ def tiny_config(num_layers: int = 2):
 def _write_tiny(directory, config, minilm_dir):
     import jax
     import jax.numpy as jnp
-    from binarybert_jax import checkpoints
+    from binarybert_jax import hf_import
     from binarybert_jax.model import BertModel
     params = BertModel(config, head="none").init(jax.random.key(0), jnp.ones((1, 8), jnp.int32))["params"]
-    return checkpoints.write_hf_checkpoint(directory, params, config, minilm_dir)
+    return hf_import.write_hf_checkpoint(directory, params, config, minilm_dir)
 
 
 @pytest.fixture(scope="session")

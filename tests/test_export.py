@@ -11,7 +11,7 @@ import pytest
 from safetensors import safe_open
 from safetensors.numpy import save_file
 
-from binarybert_jax import checkpoints, export, quant, size
+from binarybert_jax import hf_import, export, quant, size
 from binarybert_jax.model import BertConfig, ModelSpec, QuantConfig
 from launch import export as export_main
 from launch import size as size_main
@@ -58,7 +58,7 @@ def random_params(spec, seed=0):
             flat[path] = np.full(shape, 0.25, np.float32)
         else:
             flat[path] = rng.normal(0.0, 0.05, shape).astype(np.float32)
-    return checkpoints.unflatten(flat)
+    return hf_import.unflatten(flat)
 
 
 def both_logits(spec, params, loaded_spec, loaded, *inputs):
@@ -84,8 +84,8 @@ def assert_size_matches_accounting(summary):
 def assert_values_exact(spec, params, loaded, diag=None):
     """Every quantized weight loads as exactly quant.weight_quant_values of its latent weight;
     float32 parameters load bitwise (split biases as their exact sum)."""
-    flat, got = checkpoints.flatten(params), checkpoints.flatten(loaded)
-    diag = checkpoints.flatten(diag) if diag else {}
+    flat, got = hf_import.flatten(params), hf_import.flatten(loaded)
+    diag = hf_import.flatten(diag) if diag else {}
     for t in size.tensor_plan(spec):
         w = flat[t.path]
         if t.kind == size.QUANTIZED:
@@ -140,7 +140,7 @@ def test_round_trip_values(name, tmp_path):
     assert_values_exact(spec, params, loaded)
     inference, inference_spec, _ = export.load_packed(summary.path)
     assert size.param_shapes(inference_spec) == {
-        k: v.shape for k, v in checkpoints.flatten(inference).items()}
+        k: v.shape for k, v in hf_import.flatten(inference).items()}
 
 
 @pytest.mark.parametrize("shared", [True, False])
@@ -148,9 +148,9 @@ def test_split_planes_load_summed_where_the_model_sums_them(tmp_path, shared):
     spec = ModelSpec(TINY, dataclasses.replace(SPLIT_118, split_shared_act=shared))
     params = random_params(spec, seed=3)
     path = export.export_packed(params, spec, tmp_path / "m.safetensors").path
-    planes = checkpoints.flatten(export.load_packed(path, requantize=True)[0])
+    planes = hf_import.flatten(export.load_packed(path, requantize=True)[0])
     loaded, loaded_spec, _ = export.load_packed(path)
-    summed = checkpoints.flatten(loaded)
+    summed = hf_import.flatten(loaded)
     assert loaded_spec.quant.split == (not shared)
     words, query = "embeddings/word_embeddings", "encoder/layer_0/attention/query/kernel"
     assert planes[words].shape == (2, 100, 32) and summed[words].shape == (100, 32)
@@ -165,25 +165,25 @@ def test_lat_uses_the_optimizer_diagonal_when_given(tmp_path):
     spec = ModelSpec(TINY, QuantConfig(2, 2, 32, "lat", "lat"))
     params = random_params(spec, seed=4)
     rng = np.random.default_rng(5)
-    diag = checkpoints.unflatten({t.path: rng.uniform(0, 1e-4, t.shape).astype(np.float32)
+    diag = hf_import.unflatten({t.path: rng.uniform(0, 1e-4, t.shape).astype(np.float32)
                                   for t in size.tensor_plan(spec)
                                   if t.kind == size.QUANTIZED and t.path.endswith("kernel")})
     path = export.export_packed(params, spec, tmp_path / "m.safetensors", lat_diag=diag).path
     loaded = export.load_packed(path, requantize=True)[0]
     assert_values_exact(spec, params, loaded, diag=diag)
     kernel = "encoder/layer_0/ffn/intermediate/kernel"
-    plain = np.asarray(_values(checkpoints.flatten(params)[kernel], "lat", 2, quant.LAYERWISE,
+    plain = np.asarray(_values(hf_import.flatten(params)[kernel], "lat", 2, quant.LAYERWISE,
                                None))
-    assert not np.array_equal(checkpoints.flatten(loaded)[kernel], plain)
+    assert not np.array_equal(hf_import.flatten(loaded)[kernel], plain)
 
 
 def test_binary_weights_with_exact_zeros_stay_one_bit(tmp_path):
     spec = ModelSpec(TINY, BWN_118)
-    flat = checkpoints.flatten(random_params(spec, seed=6))
+    flat = hf_import.flatten(random_params(spec, seed=6))
     flat["embeddings/word_embeddings"][3, :5] = 0.0           # BWN maps these to 0
     flat["embeddings/word_embeddings"][4, :] = 0.0            # an all-zero row: scale 0
     flat["encoder/layer_0/attention/query/kernel"][0, 0] = -0.0
-    params = checkpoints.unflatten(flat)
+    params = hf_import.unflatten(flat)
     summary = export.export_packed(params, spec, tmp_path / "m.safetensors")
     entries = export.read_manifest(summary.path)["tensors"]
     assert entries["embeddings/word_embeddings"]["encoding"] == "binary"
@@ -209,11 +209,11 @@ def test_bit_order_is_little_endian():
 
 def test_export_refuses_params_that_do_not_fit(tmp_path):
     spec = ModelSpec(TINY, BWN_118)
-    flat = checkpoints.flatten(random_params(spec))
+    flat = hf_import.flatten(random_params(spec))
     flat["encoder/layer_0/ffn/output/kernel"] = np.zeros((3, 3), np.float32)
     del flat["pooler/dense/bias"]
     with pytest.raises(export.ExportError) as e:
-        export.export_packed(checkpoints.unflatten(flat), spec, tmp_path / "m.safetensors")
+        export.export_packed(hf_import.unflatten(flat), spec, tmp_path / "m.safetensors")
     msg = str(e.value)
     assert "pooler/dense/bias" in msg and "encoder/layer_0/ffn/output/kernel" in msg
     assert "expected (64, 32), got (3, 3)" in msg
@@ -292,7 +292,7 @@ def test_not_a_packed_file(tmp_path):
 @pytest.fixture(scope="module")
 def minilm(minilm_dir):
     from binarybert_jax import tokenizer
-    config, imported = checkpoints.load_hf_checkpoint(minilm_dir)
+    config, imported = hf_import.load_hf_checkpoint(minilm_dir)
     tok = tokenizer.load_tokenizer(minilm_dir)
     batch = tok(["The cat sat on the mat.", "Binary weights take one bit each on disk.",
                  "Is the quantized model as good as the full-precision one?"],
@@ -311,7 +311,7 @@ def _minilm_params(spec, imported):
             fitted[k] = np.stack([v / 2, v / 2])
         else:
             fitted[k] = v
-    return checkpoints.merge_pretrained(checkpoints.unflatten(target), fitted, "MiniLM")
+    return hf_import.merge_pretrained(hf_import.unflatten(target), fitted, "MiniLM")
 
 
 def test_minilm_packed(minilm, tmp_path):
@@ -338,9 +338,9 @@ def test_minilm_packed(minilm, tmp_path):
 # Command lines.
 # --------------------------------------------------------------------------------------------
 def test_launch_export_and_size(tmp_path, capsys):
-    from binarybert_jax import storage
+    from binarybert_jax import checkpoints
     spec = ModelSpec(TINY, SPLIT_118)
-    ckpt = storage.save_model(tmp_path / "ckpt", random_params(spec), spec, info={"stage": "tws"})
+    ckpt = checkpoints.save_model(tmp_path / "ckpt", random_params(spec), spec, info={"stage": "tws"})
     out = tmp_path / "tws.safetensors"
     assert export_main.main(["--ckpt", str(ckpt), "--out", str(out)]) == 0
     text = capsys.readouterr().out

@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from binarybert_jax import halfwidth, storage
+from binarybert_jax import halfwidth, checkpoints
 from binarybert_jax import model as M
 from binarybert_jax.data import batching, encode
 from binarybert_jax.tokenizer import load_tokenizer
@@ -139,7 +139,7 @@ def test_refuses_quantized_models_and_bad_scores():
 def test_half_width_checkpoint_on_real_mrpc(tmp_path, glue_dir, minilm_dir):
     """End to end: a tiny full-precision teacher with the real vocabulary, real MRPC batches."""
     spec, params = SPEC, _params(6)
-    storage.save_model(tmp_path / "teacher", params, spec, {"stage": "finetune", "task": "mrpc"})
+    checkpoints.save_model(tmp_path / "teacher", params, spec, {"stage": "finetune", "task": "mrpc"})
     arrays = encode.load_encoded_split(load_tokenizer(minilm_dir), "mrpc", "train", data_dir=glue_dir,
                                        max_length=32, limit=32)
     batches = batching.iterate_batches(arrays, 8, shuffle=False)
@@ -149,7 +149,7 @@ def test_half_width_checkpoint_on_real_mrpc(tmp_path, glue_dir, minilm_dir):
     assert summary["num_batches"] == 3
     assert summary["num_heads"] == [4, 2] and summary["intermediate_size"] == [16, 8]
     assert all(0.5 <= r <= 1.0 for k in ("heads", "neurons") for r in summary["retained_importance"][k])
-    new_params, new_spec, info = storage.load_model(tmp_path / "half")
+    new_params, new_spec, info = checkpoints.load_model(tmp_path / "half")
     assert new_spec.config == CONFIG.with_width(0.5) and new_spec.quant == spec.quant
     assert info["stage"] == "prune" and info["source_info"]["task"] == "mrpc"
     assert np.shape(info["kept_heads"]) == (2, 2) and np.shape(info["kept_neurons"]) == (2, 8)

@@ -2,29 +2,23 @@
 
 import json
 
-from binarybert_jax import pipeline, storage
+import pytest
+
+from binarybert_jax import pipeline, checkpoints
 from configs import pipeline as pipeline_config
 
 
-def _shrunk(tiny_pretrained):
-    c = pipeline_config.get_config("task=sst-2")
+def _tiny(tiny_pretrained):
+    # The BWN baseline is a further run of the same training code; leaving it out keeps the test to
+    # the stages with code of their own.
+    c = pipeline_config.get_config("task=sst-2,tiny,bwn=False")
     c.pretrained = str(tiny_pretrained)
-    c.train_limit, c.eval_limit = 32, 16
-    c.batch_size, c.eval_batch_size = 8, 16
-    c.max_seq_length, c.bucket_lengths = 32, (16, 32)
     c.progress_bar = False
-    c.pipeline.prune_batches = c.pipeline.sensitivity_batches = 1
-    # The BWN baselines are further runs of the same training code; leaving them out keeps the
-    # test to the stages with code of their own.
-    c.pipeline.bwn = c.pipeline.bwn_full = False
-    for hyper in c.stages.values():
-        hyper.batch_size = 8
-        hyper.stage1_epochs = hyper.stage2_epochs = 0.5  # two steps a phase
     return c
 
 
 def test_pipeline_end_to_end_and_rerun_skips(tmp_path, tiny_pretrained_1layer):
-    report = pipeline.run_pipeline(_shrunk(tiny_pretrained_1layer), tmp_path)
+    report = pipeline.run_pipeline(_tiny(tiny_pretrained_1layer), tmp_path)
     rows = {r["model"]: r for r in report["rows"]}
     assert list(rows) == ["teacher", "half", "ternary", "tws", "adaptive"]
     assert rows["teacher"]["bits"] == "32-32-32" and rows["ternary"]["bits"] == "2-2-8"
@@ -39,12 +33,46 @@ def test_pipeline_end_to_end_and_rerun_skips(tmp_path, tiny_pretrained_1layer):
     assert plan["size_no_split_mb"] <= plan["size_mb"] <= plan["budget_mb"] <= plan["size_all_split_mb"]
     assert set(plan["orders_right_after_split"]) == {"adaptive", "min", "random", "max"}
     # The split model starts exactly where TWS says: the tws stage's init holds two binary planes.
-    params, spec, info = storage.load_model(tmp_path / "tws_init")
+    params, spec, info = checkpoints.load_model(tmp_path / "tws_init")
     assert spec.quant.split and info["stage"] == "tws"
     assert params["encoder"]["layer_0"]["ffn"]["output"]["kernel"].shape[0] == 2
     md = (tmp_path / "results.md").read_text()
     assert "| TWS 1× (split from TWN 0.5×) | 1-1-8 |" in md
     assert (tmp_path / "learning_curves.png").stat().st_size > 1000
     # A rerun finds every stage complete and reports the same table.
-    again = pipeline.run_pipeline(_shrunk(tiny_pretrained_1layer), tmp_path)
+    again = pipeline.run_pipeline(_tiny(tiny_pretrained_1layer), tmp_path)
     assert json.dumps(again["rows"]) == json.dumps(report["rows"])
+
+
+def test_every_stage_setting_takes_effect_or_is_refused():
+    c = pipeline_config.get_config("task=sst-2,tiny")
+    c.stages.ternary.stage1.epochs = 3.0
+    c.stages.ternary.student.quant.weight_method = "lat"
+    run = pipeline.stage_config(c, "ternary", teacher="T", init="I")
+    assert run.stage1.epochs == 3.0 and run.student.quant.weight_method == "lat"
+    assert (run.teacher, run.init_checkpoint) == ("T", "I")
+    assert run.batch_size == 8 and run.kd.mode == "two_stage" and run.task == "sst-2"
+    # The LSQ recipe's ReLU students are config, visible and overridable.
+    c4 = pipeline_config.get_config("task=sst-2,act_bits=4")
+    assert c4.stages.tws.student.hidden_act == "relu" and c4.stages.half.student.hidden_act == ""
+    pipeline.check_config(c)
+
+    with pytest.raises(AttributeError):  # the locked CLI config refuses training keys at the top
+        c.lock()
+        c.batch_size = 16
+    c.unlock()
+    c.batch_size = 16
+    with pytest.raises(pipeline.PipelineConfigError, match=r"top-level \['batch_size'\].*stages"):
+        pipeline.check_config(c)
+    del c["batch_size"]
+    c.stages.tws.init = "bwn"  # bwn runs after tws
+    with pytest.raises(pipeline.PipelineConfigError, match="stages.tws.init='bwn' must name a stage that runs before"):
+        pipeline.check_config(c)
+    c.stages.tws.init = "tws_init"
+    c.stages.tws.epochs = 2.0  # a key that belongs in stage1/stage2
+    with pytest.raises(pipeline.PipelineConfigError, match=r"stages.tws \(train\): unknown keys \['epochs'\]"):
+        pipeline.check_config(c)
+    del c.stages.tws["epochs"]
+    c.pipeline.stages = c.pipeline.stages + ("nope",)
+    with pytest.raises(pipeline.PipelineConfigError, match="'nope', which config.stages does not declare"):
+        pipeline.check_config(c)

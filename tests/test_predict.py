@@ -10,7 +10,7 @@ import pytest
 from safetensors import safe_open
 from safetensors.numpy import load_file, save_file
 
-from binarybert_jax import checkpoints, export, inference, size, storage
+from binarybert_jax import hf_import, export, inference, size, checkpoints
 from binarybert_jax.data import glue
 from binarybert_jax.model import BertConfig, ModelSpec, QuantConfig
 from binarybert_jax.tokenizer import load_tokenizer
@@ -42,7 +42,7 @@ def random_params(spec, seed):
             flat[path] = np.broadcast_to(np.array([-2.5, 2.5], np.float32), shape).copy()
         else:
             flat[path] = rng.normal(0.0, 0.05, shape).astype(np.float32)
-    return checkpoints.unflatten(flat)
+    return hf_import.unflatten(flat)
 
 
 @pytest.fixture(scope="module")
@@ -50,7 +50,7 @@ def tiny_hf(tmp_path_factory, minilm_dir):
     """A tiny backbone in the Hugging Face layout with MiniLM's tokenizer: the ``pretrained``
     directory a trained model's info points to."""
     params = random_params(ModelSpec(TINY, head="none"), seed=0)
-    return checkpoints.write_hf_checkpoint(tmp_path_factory.mktemp("tiny_hf"), params, TINY,
+    return hf_import.write_hf_checkpoint(tmp_path_factory.mktemp("tiny_hf"), params, TINY,
                                            minilm_dir)
 
 
@@ -61,7 +61,7 @@ def saved(request, tmp_path_factory, tiny_hf):
     params = random_params(spec, seed=1)
     root = tmp_path_factory.mktemp(request.param)
     info = {"pretrained": str(tiny_hf)}
-    ckpt = storage.save_model(root / "ckpt", params, spec, info)
+    ckpt = checkpoints.save_model(root / "ckpt", params, spec, info)
     packed = export.export_packed(params, spec, root / "model.safetensors", info=info).path
     return packed, ckpt
 

@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from binarybert_jax import checkpoints, model as M, optim, storage, train
+from binarybert_jax import checkpoints, hf_import, model as M, optim, resolve, sharding, train
 from configs import common
 
 from conftest import tiny_config
@@ -38,7 +38,7 @@ def _config(tiny_pretrained, glue_dir, **overrides):
 
 
 def test_hf_writer_roundtrip(tiny_pretrained):
-    config, flat = checkpoints.load_hf_checkpoint(tiny_pretrained)
+    config, flat = hf_import.load_hf_checkpoint(tiny_pretrained)
     assert config == dataclasses.replace(TINY, hidden_dropout=0.0, attention_dropout=0.0)
     assert flat["encoder/layer_1/ffn/intermediate/kernel"].shape == (32, 64)
 
@@ -50,7 +50,7 @@ ONE_LAYER = dataclasses.replace(TINY, vocab_size=1000, num_layers=1).with_width(
 
 def _step_outputs(num_devices, quant_cfg, objective):
     assert jax.device_count() >= 2, "conftest sets two host devices"
-    mesh = train.make_mesh(num_devices)
+    mesh = sharding.make_mesh(num_devices)
     student = M.BertModel(ONE_LAYER, quant_cfg, num_labels=2)
     teacher = M.BertModel(ONE_LAYER, num_labels=2)
     rng = np.random.default_rng(0)
@@ -63,10 +63,10 @@ def _step_outputs(num_devices, quant_cfg, objective):
     t_params = teacher.init(jax.random.key(2), batch["input_ids"][:1])["params"]
     sched = optim.warmup_linear_schedule(1e-3, 10)
     tx = optim.bert_adam(sched, sched)
-    state = train.replicate(train.TrainState(jnp.zeros((), jnp.int32), s_params, tx.init(s_params)), mesh)
+    state = sharding.replicate(train.TrainState(jnp.zeros((), jnp.int32), s_params, tx.init(s_params)), mesh)
     step = train.make_train_step(student, teacher, tx, sched, mesh, objective=objective, is_regression=False)
     for _ in range(2):
-        state, measured = step(state, train.replicate(t_params, mesh), train.shard_batch(batch, mesh),
+        state, measured = step(state, sharding.replicate(t_params, mesh), sharding.shard_batch(batch, mesh),
                                jax.random.key(3))
     return jax.device_get(state.params), jax.device_get(measured)
 
@@ -91,7 +91,7 @@ def test_lat_step_uses_second_moment():
 # ---- the loop ---------------------------------------------------------------------------------
 
 def _final_params(workdir, phase):
-    return storage.load_model(pathlib.Path(workdir) / phase / "final")[0]
+    return checkpoints.load_model(pathlib.Path(workdir) / phase / "final")[0]
 
 
 def test_interrupted_run_resumes_to_the_same_parameters(tmp_path, tiny_pretrained, glue_dir):
@@ -122,20 +122,20 @@ def test_two_stage_kd_from_teacher_with_lsq_student(tmp_path, tiny_pretrained, g
     cfg.student.quant = common.quant_config(2, 2, 4, act_method="lsq")
     result = train.train_and_evaluate(cfg, tmp_path / "student")
     assert [p["phase"] for p in result["phases"]] == ["stage1", "stage2"]
-    params, spec, info = storage.load_model(tmp_path / "student" / result["final_checkpoint"])
+    params, spec, info = checkpoints.load_model(tmp_path / "student" / result["final_checkpoint"])
     assert spec.quant.act_method == "lsq" and spec.config.hidden_act == "relu"
-    steps = [v for k, v in checkpoints.flatten(params).items() if k.endswith("_step")]
+    steps = [v for k, v in hf_import.flatten(params).items() if k.endswith("_step")]
     assert steps and all(float(s) != 1.0 for s in steps)  # calibrated from data, then trained
 
 
 def test_head_mismatch_for_attention_distillation_is_clear(tmp_path, tiny_pretrained, glue_dir):
     spec = M.ModelSpec(TINY)
     params = spec.build().init(jax.random.key(0), jnp.ones((1, 8), jnp.int32))["params"]
-    storage.save_model(tmp_path / "teacher", params, spec)
+    checkpoints.save_model(tmp_path / "teacher", params, spec)
     cfg = _config(tiny_pretrained, glue_dir, **{"kd.mode": "two_stage"})
     cfg.teacher = str(tmp_path / "teacher")
     half = M.ModelSpec(TINY.with_width(0.5))
-    storage.save_model(tmp_path / "half", half.build().init(jax.random.key(0), jnp.ones((1, 8), jnp.int32))["params"], half)
+    checkpoints.save_model(tmp_path / "half", half.build().init(jax.random.key(0), jnp.ones((1, 8), jnp.int32))["params"], half)
     cfg.init_checkpoint = str(tmp_path / "half")
     with pytest.raises(ValueError, match="matching head counts: teacher .* has 4 heads, the student 2"):
         train.train_and_evaluate(cfg, tmp_path / "run")
@@ -163,7 +163,7 @@ def test_config_errors_are_clear():
     c = common.base_config("mrpc")
     c.kd.mode = "distill"
     with pytest.raises(ValueError, match="allowed"):
-        train.phases_for(c)
+        resolve.phases_for(c)
     with pytest.raises(ValueError, match="Unknown GLUE task 'squad'; expected one of cola"):
         common.base_config("squad")
 

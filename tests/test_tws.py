@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from binarybert_jax import quant, storage, tws
+from binarybert_jax import quant, checkpoints, tws
 from binarybert_jax.model import BertConfig, ModelSpec, QuantConfig
 from launch import split as split_main
 
@@ -314,7 +314,7 @@ def test_unknown_only_path_is_an_error():
 def test_launch_split_round_trip(tmp_path, capsys):
     spec = _ternary_spec(act_bits=8)
     params = _trained_like_params(spec, seed=2)
-    storage.save_model(tmp_path / "ternary", params, spec, {"stage": "ternary", "task": "mrpc"})
+    checkpoints.save_model(tmp_path / "ternary", params, spec, {"stage": "ternary", "task": "mrpc"})
     only_file = tmp_path / "only.txt"
     only_file.write_text("# matrices to split\nencoder/layer_0/ffn/output\npooler/dense, "
                          "embeddings/word_embeddings\n")
@@ -322,7 +322,7 @@ def test_launch_split_round_trip(tmp_path, capsys):
                                "--only", str(only_file), "--separate-act-quantizers"])
     line = capsys.readouterr().out.strip()
     assert "split 3/14 matrices" in line and f"{summary['params_after']:,}" in line
-    new_params, new_spec, info = storage.load_model(tmp_path / "tws")
+    new_params, new_spec, info = checkpoints.load_model(tmp_path / "tws")
     expected_params, expected_spec = tws.split_params(
         params, spec, only={"encoder/layer_0/ffn/output", "pooler/dense", tws.EMBEDDING_PATH},
         shared_act=False)

@@ -1,0 +1,60 @@
+"""Where arrays live: the ``data`` mesh, replicated parameters, and this host's slice of a batch.
+
+Data parallelism only: one mesh axis, ``data``, over every device of every host. Parameters and
+optimizer state are replicated; batches are split along their first axis. The per-device programs
+(the train step, the predict step) are ``jax.shard_map`` functions over this mesh with
+``lax.pmean`` collectives, as pmap code had.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping, Optional
+
+import jax
+import numpy as np
+from jax.sharding import NamedSharding, PartitionSpec as P
+
+DATA_AXIS = "data"
+# The arrays a BERT forward takes, in its positional order (BertModel.__call__).
+MODEL_INPUTS = ("input_ids", "token_type_ids", "attention_mask")
+# What the loss and metrics read besides the inputs.
+LOSS_INPUTS = ("labels", "example_mask")
+
+
+def make_mesh(num_devices: Optional[int] = None) -> jax.sharding.Mesh:
+    """A 1-D ``data`` mesh over all (or the first ``num_devices``) devices of all hosts."""
+    devices = jax.devices()[: num_devices or jax.device_count()]
+    return jax.sharding.Mesh(np.asarray(devices), (DATA_AXIS,))
+
+
+def replicate(tree: Any, mesh: jax.sharding.Mesh) -> Any:
+    """``tree`` on every device of ``mesh`` (parameters, optimizer state, the teacher)."""
+    return jax.device_put(tree, NamedSharding(mesh, P()))
+
+
+def shard_batch(batch: Mapping[str, Any], mesh: jax.sharding.Mesh) -> dict:
+    """Places this host's slice of the global batch on its devices (global arrays over ``data``)."""
+    sharding = NamedSharding(mesh, P(DATA_AXIS))
+    return {k: jax.make_array_from_process_local_data(sharding, np.asarray(v)) for k, v in batch.items()}
+
+
+def model_inputs(batch: Mapping[str, Any]) -> list:
+    """The forward's positional inputs of ``batch``, in order."""
+    return [batch[k] for k in MODEL_INPUTS]
+
+
+def model_batch(batch: Mapping[str, Any]) -> dict:
+    """The keys of a host batch that the model and its losses read (drops bookkeeping such as
+    ``example_index``, which is not sharded onto devices)."""
+    missing = [k for k in MODEL_INPUTS if k not in batch]
+    if missing:
+        raise ValueError(f"a model batch needs {MODEL_INPUTS}; missing {missing}")
+    return {k: batch[k] for k in MODEL_INPUTS + LOSS_INPUTS if k in batch}
+
+
+def gather_to_host(x: Any) -> np.ndarray:
+    """A sharded global array as one numpy array on every host (all-gathered across processes)."""
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+        return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+    return np.asarray(x)
