@@ -29,7 +29,8 @@ top level are an error (the pipeline sets them per stage).
 ReLU students, as the released 4-bit scripts); ``full`` (the whole task and the released scripts'
 hyperparameters: batch 16; ternary lr 2.5e-5 / 1e-5, binary 1.25e-4 / 5e-5, 2 epochs per stage; adds
 the full-width BWN row); ``bwn``, ``bwn_full``, ``adaptive`` (include those stages; ``bwn`` and
-``adaptive`` on by default); ``tiny`` (a 1-layer-sized smoke run: data slice, short stages).
+``adaptive`` on by default); ``epochs`` (epochs per KD stage of every ternary and binary stage,
+e.g. ``epochs=1`` where CPU time is short; 0 keeps the recipe's); ``tiny`` (a 1-layer-sized smoke run: data slice, short stages).
 """
 
 import pathlib
@@ -58,7 +59,7 @@ def _train_stage(c, description, *, teacher, init, mode, quant, hyper, attention
 
 def get_config(arg=None):
     a = common.parse_arg(arg, task="sst-2", act_bits=8, full=False, bwn=True, bwn_full=False,
-                         adaptive=True, tiny=False)
+                         adaptive=True, epochs=0.0, tiny=False)
     c = common.base_config(a.task)
     act = dict(act_bits=a.act_bits, act_method="lsq" if a.act_bits <= 4 else "uniform",
                # Bucketed batches carry little padding; ranges and losses ignore what there is, so
@@ -109,6 +110,10 @@ def get_config(arg=None):
         baselines=True))  # min / random / max orders at the same budget
     s.adaptive = _train_stage(c, "adaptive split at {budget_mb:.2f} MiB", teacher="half",
                               init="adaptive_init", mode="two_stage", quant=binary_q, hyper=binary_h)
+
+    if a.epochs:
+        for name in ("ternary", "tws", "bwn", "bwn_full", "adaptive"):
+            s[name].stage1.epochs = s[name].stage2.epochs = a.epochs
 
     order = ["teacher", "half_pruned", "half", "ternary", "tws_init", "tws"]
     order += ["bwn"] * a.bwn + ["bwn_full"] * (a.bwn_full or a.full)
