@@ -22,16 +22,21 @@ checkpoint under the final name.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import pathlib
 import shutil
+import time
 from typing import Any, Optional
 
 import jax
 import numpy as np
 from jax.experimental import multihost_utils
 
+from binarybert_jax.errors import UserError
 from binarybert_jax.model import ModelSpec
+
+log = logging.getLogger(__name__)
 
 MODEL_FORMAT = "binarybert-jax/model"
 MODEL_FORMAT_VERSION = 1
@@ -94,7 +99,7 @@ def read_json(path: str | os.PathLike) -> Any:
     try:
         return json.loads(path.read_text())
     except json.JSONDecodeError as e:
-        raise ValueError(f"{path}: not valid JSON ({e}); was the file cut short?") from None
+        raise UserError(f"{path}: not valid JSON ({e}); was the file cut short?") from None
 
 
 def write_figure(path: str | os.PathLike, fig, dpi: int = 120) -> None:
@@ -149,12 +154,13 @@ def read_model_meta(directory: str | os.PathLike) -> dict:
     """Reads and validates ``model.json`` of a model checkpoint."""
     path = pathlib.Path(directory) / "model.json"
     if not path.is_file():
-        raise FileNotFoundError(f"{path} not found: {directory} is not a binarybert-jax model checkpoint")
-    meta = json.loads(path.read_text())
-    if meta.get("format") != MODEL_FORMAT:
-        raise ValueError(f"{path}: format {meta.get('format')!r} is not {MODEL_FORMAT!r}")
+        raise UserError(f"{path} not found: {directory} is not a binarybert-jax model checkpoint")
+    meta = read_json(path)
+    if not isinstance(meta, dict) or meta.get("format") != MODEL_FORMAT:
+        raise UserError(f"{path}: format {meta.get('format') if isinstance(meta, dict) else None!r} "
+                        f"is not {MODEL_FORMAT!r}")
     if meta.get("version") != MODEL_FORMAT_VERSION:
-        raise ValueError(f"{path}: version {meta.get('version')!r} is not supported "
+        raise UserError(f"{path}: version {meta.get('version')!r} is not supported "
                          f"(this code reads version {MODEL_FORMAT_VERSION})")
     return meta
 
@@ -181,7 +187,8 @@ class TrainCheckpoints:
     Each step directory holds ``state`` (params, optimizer state, step) and ``meta`` (JSON: the
     phase's progress and anything the loop wants back on resume). Orbax writes to a temporary
     directory and renames it when complete, so a crash mid-save leaves the previous checkpoint as
-    the latest one.
+    the latest one. A step that cannot be restored, or whose parameters gave a non-finite loss, is
+    moved aside (``set_aside``) into a sibling directory, never deleted, and the one before it used.
     """
 
     def __init__(self, directory: str | os.PathLike, max_to_keep: int = 2):
@@ -196,6 +203,9 @@ class TrainCheckpoints:
 
     def latest_step(self) -> Optional[int]:
         return self._manager.latest_step()
+
+    def all_steps(self) -> list[int]:
+        return sorted(self._manager.all_steps())
 
     def save(self, step: int, state: Any, meta: dict) -> None:
         ocp = self._ocp
@@ -214,8 +224,84 @@ class TrainCheckpoints:
             state=ocp.args.StandardRestore(target), meta=ocp.args.JsonRestore()))
         return restored["state"], restored["meta"]
 
+    def restore_latest(self, abstract_state: Any) -> Optional[tuple[int, Any, dict]]:
+        """The newest readable checkpoint as ``(step, state, meta)``, or None when there is none.
+
+        An unreadable step (a truncated array file, missing metadata, a tree that does not fit the
+        model) is moved aside with a warning naming it and the reason, and the previous one tried.
+        """
+        for step in reversed(self.all_steps()):
+            try:
+                state, meta = self.restore(step, abstract_state)
+                return step, state, meta
+            except Exception as e:  # noqa: BLE001 - any failure to read means: not usable
+                reason = str(e).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__
+                where = self.set_aside(step, "unreadable")
+                log.warning("checkpoint step %d in %s is unreadable (%s: %s); moved it to %s and "
+                            "falling back to the previous one", step, self.directory,
+                            type(e).__name__, reason, where)
+        return None
+
+    def set_aside(self, step: int, why: str) -> Optional[pathlib.Path]:
+        """Moves step ``step`` out of the manager's view into ``<directory>_<why>/`` (kept, not
+        deleted); returns where it went (None on processes other than 0)."""
+        where = None
+        if is_writer():
+            src = self.directory / str(step)
+            aside = self.directory.with_name(f"{self.directory.name}_{why}")
+            aside.mkdir(parents=True, exist_ok=True)
+            where = aside / f"{step}-{time.strftime('%Y%m%d-%H%M%S')}"
+            os.replace(src, where)
+        sync(f"set_aside:{self.directory}:{step}")
+        self._manager.reload()
+        return where
+
     def close(self) -> None:
         self._manager.close()
+
+
+class WorkdirLock:
+    """An exclusive lock on a workdir for one run (process 0): a second run in the same workdir is
+    refused with a message naming the holder. The operating system releases it when the process
+    exits, however it exits, so a lock is never stale."""
+
+    FILE = ".lock"
+
+    def __init__(self, workdir: str | os.PathLike):
+        self.path = pathlib.Path(workdir) / self.FILE
+        self._fd: Optional[int] = None
+
+    def acquire(self) -> "WorkdirLock":
+        if not is_writer():
+            return self
+        import fcntl
+        import socket
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            holder = os.read(fd, 4096).decode(errors="replace").strip() or "another process"
+            os.close(fd)
+            raise UserError(f"{self.path.parent} is in use by {holder} (lock {self.path}); wait for that "
+                            "run to finish or stop it, or use another --workdir") from None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"process {os.getpid()} on {socket.gethostname()} since "
+                     f"{time.strftime('%Y-%m-%d %H:%M:%S')}".encode())
+        self._fd = fd
+        return self
+
+    def release(self) -> None:
+        if self._fd is not None:
+            import fcntl
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+            os.close(self._fd)
+            self._fd = None
+
+    def __enter__(self) -> "WorkdirLock":
+        return self.acquire()
+
+    def __exit__(self, *exc) -> None:
+        self.release()
 
 
 class MetricWriter:

@@ -81,6 +81,7 @@ import jax
 import numpy as np
 
 from binarybert_jax import hf_import, quant, size
+from binarybert_jax.errors import UserError
 from binarybert_jax.model import ModelSpec
 
 FORMAT = "binarybert-jax/packed"
@@ -93,11 +94,11 @@ _ULP_SEARCH = (0, -1, 1, -2, 2, -3, 3)
 _TOP_LEVELS_TRIED = 16
 
 
-class PackedFormatError(ValueError):
+class PackedFormatError(UserError):
     """A packed file that cannot be read; the message names the file and the tensor."""
 
 
-class ExportError(ValueError):
+class ExportError(UserError):
     """Parameters that cannot be exported exactly; the message names the tensor."""
 
 

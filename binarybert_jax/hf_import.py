@@ -15,6 +15,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
+from binarybert_jax.errors import UserError
 from binarybert_jax.model import BertConfig
 from binarybert_jax.trees import flatten, unflatten  # noqa: F401  (re-exported)
 
@@ -43,7 +44,7 @@ _TOP_MAP = {
 }
 
 
-class CheckpointError(ValueError):
+class CheckpointError(UserError):
     """A checkpoint that cannot be imported; the message says which file and key."""
 
 

@@ -32,6 +32,7 @@ import numpy as np
 
 from binarybert_jax import adaptive, checkpoints, evaluate, flops, halfwidth, metrics, resolve, size, train, tws
 from binarybert_jax.data import batching, glue
+from binarybert_jax.errors import UserError
 from binarybert_jax.model import ModelSpec
 from binarybert_jax.sharding import make_mesh, model_batch
 from binarybert_jax.tokenizer import load_tokenizer
@@ -66,7 +67,7 @@ class StageResult:
     workdir: Optional[str] = None  # the training run's workdir, for the training curves
 
 
-class PipelineConfigError(ValueError):
+class PipelineConfigError(UserError):
     """The pipeline config declares something the pipeline cannot run."""
 
 

@@ -21,13 +21,142 @@ import jax.numpy as jnp
 
 from binarybert_jax import assets, checkpoints, hf_import, kd
 from binarybert_jax.data import encode, glue
-from binarybert_jax.model import BertConfig, BertModel, ModelSpec, QuantConfig
+from binarybert_jax.errors import ConfigError, UserError
+from binarybert_jax.model import ACTIVATIONS, BertConfig, BertModel, ModelSpec, QuantConfig
 from binarybert_jax.trees import flatten
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 # The structure of a split model's parameters (two planes per split matrix) is fixed by the
 # checkpoint it starts from, as the width is; a config cannot change it.
 SPLIT_FIELDS = ("split", "unsplit", "split_shared_act")
+
+
+# ---------------------------------------------------------------------------------------------
+# Validation: every numeric and enumerated setting, checked before anything is built or written.
+# ---------------------------------------------------------------------------------------------
+_RANGES = (
+    # (key, test, what is allowed)
+    ("max_seq_length", lambda v: v >= 0, "≥ 0 (0: the task's default)"),
+    ("train_limit", lambda v: v >= 0, "≥ 0 (0: all examples)"),
+    ("eval_limit", lambda v: v >= 0, "≥ 0 (0: all examples)"),
+    ("bucket_lengths", lambda v: all(int(b) > 0 for b in v), "positive lengths, e.g. (32,64,128), or ()"),
+    ("student.width", lambda v: 0 < v <= 1, "in (0, 1]"),
+    ("student.hidden_act", lambda v: v in ("",) + ACTIVATIONS, f"one of {('',) + ACTIVATIONS}"),
+    ("student.dropout", lambda v: v < 1, "< 1 (negative: the backbone's dropout)"),
+    ("kd.mode", lambda v: v in kd.MODES, f"one of {kd.MODES}"),
+    ("kd.temperature", lambda v: v > 0, "> 0"),
+    ("batch_size", lambda v: v >= 1, "≥ 1"),
+    ("eval_batch_size", lambda v: v >= 1, "≥ 1"),
+    ("warmup_proportion", lambda v: 0 <= v <= 1, "in [0, 1]"),
+    ("weight_decay", lambda v: v >= 0, "≥ 0"),
+    ("quant_learning_rate", lambda v: v >= 0, "≥ 0"),
+    ("clip_grad_norm", lambda v: v >= 0, "≥ 0 (0: off)"),
+    ("adam_eps", lambda v: v > 0, "> 0"),
+    ("dtype", lambda v: v in DTYPES, f"one of {tuple(DTYPES)}"),
+    ("eval_every_steps", lambda v: v >= 0, "≥ 0 (0: once per epoch)"),
+    ("checkpoint_every_steps", lambda v: v >= 0, "≥ 0 (0: no periodic checkpoints, only the final one)"),
+    ("log_every_steps", lambda v: v >= 1, "≥ 1 (losses are checked for NaN and logged this often)"),
+    ("max_to_keep", lambda v: v >= 1, "≥ 1"),
+    ("stop_after_steps", lambda v: v >= 0, "≥ 0 (0: run to the end)"),
+)
+
+
+def _get(config, dotted: str):
+    node = config
+    for part in dotted.split("."):
+        node = node[part]
+    return node
+
+
+def validate(config) -> None:
+    """Raises ConfigError naming every setting outside its allowed range (before any work)."""
+    problems = []
+    for key, ok, allowed in _RANGES:
+        try:
+            value = _get(config, key)
+        except (KeyError, AttributeError):
+            continue  # not part of this config (a caller's own schema); nothing to check
+        try:
+            good = bool(ok(value))
+        except (TypeError, ValueError):
+            good = False
+        if not good:
+            problems.append(f"--config.{key}={value!r} (allowed: {allowed})")
+    try:
+        glue.get_task(config.task)
+    except ValueError as e:
+        problems.append(f"--config.task: {e}")
+    if config.kd.mode in kd.MODES:
+        for phase in phases_for(config):
+            stage = "stage1" if phase.objective == "intermediate" else "stage2"
+            if not phase.epochs > 0:
+                problems.append(f"--config.{stage}.epochs={phase.epochs!r} (allowed: > 0)")
+            if not phase.learning_rate > 0:
+                problems.append(f"--config.{stage}.learning_rate={phase.learning_rate!r} (allowed: > 0)")
+    try:
+        q = dict(config.student.quant)
+        q["unsplit"] = tuple(q.get("unsplit", ()))
+        QuantConfig.from_dict(q)
+    except (ValueError, TypeError) as e:
+        problems.append(f"--config.student.quant: {e}")
+    if problems:
+        raise ConfigError("invalid config: " + "; ".join(problems))
+
+
+# The settings that make a run what it is: resuming a workdir with any of them changed would mix
+# two runs in one (other data, another model, other batches). Learning rates, evaluation and
+# checkpoint cadence, limits on evaluation and paths to the same data may change on a resume.
+RUN_IDENTITY = ("task", "max_seq_length", "train_limit", "batch_size", "seed", "group_by_length",
+                "pretrained", "teacher", "init_checkpoint", "student", "kd.mode", "kd.attention",
+                "kd.ignore_padding", "stage1.epochs", "stage2.epochs", "dtype")
+
+
+def _flat(tree: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in tree.items():
+        if isinstance(v, dict):
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = list(v) if isinstance(v, tuple) else v
+    return out
+
+
+def check_resume(recorded: dict, config, workdir) -> None:
+    """Raises ConfigError when ``config`` differs from the config ``workdir`` recorded in a setting
+    of ``RUN_IDENTITY``, naming each such key with its recorded and new value."""
+    old, new = _flat(recorded), _flat(config.to_dict())
+    changed = []
+    for key in sorted(set(old) | set(new)):
+        if not any(key == k or key.startswith(k + ".") for k in RUN_IDENTITY):
+            continue
+        if key in old and key in new and old[key] != new[key]:
+            changed.append(f"{key}: {old[key]!r} -> {new[key]!r}")
+    if changed:
+        raise ConfigError(f"{workdir} holds a run with another config ({'; '.join(changed)}): resuming "
+                          "would mix two runs. Use a new --workdir, or the recorded settings "
+                          f"({pathlib.Path(workdir) / 'config.json'})")
+
+
+def recorded_task(info: dict) -> Optional[str]:
+    """The task a checkpoint was trained on, following derived checkpoints (pruned, split) back to
+    their source; None when nothing recorded it (e.g. an imported backbone)."""
+    while isinstance(info, dict):
+        if info.get("task"):
+            return info["task"]
+        info = info.get("source_info")
+    return None
+
+
+def check_checkpoint_task(path: str, spec: ModelSpec, info: dict, task: glue.TaskSpec, role: str) -> None:
+    """Raises ConfigError when checkpoint ``path`` (the run's ``role``: teacher, init, model) was
+    trained for another task or has a head that cannot serve ``task``."""
+    trained_on = recorded_task(info)
+    if trained_on and glue.get_task(trained_on).name != task.name:
+        raise ConfigError(f"the {role} {path} was trained on {trained_on}, but this run is {task.name}: "
+                          f"use a {task.name} checkpoint (or set --config.task={trained_on})")
+    if spec.head != "classification" or spec.num_labels != task.num_labels:
+        raise ConfigError(f"the {role} {path} has a {spec.head} head with {spec.num_labels} outputs; "
+                          f"{task.name} needs {task.num_labels}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -54,12 +183,12 @@ def phases_for(config) -> list[Phase]:
     if mode in ("prediction", "joint", "supervised"):
         name = {"prediction": "stage2", "joint": "joint", "supervised": "finetune"}[mode]
         return [Phase(name, mode, s2.epochs, s2.learning_rate)]
-    raise ValueError(f"config.kd.mode={mode!r}; allowed: {kd.MODES}")
+    raise ConfigError(f"config.kd.mode={mode!r}; allowed: {kd.MODES}")
 
 
 def dtype(config):
     if config.dtype not in DTYPES:
-        raise ValueError(f"config.dtype={config.dtype!r}; allowed: {sorted(DTYPES)}")
+        raise ConfigError(f"config.dtype={config.dtype!r}; allowed: {sorted(DTYPES)}")
     return DTYPES[config.dtype]
 
 
@@ -85,7 +214,13 @@ def init_source(config) -> str:
 def init_spec(config) -> Optional[ModelSpec]:
     """The spec of the checkpoint the student starts from, or None for the pretrained weights."""
     source = init_source(config)
-    return checkpoints.load_model_spec(source) if source else None
+    if not source:
+        return None
+    meta = checkpoints.read_model_meta(source)
+    spec = ModelSpec.from_dict(meta["spec"])
+    check_checkpoint_task(source, spec, meta.get("info", {}), glue.get_task(config.task),
+                          "init checkpoint" if config.init_checkpoint else "teacher (the student's start)")
+    return spec
 
 
 def backbone(config) -> BertConfig:
@@ -95,7 +230,7 @@ def backbone(config) -> BertConfig:
     if start is None:
         return hf_import.read_hf_config(resolve_pretrained(config))
     if config.student.width != 1.0:
-        raise ValueError(f"--config.student.width={config.student.width} with an init checkpoint: "
+        raise ConfigError(f"--config.student.width={config.student.width} with an init checkpoint: "
                          f"{init_source(config)} fixes the architecture; leave width at 1.0")
     return start.config
 
@@ -110,13 +245,13 @@ def _student_quant(config, start: Optional[ModelSpec]) -> QuantConfig:
         # A split checkpoint (launch.split, the pipeline's split stages) holds two binary planes
         # per split matrix: the student trains that structure with BWN weights.
         if (quant_cfg.weight_method, quant_cfg.weight_bits) != ("bwn", 1):
-            raise ValueError(
+            raise ConfigError(
                 f"{init_source(config)} is a split binary model: its student needs "
                 f"--config.student.quant.weight_method=bwn and weight_bits=1 (got "
                 f"{quant_cfg.weight_method!r}, {quant_cfg.weight_bits})")
         quant_cfg = dataclasses.replace(quant_cfg, **{f: getattr(start.quant, f) for f in SPLIT_FIELDS})
     elif quant_cfg.split:
-        raise ValueError("--config.student.quant.split=True needs a split init checkpoint (written by "
+        raise ConfigError("--config.student.quant.split=True needs a split init checkpoint (written by "
                          "launch.split or the pipeline's split stage); the split structure comes from it")
     return quant_cfg
 
@@ -152,7 +287,7 @@ def load_init_params(config, init_params, previous: Optional[pathlib.Path]):
     else:
         pretrained = resolve_pretrained(config)
         if config.student.width != 1.0:
-            raise ValueError(
+            raise ConfigError(
                 f"the student has width {config.student.width} but would start from the full-width "
                 f"pretrained checkpoint {pretrained}: give --config.init_checkpoint a half-width "
                 "model (made by the half-width stage of the pipeline)")
@@ -170,10 +305,11 @@ def load_teacher(config, student: ModelSpec) -> Optional[tuple[BertModel, Any, M
     """
     if not config.teacher:
         return None
-    params, spec, _ = checkpoints.load_model(config.teacher)
+    params, spec, info = checkpoints.load_model(config.teacher)
+    check_checkpoint_task(config.teacher, spec, info, glue.get_task(config.task), "teacher")
     uses_attention = config.kd.attention and config.kd.mode in ("two_stage", "joint", "intermediate")
     if uses_attention and spec.config.num_heads != student.config.num_heads:
-        raise ValueError(
+        raise ConfigError(
             f"attention-score distillation needs matching head counts: teacher {config.teacher} has "
             f"{spec.config.num_heads} heads, the student {student.config.num_heads}; use a "
             "teacher of the student's width or --config.kd.attention=False")
@@ -183,7 +319,7 @@ def load_teacher(config, student: ModelSpec) -> Optional[tuple[BertModel, Any, M
 def resolve_data_dir(config) -> pathlib.Path:
     d = config.data_dir or glue.glue_dir()
     if not d:
-        raise ValueError("no GLUE data: set --config.data_dir=DIR or $GLUE_DIR (the official GLUE "
+        raise ConfigError("no GLUE data: set --config.data_dir=DIR or $GLUE_DIR (the official GLUE "
                          "layout, e.g. DIR/MRPC/train.tsv); binarybert_jax.data.glue.download_glue "
                          "fetches a task where the network allows")
     return pathlib.Path(d)
@@ -200,4 +336,13 @@ def load_data(config, task: glue.TaskSpec, tokenizer) -> tuple[dict, dict]:
     evals = {s: encode.load_encoded_split(tokenizer, task, s, data_dir=data_dir, max_length=max_len,
                                           cache_dir=cache, limit=config.eval_limit or None)
              for s in eval_splits}
+    _check_not_empty(task, data_dir, {"train": train, **evals})
     return train, evals
+
+
+def _check_not_empty(task: glue.TaskSpec, data_dir, splits: dict) -> None:
+    """A split without examples (e.g. a header-only file) is an error before any training."""
+    for split, arrays in splits.items():
+        if len(arrays["input_ids"]) == 0:
+            raise UserError(f"the {split} split of {task.name} under {data_dir} has no examples (a "
+                            "header-only or empty file?)")

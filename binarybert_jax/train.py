@@ -22,6 +22,8 @@ import logging
 import math
 import os
 import pathlib
+import signal
+import threading
 import time
 from typing import Any, Callable, Iterator, NamedTuple, Optional
 
@@ -34,6 +36,7 @@ from jax.sharding import PartitionSpec as P
 
 from binarybert_jax import checkpoints, evaluate, kd, metrics, optim, resolve
 from binarybert_jax.data import batching, glue
+from binarybert_jax.errors import ConfigError, UserError
 from binarybert_jax.model import BertModel, ModelSpec, calibrate_lsq_steps
 from binarybert_jax.sharding import (DATA_AXIS, make_mesh, model_batch, model_inputs, replicate,
                                      shard_batch)
@@ -50,6 +53,51 @@ class TrainState(NamedTuple):
 
 class NonFiniteLossError(FloatingPointError):
     """The loss became NaN or Inf; the message names the step and the last good checkpoint."""
+
+    def __init__(self, message: str, step: int):
+        super().__init__(message)
+        self.step = step
+
+
+class Interrupted(Exception):
+    """SIGINT or SIGTERM stopped the run after saving a checkpoint at ``step``."""
+
+    def __init__(self, signum: int, phase: str, step: int, workdir):
+        name = signal.Signals(signum).name
+        super().__init__(f"interrupted ({name}) in phase {phase}; a checkpoint was saved at step {step}: "
+                         f"resume with the same command (workdir {workdir})")
+        self.signum, self.step = signum, step
+
+    @property
+    def exit_code(self) -> int:
+        return 128 + self.signum  # 130 for SIGINT, 143 for SIGTERM, as shells report them
+
+
+class _StopSignals:
+    """While active, the first SIGINT/SIGTERM only sets ``received`` (the loop checkpoints and
+    stops at the end of the step); a second SIGINT exits at once."""
+
+    def __init__(self):
+        self.received: Optional[int] = None
+        self._previous: dict = {}
+
+    def _handle(self, signum, frame):
+        if self.received is not None and signum == signal.SIGINT:
+            signal.signal(signal.SIGINT, signal.SIG_DFL)
+            raise KeyboardInterrupt
+        self.received = signum
+        log.warning("%s received: saving a checkpoint after this step (Ctrl-C again to exit at once)",
+                    signal.Signals(signum).name)
+
+    def __enter__(self) -> "_StopSignals":
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
 
 
 # ==============================================================================================
@@ -113,7 +161,7 @@ def make_train_step(student: BertModel, teacher: Optional[BertModel], tx: optax.
 def _epoch_batches(arrays, config, epoch, start_batch) -> Iterator[dict]:
     buckets = tuple(config.bucket_lengths) or None
     if config.group_by_length and buckets is None:
-        raise ValueError("--config.group_by_length=True needs --config.bucket_lengths: grouping "
+        raise ConfigError("--config.group_by_length=True needs --config.bucket_lengths: grouping "
                          "similar lengths only saves work when batches are cut to a bucket")
     return batching.iterate_batches(arrays, config.batch_size, shuffle=True, seed=config.seed,
                                     epoch=epoch, start_batch=start_batch, bucket_lengths=buckets,
@@ -123,14 +171,30 @@ def _epoch_batches(arrays, config, epoch, start_batch) -> Iterator[dict]:
 # ==============================================================================================
 # The loop.
 # ==============================================================================================
-def _check_finite(fetched: list, phase: str, last_saved: Optional[int], ckpt_dir) -> None:
-    """Raises NonFiniteLossError at the first non-finite loss of ``fetched`` ``[(step, measurements)]``."""
+def _check_finite(fetched: list, phase: str) -> None:
+    """Raises NonFiniteLossError at the first non-finite loss of ``fetched`` ``[(step, measurements)]``
+    (``step`` counts the updates before it: the loss of the parameters checkpointed at ``step``)."""
     for step, m in fetched:
         if not np.isfinite(m["total"]):
-            raise NonFiniteLossError(
-                f"phase {phase}: the loss is {m['total']} at step {step}; stopped. The last good "
-                f"checkpoint is step {last_saved} in {ckpt_dir} (rerun to resume from it, e.g. with a "
-                "lower learning rate)")
+            raise NonFiniteLossError(f"phase {phase}: the loss is {m['total']} at step {step}", step)
+
+
+def _stop_on_nonfinite(e: NonFiniteLossError, ckpts: checkpoints.TrainCheckpoints) -> NonFiniteLossError:
+    """Sets aside every checkpoint whose parameters gave (or followed) the non-finite loss, so a rerun
+    resumes from the last good one, and returns the error naming it."""
+    poisoned = [s for s in ckpts.all_steps() if s >= e.step]
+    for s in poisoned:
+        ckpts.set_aside(s, "nonfinite")
+    good = ckpts.latest_step()
+    aside = (f" Checkpoints {poisoned} hold those parameters; they were moved to "
+             f"{ckpts.directory.name}_nonfinite/." if poisoned else "")
+    if good is None:
+        where = ("no good checkpoint yet: a rerun starts this phase again from its initial parameters "
+                 "(e.g. with a lower learning rate).")
+    else:
+        where = (f"the last good checkpoint is step {good} in {ckpts.directory}: a rerun resumes from it "
+                 "(e.g. with a lower learning rate).")
+    return NonFiniteLossError(f"{e}; stopped, nothing saved from it.{aside} {where}", e.step)
 
 
 def _log_mean(writer: checkpoints.MetricWriter, phase: str, fetched: list) -> None:
@@ -151,7 +215,18 @@ def _schedules(config, phase: resolve.Phase, total_steps: int):
 def train_phase(config, workdir: pathlib.Path, phase: resolve.Phase, spec: ModelSpec, task: glue.TaskSpec,
                 train_arrays: dict, eval_sets: dict, teacher, mesh, writer: checkpoints.MetricWriter,
                 previous: Optional[pathlib.Path]) -> dict:
-    """Runs (or resumes, or skips when complete) one phase; returns its results entry."""
+    """Runs (or resumes, or skips when complete) one phase; returns its results entry.
+
+    SIGINT and SIGTERM are held from here on: the step in flight finishes, a checkpoint is saved
+    and ``Interrupted`` raised (a second SIGINT exits at once).
+    """
+    with _StopSignals() as signals:
+        return _train_phase(config, workdir, phase, spec, task, train_arrays, eval_sets, teacher, mesh,
+                            writer, previous, signals)
+
+
+def _train_phase(config, workdir, phase, spec, task, train_arrays, eval_sets, teacher, mesh, writer,
+                 previous, signals: _StopSignals) -> dict:
     phase_dir = workdir / phase.name
     final_dir, best_dir = phase_dir / "final", phase_dir / "best"
     results_file = phase_dir / "results.json"
@@ -163,7 +238,7 @@ def train_phase(config, workdir: pathlib.Path, phase: resolve.Phase, spec: Model
     steps_per_epoch = batching.num_batches(len(train_arrays["input_ids"]), config.batch_size,
                                            drop_remainder=True)
     if steps_per_epoch == 0:
-        raise ValueError(f"{len(train_arrays['input_ids'])} training examples cannot fill one batch "
+        raise ConfigError(f"{len(train_arrays['input_ids'])} training examples cannot fill one batch "
                          f"of {config.batch_size}")
     total_steps = max(1, int(math.ceil(phase.epochs * steps_per_epoch)))
     schedule, tx = _schedules(config, phase, total_steps)
@@ -180,9 +255,10 @@ def train_phase(config, workdir: pathlib.Path, phase: resolve.Phase, spec: Model
 
     # ---- Restore or initialise -------------------------------------------------------------
     ckpts = checkpoints.TrainCheckpoints(phase_dir / "ckpt", max_to_keep=config.max_to_keep)
-    latest = ckpts.latest_step()
-    if latest is not None:
-        state, meta = ckpts.restore(latest, abstract_state)
+    restored = ckpts.restore_latest(abstract_state)
+    latest = restored[0] if restored else None
+    if restored is not None:
+        _, state, meta = restored
         log.info("phase %s: resuming from step %d in %s", phase.name, latest, ckpts.directory)
     else:
         meta = {"best": None, "best_step": None}
@@ -199,7 +275,7 @@ def train_phase(config, workdir: pathlib.Path, phase: resolve.Phase, spec: Model
         teacher_model, teacher_params = None, None
     elif teacher_model is None:
         ckpts.close()
-        raise ValueError(f"kd.mode {config.kd.mode!r} distils from a teacher: set --config.teacher=CKPT "
+        raise ConfigError(f"kd.mode {config.kd.mode!r} distils from a teacher: set --config.teacher=CKPT "
                          "(a model checkpoint, e.g. the fine-tuned full-precision model)")
     train_step = make_train_step(student, teacher_model, tx, schedule, mesh,
                                  objective=phase.objective, is_regression=task.is_regression,
@@ -240,7 +316,7 @@ def train_phase(config, workdir: pathlib.Path, phase: resolve.Phase, spec: Model
                 # ---- Log ----
                 if step % config.log_every_steps == 0 or step == total_steps:
                     fetched, pending = jax.device_get(pending), []
-                    _check_finite(fetched, phase.name, last_saved, ckpts.directory)
+                    _check_finite(fetched, phase.name)
                     _log_mean(writer, phase.name, fetched)
                     now = time.perf_counter()
                     rate = window_examples / max(now - window_start, 1e-9)
@@ -250,6 +326,10 @@ def train_phase(config, workdir: pathlib.Path, phase: resolve.Phase, spec: Model
 
                 # ---- Evaluate ----
                 if evaluates and (step % eval_every == 0 or step == total_steps):
+                    fetched, pending = jax.device_get(pending), []  # never score a non-finite model
+                    _check_finite(fetched, phase.name)
+                    if fetched:
+                        _log_mean(writer, phase.name, fetched)
                     scores = evaluate.evaluate(predict_step, state.params, task, eval_sets,
                                                config.eval_batch_size, mesh, buckets)
                     writer.write(phase.name, step, {f"eval/{k}": v for k, v in scores.items()})
@@ -261,21 +341,24 @@ def train_phase(config, workdir: pathlib.Path, phase: resolve.Phase, spec: Model
 
                 # ---- Checkpoint ----
                 stopped_early = bool(config.stop_after_steps and run_steps >= config.stop_after_steps
-                                     and step < total_steps)
-                if (step % config.checkpoint_every_steps == 0 and step < total_steps) or stopped_early:
+                                     and step < total_steps) or signals.received is not None
+                periodic = config.checkpoint_every_steps and step % config.checkpoint_every_steps == 0
+                if (periodic and step < total_steps) or stopped_early:
                     # Never checkpoint parameters produced by a non-finite loss.
                     fetched, pending = jax.device_get(pending), []
-                    _check_finite(fetched, phase.name, last_saved, ckpts.directory)
+                    _check_finite(fetched, phase.name)
                     if fetched:
                         _log_mean(writer, phase.name, fetched)
                     ckpts.save(step, state, meta)
                     last_saved = step
+                if signals.received is not None:
+                    raise Interrupted(signals.received, phase.name, step, workdir)
                 if stopped_early:
                     log.info("phase %s: stopping after %d steps of this run (stop_after_steps); "
                              "rerun to resume", phase.name, run_steps)
                     break
         fetched = jax.device_get(pending)
-        _check_finite(fetched, phase.name, last_saved, ckpts.directory)
+        _check_finite(fetched, phase.name)
         if fetched:
             _log_mean(writer, phase.name, fetched)
 
@@ -288,6 +371,8 @@ def train_phase(config, workdir: pathlib.Path, phase: resolve.Phase, spec: Model
             ckpts.save(step, state, meta)
         checkpoints.save_model(final_dir, jax.device_get(state.params), spec,
                                {**record, "step": step, "dev": final_scores})
+    except NonFiniteLossError as e:
+        raise _stop_on_nonfinite(e, ckpts) from None
     finally:
         bar.close()
         ckpts.close()
@@ -305,18 +390,29 @@ def train_and_evaluate(config, workdir: str | os.PathLike) -> dict:
     """Runs every phase of ``config`` in ``workdir`` (resuming what is there) and returns the
     results: ``{"phases": [...], "best": ..., "final": ..., "best_checkpoint", "final_checkpoint"}``,
     or ``{"interrupted": True, "phase", "step"}`` after ``config.stop_after_steps``."""
-    # ---- Config, mesh, data ----------------------------------------------------------------
+    # ---- Config and workdir: everything checkable is checked before anything is written ---
+    resolve.validate(config)
     workdir = pathlib.Path(workdir)
-    if checkpoints.is_writer():
-        workdir.mkdir(parents=True, exist_ok=True)
-    checkpoints.sync(f"workdir:{workdir}")
-    checkpoints.write_text(workdir / "config.json", config.to_json_best_effort(indent=2, sort_keys=True))
+    if workdir.exists() and not workdir.is_dir():
+        raise UserError(f"--workdir {workdir} is a file, not a directory: pick another path")
     task = glue.get_task(config.task)
     mesh = make_mesh()
     if config.batch_size % mesh.size or config.eval_batch_size % mesh.size:
-        raise ValueError(f"batch_size {config.batch_size} and eval_batch_size {config.eval_batch_size} "
-                         f"must be multiples of the {mesh.size} devices")
+        raise ConfigError(f"batch_size {config.batch_size} and eval_batch_size {config.eval_batch_size} "
+                          f"must be multiples of the {mesh.size} devices")
     spec = resolve.student_spec(config, task)
+    if (workdir / "config.json").is_file():
+        resolve.check_resume(checkpoints.read_json(workdir / "config.json"), config, workdir)
+    if checkpoints.is_writer():
+        workdir.mkdir(parents=True, exist_ok=True)
+    checkpoints.sync(f"workdir:{workdir}")
+    with checkpoints.WorkdirLock(workdir):
+        checkpoints.write_text(workdir / "config.json", config.to_json_best_effort(indent=2, sort_keys=True))
+        return _run_phases(config, workdir, task, mesh, spec)
+
+
+def _run_phases(config, workdir: pathlib.Path, task: glue.TaskSpec, mesh, spec: ModelSpec) -> dict:
+    # ---- Data ------------------------------------------------------------------------------
     tokenizer = load_tokenizer(resolve.tokenizer_dir(config))
     train_arrays, eval_sets = resolve.load_data(config, task, tokenizer)
 

@@ -37,7 +37,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from binarybert_jax import quant, checkpoints
+from binarybert_jax import checkpoints, quant
+from binarybert_jax.errors import UserError
 from binarybert_jax.model import ModelSpec, splittable_paths
 
 EMBEDDING_PATH = "embeddings/word_embeddings"
@@ -278,6 +279,11 @@ def split_checkpoint(src_dir: str | os.PathLike, out_dir: str | os.PathLike, *,
       ``source`` path, the split/unsplit matrices, and the source's own info as ``source_info``.
     """
     src = pathlib.Path(src_dir).absolute()
+    out = pathlib.Path(out_dir).absolute()
+    if out == src or src in out.parents or out in src.parents:
+        # save_model replaces ``out`` whole: it would destroy the ternary checkpoint.
+        raise UserError(f"--out {out} overlaps the source checkpoint {src}: write the split model "
+                        "elsewhere (e.g. a sibling directory)")
     params, spec, src_info = checkpoints.load_model(src)
     new_params, new_spec = split_params(params, spec, only=only, shared_act=shared_act)
     candidates = candidate_paths(spec)

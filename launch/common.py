@@ -1,8 +1,20 @@
-"""Shared set-up of the absl mains."""
+"""Shared set-up of the mains: logging, flag parsing and the one-line handling of bad input.
+
+A ``UserError`` (bad input a person can fix), a non-finite loss and an interrupt end a main with
+one line on stderr and a distinct exit status; any other exception is a defect and keeps its
+traceback.
+"""
 
 from __future__ import annotations
 
+import difflib
+import importlib.util
 import logging
+import sys
+from typing import Callable, Sequence
+
+EXIT_USER_ERROR = 2
+EXIT_NONFINITE = 3
 
 
 def setup_logging() -> None:
@@ -15,3 +27,72 @@ def setup_logging() -> None:
     if not ours.handlers:
         ours.addHandler(logging.StreamHandler())
     ours.propagate = False
+
+
+def fail(message: str, code: int = EXIT_USER_ERROR):
+    print(f"error: {message}", file=sys.stderr)
+    sys.exit(code)
+
+
+def run_guarded(fn: Callable, *args, **kwargs):
+    """Calls ``fn``; bad input, a non-finite loss and an interrupt end the process with one line."""
+    from binarybert_jax.errors import UserError
+    from binarybert_jax.train import Interrupted, NonFiniteLossError
+    try:
+        return fn(*args, **kwargs)
+    except UserError as e:
+        fail(str(e))
+    except NonFiniteLossError as e:
+        fail(str(e), EXIT_NONFINITE)
+    except Interrupted as e:
+        print(str(e), file=sys.stderr)
+        sys.exit(e.exit_code)
+
+
+def _config_file(argv: Sequence[str]) -> tuple[str, str] | None:
+    for i, a in enumerate(argv):
+        value = a.split("=", 1)[1] if a.startswith("--config=") else (
+            argv[i + 1] if a == "--config" and i + 1 < len(argv) else None)
+        if value is not None:
+            path, _, arg = value.partition(":")
+            return path, arg
+    return None
+
+
+def _unknown_override(argv: Sequence[str]) -> str | None:
+    """For the first ``--config.a.b=v`` naming no key of the config file, a message with close keys."""
+    found = _config_file(argv)
+    if found is None:
+        return None
+    path, arg = found
+    spec = importlib.util.spec_from_file_location("_config_for_message", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    config = module.get_config(arg or None)
+    for a in argv:
+        if not a.startswith("--config."):
+            continue
+        dotted = a[len("--config."):].split("=", 1)[0]
+        node, walked = config, []
+        for part in dotted.split("."):
+            keys = list(node.keys()) if hasattr(node, "keys") else []
+            if part not in keys:
+                close = difflib.get_close_matches(part, keys, n=3)
+                where = ".".join(walked) or "the config"
+                hint = f"; did you mean {', '.join('--config.' + '.'.join(walked + [c]) for c in close)}?" if close else ""
+                return (f"{a}: {where} has no key {part!r} ({path}{':' + arg if arg else ''}){hint}")
+            node, walked = node[part], walked + [part]
+    return None
+
+
+def parse_flags(argv: Sequence[str]):
+    """absl's flag parsing, with an unknown ``--config.key`` reported in one line with close keys
+    (ml_collections raises it as a chained AttributeError deep inside its override code)."""
+    from absl import flags
+    try:
+        return flags.FLAGS(argv)
+    except (AttributeError, KeyError, TypeError) as e:
+        message = _unknown_override(list(argv)) or f"bad --config override: {e}"
+        fail(message)
+    except flags.Error as e:
+        fail(str(e))

@@ -27,8 +27,8 @@ def main(argv):
     if FLAGS.distributed:
         jax.distributed.initialize()
     from binarybert_jax import pipeline
-    pipeline.run_pipeline(FLAGS.config, FLAGS.workdir)
+    common.run_guarded(pipeline.run_pipeline, FLAGS.config, FLAGS.workdir)
 
 
 if __name__ == "__main__":
-    app.run(main)
+    app.run(main, flags_parser=common.parse_flags)

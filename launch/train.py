@@ -31,7 +31,7 @@ def main(argv):
     if FLAGS.distributed:
         jax.distributed.initialize()
     from binarybert_jax import train
-    results = train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+    results = common.run_guarded(train.train_and_evaluate, FLAGS.config, FLAGS.workdir)
     if jax.process_index() == 0:
         print(json.dumps({k: results.get(k) for k in ("task", "best", "final", "best_checkpoint",
                                                         "final_checkpoint", "interrupted", "step")
@@ -39,4 +39,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    app.run(main, flags_parser=common.parse_flags)
