@@ -20,7 +20,7 @@ from typing import Any, Optional
 import jax.numpy as jnp
 
 from binarybert_jax import assets, checkpoints, hf_import, kd
-from binarybert_jax.data import encode, glue
+from binarybert_jax.data import glue, loading
 from binarybert_jax.errors import ConfigError, UserError
 from binarybert_jax.model import ACTIVATIONS, BertConfig, BertModel, ModelSpec, QuantConfig
 from binarybert_jax.trees import flatten
@@ -316,27 +316,22 @@ def load_teacher(config, student: ModelSpec) -> Optional[tuple[BertModel, Any, M
     return spec.build(dtype(config)), params, spec
 
 
-def resolve_data_dir(config) -> pathlib.Path:
-    d = config.data_dir or glue.glue_dir()
-    if not d:
-        raise ConfigError("no GLUE data: set --config.data_dir=DIR or $GLUE_DIR (the official GLUE "
-                         "layout, e.g. DIR/MRPC/train.tsv); binarybert_jax.data.glue.download_glue "
-                         "fetches a task where the network allows")
-    return pathlib.Path(d)
-
-
 def load_data(config, task: glue.TaskSpec, tokenizer) -> tuple[dict, dict]:
-    """Tokenized train arrays and the evaluation splits (cached under the cache directory)."""
-    data_dir = resolve_data_dir(config)
-    cache = assets.cache_dir() / "tokenized"
-    max_len = config.max_seq_length or task.max_seq_length
-    train = encode.load_encoded_split(tokenizer, task, "train", data_dir=data_dir, max_length=max_len,
-                                      cache_dir=cache, limit=config.train_limit or None)
-    eval_splits = ("dev_matched", "dev_mismatched") if task.name == "mnli" else ("dev",)
-    evals = {s: encode.load_encoded_split(tokenizer, task, s, data_dir=data_dir, max_length=max_len,
-                                          cache_dir=cache, limit=config.eval_limit or None)
-             for s in eval_splits}
-    _check_not_empty(task, data_dir, {"train": train, **evals})
+    """Tokenized train arrays and the evaluation splits of ``config.data_source`` (cached under the
+    cache directory); an empty split is an error naming it."""
+    try:
+        loading.check_source(config.data_source)
+    except (ValueError, ImportError) as e:
+        raise ConfigError(f"--config.data_source={config.data_source!r}: {e}") from None
+    try:
+        train, evals = loading.load_task_data(
+            task, tokenizer, source=config.data_source, data_dir=config.data_dir,
+            max_length=config.max_seq_length or task.max_seq_length,
+            cache_dir=assets.cache_dir() / "tokenized", train_limit=config.train_limit,
+            eval_limit=config.eval_limit)
+    except (FileNotFoundError, ValueError) as e:  # the data layer's messages name file and row
+        raise UserError(str(e)) from None
+    _check_not_empty(task, config.data_dir or "$GLUE_DIR", {"train": train, **evals})
     return train, evals
 
 

@@ -59,7 +59,9 @@ def base_config(task: str = "mrpc") -> ml_collections.ConfigDict:
     spec = glue.get_task(task)
     c = ml_collections.ConfigDict()
     c.task = spec.name
-    c.data_dir = ""               # the GLUE root; "" means $GLUE_DIR
+    c.data_source = "tsv"         # tsv: GLUE's TSV files; tfds: tensorflow-datasets' glue (optional
+                                  # package: pip install tensorflow-datasets tensorflow)
+    c.data_dir = ""               # the GLUE root (tsv; "" means $GLUE_DIR) or the tfds data dir
     c.max_seq_length = 0          # 0: the task's default (64 for CoLA/SST-2, else 128)
     c.train_limit = 0             # keep only the first N train / dev examples (0: all)
     c.eval_limit = 0

@@ -8,11 +8,11 @@
         --model m.safetensors --task mrpc --input - --out -
 
 ``--model``: a bit-packed file (``launch.export``) or a model checkpoint directory
-(``checkpoints.save_model``); ``binarybert_jax.inference`` loads either. ``--input``: a GLUE TSV, read
-with the task's layout for ``--split`` (by default the split its file name says: ``dev.tsv``,
-``test_matched.tsv``...; pass ``--split`` for any other name), or ``-`` for standard input, one
-example a line, a tab between the two sentences of a pair task. Blank lines are skipped, as in a
-TSV.
+(``checkpoints.save_model``); ``binarybert_jax.inference`` loads either. ``--input``: a GLUE TSV at any
+path, read by ``glue.read_tsv`` with the task's layout for ``--split`` (by default the split its
+file name says: ``dev.tsv``, ``test_matched.tsv``...; pass ``--split`` for any other name), or
+``-`` for standard input, one example a line, a tab between the two sentences of a pair task.
+Blank lines are skipped, as in a TSV.
 
 Output: a header ``index<TAB>prediction``, then one row per example, ``index`` its position
 (0..N-1, the row order GLUE's server expects), ``prediction`` the label string of the task's
@@ -30,7 +30,6 @@ import argparse
 import os
 import pathlib
 import sys
-import tempfile
 from typing import Optional, Sequence, TextIO
 
 import numpy as np
@@ -70,29 +69,6 @@ def _split_for(task: glue.TaskSpec, path: pathlib.Path, split: Optional[str]) ->
         return by_stem[path.stem]
     raise ValueError(f"cannot tell the layout of {path} from its name; pass --split "
                      f"({', '.join(task.splits)})")
-
-
-def read_tsv(path: str | os.PathLike, task: glue.TaskSpec, split: str) -> list[glue.Example]:
-    """Reads any TSV file with the column layout of one of a task's splits.
-
-    ``glue.read_examples`` finds its file under a GLUE root by task and split; the input here may
-    have any name, so it is linked into a temporary root under the name the reader looks for.
-    Error messages name the real file.
-    """
-    path = pathlib.Path(path).absolute()
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such input file")
-    if split not in task.split_files:
-        raise ValueError(f"unknown split {split!r} for {task.name}; expected one of "
-                         f"{', '.join(task.splits)}")
-    with tempfile.TemporaryDirectory() as root:
-        link = pathlib.Path(root) / task.directory / f"{task.split_files[split]}.tsv"
-        link.parent.mkdir()
-        link.symlink_to(path)
-        try:
-            return glue.read_examples(root, task, split)
-        except ValueError as e:
-            raise ValueError(str(e).replace(str(link), str(path))) from None
 
 
 def read_lines(stream: TextIO, task: glue.TaskSpec) -> list[glue.Example]:
@@ -151,7 +127,7 @@ def main(argv: Optional[Sequence[str]] = None, stdin: Optional[TextIO] = None,
             split = _split_for(task, path, args.split)
         except ValueError as e:
             parser.error(str(e))
-        examples = read_tsv(path, task, split)
+        examples = glue.read_tsv(path, task, split).examples
 
     # ---- model and tokenizer ----
     predictor = inference.load_predictor(args.model)

@@ -224,3 +224,14 @@ def test_sigint_saves_a_checkpoint_and_exits_130_then_the_rerun_resumes(tmp_path
     saved = _steps(tmp_path / "finetune" / "ckpt")
     assert len(saved) == 1 and saved[0] >= 1
     assert not (tmp_path / "finetune" / "final").exists()
+
+
+def test_an_sts_b_score_outside_0_to_5_names_the_row(tmp_path):
+    from binarybert_jax.data import glue
+    rows = ["index\tgenre\tfilename\tyear\told_index\tsource1\tsource2\tsentence1\tsentence2\tscore",
+            "0\tmain-captions\tMSRvid\t2012test\t0001\tnone\tnone\tA man.\tA man.\t5.000",
+            "1\tmain-captions\tMSRvid\t2012test\t0002\tnone\tnone\tA dog.\tA cat.\t7.5"]
+    path = tmp_path / "dev.tsv"
+    path.write_text("\n".join(rows) + "\n")
+    with pytest.raises(ValueError, match=r"score '7.5' is outside sts-b's range \[0, 5\]"):
+        glue.read_tsv(path, "sts-b", "dev")

@@ -3,6 +3,7 @@ files from TSVs and stdin, and bad inputs fail clearly."""
 
 import io
 import json
+import pathlib
 import re
 
 import numpy as np
@@ -30,6 +31,8 @@ ROWS = 20
 FAST = ["--max-length", "32", "--batch-size", "8"]
 # The metrics line launch.predict prints for labelled input, e.g. "mrpc (20 examples): f1 0.8000, ...".
 METRIC_F1 = re.compile(r"\bf1 \d")
+# The SST-2 slice shipped in the repository.
+SLICE = pathlib.Path(__file__).resolve().parents[1] / "data" / "glue_slice"
 
 
 def random_params(spec, seed):
@@ -92,7 +95,7 @@ def test_packed_and_checkpoint_predict_the_same(saved, slices, tiny_hf, tmp_path
     # The packed model runs without weight quantization; the checkpoint re-quantizes each time.
     assert from_packed.spec.quant.weight_bits == 32 and from_ckpt.spec.quant.weight_bits == 1
 
-    examples = predict_main.read_tsv(slices["dev"], glue.get_task("mrpc"), "dev")
+    examples = glue.read_tsv(slices["dev"], "mrpc", "dev").examples
     assert len(examples) == ROWS and all(ex.label is not None for ex in examples)
     tokenizer = load_tokenizer(tiny_hf)
     a = inference.predict_examples(from_packed, tokenizer, examples, 32, 8)
@@ -123,6 +126,27 @@ def test_packed_and_checkpoint_predict_the_same(saved, slices, tiny_hf, tmp_path
     header, rows = read_submission(out)
     assert header == "index\tprediction" and len(rows) == ROWS
     assert {r[1] for r in rows} <= {"0", "1"}
+
+
+def test_input_at_any_path(saved, tiny_hf, tmp_path, capsys):
+    """The shipped SST-2 dev rows under a name and directory that say nothing about GLUE: read
+    in place with the layout --split names (the reader is given the path itself)."""
+    packed, _ = saved
+    lines = (SLICE / "SST-2" / "dev.tsv").read_text(encoding="utf-8").splitlines()
+    source = tmp_path / "reviews to score" / "batch 1.txt"
+    source.parent.mkdir()
+    source.write_text("\n".join(lines[:ROWS + 1]) + "\n", encoding="utf-8")
+    out = tmp_path / "SST-2.tsv"
+    assert predict_main.main(["--model", str(packed), "--task", "sst-2", "--input", str(source),
+                              "--split", "dev", "--out", str(out)] + FAST) == 0
+    assert re.search(rf"sst-2 \({ROWS} examples\): accuracy \d", capsys.readouterr().out)
+    examples = glue.read_tsv(source, "sst-2", "dev").examples
+    logits = inference.predict_examples(inference.load_predictor(packed),
+                                        load_tokenizer(tiny_hf), examples, 32, 8)
+    header, rows = read_submission(out)
+    assert header == "index\tprediction"
+    assert rows == [[str(i), str(int(c))] for i, c in enumerate(logits.argmax(-1))]
+    assert sorted(p.name for p in source.parent.iterdir()) == ["batch 1.txt"]
 
 
 def test_stdin_lines(saved, tiny_hf):
@@ -186,10 +210,11 @@ def test_errors_are_clear(saved, slices, tmp_path, capsys):
     with pytest.raises(ValueError, match="2 outputs, mnli needs 3"):
         predict_main.main(["--model", str(ckpt), "--task", "mnli", "--input", "-", "--out", "-"],
                           stdin=io.StringIO("a\tb\n"), stdout=io.StringIO())
-    # A file read with the wrong layout: the error names the real file (not the link the
-    # reader was given) and the line.
-    with pytest.raises(ValueError, match=re.escape(f"{slices['test']}:1: unknown label")):
-        predict_main.read_tsv(slices["test"], glue.get_task("mrpc"), "dev")
+    # A test file read with the dev layout: the error names the file, the line and the mismatch.
+    with pytest.raises(ValueError, match=re.escape(f"{slices['test']}:1: this is the header of "
+                                                   f"a mrpc test file")):
+        predict_main.main(["--model", str(packed), "--task", "mrpc", "--input",
+                           str(slices["test"]), "--split", "dev", "--out", str(tmp_path / "o.tsv")])
 
     # A packed file of another format version: export's own error.
     tensors = load_file(str(packed))

@@ -1,9 +1,11 @@
 """Input pipeline: GLUE files -> examples -> fixed-length token arrays -> sharded batches.
 
-- ``glue``: task specifications (columns, labels, metrics), the TSV reader, the download.
+- ``glue``: task specifications (columns, labels, metrics) and the TSV reader.
+- ``download``: fetching a task's TSVs into the GLUE layout.
 - ``encode``: tokenization to fixed-length arrays, cached on disk.
 - ``batching``: deterministic, host-sharded batches with padding masks and length buckets.
 - ``tfds_source``: the same examples through TensorFlow Datasets (optional dependency).
+- ``loading``: a run's train and eval arrays from either source, the one place a run loads data.
 
 The package imports neither JAX nor the model: batching asks JAX for the process index only
 when the caller does not pass it.
@@ -14,6 +16,7 @@ from binarybert_jax.data.batching import (
     iterate_batches,
     num_batches,
 )
+from binarybert_jax.data.download import download_glue
 from binarybert_jax.data.encode import encode_cached, encode_examples, load_encoded_split
 from binarybert_jax.data.glue import (
     TASK_NAMES,
@@ -21,15 +24,17 @@ from binarybert_jax.data.glue import (
     ReadReport,
     TaskSpec,
     all_tasks,
-    download_glue,
     get_task,
     glue_dir,
     read_examples,
     read_split,
+    read_tsv,
 )
+from binarybert_jax.data.loading import load_task_data
 
 __all__ = [
     "TASK_NAMES", "Example", "ReadReport", "TaskSpec", "all_tasks", "default_bucket_lengths",
     "download_glue", "encode_cached", "encode_examples", "get_task", "glue_dir",
-    "iterate_batches", "load_encoded_split", "num_batches", "read_examples", "read_split",
+    "iterate_batches", "load_encoded_split", "load_task_data", "num_batches", "read_examples",
+    "read_split", "read_tsv",
 ]

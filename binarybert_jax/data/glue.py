@@ -1,4 +1,4 @@
-"""GLUE tasks in the official TSV layout: task specifications, a strict reader, and the download.
+"""GLUE tasks in the official TSV layout: task specifications and a strict reader.
 
 The files are the ones GLUE's ``download_glue_data.py`` produces: one directory per task under a
 root (``$GLUE_DIR``), e.g. ``$GLUE_DIR/SST-2/{train,dev,test}.tsv`` and, for MNLI,
@@ -9,8 +9,12 @@ checkpoint) lives in its :class:`TaskSpec`, so the reader, the encoder and ``met
 
 The reader is strict by default: a row with the wrong number of columns, an unknown label or an
 unparsable score raises a ``ValueError`` naming the file and its 1-based line number. With
-``skip_malformed=True`` such rows are skipped, and :func:`read_split` reports each one in its
+``skip_malformed=True`` such rows are skipped, and :func:`read_tsv` reports each one in its
 :class:`ReadReport` (:func:`read_examples` logs a warning with the count).
+
+:func:`read_tsv` reads a file at any path with the layout of the split it is told;
+:func:`read_split` and :func:`read_examples` find the file under a GLUE root first. Fetching the
+files is ``binarybert_jax.data.download``'s job.
 """
 
 from __future__ import annotations
@@ -20,17 +24,15 @@ import logging
 import math
 import os
 import pathlib
-import shutil
-import tempfile
-import urllib.error
-import urllib.request
-import zipfile
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from types import MappingProxyType
 
 logger = logging.getLogger(__name__)
 
 GLUE_DIR_ENV = "GLUE_DIR"
+
+# Named in messages about missing files (the reader does not import the downloader).
+_DOWNLOAD_FUNCTION = "binarybert_jax.data.download.download_glue"
 
 # Header cells that name a label column in TSVs we know of; used to recognise a header row in a
 # file whose layout says it has none (e.g. a CoLA file someone gave a header).
@@ -95,6 +97,11 @@ class TaskSpec:
     split_files: Mapping[str, str]
 
     @property
+    def score_range(self) -> tuple[float, float]:
+        """The allowed gold scores of a regression task (STS-B's similarity: 0 to 5)."""
+        return (0.0, 5.0)
+
+    @property
     def is_pair(self) -> bool:
         """Whether examples are sentence pairs (segment ids 0 and 1)."""
         return self.layout.text_b is not None
@@ -128,7 +135,7 @@ class Example:
 
 @dataclasses.dataclass(frozen=True)
 class MalformedRow:
-    """A row that :func:`read_split` skipped: its 1-based line number and what was wrong."""
+    """A row that :func:`read_tsv` skipped: its 1-based line number and what was wrong."""
 
     line: int
     reason: str
@@ -136,7 +143,7 @@ class MalformedRow:
 
 @dataclasses.dataclass(frozen=True)
 class ReadReport:
-    """What :func:`read_split` read from one file.
+    """What :func:`read_tsv` read from one file.
 
     Attributes:
       path: the file read.
@@ -321,7 +328,7 @@ def split_path(data_dir: str | os.PathLike | None, task: str | TaskSpec, split: 
             raise FileNotFoundError(
                 f"No GLUE data directory given and ${GLUE_DIR_ENV} is not set; expected "
                 f"$GLUE_DIR/{task.directory}/{file_name} (the layout of GLUE's "
-                f"download_glue_data.py, or call download_glue).")
+                f"download_glue_data.py, or call {_DOWNLOAD_FUNCTION}).")
     root = pathlib.Path(data_dir)
     path = root / task.directory / file_name
     if path.is_file():
@@ -332,7 +339,7 @@ def split_path(data_dir: str | os.PathLike | None, task: str | TaskSpec, split: 
     raise FileNotFoundError(
         f"{path} not found: expected the GLUE_DIR layout <glue_dir>/{task.directory}/"
         f"{file_name}, as produced by GLUE's download_glue_data.py (set ${GLUE_DIR_ENV} or "
-        f"call download_glue).")
+        f"call {_DOWNLOAD_FUNCTION}).")
 
 
 def _is_header(fields: list[str], layout: TsvLayout) -> bool:
@@ -346,6 +353,18 @@ def _is_header(fields: list[str], layout: TsvLayout) -> bool:
         return True
     used = [c for c in (layout.index, layout.text_a, layout.text_b, layout.label) if c is not None]
     return all(cell(c) == layout.column_names[c].lower() for c in used)
+
+
+def _refuse_other_header(fields: list[str], task: TaskSpec, layout: TsvLayout, split: str,
+                         where: str) -> None:
+    """Raises when a first row is the header of the task's other layout (a test file read as
+    dev, or the reverse), which would otherwise fail as an odd label or read as an example."""
+    other, kind = ((task.test_layout, "test") if layout is task.layout
+                   else (task.layout, "train/dev"))
+    if other.has_header and _is_header(fields, other):
+        raise ValueError(f"{where}: this is the header of a {task.name} {kind} file, but the "
+                         f"file is read as {split!r}, whose layout differs; pass the split the "
+                         f"file holds.")
 
 
 def _parse_row(fields: list[str], task: TaskSpec, layout: TsvLayout, split: str,
@@ -364,6 +383,9 @@ def _parse_row(fields: list[str], task: TaskSpec, layout: TsvLayout, split: str,
                 raise ValueError(f"score {raw!r} is not a number") from None
             if not math.isfinite(label):
                 raise ValueError(f"score {raw!r} is not finite")
+            lo, hi = task.score_range
+            if not lo <= label <= hi:
+                raise ValueError(f"score {raw!r} is outside {task.name}'s range [{lo:g}, {hi:g}]")
         else:
             try:
                 label = task.labels.index(raw)
@@ -378,9 +400,17 @@ def _parse_row(fields: list[str], task: TaskSpec, layout: TsvLayout, split: str,
         label=label)
 
 
-def read_split(data_dir: str | os.PathLike | None, task: str | TaskSpec, split: str, *,
-               skip_malformed: bool = False) -> ReadReport:
-    """Reads one split of a GLUE task and reports what was read and skipped.
+def read_tsv(path: str | os.PathLike, task: str | TaskSpec, split: str, *,
+             skip_malformed: bool = False) -> ReadReport:
+    """Reads one TSV file, at any path, with the column layout of a task's split.
+
+    The file's name is not consulted: ``split`` alone says which layout to expect, and it also
+    names the examples (``Example.guid``). Test files have another layout than train and dev
+    files (an index column, no label; MRPC's test file has its index where the dev file has its
+    quality label), so the split must be the kind of file given: a first line that is the other
+    layout's header is refused with a message saying so. A headerless file read with the wrong
+    layout fails on a row (wrong column count, unknown label) or, where the columns happen to
+    fit, reads wrong texts; the reader cannot tell.
 
     Rows are split on tabs only: GLUE TSVs are not quoted, so a ``"`` is an ordinary character
     (what ``csv.QUOTE_NONE`` does) and can never swallow a tab or a line break. Lines are split
@@ -391,9 +421,10 @@ def read_split(data_dir: str | os.PathLike | None, task: str | TaskSpec, split: 
     Empty lines are ignored.
 
     Args:
-      data_dir: the GLUE root or the task directory; None means ``$GLUE_DIR``.
+      path: the TSV file.
       task: task name or spec.
-      split: split name (see :func:`split_path`).
+      split: the split whose layout the file has: ``train``, ``dev``, ``test`` (and MNLI's
+        ``dev_mismatched`` etc.; ``validation`` is accepted for ``dev``).
       skip_malformed: skip rows with the wrong column count, an unknown label or an
         unparsable score, recording them in ``ReadReport.skipped``, instead of raising.
 
@@ -401,13 +432,15 @@ def read_split(data_dir: str | os.PathLike | None, task: str | TaskSpec, split: 
       A :class:`ReadReport` with the examples in file order.
 
     Raises:
-      FileNotFoundError: the file is missing.
-      ValueError: a malformed row (unless ``skip_malformed``), or bytes that are not UTF-8; the
-        message starts with ``<path>:<line>:``.
+      FileNotFoundError: no file at ``path``.
+      ValueError: an unknown task or split, a malformed row (unless ``skip_malformed``), or
+        bytes that are not UTF-8; a row's message starts with ``<path>:<line>:``.
     """
     task = get_task(task)
     split = _canonical_split(task, split)
-    path = split_path(data_dir, task, split)
+    path = pathlib.Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such {task.name} {split} TSV file.")
     layout = task.layout_for(split)
     examples: list[Example] = []
     skipped: list[MalformedRow] = []
@@ -431,6 +464,7 @@ def read_split(data_dir: str | os.PathLike | None, task: str | TaskSpec, split: 
                 if _is_header(fields, layout):
                     header_found = True
                     continue
+                _refuse_other_header(fields, task, layout, split, f"{path}:{line_number}")
             data_rows += 1
             try:
                 examples.append(_parse_row(fields, task, layout, split, data_rows - 1))
@@ -445,12 +479,34 @@ def read_split(data_dir: str | os.PathLike | None, task: str | TaskSpec, split: 
                       header_found=header_found)
 
 
+def read_split(data_dir: str | os.PathLike | None, task: str | TaskSpec, split: str, *,
+               skip_malformed: bool = False) -> ReadReport:
+    """Reads one split of a GLUE task from a GLUE root (:func:`read_tsv` on its file).
+
+    Args:
+      data_dir: the GLUE root or the task directory; None means ``$GLUE_DIR``.
+      task: task name or spec.
+      split: split name (see :func:`split_path`).
+      skip_malformed: as for :func:`read_tsv`.
+
+    Returns:
+      A :class:`ReadReport` with the examples in file order.
+
+    Raises:
+      FileNotFoundError: the file is missing; the message names the expected path.
+      ValueError: as for :func:`read_tsv`.
+    """
+    task = get_task(task)
+    return read_tsv(split_path(data_dir, task, split), task, split,
+                    skip_malformed=skip_malformed)
+
+
 def read_examples(data_dir: str | os.PathLike | None, task: str | TaskSpec, split: str, *,
                   skip_malformed: bool = False) -> list[Example]:
-    """Reads one split of a GLUE task (see :func:`read_split` for the rules).
+    """Reads one split of a GLUE task from a GLUE root (see :func:`read_tsv` for the rules).
 
     With ``skip_malformed=True`` the skipped rows are logged as a warning with their count and
-    first line numbers; call :func:`read_split` to get them as data.
+    first line numbers; call :func:`read_split` or :func:`read_tsv` to get them as data.
 
     Returns:
       The examples in file order.
@@ -463,148 +519,7 @@ def read_examples(data_dir: str | os.PathLike | None, task: str | TaskSpec, spli
     return report.examples
 
 
-# ---------------------------------------------------------------------------------------------
-# Download (the URLs of GLUE's download_glue_data.py).
-# ---------------------------------------------------------------------------------------------
-
-_GLUE_DATA_URL = "https://dl.fbaipublicfiles.com/glue/data/"
-
-# Zips that unpack to <dest>/<TaskSpec.directory>/. QQP is the cleaned release and QNLI its v2,
-# the versions the GLUE leaderboard uses.
-GLUE_ZIP_URLS: Mapping[str, str] = MappingProxyType({
-    "cola": _GLUE_DATA_URL + "CoLA.zip",
-    "sst-2": _GLUE_DATA_URL + "SST-2.zip",
-    "sts-b": _GLUE_DATA_URL + "STS-B.zip",
-    "qqp": _GLUE_DATA_URL + "QQP-clean.zip",
-    "mnli": _GLUE_DATA_URL + "MNLI.zip",
-    "qnli": _GLUE_DATA_URL + "QNLIv2.zip",
-    "rte": _GLUE_DATA_URL + "RTE.zip",
-    "wnli": _GLUE_DATA_URL + "WNLI.zip",
-})
-
-# GLUE cannot host MRPC: the script builds it from SentEval's copy of the Microsoft corpus,
-# moving the pairs listed in dev_ids.tsv from train to dev.
-MRPC_URLS: Mapping[str, str] = MappingProxyType({
-    "msr_paraphrase_train.txt":
-        "https://dl.fbaipublicfiles.com/senteval/senteval_data/msr_paraphrase_train.txt",
-    "msr_paraphrase_test.txt":
-        "https://dl.fbaipublicfiles.com/senteval/senteval_data/msr_paraphrase_test.txt",
-    "dev_ids.tsv": _GLUE_DATA_URL + "mrpc_dev_ids.tsv",
-})
-
-
-def download_urls(task: str | TaskSpec) -> dict[str, str]:
-    """The files :func:`download_glue` fetches for a task: file name -> URL."""
-    task = get_task(task)
-    if task.name == "mrpc":
-        return dict(MRPC_URLS)
-    url = GLUE_ZIP_URLS[task.name]
-    return {url.rsplit("/", 1)[1]: url}
-
-
-def _urlretrieve(url: str, path: pathlib.Path) -> None:
-    with urllib.request.urlopen(url, timeout=60) as response, open(path, "wb") as out:
-        shutil.copyfileobj(response, out)
-
-
-def _safe_extract(zip_path: pathlib.Path, dest: pathlib.Path) -> None:
-    """Extracts a zip, refusing members that would land outside ``dest``."""
-    dest_resolved = dest.resolve()
-    with zipfile.ZipFile(zip_path) as zf:
-        for member in zf.namelist():
-            target = (dest / member).resolve()
-            if dest_resolved != target and dest_resolved not in target.parents:
-                raise ValueError(f"{zip_path}: member {member!r} would extract outside {dest}.")
-        zf.extractall(dest)
-
-
-def format_mrpc(mrpc_dir: str | os.PathLike) -> None:
-    """Builds MRPC's train/dev/test.tsv from SentEval's files, as GLUE's script does.
-
-    Reads ``msr_paraphrase_train.txt``, ``msr_paraphrase_test.txt`` and ``dev_ids.tsv`` in
-    ``mrpc_dir``. The train file's header (with its byte-order mark) is copied to train.tsv and
-    dev.tsv; pairs whose ids are in dev_ids.tsv go to dev.tsv; test.tsv gets an index column
-    in place of the quality label.
-    """
-    mrpc_dir = pathlib.Path(mrpc_dir)
-    with open(mrpc_dir / "dev_ids.tsv", encoding="utf-8") as f:
-        dev_ids = {tuple(line.strip().split("\t")) for line in f if line.strip()}
-    with open(mrpc_dir / "msr_paraphrase_train.txt", encoding="utf-8") as src, \
-            open(mrpc_dir / "train.tsv", "w", encoding="utf-8") as train, \
-            open(mrpc_dir / "dev.tsv", "w", encoding="utf-8") as dev:
-        header = src.readline()
-        train.write(header)
-        dev.write(header)
-        for row in src:
-            if not row.strip():
-                continue
-            label, id1, id2, s1, s2 = row.strip().split("\t")
-            out = dev if (id1, id2) in dev_ids else train
-            out.write(f"{label}\t{id1}\t{id2}\t{s1}\t{s2}\n")
-    with open(mrpc_dir / "msr_paraphrase_test.txt", encoding="utf-8") as src, \
-            open(mrpc_dir / "test.tsv", "w", encoding="utf-8") as test:
-        src.readline()
-        test.write("index\t#1 ID\t#2 ID\t#1 String\t#2 String\n")
-        rows = (row for row in src if row.strip())
-        for index, row in enumerate(rows):
-            _, id1, id2, s1, s2 = row.strip().split("\t")
-            test.write(f"{index}\t{id1}\t{id2}\t{s1}\t{s2}\n")
-
-
-def download_glue(task: str | TaskSpec, dest: str | os.PathLike, *,
-                  fetch: Callable[[str, pathlib.Path], None] | None = None) -> pathlib.Path:
-    """Downloads one GLUE task into ``dest/<directory>/`` in the official TSV layout.
-
-    Args:
-      task: task name or spec.
-      dest: the GLUE root to fill (created if needed); use it as ``$GLUE_DIR`` afterwards.
-      fetch: ``fetch(url, path)`` writes the resource at ``url`` to ``path``; defaults to an
-        HTTPS download. Tests pass a local copy function.
-
-    Returns:
-      The task directory, ``dest/<directory>``.
-
-    Raises:
-      OSError: a download failed (no network, moved URL); the message suggests ``$GLUE_DIR``.
-      FileNotFoundError: the archive did not contain the expected directory.
-    """
-    task = get_task(task)
-    dest = pathlib.Path(dest)
-    dest.mkdir(parents=True, exist_ok=True)
-    fetch = fetch or _urlretrieve
-    task_dir = dest / task.directory
-
-    def get(url: str, path: pathlib.Path) -> None:
-        # Download beside the target and rename, so an interrupted download leaves no file
-        # that a later run would take for complete.
-        tmp = path.with_name(path.name + ".part")
-        try:
-            fetch(url, tmp)
-        except (urllib.error.URLError, OSError) as e:
-            tmp.unlink(missing_ok=True)
-            raise OSError(f"Could not download {url} ({e}). Without network access, put the "
-                          f"GLUE TSVs in a directory and set ${GLUE_DIR_ENV} to it.") from e
-        os.replace(tmp, path)
-
-    if task.name == "mrpc":
-        task_dir.mkdir(exist_ok=True)
-        for name, url in MRPC_URLS.items():
-            get(url, task_dir / name)
-        format_mrpc(task_dir)
-    else:
-        with tempfile.TemporaryDirectory(dir=dest) as tmp:
-            (name, url), = download_urls(task).items()
-            zip_path = pathlib.Path(tmp) / name
-            get(url, zip_path)
-            _safe_extract(zip_path, dest)
-    if not (task_dir / "train.tsv").is_file():
-        raise FileNotFoundError(f"{task_dir / 'train.tsv'} missing after downloading "
-                                f"{task.name}; the archive layout has changed.")
-    logger.info("Downloaded %s into %s.", task.name, task_dir)
-    return task_dir
-
-
 __all__ = [
-    "Example", "GLUE_DIR_ENV", "GLUE_ZIP_URLS", "MRPC_URLS", "MalformedRow", "ReadReport",
-    "TASK_NAMES", "TaskSpec", "TsvLayout", "all_tasks", "download_glue", "download_urls",
-    "format_mrpc", "get_task", "glue_dir", "read_examples", "read_split", "split_path"]
+    "Example", "GLUE_DIR_ENV", "MalformedRow", "ReadReport", "TASK_NAMES", "TaskSpec",
+    "TsvLayout", "all_tasks", "get_task", "glue_dir", "read_examples", "read_split", "read_tsv",
+    "split_path"]

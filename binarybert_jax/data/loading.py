@@ -1,0 +1,136 @@
+"""A run's data: its task's train split and evaluation splits as token arrays.
+
+The one place a training run loads data. Two sources give the same examples:
+
+- ``tsv``: GLUE's TSV files under a GLUE root (``data_dir``, or ``$GLUE_DIR`` when it is empty),
+  read by :mod:`~binarybert_jax.data.glue`;
+- ``tfds``: TensorFlow Datasets' ``glue/<config>``, read by
+  :mod:`~binarybert_jax.data.tfds_source`; ``data_dir`` is then tfds's data directory (empty:
+  tfds's default). Its packages are optional and not in requirements.txt; asking for this source
+  without them fails at once, naming what to install.
+
+Either way the examples are tokenized through :mod:`~binarybert_jax.data.encode`'s on-disk
+cache, so a second run with the same data, tokenizer and length reads the arrays back.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import pathlib
+
+import numpy as np
+
+from binarybert_jax.data import encode, glue, tfds_source
+
+SOURCES = ("tsv", "tfds")
+
+# (module, pip package) that source "tfds" imports: tfds reads GLUE through TensorFlow.
+_TFDS_PACKAGES = (("tensorflow_datasets", "tensorflow-datasets"), ("tensorflow", "tensorflow"))
+_TFDS_INSTALL = "pip install tensorflow-datasets tensorflow"
+
+
+def resolve_data_dir(data_dir: str | os.PathLike) -> pathlib.Path:
+    """The GLUE root of a run: ``data_dir``, or ``$GLUE_DIR`` when ``data_dir`` is empty.
+
+    Raises:
+      ValueError: both are empty; the message says how to point a run at the data.
+    """
+    d = data_dir or glue.glue_dir()
+    if not d:
+        raise ValueError("no GLUE data: set --config.data_dir=DIR or $GLUE_DIR (the official GLUE "
+                         "layout, e.g. DIR/MRPC/train.tsv); binarybert_jax.data.download."
+                         "download_glue fetches a task where the network allows, and "
+                         "--config.data_source=tfds reads GLUE through TensorFlow Datasets")
+    return pathlib.Path(d)
+
+
+def eval_splits(task: str | glue.TaskSpec) -> tuple[str, ...]:
+    """The splits a run evaluates on: MNLI's matched and mismatched dev sets, else ``dev``."""
+    spec = glue.get_task(task)
+    return ("dev_matched", "dev_mismatched") if spec.name == "mnli" else ("dev",)
+
+
+def check_source(source: str) -> None:
+    """Checks that ``source`` is one of :data:`SOURCES` and that its packages are installed.
+
+    Raises:
+      ValueError: an unknown source; the message lists the allowed ones.
+      ImportError: ``tfds`` without tensorflow-datasets or TensorFlow; the message names the
+        missing package and the pip command that installs both.
+    """
+    if source not in SOURCES:
+        raise ValueError(f"unknown data source {source!r}; expected one of "
+                         f"{', '.join(repr(s) for s in SOURCES)}")
+    if source == "tfds":
+        missing = [pip for module, pip in _TFDS_PACKAGES
+                   if importlib.util.find_spec(module) is None]
+        if missing:
+            raise ImportError(
+                f"data source 'tfds' needs {' and '.join(missing)}, which "
+                f"{'is' if len(missing) == 1 else 'are'} not installed (optional, not in "
+                f"requirements.txt): {_TFDS_INSTALL}; or use source 'tsv' with the GLUE TSVs "
+                f"(data_dir or ${glue.GLUE_DIR_ENV}).")
+
+
+def _load_split(spec: glue.TaskSpec, split: str, tokenizer, source: str, data_dir,
+                max_length: int, cache_dir, limit: int) -> dict[str, np.ndarray]:
+    """One split's arrays from ``source`` (checked by the caller), through the encode cache."""
+    if source == "tsv":
+        return encode.load_encoded_split(tokenizer, spec, split, data_dir=data_dir,
+                                         max_length=max_length, cache_dir=cache_dir,
+                                         limit=limit or None)
+    examples = tfds_source.read_examples_tfds(spec, split, data_dir or None)
+    if limit:
+        examples = examples[:limit]
+    if cache_dir is None:
+        return encode.encode_examples(tokenizer, examples, max_length,
+                                      is_regression=spec.is_regression)
+    # The cache key hashes the examples' content; naming the source as well keeps the two
+    # sources' files apart (and readable) even where their texts agree.
+    return encode.encode_cached(tokenizer, examples, max_length, cache_dir,
+                                ("tfds", spec.name, split), is_regression=spec.is_regression)
+
+
+def load_task_data(task: str | glue.TaskSpec, tokenizer, *, source: str = "tsv",
+                   data_dir: str | os.PathLike = "", max_length: int | None,
+                   cache_dir: str | os.PathLike | None, train_limit: int = 0,
+                   eval_limit: int = 0) -> tuple[dict[str, np.ndarray],
+                                                 dict[str, dict[str, np.ndarray]]]:
+    """A run's tokenized train split and evaluation splits.
+
+    Args:
+      task: task name or spec.
+      tokenizer: the model's tokenizer (``binarybert_jax.tokenizer.load_tokenizer``).
+      source: one of :data:`SOURCES`.
+      data_dir: for ``tsv`` the GLUE root ("" means ``$GLUE_DIR``); for ``tfds`` tfds's data
+        directory ("" means tfds's default, ``~/tensorflow_datasets``).
+      max_length: padded sequence length; 0 or None means the task's default (64 or 128).
+      cache_dir: directory of the tokenized-array cache; None tokenizes without caching.
+      train_limit: keep only the first ``train_limit`` training examples (0: all).
+      eval_limit: keep only the first ``eval_limit`` examples of each eval split (0: all).
+
+    Returns:
+      ``(train, evals)``: the train split's arrays and ``{split: arrays}`` for each of
+      :func:`eval_splits`, each as :func:`encode.encode_examples` returns them
+      (``input_ids``, ``token_type_ids``, ``attention_mask`` (N, L), ``labels``, ``lengths`` (N,)).
+
+    Raises:
+      ValueError: unknown task or source, or (``tsv``) no data directory given.
+      ImportError: ``tfds`` without its packages; raised before anything is read.
+      FileNotFoundError: (``tsv``) a split's file is missing; the message names it.
+    """
+    spec = glue.get_task(task)
+    check_source(source)
+    if source == "tsv":
+        data_dir = resolve_data_dir(data_dir)
+    max_length = max_length or spec.max_seq_length
+    train = _load_split(spec, "train", tokenizer, source, data_dir, max_length, cache_dir,
+                        train_limit)
+    evals = {split: _load_split(spec, split, tokenizer, source, data_dir, max_length, cache_dir,
+                                eval_limit)
+             for split in eval_splits(spec)}
+    return train, evals
+
+
+__all__ = ["SOURCES", "check_source", "eval_splits", "load_task_data", "resolve_data_dir"]
