@@ -181,9 +181,20 @@ def run_pipeline(config, workdir) -> dict:
     """
     check_config(config)
     workdir = pathlib.Path(workdir)
+    if workdir.exists() and not workdir.is_dir():
+        raise UserError(f"--workdir {workdir} is a file, not a directory: pick another path")
+    recorded = workdir / "pipeline_config.json"
+    if recorded.is_file():  # each stage checks its own keys again when it runs
+        resolve.check_resume(checkpoints.read_json(recorded), config, workdir)
     if checkpoints.is_writer():
         workdir.mkdir(parents=True, exist_ok=True)
-    checkpoints.write_text(workdir / "pipeline_config.json", config.to_json_best_effort(indent=2, sort_keys=True))
+    checkpoints.sync(f"workdir:{workdir}")
+    with checkpoints.WorkdirLock(workdir):
+        checkpoints.write_text(recorded, config.to_json_best_effort(indent=2, sort_keys=True))
+        return _run_stages(config, workdir)
+
+
+def _run_stages(config, workdir: pathlib.Path) -> dict:
     task = glue.get_task(config.task)
     rows: list[StageResult] = []
     outputs: dict[str, str] = {}  # stage -> the model checkpoint later stages refer to

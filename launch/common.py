@@ -40,7 +40,7 @@ def run_guarded(fn: Callable, *args, **kwargs):
     from binarybert_jax.train import Interrupted, NonFiniteLossError
     try:
         return fn(*args, **kwargs)
-    except UserError as e:
+    except (UserError, FileNotFoundError) as e:  # bad input: a path, a value, a file's content
         fail(str(e))
     except NonFiniteLossError as e:
         fail(str(e), EXIT_NONFINITE)

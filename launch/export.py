@@ -18,6 +18,8 @@ from typing import Optional, Sequence
 
 from binarybert_jax import export, size, checkpoints
 
+from launch import common
+
 MIB = size.MIB
 
 
@@ -61,4 +63,4 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(common.run_guarded(main))

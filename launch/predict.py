@@ -27,16 +27,17 @@ repeatedly in-process (tests); ``stdin``/``stdout`` can be passed in as well.
 from __future__ import annotations
 
 import argparse
-import os
 import pathlib
 import sys
 from typing import Optional, Sequence, TextIO
 
 import numpy as np
 
-from binarybert_jax import assets, inference, metrics
+from binarybert_jax import assets, checkpoints, inference, metrics, resolve
 from binarybert_jax.data import glue
+from binarybert_jax.errors import UserError
 from binarybert_jax.tokenizer import load_tokenizer
+from launch import common
 
 STSB_RANGE = (0.0, 5.0)
 
@@ -131,9 +132,13 @@ def main(argv: Optional[Sequence[str]] = None, stdin: Optional[TextIO] = None,
 
     # ---- model and tokenizer ----
     predictor = inference.load_predictor(args.model)
+    trained_on = resolve.recorded_task(predictor.info)
+    if trained_on and glue.get_task(trained_on).name != task.name:
+        raise UserError(f"{args.model} is a {trained_on} model, not a {task.name} one: pass "
+                        f"--task {trained_on}, or a {task.name} model")
     if predictor.num_labels != task.num_labels:
-        raise ValueError(f"{args.model}: the model has {predictor.num_labels} outputs, "
-                         f"{task.name} needs {task.num_labels}; is it a {task.name} model?")
+        raise UserError(f"{args.model}: the model has {predictor.num_labels} outputs, "
+                        f"{task.name} needs {task.num_labels}; is it a {task.name} model?")
     tokenizer_dir = args.tokenizer or predictor.tokenizer_dir or assets.minilm_dir()
     tokenizer = load_tokenizer(tokenizer_dir)
     max_length = args.max_length or task.max_seq_length
@@ -148,10 +153,7 @@ def main(argv: Optional[Sequence[str]] = None, stdin: Optional[TextIO] = None,
         report = sys.stderr
     else:
         out = pathlib.Path(args.out)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = out.with_name(out.name + f".tmp{os.getpid()}")
-        tmp.write_text(text)
-        os.replace(tmp, out)
+        checkpoints.write_text(out, text)
         print(f"wrote {len(examples)} predictions to {out} ({predictor.kind} model "
               f"{predictor.path}, tokenizer {tokenizer_dir})", file=report)
 
@@ -166,4 +168,4 @@ def main(argv: Optional[Sequence[str]] = None, stdin: Optional[TextIO] = None,
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(common.run_guarded(main))

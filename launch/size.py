@@ -21,6 +21,8 @@ from typing import Optional, Sequence
 from binarybert_jax import size
 from binarybert_jax.model import ModelSpec
 
+from launch import common
+
 PRESETS = {"bert-base": size.BERT_BASE}
 
 
@@ -79,4 +81,4 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(common.run_guarded(main))

@@ -22,6 +22,7 @@ import sys
 from typing import Optional, Sequence
 
 from binarybert_jax import tws
+from launch import common
 
 
 def parse_only(value: Optional[str]) -> Optional[set[str]]:
@@ -80,4 +81,4 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    common.run_guarded(main, sys.argv[1:])

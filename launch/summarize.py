@@ -19,6 +19,8 @@ import statistics
 import sys
 from typing import Optional, Sequence
 
+from launch import common
+
 
 def load_run(workdir: str | pathlib.Path, which: str) -> dict:
     """``{"run", "task", "seed", "metrics"}`` of one finished run (``which``: final or best)."""
@@ -80,4 +82,4 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(common.run_guarded(main))

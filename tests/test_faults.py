@@ -235,3 +235,13 @@ def test_an_sts_b_score_outside_0_to_5_names_the_row(tmp_path):
     path.write_text("\n".join(rows) + "\n")
     with pytest.raises(ValueError, match=r"score '7.5' is outside sts-b's range \[0, 5\]"):
         glue.read_tsv(path, "sts-b", "dev")
+
+
+def test_predict_refuses_a_model_of_another_task(tmp_path, tiny_pretrained):
+    from launch import predict
+    model = _fake_checkpoint(tmp_path / "mrpc_model", "mrpc", 2, tiny_pretrained)
+    out = tmp_path / "SST-2.tsv"
+    with pytest.raises(errors.UserError, match="mrpc_model is a mrpc model, not a sst-2 one: pass --task mrpc"):
+        predict.main(["--model", str(model), "--task", "sst-2", "--input", str(SLICE / "SST-2" / "dev.tsv"),
+                      "--out", str(out)])
+    assert not out.exists()
