@@ -42,9 +42,8 @@ VALUE_CONFIGS = {
         quantize_pooler=False),
 }
 
-# quant.weight_quant_values under jit, as the model computes it (the exporter's own jitted
-# wrapper, shared so that the tests do not compile every quantizer twice).
-_values = export._quantized_values
+# quant.weight_quant_values under jit, as the model computes it.
+_values = jax.jit(quant.weight_quant_values, static_argnums=(1, 2, 3))
 
 
 def random_params(spec, seed=0):
