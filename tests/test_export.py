@@ -218,6 +218,16 @@ def test_export_refuses_params_that_do_not_fit(tmp_path):
     assert "expected (64, 32), got (3, 3)" in msg
 
 
+def test_export_refuses_a_weight_that_is_not_finite(tmp_path):
+    spec = ModelSpec(TINY, BWN_118)
+    flat = checkpoints.flatten(random_params(spec))
+    flat["encoder/layer_1/attention/key/kernel"][2, 3] = np.nan
+    with pytest.raises(export.ExportError, match="encoder/layer_1/attention/key/kernel: the "
+                                                 "latent weight is not all finite"):
+        export.export_packed(checkpoints.unflatten(flat), spec, tmp_path / "m.safetensors")
+    assert not (tmp_path / "m.safetensors").exists()
+
+
 # --------------------------------------------------------------------------------------------
 # Corrupt files.
 # --------------------------------------------------------------------------------------------
