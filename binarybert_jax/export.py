@@ -23,9 +23,12 @@ File format ("binarybert-jax/packed", version 1): ONE ``.safetensors`` file
   Decoding a quantized weight: ``value = scales * levels[code]`` in float32 (scales broadcast),
   then 0 at the ``P:zeros`` indices.
   Codes are indices into ``levels``: binary 0 → −1, 1 → +1 (1 bit); ternary 0, 1, 2 → −1, 0,
-  +1 (2 bits); ``int<k>`` 0 .. 2^k − 2 → 2^k − 1 symmetric levels (k bits): j·fl(1/L) for LAT
-  (L = 2^(k−1) − 1, j = −L..L, as XLA computes j/L; the scale is α), and j itself for uniform
-  k-bit (the scale is the step).
+  +1 (2 bits); ``int<k>`` 0 .. 2^k − 2 → the 2^k − 1 integers j = −L..L (L = 2^(k−1) − 1, k
+  bits), for LAT (the scale is α/L) and uniform k-bit (the scale is the step). The levels are
+  ``quant``'s signed integer codes, so ``scales * levels[code]`` is the quantizer's own product.
+  Files written before the codes came from ``quant`` hold j·fl(1/L) as LAT's levels and α as its
+  scale; they are version 1 all the same (the decoding formula did not change) and load as the
+  values of the quantizer of their day.
   Packing: the codes are taken in C order over the whole (planes included) tensor; code ``i``'s
   bit ``b`` (least significant first) is bit number ``i·k + b`` of the stream, and stream bit
   ``n`` is bit ``n % 8`` (least significant first, ``np.packbits(bitorder="little")``) of byte
@@ -39,15 +42,18 @@ File format ("binarybert-jax/packed", version 1): ONE ``.safetensors`` file
   and ``zeros`` (how many of each).
 
 Why codes and scales are exact
-  ``export_packed`` never re-derives a formula: it asks ``quant.weight_quant_values`` (the one home
-  of the formulas) for the quantized values, jitted as in the model's forward pass, then finds
-  per scale group a float32 scale and per entry a level index with ``scale * level == value``
-  exactly (the scale is the group's max |value| over the top level for BWN/TWN/LAT; a few ulps
-  are searched where the compiler folded a division into a multiplication). It decodes what it
-  is about to write and raises unless that equals the quantized values exactly, entry for entry.
-  BWN maps an exact zero weight to 0 (sign(0) = 0), a value one bit cannot hold: such entries
-  are listed in ``P:zeros``. LAT: the values are the diagonal-free ones unless ``lat_diag`` (the
-  optimizer's second moments, a tree like the params) is passed.
+  ``export_packed`` never re-derives a formula: ``quant.weight_quant_codes`` (the one home of the
+  formulas) gives the integer codes and per-group scales of each latent weight, jitted as in the
+  model's forward pass, and the model's values are by definition ``scales * codes``
+  (``quant.weight_quant_values``): the file stores both, and decoding is that same float32
+  product. The exporter decodes what it is about to write and raises unless that equals
+  ``scales * codes`` entry for entry. BWN maps an exact zero weight to code 0 (sign(0) = 0), a
+  value one bit cannot hold: such entries are listed in ``P:zeros``.
+  LAT: the codes are the diagonal-free ones unless ``lat_diag`` (the optimizer's second moments,
+  a tree like the params) is passed. Training uses the second moments (``train`` hands them to
+  the model as its ``lat_diag`` collection) but ``launch/export.py`` passes none, so an exported
+  LAT model is quantized with the identity diagonal, not as it was trained: a known gap, left as
+  it is here.
 
 Loading (``load_packed``)
   Unpacks once into float32 parameters that hold exactly the quantized values, and returns a spec
@@ -70,7 +76,6 @@ Loading (``load_packed``)
 from __future__ import annotations
 
 import dataclasses
-import functools
 import json
 import math
 import os
@@ -88,10 +93,6 @@ FORMAT = "binarybert-jax/packed"
 FORMAT_VERSION = 1
 MANIFEST_KEY = "binarybert_jax.manifest"
 BIT_ORDER = "little"
-# How many ulps away from the direct estimate a group's scale is searched, and how many of the
-# top levels are tried as the level of the group's largest |value| (LAT may leave the top unused).
-_ULP_SEARCH = (0, -1, 1, -2, 2, -3, 3)
-_TOP_LEVELS_TRIED = 16
 
 
 class PackedFormatError(UserError):
@@ -142,108 +143,10 @@ def packed_nbytes(count: int, bits: int) -> int:
 
 
 # --------------------------------------------------------------------------------------------
-# Codes and scales from quantized values.
+# Codes and scales.
 # --------------------------------------------------------------------------------------------
-@functools.partial(jax.jit, static_argnums=(1, 2, 3))
-def _quantized_values(w, method, bits, axes, diag):
-    # Jitted like the model's forward pass: XLA folds some divisions by constants into
-    # multiplications, and the export must see the values the model computes.
-    return quant.weight_quant_values(w, method, bits, axes, diag)
-
-
-def level_tables(method: str, bits: int) -> list[tuple[int, np.ndarray]]:
-    """Candidate (code bits, ascending float32 levels) for a quantizer.
-
-    LAT ≥ 3 bits gets j·fl(1/L) (what XLA computes for j/L under jit) and the exactly rounded
-    j/L; uniform k-bit values are fl(step·j).
-    """
-    if method == "bwn" or (method == "lat" and bits == 1):
-        return [(1, np.array([-1, 1], np.float32))]
-    if bits == 2 and method in ("twn", "lat", "uniform"):
-        return [(2, np.array([-1, 0, 1], np.float32))]
-    top = 2 ** (bits - 1) - 1
-    j = np.arange(-top, top + 1)
-    if method == "uniform":
-        return [(bits, j.astype(np.float32))]
-    folded = (j.astype(np.float32) * (np.float32(1) / np.float32(top))).astype(np.float32)
-    exact = (j.astype(np.float32) / np.float32(top)).astype(np.float32)
-    tables = [(bits, folded)]
-    if not np.array_equal(folded, exact):
-        tables.append((bits, exact))
-    return tables
-
-
-def _shift_ulps(x: np.ndarray, n: int) -> np.ndarray:
-    direction = np.float32(np.inf if n > 0 else -np.inf)
-    for _ in range(abs(n)):
-        x = np.nextafter(x, direction).astype(np.float32)
-    return x
-
-
-def _fit_groups(v: np.ndarray, levels: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Per row of ``v`` (one scale group a row), a float32 scale and level indices that reproduce
-    the row exactly.
-
-    Args:
-      v: ``(G, n)`` float32 quantized values.
-      levels: ``(m,)`` ascending float32 levels, evenly spaced up to rounding, m ≤ 65535.
-    Returns:
-      (codes ``(G, n)`` uint8 or uint16, scales ``(G,)`` float32, solved ``(G,)`` bool).
-    """
-    code_dtype = np.uint8 if len(levels) <= 256 else np.uint16
-    codes = np.zeros(v.shape, code_dtype)
-    scales = np.zeros(v.shape[0], np.float32)
-    vmax = np.max(np.abs(v), axis=1)
-    zero = vmax == 0
-    # An all-zero group: any level times a zero scale gives 0.
-    codes[zero] = int(np.argmin(np.abs(levels)))
-    solved = zero.copy()
-    spacing = np.float32(float(levels[1]) - float(levels[0]))
-
-    def attempt(rows, s):
-        # Each value sits within a few ulps of scale·level, far inside half a level spacing, so
-        # float32 rounding finds its level. In place: these arrays can hold 10^7 entries.
-        q = rows / s[:, None]
-        q -= levels[0]
-        q /= spacing
-        np.rint(q, out=q)
-        np.clip(q, 0, len(levels) - 1, out=q)
-        idx = q.astype(code_dtype)
-        recon = levels[idx]
-        recon *= s[:, None]
-        return idx, np.all(recon == rows, axis=1)
-
-    tops = [t for t in levels[::-1] if t > 0][:_TOP_LEVELS_TRIED]
-    for top in tops:
-        todo = np.flatnonzero(~solved & np.isfinite(vmax))
-        if todo.size == 0:
-            break
-        base = (vmax[todo] / top).astype(np.float32)
-        for shift in _ULP_SEARCH:
-            if todo.size == 0:
-                break
-            everything = todo.size == v.shape[0]
-            idx, ok = attempt(v if everything else v[todo], _shift_ulps(base, shift))
-            hit = todo[ok]
-            if everything and ok.all():
-                codes, scales[:] = idx, _shift_ulps(base, shift)
-            else:
-                codes[hit], scales[hit] = idx[ok], _shift_ulps(base, shift)[ok]
-            solved[hit] = True
-            todo, base = todo[~ok], base[~ok]
-    return codes, scales, solved
-
-
-def _group_view(x: np.ndarray, axes: tuple[int, ...]):
-    """(x as ``(G, n)`` rows of scale groups, a function restoring a ``(G, n)`` array's layout)."""
-    ndim = x.ndim
-    shared = sorted(a % ndim for a in axes)
-    kept = [a for a in range(ndim) if a not in shared]
-    perm = kept + shared
-    xt = np.transpose(x, perm)
-    rows = xt.reshape(math.prod(x.shape[a] for a in kept), -1)
-    inverse = np.argsort(perm)
-    return rows, lambda y: np.transpose(y.reshape(xt.shape), inverse)
+# Jitted like the model's forward pass, and compiled once per shape rather than op by op.
+_weight_codes = jax.jit(quant.weight_quant_codes, static_argnums=(1, 2, 3))
 
 
 def dequantize(codes: np.ndarray, scales: np.ndarray, levels: np.ndarray,
@@ -266,45 +169,23 @@ def dequantize(codes: np.ndarray, scales: np.ndarray, levels: np.ndarray,
 class _Encoded:
     bits: int
     codes: np.ndarray     # uint8 / uint16 level indices, the weight's shape
-    scales: np.ndarray    # float32, keepdims shape
     levels: np.ndarray    # float32, ascending
     zeros: np.ndarray     # flat indices of exact zeros no level can hold (binary only)
 
 
-def encode_values(values: np.ndarray, acct: size.TensorAccount) -> _Encoded:
-    """Codes and scales reproducing quantized ``values`` exactly.
-
-    Args:
-      values: float32 quantized values of the parameter ``acct`` describes (its full shape).
-      acct: the parameter's ``TensorAccount`` (method, bits, scale axes).
-    Returns:
-      The encoding.
-    Raises:
-      ExportError: no candidate level table reproduces every scale group.
-    """
-    values = np.asarray(values, np.float32)
-    if not np.all(np.isfinite(values)):
-        raise ExportError(f"{acct.path}: quantized values are not all finite")
-    rows, restore = _group_view(values, acct.axes)
-    unsolved = 0
-    for bits, levels in level_tables(acct.method, acct.bits):
-        zeros, fit_rows = np.zeros(0, np.int64), rows
-        if not np.any(levels == 0):
-            # BWN maps w == 0 to 0 (sign(0) = 0, as torch.sign in the released code), a value no
-            # bit can hold; real checkpoints have a few (3 in MiniLM's word embedding). They are
-            # listed apart rather than spending a second bit on every entry.
-            vmax = np.max(np.abs(rows), axis=1, keepdims=True)
-            holes = (rows == 0) & (vmax > 0)
-            if holes.any():
-                zeros = np.flatnonzero(restore(holes))
-                fit_rows = np.where(holes, vmax, rows)  # any level will do: listed as zeros
-        codes, scales, solved = _fit_groups(fit_rows, levels)
-        if solved.all():
-            return _Encoded(bits, restore(codes), scales.reshape(acct.scale_shape), levels, zeros)
-        unsolved = int((~solved).sum())
-    raise ExportError(f"{acct.path}: {unsolved} of {rows.shape[0]} scale groups of these "
-                      f"{acct.method} {acct.bits}-bit values fit no scale × level table; the "
-                      "quantizer's output is not of the form scale·level")
+def _encode(codes: np.ndarray, scales: np.ndarray, bits: int) -> _Encoded:
+    """The file's level indices for a quantizer's signed integer codes (``quant.weight_quant_codes``)."""
+    if bits == 1:
+        # sign(0) = 0 (BWN and 1-bit LAT, as torch.sign in the released code) is a value one bit
+        # cannot hold; real checkpoints have a few (3 in MiniLM's word embedding). They are listed
+        # apart rather than spending a second bit on every entry. A group whose scale is 0 needs
+        # no list: any level times 0 is 0.
+        holes = (codes == 0) & (scales != 0)
+        return _Encoded(1, (codes > 0).astype(np.uint8), np.array([-1, 1], np.float32),
+                        np.flatnonzero(holes))
+    top = quant.max_weight_code(bits)
+    index = (codes.astype(np.int32) + top).astype(np.uint8 if bits <= 8 else np.uint16)
+    return _Encoded(bits, index, np.arange(-top, top + 1, dtype=np.float32), np.zeros(0, np.int64))
 
 
 # --------------------------------------------------------------------------------------------
@@ -390,21 +271,25 @@ def export_packed(params: Mapping[str, Any], spec: ModelSpec, path: str | os.Pat
                 entry["encoding"] = "fp32"
             entries[acct.path] = entry
             continue
+        if not np.all(np.isfinite(w)):
+            raise ExportError(f"{acct.path}: the latent weight is not all finite")
         d = diag.get(acct.path) if acct.method == "lat" else None
-        values = np.asarray(_quantized_values(w, acct.method, acct.bits, tuple(acct.axes),
-                                              None if d is None else np.asarray(d, np.float32)))
-        enc = encode_values(values, acct)
+        codes, scales = _weight_codes(w, acct.method, acct.bits, tuple(acct.axes),
+                                      None if d is None else np.asarray(d, np.float32))
+        codes, scales = np.asarray(codes), np.asarray(scales, np.float32)
+        enc = _encode(codes, scales, acct.bits)
         packed = pack_codes(enc.codes, enc.bits)
         # Decode exactly what is written, and refuse to write anything that does not decode to
-        # the quantized values (IEEE equality: -0.0 == 0.0).
+        # the quantizer's values scales·codes (IEEE equality: -0.0 == 0.0).
         zeros = enc.zeros.astype(np.uint32 if acct.size < 2 ** 32 else np.uint64)
         decoded = dequantize(unpack_codes(packed, enc.bits, acct.size).reshape(acct.shape),
-                             enc.scales, enc.levels, zeros)
+                             scales, enc.levels, zeros)
+        values = scales * codes.astype(np.float32)
         if not np.array_equal(decoded, values):
             raise ExportError(f"{acct.path}: decoded values differ from the quantized values at "
                               f"{int(np.sum(decoded != values))} entries")
         tensors[f"{acct.path}:codes"] = packed
-        tensors[f"{acct.path}:scales"] = enc.scales
+        tensors[f"{acct.path}:scales"] = scales
         tensors[f"{acct.path}:levels"] = enc.levels
         if zeros.size:
             tensors[f"{acct.path}:zeros"] = zeros

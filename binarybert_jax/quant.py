@@ -5,8 +5,11 @@ Pure functions on arrays, differentiable through ``jax.custom_vjp``; they compos
 tests all call these, so a formula is written exactly once.
 
 Weights (straight-through: the latent full-precision weight receives the gradient unchanged):
-  * ``ternarize`` (TWN), ``binarize`` (BWN), ``loss_aware_quantize`` (LAT/LAQ, optional diagonal),
-    ``uniform_weight_quantize`` (symmetric k-bit, for 8-bit baselines); ``quantize_weight`` dispatches.
+  * TWN, BWN, LAT/LAQ (loss-aware, optional diagonal) and symmetric uniform k-bit (for 8-bit
+    baselines). Each is written once as a ``*_codes`` function returning integer codes and
+    per-group scales (``weight_quant_codes`` dispatches; the exporter stores these); the values
+    are ``scales * codes`` (``*_values``, ``weight_quant_values``), and ``quantize_weight``
+    (``ternarize``, ``binarize``) attaches the straight-through gradient.
   * Granularity is given as the axes a scale is shared over: ``(-2, -1)`` is one scale per matrix
     ("layer-wise"), ``(-1,)`` one scale per row of an embedding table, ``(-2,)`` one scale per output
     unit of a ``(in, out)`` Flax kernel. A leading stacking axis (the two halves of a split weight)
@@ -71,72 +74,161 @@ def _norm_axes(axes: Axes, ndim: int) -> tuple[int, ...]:
 
 
 # --------------------------------------------------------------------------------------------
-# Weight quantizers: forward values (no gradient logic here).
+# Weight quantizers: integer codes and scales (no gradient logic here).
 # --------------------------------------------------------------------------------------------
-def ternary_values(w: jax.Array, axes: Axes = LAYERWISE) -> jax.Array:
-    """TWN: Δ = 0.7·mean|w|; α = mean of |w| over entries with |w| > Δ; ŵ = α·sign(w) there, else 0."""
+# Each formula has one home, a ``*_codes`` function returning ``(codes, scales)``: integer codes in
+# ``[-max_weight_code(bits), max_weight_code(bits)]`` and float scales shaped like ``w`` with 1
+# along ``axes``. The quantized value is ``scales * codes``, one float multiplication, and nothing
+# else: the model's forward pass (``*_values``) and the bit-packed export (which stores the codes
+# and the scales) therefore hold the same numbers by construction.
+def max_weight_code(bits: int) -> int:
+    """The largest |code| of a ``bits``-bit weight quantizer: 1 for binary and ternary,
+    ``2^(bits−1) − 1`` above (codes are symmetric integers)."""
+    return max(1, 2 ** (bits - 1) - 1)
+
+
+def _code_dtype(bits: int):
+    return jnp.int8 if bits <= 8 else jnp.int16
+
+
+def ternary_codes(w: jax.Array, axes: Axes = LAYERWISE) -> tuple[jax.Array, jax.Array]:
+    """TWN: Δ = 0.7·mean|w|; α = mean of |w| over entries with |w| > Δ; code sign(w) there, else 0.
+
+    Returns:
+      (codes int8 in {−1, 0, 1} shaped like ``w``, α with 1 along ``axes``).
+    """
     axes = _norm_axes(axes, w.ndim)
     abs_w = jnp.abs(w)
     delta = 0.7 * _mean(abs_w, axes)
     keep = abs_w > delta
     kept = jnp.sum(keep, axis=axes, keepdims=True)
     alpha = jnp.sum(jnp.where(keep, abs_w, 0), axis=axes, keepdims=True) / jnp.maximum(kept, 1)
-    return jnp.where(keep, alpha * jnp.sign(w), jnp.zeros_like(w))
+    return jnp.where(keep, jnp.sign(w), 0).astype(jnp.int8), alpha
 
 
-def binary_values(w: jax.Array, axes: Axes = LAYERWISE) -> jax.Array:
-    """BWN: ŵ = α·sign(w) with α = mean|w|."""
+def binary_codes(w: jax.Array, axes: Axes = LAYERWISE) -> tuple[jax.Array, jax.Array]:
+    """BWN: code sign(w), α = mean|w|.
+
+    Returns:
+      (codes int8 in {−1, 1}, and 0 where ``w`` is exactly 0 (sign(0) = 0, as ``torch.sign`` in the
+      released code), α with 1 along ``axes``).
+    """
     axes = _norm_axes(axes, w.ndim)
-    return jnp.sign(w) * _mean(jnp.abs(w), axes)
+    return jnp.sign(w).astype(jnp.int8), _mean(jnp.abs(w), axes)
 
 
-def loss_aware_values(w: jax.Array, bits: int, axes: Axes = LAYERWISE,
-                      diag: Optional[jax.Array] = None, iterations: int = 10) -> jax.Array:
+def loss_aware_codes(w: jax.Array, bits: int, axes: Axes = LAYERWISE,
+                     diag: Optional[jax.Array] = None, iterations: int = 10
+                     ) -> tuple[jax.Array, jax.Array]:
     """LAT/LAQ: approximately minimises ‖w − α·b‖²_D with D = diag(√v + 1e-8) (identity without ``v``).
 
     ``bits == 1`` is loss-aware binarization (α = Σ|D·w| / ΣD, b = sign w). Otherwise b takes the
-    ``2·(2^(bits−1) − 1) + 1`` symmetric levels in [−1, 1] and α, b alternate ``iterations`` times
-    from b = sign(w), as the released code does.
+    ``2·L + 1`` symmetric levels j/L in [−1, 1] (L = ``max_weight_code(bits)``) and α, b alternate
+    ``iterations`` times from b = sign(w), as the released code does.
+
+    Returns:
+      (codes j: int8 in [−L, L] (binary: as ``binary_codes``), scales α·(1/L) with 1 along
+      ``axes``). For L > 1 the value (α·(1/L))·j differs from the released code's α·(j/L) by an
+      ulp or two in a fraction of the entries (the 2-bit L = 1 is the same bits): one product of a
+      group's scale and an integer is what a packed file holds, and α·(j/L) is not always of that
+      form (the exporter once searched scales ulp by ulp for it). 1/L is multiplied rather than L
+      divided by, so eager and jitted scales agree (XLA turns a division by a constant into a
+      multiplication by its reciprocal). The refit iterates on j/L, as before.
     """
     axes = _norm_axes(axes, w.ndim)
     d = jnp.ones_like(w) if diag is None else jnp.sqrt(diag.astype(w.dtype)) + 1e-8
     if bits == 1:
         alpha = jnp.sum(jnp.abs(d * w), axes, keepdims=True) / jnp.sum(d, axes, keepdims=True)
-        return alpha * jnp.sign(w)
-    levels = 2 ** (bits - 1) - 1
+        return jnp.sign(w).astype(jnp.int8), alpha
+    levels = max_weight_code(bits)
 
     def refit(b):
         alpha = (jnp.sum(jnp.abs(b * d * w), axes, keepdims=True)
                  / jnp.maximum(jnp.sum(jnp.abs(b * d), axes, keepdims=True), 1e-30))
-        b = jnp.round(jnp.clip(w / alpha, -1.0, 1.0) * levels) / levels
-        return alpha, b
+        j = jnp.round(jnp.clip(w / alpha, -1.0, 1.0) * levels)
+        return alpha, j
 
-    alpha, b = refit(jnp.sign(w))
-    alpha, b = lax.fori_loop(0, iterations, lambda _, ab: refit(ab[1]), (alpha, b))
-    return alpha * b
+    alpha, j = refit(jnp.sign(w))
+    alpha, j = lax.fori_loop(0, iterations, lambda _, aj: refit(aj[1] / levels), (alpha, j))
+    return j.astype(_code_dtype(bits)), alpha * (1.0 / levels)
+
+
+def uniform_weight_codes(w: jax.Array, bits: int, axes: Axes = LAYERWISE
+                         ) -> tuple[jax.Array, jax.Array]:
+    """Symmetric k-bit: s = L/max|w| (L = 2^(bits−1) − 1), code round(w·s), scale 1/s.
+
+    Returns:
+      (codes in [−L, L], int8 to 8 bits else int16; scales 1/s with 1 along ``axes``). The codes
+      are the released code's round(w·s); the value (1/s)·code is what XLA computes for its
+      round(w·s)/s too (a division by a broadcast becomes a multiplication by the reciprocal), and
+      it is written so here, since the packed file holds exactly that product.
+    """
+    axes = _norm_axes(axes, w.ndim)
+    max_abs = jnp.max(jnp.abs(w), axis=axes, keepdims=True)
+    scale = max_weight_code(bits) / jnp.where(max_abs > 0, max_abs, 1)
+    return jnp.round(w * scale).astype(_code_dtype(bits)), 1 / scale
+
+
+def weight_quant_codes(w: jax.Array, method: str, bits: int, axes: Axes = LAYERWISE,
+                       diag: Optional[jax.Array] = None) -> tuple[jax.Array, jax.Array]:
+    """The integer codes and per-group scales of ``w`` for a quantized method and bit width.
+
+    Args:
+      w: latent full-precision weight, any shape.
+      method, bits: as ``quantize_weight`` (below 32 bits: full precision has no codes).
+      axes: axes one scale is shared over.
+      diag: LAT only, the second moment for ``w`` or None for the identity.
+    Returns:
+      ``(codes, scales)``: integer codes shaped like ``w`` in
+      ``[−max_weight_code(bits), max_weight_code(bits)]`` (binary: ±1, 0 only where ``w`` is 0),
+      and scales in ``w``'s dtype shaped like ``w`` with 1 along ``axes``. The quantized values
+      are ``scales * codes`` (``weight_quant_values``).
+    """
+    check_weight_method(method, bits)
+    if bits >= FULL_PRECISION_BITS:
+        raise ValueError(f"a {bits}-bit weight is full precision and has no codes")
+    if method == "twn":
+        return ternary_codes(w, axes)
+    if method == "bwn":
+        return binary_codes(w, axes)
+    if method == "lat":
+        return loss_aware_codes(w, bits, axes, diag)
+    return uniform_weight_codes(w, bits, axes)
+
+
+def _scaled(codes_and_scales: tuple[jax.Array, jax.Array]) -> jax.Array:
+    codes, scales = codes_and_scales
+    return scales * codes.astype(scales.dtype)
+
+
+def ternary_values(w: jax.Array, axes: Axes = LAYERWISE) -> jax.Array:
+    """TWN values α·code (``ternary_codes``)."""
+    return _scaled(ternary_codes(w, axes))
+
+
+def binary_values(w: jax.Array, axes: Axes = LAYERWISE) -> jax.Array:
+    """BWN values α·sign(w) (``binary_codes``)."""
+    return _scaled(binary_codes(w, axes))
+
+
+def loss_aware_values(w: jax.Array, bits: int, axes: Axes = LAYERWISE,
+                      diag: Optional[jax.Array] = None, iterations: int = 10) -> jax.Array:
+    """LAT/LAQ values scale·code (``loss_aware_codes``)."""
+    return _scaled(loss_aware_codes(w, bits, axes, diag, iterations))
 
 
 def uniform_weight_values(w: jax.Array, bits: int, axes: Axes = LAYERWISE) -> jax.Array:
-    """Symmetric k-bit: s = (2^(bits−1) − 1)/max|w|, ŵ = round(w·s)/s."""
-    axes = _norm_axes(axes, w.ndim)
-    max_abs = jnp.max(jnp.abs(w), axis=axes, keepdims=True)
-    scale = (2 ** (bits - 1) - 1) / jnp.where(max_abs > 0, max_abs, 1)
-    return jnp.round(w * scale) / scale
+    """Symmetric k-bit values scale·code (``uniform_weight_codes``)."""
+    return _scaled(uniform_weight_codes(w, bits, axes))
 
 
 def weight_quant_values(w: jax.Array, method: str, bits: int, axes: Axes = LAYERWISE,
                         diag: Optional[jax.Array] = None) -> jax.Array:
-    """The quantized values of ``w`` for a method and bit width (no gradient rule attached)."""
-    check_weight_method(method, bits)
+    """The quantized values ``scales * codes`` of ``w`` (``weight_quant_codes``); ``w`` itself at
+    32 bits. No gradient rule attached."""
     if bits >= FULL_PRECISION_BITS:
         return w
-    if method == "twn":
-        return ternary_values(w, axes)
-    if method == "bwn":
-        return binary_values(w, axes)
-    if method == "lat":
-        return loss_aware_values(w, bits, axes, diag)
-    return uniform_weight_values(w, bits, axes)
+    return _scaled(weight_quant_codes(w, method, bits, axes, diag))
 
 
 def check_weight_method(method: str, bits: int) -> None:

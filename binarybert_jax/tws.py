@@ -48,13 +48,13 @@ EMBED_AXES = {"layer": quant.LAYERWISE, "row": (-1,)}
 
 # quant's TWN, compiled once per shape: op-by-op dispatch would compile every operation anew for
 # each new shape, which costs more than compiling the whole function.
-_ternary_values = jax.jit(quant.ternary_values, static_argnums=1)
+_ternary_codes = jax.jit(quant.ternary_codes, static_argnums=1)
 
 
 def split_ternary_weight(w: Any, axes: quant.Axes = quant.LAYERWISE) -> tuple[np.ndarray, np.ndarray]:
     """Splits a latent ternary weight into two latent binary halves (the TWS formulas above).
 
-    The support ``I`` is that of ``quant.ternary_values`` evaluated in ``w``'s own dtype, i.e. what
+    The support ``I`` is that of ``quant.ternary_codes`` evaluated in ``w``'s own dtype, i.e. what
     the ternary model computed in its forward pass (an entry within rounding of the threshold Δ is
     classified as the model classified it). ``α`` (TWN's mean |w| over ``I``), ``a``, ``b`` and the
     halves are computed in float64 from that support, as the released code does: its splits of a
@@ -77,10 +77,10 @@ def split_ternary_weight(w: Any, axes: quant.Axes = quant.LAYERWISE) -> tuple[np
         raise ValueError("split_ternary_weight needs an array with at least one axis, got a scalar")
     axes = tuple(sorted(a % w.ndim for a in (range(w.ndim) if axes is None else axes)))
     with jax.enable_x64(True):  # keep float64 input float64 inside the jnp quantizer
-        ternary = np.asarray(_ternary_values(jnp.asarray(w), axes))
+        codes = np.asarray(_ternary_codes(jnp.asarray(w), axes)[0])
     w64 = w.astype(np.float64)
     abs_w = np.abs(w64)
-    in_i = ternary != 0
+    in_i = codes != 0
     in_j = ~in_i & (w64 > 0)
     in_k = ~in_i & ~in_j
 

@@ -42,9 +42,8 @@ VALUE_CONFIGS = {
         quantize_pooler=False),
 }
 
-# quant.weight_quant_values under jit, as the model computes it (the exporter's own jitted
-# wrapper, shared so that the tests do not compile every quantizer twice).
-_values = export._quantized_values
+# quant.weight_quant_values under jit, as the model computes it.
+_values = jax.jit(quant.weight_quant_values, static_argnums=(1, 2, 3))
 
 
 def random_params(spec, seed=0):
@@ -217,6 +216,16 @@ def test_export_refuses_params_that_do_not_fit(tmp_path):
     msg = str(e.value)
     assert "pooler/dense/bias" in msg and "encoder/layer_0/ffn/output/kernel" in msg
     assert "expected (64, 32), got (3, 3)" in msg
+
+
+def test_export_refuses_a_weight_that_is_not_finite(tmp_path):
+    spec = ModelSpec(TINY, BWN_118)
+    flat = checkpoints.flatten(random_params(spec))
+    flat["encoder/layer_1/attention/key/kernel"][2, 3] = np.nan
+    with pytest.raises(export.ExportError, match="encoder/layer_1/attention/key/kernel: the "
+                                                 "latent weight is not all finite"):
+        export.export_packed(checkpoints.unflatten(flat), spec, tmp_path / "m.safetensors")
+    assert not (tmp_path / "m.safetensors").exists()
 
 
 # --------------------------------------------------------------------------------------------

@@ -185,3 +185,63 @@ def test_bad_method_and_bits_are_clear_errors():
         quant.quantize_weight(jnp.ones((2, 2)), "twn", 1)
     with pytest.raises(ValueError, match="activation"):
         quant.quantize_act(jnp.ones(3), jnp.ones(2), "pact", 8, True)
+
+
+# ---- integer codes and scales ----------------------------------------------------------------
+
+CODE_METHODS = [("twn", 2), ("bwn", 1), ("lat", 1), ("lat", 2), ("lat", 3), ("lat", 8),
+                ("uniform", 2), ("uniform", 4), ("uniform", 8), ("uniform", 16)]
+# (shape, axes): layer-wise, per output unit of an (in, out) kernel, per embedding row, and the
+# stacked planes of a split weight (a leading axis of 2, which always gets scales of its own).
+CODE_LAYOUTS = [((37, 24), quant.LAYERWISE), ((37, 24), (-2,)), ((50, 16), (-1,)),
+                ((2, 37, 24), quant.LAYERWISE), ((2, 37, 24), (-2,))]
+
+
+@pytest.mark.parametrize("shape,axes", CODE_LAYOUTS)
+@pytest.mark.parametrize("method,bits", CODE_METHODS)
+def test_codes_and_scales_give_the_values(method, bits, shape, axes):
+    w = np.array(_random(bits, shape, heavy=True), np.float32)
+    w.reshape(-1)[0] = 0.0  # an exact zero: binary codes it 0 (sign(0) = 0)
+    top = quant.max_weight_code(bits)
+    allowed = [-1, 0, 1] if bits <= 2 else list(range(-top, top + 1))
+    scale_shape = tuple(1 if a in [x % len(shape) for x in axes] else d for a, d in enumerate(shape))
+    jit = lambda f: jax.jit(f, static_argnums=(1, 2, 3))
+    # Eagerly and under jit (where XLA may sum a scale's mean in another order) alike.
+    for codes_fn, values_fn in ((quant.weight_quant_codes, quant.weight_quant_values),
+                                (jit(quant.weight_quant_codes), jit(quant.weight_quant_values))):
+        codes, scales = codes_fn(jnp.asarray(w), method, bits, axes)
+        codes, scales = np.asarray(codes), np.asarray(scales)
+        assert np.issubdtype(codes.dtype, np.signedinteger) and codes.shape == shape
+        assert np.isin(codes, allowed).all()
+        if bits == 1:  # ±1 everywhere but at the exact zero
+            assert codes.reshape(-1)[0] == 0 and np.all(np.abs(codes.reshape(-1)[1:]) == 1)
+        elif bits > 2:  # the outermost levels are used (the group's largest |w| reaches them)
+            assert np.abs(codes).max() == top
+        assert scales.dtype == np.float32 and scales.shape == scale_shape and np.all(scales > 0)
+        # The values are exactly scales·codes.
+        np.testing.assert_array_equal(values_fn(jnp.asarray(w), method, bits, axes),
+                                      scales * codes.astype(np.float32))
+
+
+def test_split_planes_get_their_own_codes_and_scales():
+    w = _random(7, (2, 30, 20)).astype(jnp.float32)
+    codes, scales = quant.weight_quant_codes(w, "bwn", 1, (-2,))
+    for half in range(2):
+        c, s = quant.weight_quant_codes(w[half], "bwn", 1, (-2,))
+        np.testing.assert_array_equal(codes[half], c)
+        np.testing.assert_array_equal(scales[half], s)
+
+
+def test_lat_codes_take_the_diagonal():
+    w = _random(0, (40, 20)).astype(jnp.float32)
+    v = (jnp.asarray(np.random.default_rng(1).uniform(0.01, 4.0, w.shape)) ** 2).astype(jnp.float32)
+    codes, scales = quant.weight_quant_codes(w, "lat", 3, diag=v)
+    np.testing.assert_array_equal(quant.weight_quant_values(w, "lat", 3, diag=v),
+                                  np.asarray(scales) * np.asarray(codes, np.float32))
+    plain_codes, plain_scales = quant.weight_quant_codes(w, "lat", 3)
+    assert not (np.array_equal(codes, plain_codes) and np.array_equal(scales, plain_scales))
+
+
+def test_full_precision_has_no_codes():
+    with pytest.raises(ValueError, match="full precision"):
+        quant.weight_quant_codes(jnp.ones((2, 2)), "twn", 32)
