@@ -77,9 +77,11 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import math
 import os
 import pathlib
+import zlib
 from typing import Any, Mapping, Optional
 
 import jax
@@ -88,6 +90,8 @@ import numpy as np
 from binarybert_jax import hf_import, quant, size
 from binarybert_jax.errors import UserError
 from binarybert_jax.model import ModelSpec
+
+log = logging.getLogger(__name__)
 
 FORMAT = "binarybert-jax/packed"
 FORMAT_VERSION = 1
@@ -250,6 +254,9 @@ def export_packed(params: Mapping[str, Any], spec: ModelSpec, path: str | os.Pat
     Raises:
       ExportError: parameters that do not fit the spec, or values that cannot be encoded exactly.
     """
+    final = pathlib.Path(path).absolute()
+    if final.is_dir():
+        raise ExportError(f"--out {final} is a directory; give a file path such as {final / 'model.safetensors'}")
     from safetensors.numpy import save_file
 
     plan = size.tensor_plan(spec)
@@ -299,14 +306,18 @@ def export_packed(params: Mapping[str, Any], spec: ModelSpec, path: str | os.Pat
                      levels=len(enc.levels), zeros=int(zeros.size))
         entries[acct.path] = entry
 
+    arrays = {k: np.array(v, order="C") for k, v in tensors.items()}
+    for name, entry in entries.items():
+        entry["crc32"] = parameter_checksum(arrays, entry, name)
     manifest = {"format": FORMAT, "version": FORMAT_VERSION, "spec": spec.to_dict(),
                 "info": info or {}, "bit_order": BIT_ORDER, "tensors": entries}
-    final = pathlib.Path(path).absolute()
-    final.parent.mkdir(parents=True, exist_ok=True)
     tmp = final.with_name(final.name + f".tmp{os.getpid()}")
-    save_file({k: np.array(v, order="C") for k, v in tensors.items()}, str(tmp),
-              metadata={MANIFEST_KEY: json.dumps(manifest, sort_keys=True)})
-    os.replace(tmp, final)
+    try:
+        final.parent.mkdir(parents=True, exist_ok=True)
+        save_file(arrays, str(tmp), metadata={MANIFEST_KEY: json.dumps(manifest, sort_keys=True)})
+        os.replace(tmp, final)
+    finally:
+        tmp.unlink(missing_ok=True)  # a failed write leaves nothing behind
 
     payload = sum(v.nbytes for v in tensors.values())
     accounting = size.SizeReport(tuple(plan), include_scales=True, include_act_params=True)
@@ -467,6 +478,7 @@ def load_packed(path: str | os.PathLike, requantize: bool = False
                 raise PackedFormatError(f"{path}: tensor {key!r}: expected shape {shape} "
                                         f"{dtype}, got {got_shape} {got_dtype}")
         raw = {key: f.get_tensor(key) for key in expected}
+    _verify_checksums(entries, raw, path)
 
     for name, entry in entries.items():
         shape = tuple(entry["shape"])
@@ -495,6 +507,28 @@ def load_packed(path: str | os.PathLike, requantize: bool = False
 
     inference = inference_spec(spec)
     return hf_import.unflatten(_merge_planes(flat, inference)), inference, info
+
+
+def parameter_checksum(arrays: Mapping[str, np.ndarray], entry: Mapping[str, Any], name: str) -> str:
+    """CRC-32 of the bytes of every file tensor one parameter is stored in (codes, scales, levels,
+    zeros or the float32 values), in a fixed order: any flipped byte changes it."""
+    crc = 0
+    for key in sorted(_expected_tensors(entry, name)):
+        crc = zlib.crc32(np.ascontiguousarray(arrays[key]).tobytes(), crc)
+    return f"{crc:08x}"
+
+
+def _verify_checksums(entries: Mapping[str, Any], raw: Mapping[str, np.ndarray], path) -> None:
+    """Refuses a parameter whose stored bytes differ from the checksum its manifest entry recorded;
+    files written before checksums existed load unverified, with a note."""
+    unchecked = [name for name, entry in entries.items() if "crc32" not in entry]
+    if unchecked:
+        log.info("%s: %d tensors have no checksum (written by an older version); they are not verified",
+                 path, len(unchecked))
+    for name, entry in entries.items():
+        if "crc32" in entry and parameter_checksum(raw, entry, name) != entry["crc32"]:
+            raise PackedFormatError(f"{path}: the stored tensors of {name!r} do not match their checksum: "
+                                    "the file is corrupt (re-export it from the checkpoint)")
 
 
 def inference_spec(spec: ModelSpec) -> ModelSpec:

@@ -220,11 +220,11 @@ def test_export_refuses_params_that_do_not_fit(tmp_path):
 
 def test_export_refuses_a_weight_that_is_not_finite(tmp_path):
     spec = ModelSpec(TINY, BWN_118)
-    flat = checkpoints.flatten(random_params(spec))
+    flat = hf_import.flatten(random_params(spec))
     flat["encoder/layer_1/attention/key/kernel"][2, 3] = np.nan
     with pytest.raises(export.ExportError, match="encoder/layer_1/attention/key/kernel: the "
                                                  "latent weight is not all finite"):
-        export.export_packed(checkpoints.unflatten(flat), spec, tmp_path / "m.safetensors")
+        export.export_packed(hf_import.unflatten(flat), spec, tmp_path / "m.safetensors")
     assert not (tmp_path / "m.safetensors").exists()
 
 
@@ -280,6 +280,41 @@ def test_corrupt_files_are_refused_clearly(good_file, tmp_path, edit, message):
     with pytest.raises(export.PackedFormatError) as e:
         export.load_packed(bad)
     assert message in str(e.value)
+
+
+def _flip_one_bit(tensors, key="embeddings/LayerNorm/scale"):
+    a = tensors[key].copy()
+    a.view(np.uint8)[3] ^= 0x10
+    tensors[key] = a
+
+
+def test_a_flipped_byte_is_caught_by_its_checksum(good_file, tmp_path):
+    bad = rewrite(good_file, tmp_path / "flipped.safetensors", tensors_fn=_flip_one_bit)
+    with pytest.raises(export.PackedFormatError, match=r"the stored tensors of 'embeddings/LayerNorm/scale' "
+                                                       r"do not match their checksum: the file is corrupt"):
+        export.load_packed(bad)
+    codes = rewrite(good_file, tmp_path / "codes.safetensors",
+                    tensors_fn=lambda t: _flip_one_bit(t, "pooler/dense/kernel:codes"))
+    with pytest.raises(export.PackedFormatError, match="of 'pooler/dense/kernel' do not match"):
+        export.load_packed(codes)
+
+
+def test_files_without_checksums_still_load(good_file, tmp_path, caplog):
+    old = rewrite(good_file, tmp_path / "old.safetensors",
+                  manifest_fn=lambda m: [e.pop("crc32") for e in m["tensors"].values()])
+    with caplog.at_level("INFO", logger="binarybert_jax.export"):
+        params, _, _ = export.load_packed(old)
+    assert "not verified" in caplog.text
+    jax.tree_util.tree_map(np.testing.assert_array_equal, params, export.load_packed(good_file)[0])
+
+
+def test_export_to_a_directory_is_refused_before_any_work(tmp_path):
+    spec = ModelSpec(TINY, BWN_118)
+    target = tmp_path / "outdir"
+    target.mkdir()
+    with pytest.raises(export.ExportError, match="outdir is a directory; give a file path"):
+        export.export_packed(random_params(spec), spec, target)
+    assert list(tmp_path.iterdir()) == [target] and not any(target.iterdir())
 
 
 def test_not_a_packed_file(tmp_path):
