@@ -29,6 +29,42 @@ def setup_logging() -> None:
     ours.propagate = False
 
 
+def define_distributed_flags() -> None:
+    """The flags that join a multi-process run (every host of a TPU slice, a GPU cluster, or several
+    processes on one machine): ``--distributed`` lets JAX find the cluster itself (TPU VMs, SLURM,
+    ...); ``--coordinator_address`` with ``--num_processes`` and ``--process_id`` gives it explicitly."""
+    from absl import flags
+    flags.DEFINE_bool("distributed", False, "Join a multi-process run: jax.distributed.initialize() "
+                      "with the cluster found from the environment (TPU VM slices, SLURM, ...).")
+    flags.DEFINE_string("coordinator_address", None, "host:port of process 0 (multi-process runs "
+                        "without automatic discovery, e.g. GPU hosts or CPU processes on one machine).")
+    flags.DEFINE_integer("num_processes", None, "Number of processes (with --coordinator_address).")
+    flags.DEFINE_integer("process_id", None, "This process's index (with --coordinator_address).")
+
+
+def initialize_distributed(flag_values) -> None:
+    """Calls ``jax.distributed.initialize`` as the distributed flags say (nothing without them).
+
+    On the CPU backend the cross-process collectives are JAX's gloo implementation, which must be
+    chosen before the backend starts.
+    """
+    import jax
+    explicit = flag_values.coordinator_address is not None
+    if not (flag_values.distributed or explicit):
+        return
+    if explicit and (flag_values.num_processes is None or flag_values.process_id is None):
+        fail("--coordinator_address needs --num_processes and --process_id")
+    platforms = (jax.config.jax_platforms or "").split(",")
+    if "cpu" in platforms[:1]:
+        jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    if explicit:
+        jax.distributed.initialize(coordinator_address=flag_values.coordinator_address,
+                                   num_processes=flag_values.num_processes,
+                                   process_id=flag_values.process_id)
+    else:
+        jax.distributed.initialize()
+
+
 def fail(message: str, code: int = EXIT_USER_ERROR):
     print(f"error: {message}", file=sys.stderr)
     sys.exit(code)

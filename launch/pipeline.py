@@ -15,7 +15,7 @@ from launch import common
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Config file, optionally with :arg.", lock_config=True)
 flags.DEFINE_string("workdir", None, "Where every stage's checkpoints and the report go.")
-flags.DEFINE_bool("distributed", False, "Call jax.distributed.initialize() first (multi-host).")
+common.define_distributed_flags()
 flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -24,8 +24,7 @@ def main(argv):
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     common.setup_logging()
     import jax
-    if FLAGS.distributed:
-        jax.distributed.initialize()
+    common.initialize_distributed(FLAGS)
     from binarybert_jax import pipeline
     common.run_guarded(pipeline.run_pipeline, FLAGS.config, FLAGS.workdir)
 

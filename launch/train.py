@@ -18,8 +18,7 @@ from launch import common
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Config file, optionally with :arg.", lock_config=True)
 flags.DEFINE_string("workdir", None, "Where checkpoints, metrics and results go.")
-flags.DEFINE_bool("distributed", False,
-                  "Call jax.distributed.initialize() first (multi-host TPU/GPU; launch/tpu.sh sets it).")
+common.define_distributed_flags()
 flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -28,8 +27,7 @@ def main(argv):
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     common.setup_logging()
     import jax
-    if FLAGS.distributed:
-        jax.distributed.initialize()
+    common.initialize_distributed(FLAGS)
     from binarybert_jax import train
     results = common.run_guarded(train.train_and_evaluate, FLAGS.config, FLAGS.workdir)
     if jax.process_index() == 0:
