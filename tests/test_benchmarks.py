@@ -1,7 +1,10 @@
 """The benchmark scripts' bookkeeping: op classification, concurrency sweep, report sections."""
 
+import json
+
 import jax
 import jax.numpy as jnp
+import numpy as np
 import pytest
 
 from benchmarks import markdown, step_profile
@@ -63,3 +66,16 @@ def test_printed_command_leaves_out_the_raw_results_path():
 
     argv = ["--cases", "w2a8", "--json", "/tmp/x.json", "--out", "B.md", "--json=/tmp/y.json"]
     assert train_step._without_json(argv) == ["--cases", "w2a8", "--out", "B.md"]
+
+
+def test_accelerator_check_runs_tiny_on_the_cpu(tmp_path):
+    """The GPU/TPU check's own code path, shrunk: every figure is there and plausible."""
+    from benchmarks import accelerator_check
+    result = accelerator_check.main(["--tiny", "--steps", "2", "--out", str(tmp_path)])
+    assert result["bf16_matmul_tflops"] > 0 and set(result["steps"]) == {"w2a8", "w1a8"}
+    for m in result["steps"].values():
+        assert m["examples_per_s"] > 0 and 0 < m["mfu"] and np.isfinite(m["loss"])
+    assert result["sharding"]["devices"] == 2 and result["sharding"]["max_abs_param_diff"] < 1e-2
+    md = (tmp_path / "accelerator_check.md").read_text()
+    assert "| ternary W2A8 (TWN) |" in md and "Sharding check over 2 devices" in md
+    assert json.loads((tmp_path / "accelerator_check.json").read_text())["compute_dtype"] == "bfloat16"
