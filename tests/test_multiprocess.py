@@ -130,3 +130,26 @@ def test_two_processes_killed_mid_run_resume_to_the_same_parameters(tmp_path, ti
     assert "resuming from step" in results[0][2]
     jax.tree_util.tree_map(lambda a, b: np.testing.assert_allclose(a, b, rtol=0, atol=1e-5),
                            _final(tmp_path), _final(one_process))
+
+
+@pytest.mark.skipif(os.environ.get("BINARYBERT_SLOW_TESTS") != "1",
+                    reason="the tiny pipeline on two processes takes minutes on 2 cores; set "
+                           "BINARYBERT_SLOW_TESTS=1 to run it")
+def test_the_pipeline_on_two_processes_equals_one(tmp_path, tiny_pretrained_1layer):
+    common = ["-m", "launch.pipeline", "--config", "configs/pipeline.py:task=sst-2,tiny,bwn=False",
+              f"--config.pretrained={tiny_pretrained_1layer}", "--config.progress_bar=False"]
+    one = subprocess.run([sys.executable, *common, "--workdir", str(tmp_path / "one")], cwd=ROOT, env=_env(2),
+                         capture_output=True, text=True, timeout=3 * TIMEOUT)
+    assert one.returncode == 0, one.stderr[-3000:]
+    port = _free_port()
+    procs = [subprocess.Popen([sys.executable, *common, "--workdir", str(tmp_path / "two"),
+                               f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2",
+                               f"--process_id={i}"], cwd=ROOT, env=_env(1), stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for i in range(2)]
+    for rc, _, err in _wait(procs):
+        assert rc == 0, err[-3000:]
+    assert (tmp_path / "two" / "results.md").read_text() == (tmp_path / "one" / "results.md").read_text()
+    for stage in ("teacher/finetune", "half/joint", "ternary/stage2", "tws/stage2", "adaptive/stage2"):
+        jax.tree_util.tree_map(lambda a, b: np.testing.assert_allclose(a, b, rtol=0, atol=1e-5),
+                               checkpoints.load_model(tmp_path / "two" / stage / "final")[0],
+                               checkpoints.load_model(tmp_path / "one" / stage / "final")[0])
