@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from binarybert_jax import checkpoints, model as M, optim, storage, train
+from binarybert_jax import checkpoints, kd, model as M, optim, storage, train, trees
 from configs import common
 
 from conftest import tiny_config
@@ -83,9 +83,49 @@ def test_two_device_step_equals_one_device(act_method, objective):
 
 
 def test_lat_step_uses_second_moment():
+    """The step's LAT weights take Adam's second moment ν as their diagonal: the loss the step
+    measures (computed before its update) is the model's loss with ``lat_diag`` = ν, not the
+    identity-diagonal one."""
     q = M.QuantConfig(2, 2, 8, "lat", "lat")
-    params, measured = _step_outputs(1, q, "joint")
-    assert np.isfinite(measured["total"]) and measured["update_norm"] > 0
+    student = M.BertModel(ONE_LAYER, q, num_labels=2)
+    rng = np.random.default_rng(0)
+    batch = {"input_ids": rng.integers(1, 1000, (4, 16)).astype(np.int32),
+             "token_type_ids": np.zeros((4, 16), np.int32),
+             "attention_mask": (np.arange(16)[None] < np.array([[16], [12], [9], [14]])).astype(np.int32),
+             "labels": np.array([0, 1, 1, 0], np.int32), "example_mask": np.ones(4, np.float32)}
+    # On the host: the step donates its state, and the reference losses below reuse the parameters.
+    params = jax.device_get(student.init(jax.random.key(1), batch["input_ids"][:1])["params"])
+    sched = optim.warmup_linear_schedule(1e-3, 10)
+    tx = optim.bert_adam(sched, sched)
+    # A ν that varies within each kernel (spread over four decades): a uniform ν scales D = √ν by a
+    # constant, which leaves LAT's values unchanged, so only a non-uniform one shows the wiring.
+    nu = {k: (10.0 ** rng.uniform(-6, -2, v.shape)).astype(np.float32)
+          for k, v in trees.flatten(params).items()}
+
+    def with_nu(state):
+        if not isinstance(state, optim.BertAdamState):
+            return state
+        return state._replace(nu=jax.tree_util.tree_map_with_path(
+            lambda path, _: jnp.asarray(nu["/".join(str(p.key) for p in path)]), state.nu))
+
+    opt_state = jax.tree_util.tree_map(with_nu, tx.init(params),
+                                       is_leaf=lambda s: isinstance(s, optim.BertAdamState))
+    mesh = train.make_mesh(1)
+    step = train.make_train_step(student, None, tx, sched, mesh, objective="supervised",
+                                 is_regression=False)
+    state = train.replicate(train.TrainState(jnp.zeros((), jnp.int32), params, opt_state), mesh)
+    _, measured = step(state, train.replicate({}, mesh), train.shard_batch(batch, mesh), jax.random.key(3))
+    measured_loss = float(jax.device_get(measured["total"]))
+
+    def loss(extra):  # dropout is off in ONE_LAYER, so the deterministic forward is the step's
+        out = student.apply({"params": params, **extra}, batch["input_ids"], batch["token_type_ids"],
+                            batch["attention_mask"])
+        return float(kd.kd_losses(out, None, batch, objective="supervised", is_regression=False)["total"])
+
+    with_diag, identity = loss({"lat_diag": trees.unflatten(nu)}), loss({})
+    gap = abs(with_diag - identity)
+    assert gap > 1e-4 * abs(identity), (with_diag, identity)  # the diagonal matters for this ν
+    assert abs(measured_loss - with_diag) < 0.01 * gap, (measured_loss, with_diag, identity)
 
 
 # ---- the loop ---------------------------------------------------------------------------------
