@@ -56,9 +56,12 @@ def fixtures_dir() -> pathlib.Path:
 def glue_dir() -> pathlib.Path:
     """The full GLUE files of ``shared/data/glue`` beside the checkout; skips naming what is missing."""
     root = SHARED / "data" / "glue"
+    if not root.is_dir():
+        pytest.skip(f"full GLUE data missing: no folder {root} (the tests read train.tsv, dev.tsv and "
+                    "test.tsv of CoLA/, SST-2/, MRPC/ and STS-B/ there)")
     missing = [name for name in GLUE_FILES if not (root / name).is_file()]
     if missing:
-        pytest.skip(f"full GLUE data missing under {root}: {', '.join(missing)}")
+        pytest.skip(f"full GLUE data incomplete under {root}: {', '.join(missing)} missing")
     return root
 
 
