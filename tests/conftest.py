@@ -1,4 +1,5 @@
-"""Shared test fixtures: the ``shared/`` folder beside the checkout, and the real MiniLM model."""
+"""Shared test fixtures: the parity references in ``tests/fixtures``, the full GLUE files in the
+``shared/`` folder beside the checkout (tests that need them skip without it), the real MiniLM model."""
 
 import os
 import pathlib
@@ -8,6 +9,7 @@ import pathlib
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=2")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
+import hashlib  # noqa: E402
 import tempfile  # noqa: E402
 
 import jax  # noqa: E402
@@ -20,6 +22,11 @@ jax.config.update("jax_compilation_cache_dir", os.environ.get(
 jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
 
 SHARED = pathlib.Path(__file__).resolve().parents[2] / "shared"
+# The reference outputs the parity tests compare against ship with the tests (tests/fixtures/README.md).
+FIXTURES = pathlib.Path(__file__).resolve().parent / "fixtures"
+# The full GLUE files a few tests read; the shipped data/glue_slice holds only part of SST-2.
+GLUE_FILES = tuple(f"{task}/{split}.tsv" for task in ("CoLA", "SST-2", "MRPC", "STS-B")
+                   for split in ("train", "dev", "test"))
 
 
 @pytest.fixture(scope="session")
@@ -30,13 +37,32 @@ def shared_dir() -> pathlib.Path:
 
 
 @pytest.fixture(scope="session")
-def fixtures_dir(shared_dir) -> pathlib.Path:
-    return shared_dir / "fixtures"
+def fixtures_dir() -> pathlib.Path:
+    """``tests/fixtures``, its files checked against its SHA256SUMS once per session."""
+    sums = FIXTURES / "SHA256SUMS"
+    for line in sums.read_text().splitlines():
+        expected, name = line.split()
+        path = FIXTURES / name
+        if not path.is_file():
+            pytest.fail(f"{path} is missing: it is listed in {sums}", pytrace=False)
+        actual = hashlib.sha256(path.read_bytes()).hexdigest()
+        if actual != expected:
+            pytest.fail(f"{path} has SHA-256 {actual}, {sums} says {expected}: the parity "
+                        "fixture changed; restore it from version control", pytrace=False)
+    return FIXTURES
 
 
 @pytest.fixture(scope="session")
-def glue_dir(shared_dir) -> pathlib.Path:
-    return shared_dir / "data" / "glue"
+def glue_dir() -> pathlib.Path:
+    """The full GLUE files of ``shared/data/glue`` beside the checkout; skips naming what is missing."""
+    root = SHARED / "data" / "glue"
+    if not root.is_dir():
+        pytest.skip(f"full GLUE data missing: no folder {root} (the tests read train.tsv, dev.tsv and "
+                    "test.tsv of CoLA/, SST-2/, MRPC/ and STS-B/ there)")
+    missing = [name for name in GLUE_FILES if not (root / name).is_file()]
+    if missing:
+        pytest.skip(f"full GLUE data incomplete under {root}: {', '.join(missing)} missing")
+    return root
 
 
 @pytest.fixture(scope="session")
@@ -50,6 +76,27 @@ def tiny_config(num_layers: int = 2):
     from binarybert_jax.model import BertConfig
     return BertConfig(vocab_size=30522, hidden_size=32, num_layers=num_layers, num_heads=4, head_dim=8,
                       intermediate_size=64, max_position=128, hidden_dropout=0.0, attention_dropout=0.0)
+
+
+def run_config(tiny_pretrained, data_dir, task: str, /, **overrides):
+    """A training config for the tiny model: 32 training and 16 dev examples, batch 4, 32 tokens;
+    ``overrides`` are dotted keys (``"stage2.epochs"``) set last."""
+    from configs import common
+    c = common.base_config(task)
+    common.shrink_for_local(c)
+    c.pretrained = str(tiny_pretrained)
+    c.data_dir = str(data_dir)
+    c.train_limit, c.eval_limit, c.batch_size, c.eval_batch_size = 32, 16, 4, 8
+    c.max_seq_length = 32
+    c.stage2.learning_rate = 1e-3
+    c.progress_bar = False
+    for k, v in overrides.items():
+        node = c
+        *parents, leaf = k.split(".")
+        for part in parents:
+            node = node[part]
+        node[leaf] = v
+    return c
 
 
 def _write_tiny(directory, config, minilm_dir):

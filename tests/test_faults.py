@@ -14,29 +14,14 @@ import numpy as np
 import pytest
 
 from binarybert_jax import checkpoints, errors, model as M, resolve, train, tws
-from configs import common
+from conftest import run_config
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 SLICE = ROOT / "data" / "glue_slice"
 
 
 def _config(tiny_pretrained, **overrides):
-    c = common.base_config("sst-2")
-    common.shrink_for_local(c)
-    c.pretrained = str(tiny_pretrained)
-    c.data_dir = str(SLICE)
-    c.train_limit, c.eval_limit, c.batch_size, c.eval_batch_size = 32, 16, 4, 8
-    c.max_seq_length = 32
-    c.stage2.learning_rate = 1e-3
-    c.progress_bar = False
-    c.log_every_steps = 1
-    for k, v in overrides.items():
-        node = c
-        *parents, leaf = k.split(".")
-        for p in parents:
-            node = node[p]
-        node[leaf] = v
-    return c
+    return run_config(tiny_pretrained, SLICE, "sst-2", **{"log_every_steps": 1, **overrides})
 
 
 def _steps(ckpt_dir: pathlib.Path) -> list[int]:

@@ -9,32 +9,17 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from binarybert_jax import checkpoints, hf_import, model as M, optim, resolve, sharding, train
+from binarybert_jax import checkpoints, hf_import, kd, model as M, optim, resolve, sharding, train, trees
 from configs import common
 
-from conftest import tiny_config
+from conftest import run_config, tiny_config
 
 TINY = tiny_config(2)
 
 
 def _config(tiny_pretrained, glue_dir, **overrides):
-    c = common.base_config("mrpc")
-    common.shrink_for_local(c)
-    c.pretrained = str(tiny_pretrained)
-    c.data_dir = str(glue_dir)
-    c.train_limit, c.eval_limit, c.batch_size, c.eval_batch_size = 32, 16, 4, 8
-    c.max_seq_length = 32
-    c.stage2.learning_rate = 1e-3
-    c.progress_bar = False
-    c.checkpoint_every_steps = 100
-    c.log_every_steps = 2
-    for k, v in overrides.items():
-        node = c
-        *parents, leaf = k.split(".")
-        for p in parents:
-            node = node[p]
-        node[leaf] = v
-    return c
+    return run_config(tiny_pretrained, glue_dir, "mrpc",
+                      **{"checkpoint_every_steps": 100, "log_every_steps": 2, **overrides})
 
 
 def test_hf_writer_roundtrip(tiny_pretrained):
@@ -83,9 +68,49 @@ def test_two_device_step_equals_one_device(act_method, objective):
 
 
 def test_lat_step_uses_second_moment():
+    """The step's LAT weights take Adam's second moment ν as their diagonal: the loss the step
+    measures (computed before its update) is the model's loss with ``lat_diag`` = ν, not the
+    identity-diagonal one."""
     q = M.QuantConfig(2, 2, 8, "lat", "lat")
-    params, measured = _step_outputs(1, q, "joint")
-    assert np.isfinite(measured["total"]) and measured["update_norm"] > 0
+    student = M.BertModel(ONE_LAYER, q, num_labels=2)
+    rng = np.random.default_rng(0)
+    batch = {"input_ids": rng.integers(1, 1000, (4, 16)).astype(np.int32),
+             "token_type_ids": np.zeros((4, 16), np.int32),
+             "attention_mask": (np.arange(16)[None] < np.array([[16], [12], [9], [14]])).astype(np.int32),
+             "labels": np.array([0, 1, 1, 0], np.int32), "example_mask": np.ones(4, np.float32)}
+    # On the host: the step donates its state, and the reference losses below reuse the parameters.
+    params = jax.device_get(student.init(jax.random.key(1), batch["input_ids"][:1])["params"])
+    sched = optim.warmup_linear_schedule(1e-3, 10)
+    tx = optim.bert_adam(sched, sched)
+    # A ν that varies within each kernel (spread over four decades): a uniform ν scales D = √ν by a
+    # constant, which leaves LAT's values unchanged, so only a non-uniform one shows the wiring.
+    nu = {k: (10.0 ** rng.uniform(-6, -2, v.shape)).astype(np.float32)
+          for k, v in trees.flatten(params).items()}
+
+    def with_nu(state):
+        if not isinstance(state, optim.BertAdamState):
+            return state
+        return state._replace(nu=jax.tree_util.tree_map_with_path(
+            lambda path, _: jnp.asarray(nu["/".join(str(p.key) for p in path)]), state.nu))
+
+    opt_state = jax.tree_util.tree_map(with_nu, tx.init(params),
+                                       is_leaf=lambda s: isinstance(s, optim.BertAdamState))
+    mesh = sharding.make_mesh(1)
+    step = train.make_train_step(student, None, tx, sched, mesh, objective="supervised",
+                                 is_regression=False)
+    state = sharding.replicate(train.TrainState(jnp.zeros((), jnp.int32), params, opt_state), mesh)
+    _, measured = step(state, sharding.replicate({}, mesh), sharding.shard_batch(batch, mesh), jax.random.key(3))
+    measured_loss = float(jax.device_get(measured["total"]))
+
+    def loss(extra):  # dropout is off in ONE_LAYER, so the deterministic forward is the step's
+        out = student.apply({"params": params, **extra}, batch["input_ids"], batch["token_type_ids"],
+                            batch["attention_mask"])
+        return float(kd.kd_losses(out, None, batch, objective="supervised", is_regression=False)["total"])
+
+    with_diag, identity = loss({"lat_diag": trees.unflatten(nu)}), loss({})
+    gap = abs(with_diag - identity)
+    assert gap > 1e-4 * abs(identity), (with_diag, identity)  # the diagonal matters for this ν
+    assert abs(measured_loss - with_diag) < 0.01 * gap, (measured_loss, with_diag, identity)
 
 
 # ---- the loop ---------------------------------------------------------------------------------
