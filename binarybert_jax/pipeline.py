@@ -31,7 +31,7 @@ import ml_collections
 import numpy as np
 
 from binarybert_jax import adaptive, checkpoints, evaluate, flops, halfwidth, metrics, resolve, size, train, tws
-from binarybert_jax.data import batching, glue
+from binarybert_jax.data import batching, tasks
 from binarybert_jax.errors import UserError
 from binarybert_jax.model import ModelSpec
 from binarybert_jax.sharding import make_mesh, model_batch
@@ -195,7 +195,7 @@ def run_pipeline(config, workdir) -> dict:
 
 
 def _run_stages(config, workdir: pathlib.Path) -> dict:
-    task = glue.get_task(config.task)
+    task = tasks.get_task(config.task)
     rows: list[StageResult] = []
     outputs: dict[str, str] = {}  # stage -> the model checkpoint later stages refer to
     adaptive_info = None
