@@ -171,6 +171,9 @@ def evaluate_v2(dataset: Sequence[Mapping], predictions: Mapping[str, str],
     f1 = _apply_threshold(f1_raw, na_probs, has_ans, na_prob_thresh)
     out = _eval_dict(exact, f1)
     for prefix, qids in (("HasAns", has_ans_qids), ("NoAns", no_ans_qids)):
+        # The script stops with a KeyError when a question of a group has no prediction; here the
+        # group counts its predicted questions, as the overall total does.
+        qids = [k for k in qids if k in exact]
         if qids:
             out.update({f"{prefix}_{k}": v for k, v in _eval_dict(exact, f1, qids).items()})
     if given:

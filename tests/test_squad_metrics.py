@@ -50,7 +50,8 @@ def test_v2_no_answer_rules_and_best_threshold():
     out = sm.evaluate_v2(data, preds, na, na_prob_thresh=0.5)
     assert out["exact"] == 100.0 and out["best_exact"] == 100.0 and out["best_exact_thresh"] == 0.1  # after h; n2 (0.9) would cost
     # A missing prediction is left out of v2.0's totals.
-    assert sm.evaluate_v2(data, {"h": "Paris"})["total"] == 1
+    partial = sm.evaluate_v2(data, {"h": "Paris", "n1": ""})
+    assert partial["total"] == 2 and partial["NoAns_total"] == 1 and partial["exact"] == 100.0
     assert sm.as_fractions(out)["exact_match"] == 1.0 and sm.as_fractions(out)["total"] == 3
 
 
