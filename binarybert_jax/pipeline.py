@@ -284,7 +284,11 @@ def write_report(workdir: pathlib.Path, task, rows: list[StageResult], config, a
            "adaptive": adaptive_info}
     checkpoints.write_json(workdir / "results.json", out)
     names = [k for k in (rows[0].best or {}) if "/" not in k] or [main]
-    lines = [f"# BinaryBERT pipeline on {task.name} (dev)", "",
+    protocol = "dev"
+    if "squad" in config and config.squad.dev_split:
+        protocol = (f"the dev-split protocol: the first {config.squad.dev_split:g} of the dev file's "
+                    "articles train, the rest evaluate; not the official dev score")
+    lines = [f"# BinaryBERT pipeline on {task.name} ({protocol})", "",
              f"Sizes count 1 bit per binary weight, 2 per ternary, 32 per full-precision parameter, in "
              f"MiB (the papers' \"MB\"; see binarybert_jax/size.py). GFLOPs: matrix products of one "
              f"example's forward at {seq} tokens. Metrics: best periodic evaluation on dev / final "

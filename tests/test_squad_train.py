@@ -50,12 +50,7 @@ def _finetune(tiny_pretrained, data_dir, task="squad1", **overrides):
     c.pretrained, c.data_dir, c.progress_bar = str(tiny_pretrained), str(data_dir), False
     c.stage2.learning_rate, c.stage2.epochs, c.log_every_steps = 2e-3, 8.0, 4
     c.eval_batch_size, c.eval_every_steps = 16, 16
-    for k, v in overrides.items():
-        node = c
-        *parents, leaf = k.split(".")
-        for p in parents:
-            node = node[p]
-        node[leaf] = v
+    c.update_from_flattened_dict(overrides)
     return c
 
 
