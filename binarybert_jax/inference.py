@@ -1,4 +1,5 @@
-"""Inference from a trained model: load a packed file or a model checkpoint, get logits for texts.
+"""Inference from a trained model: load a packed file or a model checkpoint, get logits for texts
+(or, for a span head, SQuAD answers: ``predict_squad``).
 
 ``load_predictor(path)`` accepts either kind of saved model:
 
