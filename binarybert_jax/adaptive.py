@@ -113,7 +113,7 @@ def outputs_fn(spec: ModelSpec):
     return evaluate.forward_fn(spec, ("hidden_states", "logits"))
 
 
-@functools.partial(jax.jit, static_argnames="is_regression")
+@functools.partial(jax.jit, static_argnames=("is_regression", "span"))
 def kd_loss(outputs, reference, batch, is_regression: bool = False, span: bool = False) -> jax.Array:
     """Hidden-state MSE over real tokens plus the prediction loss of ``outputs`` against
     ``reference`` (both from ``outputs_fn``). Kept apart from the forward pass, so the forward is
