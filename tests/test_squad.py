@@ -222,3 +222,19 @@ def test_tfds_records_become_the_official_layout():
     examples = squad.examples_from_dataset(data)
     assert [(e.qid, e.answers, e.is_impossible) for e in examples] == [
         ("a", (("y", 2),), False), ("b", (), True), ("c", (("z", 0),), False)]
+
+
+def test_squad_configs_resolve_and_bad_settings_are_named():
+    from binarybert_jax import pipeline, resolve
+    from configs import finetune, ternary
+    from configs import pipeline as pipeline_config
+    for c in (finetune.get_config("task=squad2"), ternary.get_config("task=squad1")):
+        resolve.validate(c)
+        assert (c.data_source, c.max_seq_length, c.squad.doc_stride, c.squad.max_query_length) == ("json", 0, 128, 64)
+    c = pipeline_config.get_config("task=squad1")
+    pipeline.check_config(c)
+    assert c.bucket_lengths == () and c.data_dir == ""  # static 384 windows; $SQUAD_DIR, never the GLUE slice
+    c = finetune.get_config("task=squad1")
+    c.squad.dev_split, c.max_seq_length = 1.5, 60
+    with pytest.raises(ValueError, match=r"squad.dev_split=1.5 \(allowed: 0 .*max_seq_length=60 leaves no room"):
+        resolve.validate(c)
