@@ -74,10 +74,16 @@ def test_pipeline_on_squad_and_predictions(tmp_path, tiny_pretrained_1layer, cap
     c = pipeline_config.get_config("task=squad1,tiny,bwn=False,adaptive=False")
     c.pretrained, c.data_dir, c.progress_bar = str(tiny_pretrained_1layer), str(tmp_path / "squad"), False
     c.eval_limit = 8
+    # The pruned half-width model serves as the half-width teacher and start (no distillation
+    # stage of its own: the GLUE pipeline test covers that stage's code).
+    c.pipeline.stages = ("teacher", "half_pruned", "ternary", "tws_init", "tws")
+    for name in ("ternary", "tws"):
+        c.stages[name].teacher = "half_pruned"
+    c.stages.ternary.init = "half_pruned"
     report = pipeline.run_pipeline(c, tmp_path / "pipe")
     rows = {r["model"]: r for r in report["rows"]}
-    assert list(rows) == ["teacher", "half", "ternary", "tws"] and report["main_metric"] == "f1"
-    assert rows["tws"]["bits"] == "1-1-8" and rows["half"]["width"] == "2/4 heads" and rows["tws"]["split"]
+    assert list(rows) == ["teacher", "ternary", "tws"] and report["main_metric"] == "f1"
+    assert rows["tws"]["bits"] == "1-1-8" and rows["ternary"]["width"] == "2/4 heads" and rows["tws"]["split"]
     for r in rows.values():
         assert 0.0 <= r["best"]["f1"] <= 1.0
     # Stage 1 trained on hidden states and attention scores, stage 2 on the start/end logits.
