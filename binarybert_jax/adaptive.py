@@ -113,8 +113,8 @@ def outputs_fn(spec: ModelSpec):
     return evaluate.forward_fn(spec, ("hidden_states", "logits"))
 
 
-@functools.partial(jax.jit, static_argnames="is_regression")
-def kd_loss(outputs, reference, batch, is_regression: bool = False) -> jax.Array:
+@functools.partial(jax.jit, static_argnames=("is_regression", "span"))
+def kd_loss(outputs, reference, batch, is_regression: bool = False, span: bool = False) -> jax.Array:
     """Hidden-state MSE over real tokens plus the prediction loss of ``outputs`` against
     ``reference`` (both from ``outputs_fn``). Kept apart from the forward pass, so the forward is
     compiled once per model and this small function once per output shape."""
@@ -122,7 +122,7 @@ def kd_loss(outputs, reference, batch, is_regression: bool = False) -> jax.Array
     real = batch["example_mask"][:, None].astype(batch["attention_mask"].dtype)
     loss_batch = {"attention_mask": batch["attention_mask"] * real, "example_mask": batch["example_mask"]}
     return kd.kd_losses(outputs, reference, loss_batch, objective="joint", is_regression=is_regression,
-                        attention=False, ignore_padding=True)["total"]
+                        attention=False, ignore_padding=True, span=span)["total"]
 
 
 def _device_batch(batch: Mapping[str, Any]) -> tuple[dict, float]:
@@ -182,7 +182,7 @@ def sensitivities(spec: ModelSpec, params: Any, batches: Iterable[Mapping[str, A
     for raw in itertools.islice(batches, num_batches):
         batch, w = _device_batch(raw)
         reference = ref_fn(ref_params, batch)
-        losses = [kd_loss(forward(p, batch), reference, batch, regression)
+        losses = [kd_loss(forward(p, batch), reference, batch, regression, spec.head == "span")
                   for p in (params, *variants.values())]
         totals += w * np.asarray(jax.device_get(losses), np.float64)  # one host sync per batch
         weight += w

@@ -1,4 +1,5 @@
-"""The one evaluation path: compiled forwards, logits for a dataset, and GLUE metrics.
+"""The one evaluation path: compiled forwards, logits for a dataset, and task metrics (GLUE's;
+SQuAD's exact match and F1 after post-processing the span logits into answers).
 
 Training evaluates its student with ``make_predict_step`` + ``evaluate`` (sharded over the
 ``data`` mesh like the train step); the pipeline's comparisons, adaptive splitting and the
@@ -16,8 +17,8 @@ import jax
 import numpy as np
 from jax.sharding import PartitionSpec as P
 
-from binarybert_jax import metrics
-from binarybert_jax.data import batching, glue
+from binarybert_jax import metrics, squad_metrics
+from binarybert_jax.data import batching, squad, tasks
 from binarybert_jax.model import BertModel, ModelSpec
 from binarybert_jax.sharding import (DATA_AXIS, gather_to_host, model_batch, model_inputs, replicate,
                                      shard_batch)
@@ -61,40 +62,59 @@ def make_predict_step(model: BertModel, mesh) -> Callable:
 
 def predict(predict_step, params, arrays: Mapping[str, np.ndarray], batch_size: int, mesh,
             bucket_lengths: Optional[Sequence[int]] = None) -> np.ndarray:
-    """Logits for every example of ``arrays`` in file order (padding rows dropped).
+    """Logits for every example of ``arrays`` in file order (padding rows dropped): ``(N, labels)``,
+    or ``(N, L, 2)`` for a span head (a batch cut to a shorter bucket leaves zeros beyond it).
 
     Each process feeds its share of every batch; the logits are gathered so that every process
     returns all of them, each example exactly once.
     """
-    n = len(arrays["input_ids"])
+    n, width = arrays["input_ids"].shape
     out = None
     for batch in batching.iterate_batches(arrays, batch_size, shuffle=False,
                                           bucket_lengths=bucket_lengths):
         logits = gather_to_host(predict_step(params, shard_batch(model_batch(batch), mesh)))
         index = gather_to_host(batch["example_index"])
         if out is None:
-            out = np.zeros((n,) + logits.shape[1:], np.float32)
+            shape = logits.shape[1:] if logits.ndim == 2 else (width,) + logits.shape[2:]
+            out = np.zeros((n,) + shape, np.float32)
         keep = index >= 0
-        out[index[keep]] = logits[keep]
+        out[index[keep], :logits.shape[1]] = logits[keep]
     if out is None:
         raise ValueError("no examples to predict (an empty evaluation split?)")
     return out
 
 
-def evaluate(predict_step, params, task: glue.TaskSpec, eval_sets: Mapping[str, Mapping[str, np.ndarray]],
-             batch_size: int, mesh, bucket_lengths: Optional[Sequence[int]] = None) -> dict[str, float]:
-    """GLUE metrics on each evaluation split; keys ``<metric>`` for the first split and
-    ``<split>/<metric>`` for the others (MNLI mismatched)."""
+def squad_answers(predict_step, params, eval_set: squad.SquadEvalSet, batch_size: int, mesh,
+                  bucket_lengths: Optional[Sequence[int]] = None) -> tuple[dict, dict]:
+    """``(predictions, null_diffs)`` of a SQuAD evaluation set (``squad.postprocess`` of the span
+    logits of its windows, with the set's ``answer_options``)."""
+    logits = predict(predict_step, params, eval_set.model_arrays, batch_size, mesh, bucket_lengths)
+    return squad.postprocess(eval_set.examples, eval_set.features, logits, version=eval_set.version,
+                             **eval_set.answer_options)
+
+
+def evaluate(predict_step, params, task, eval_sets: Mapping[str, object], batch_size: int, mesh,
+             bucket_lengths: Optional[Sequence[int]] = None) -> dict[str, float]:
+    """The task's metrics on each evaluation split; keys ``<metric>`` for the first split and
+    ``<split>/<metric>`` for the others (MNLI mismatched). GLUE splits are token arrays; a SQuAD
+    split is a ``squad.SquadEvalSet``, scored by the official EM/F1 as fractions (its v2.0 answers
+    use the set's ``null_threshold``)."""
+    task = tasks.get_task(task)
     results = {}
-    for i, (split, arrays) in enumerate(eval_sets.items()):
-        logits = predict(predict_step, params, arrays, batch_size, mesh, bucket_lengths)
-        preds = logits[:, 0] if task.is_regression else logits.argmax(-1)
-        scores = metrics.glue_metrics(task, preds, arrays["labels"])
+    for i, (split, data) in enumerate(eval_sets.items()):
+        if task.head == "span":
+            answers, _ = squad_answers(predict_step, params, data, batch_size, mesh, bucket_lengths)
+            official = squad_metrics.evaluate(data.version, data.data, answers)
+            scores = {k: v for k, v in squad_metrics.as_fractions(official).items() if k in task.metric_names}
+        else:
+            logits = predict(predict_step, params, data, batch_size, mesh, bucket_lengths)
+            preds = logits[:, 0] if task.is_regression else logits.argmax(-1)
+            scores = metrics.glue_metrics(task, preds, data["labels"])
         results.update({(k if i == 0 else f"{split}/{k}"): float(v) for k, v in scores.items()})
     return results
 
 
-def evaluate_model(spec: ModelSpec, params, task: glue.TaskSpec, eval_sets, batch_size: int, mesh,
+def evaluate_model(spec: ModelSpec, params, task, eval_sets, batch_size: int, mesh,
                    bucket_lengths: Optional[Sequence[int]] = None) -> dict[str, float]:
     """``evaluate`` for a model given by its spec and host parameters (replicated here)."""
     model = spec.without_axis().build()

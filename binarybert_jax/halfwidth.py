@@ -74,6 +74,8 @@ def check_full_precision(spec: ModelSpec) -> None:
 # ---------------------------------------------------------------------------------------------
 def _task_loss(spec: ModelSpec, logits, batch) -> jax.Array:
     mask = batch.get("example_mask")
+    if spec.head == "span":
+        return kd.span_cross_entropy(logits, batch["labels"], mask)
     if spec.num_labels == 1:
         return kd.regression_mse(logits, batch["labels"], mask)
     return kd.cross_entropy(logits, batch["labels"], mask)
@@ -91,9 +93,9 @@ def mask_gradient_fn(spec: ModelSpec):
       optionally ``example_mask`` ``(B,)`` (0 for padding rows).
     """
     check_full_precision(spec)
-    if spec.head != "classification":
-        raise ValueError(f"importance scoring uses the classification (or regression) loss; head "
-                         f"{spec.head!r} is not supported")
+    if spec.head not in ("classification", "span"):
+        raise ValueError(f"importance scoring uses the task loss of a classification, regression or "
+                         f"span head; head {spec.head!r} has none")
     model = spec.without_axis().build()
     cfg = spec.config
 

@@ -1,4 +1,5 @@
-"""Inference from a trained model: load a packed file or a model checkpoint, get logits for texts.
+"""Inference from a trained model: load a packed file or a model checkpoint, get logits for texts
+(or, for a span head, SQuAD answers: ``predict_squad``).
 
 ``load_predictor(path)`` accepts either kind of saved model:
 
@@ -34,7 +35,7 @@ import jax
 import numpy as np
 
 from binarybert_jax import checkpoints, evaluate, export
-from binarybert_jax.data import batching, encode, glue
+from binarybert_jax.data import batching, encode, glue, squad
 from binarybert_jax.model import ModelSpec
 from binarybert_jax.sharding import MODEL_INPUTS
 
@@ -79,7 +80,8 @@ class Predictor:
           batch: ``input_ids``, ``token_type_ids``, ``attention_mask``: int ``(B, T)``; other
             keys are ignored.
         Returns:
-          ``(B, num_labels)`` float32 logits, on the device (not blocked on).
+          ``(B, num_labels)`` float32 logits (a span head: ``(B, T, 2)``), on the device (not
+          blocked on).
         """
         return self._apply(self.params, {k: batch[k] for k in MODEL_INPUTS})["logits"]
 
@@ -124,12 +126,58 @@ def load_predictor(path: str | os.PathLike) -> Predictor:
     else:
         raise FileNotFoundError(f"{path}: no such model (expected a packed .safetensors file or a "
                                 f"model checkpoint directory)")
-    if spec.head != "classification":
-        raise ValueError(f"{path}: a {spec.head!r} head; predictions need a classification head")
+    if spec.head not in ("classification", "span"):
+        raise ValueError(f"{path}: a {spec.head!r} head; predictions need a classification or span head")
     spec = spec.without_axis()
     return Predictor(spec=spec, params=jax.device_put(params),
                      tokenizer_dir=_find_tokenizer(candidates), kind=kind, info=dict(info),
                      path=path, _apply=evaluate.forward_fn(spec))
+
+
+def _check_length(predictor: Predictor, max_length: int) -> None:
+    positions = predictor.spec.config.max_position
+    if max_length > positions:
+        # XLA clamps out-of-range gathers: longer inputs would silently reuse the last position.
+        raise ValueError(f"max_length {max_length} exceeds the model's {positions} position "
+                         "embeddings")
+
+
+def _logits(predictor: Predictor, arrays: Mapping[str, np.ndarray], batch_size: int) -> np.ndarray:
+    """Logits of every row of ``arrays`` in order, in evaluation batches."""
+    out = None
+    # One host: the predictor runs on this process's default device whatever jax.process_count().
+    for batch in batching.iterate_batches(arrays, batch_size, shuffle=False,
+                                          process_index=0, process_count=1):
+        index = batch["example_index"]
+        keep = index >= 0
+        logits = np.asarray(predictor.logits(batch))
+        if out is None:
+            out = np.zeros((len(arrays["input_ids"]),) + logits.shape[1:], np.float32)
+        out[index[keep]] = logits[keep]
+    return out
+
+
+def predict_squad(predictor: Predictor, tokenizer, examples: Sequence[squad.SquadExample], *,
+                  version: str, max_length: int = 384, doc_stride: int = 128, max_query_length: int = 64,
+                  batch_size: int = 32, **answer_options) -> tuple[dict[str, str], dict[str, float]]:
+    """Answers of SQuAD questions from a span model: ``squad.encode_squad`` windows, their logits,
+    ``squad.postprocess`` (``answer_options``: ``n_best``, ``max_answer_length``,
+    ``null_threshold``).
+
+    Returns:
+      ``(predictions, null_diffs)`` as ``squad.postprocess`` returns them.
+    Raises:
+      ValueError: not a span model, or ``max_length`` beyond its position embeddings.
+    """
+    if predictor.spec.head != "span":
+        raise ValueError(f"{predictor.path}: a {predictor.spec.head} head; SQuAD needs a span head")
+    _check_length(predictor, max_length)
+    features = squad.encode_squad(tokenizer, examples, max_length, doc_stride, max_query_length)
+    model_arrays = {k: features[k] for k in MODEL_INPUTS}
+    if not len(examples):
+        return {}, {}
+    return squad.postprocess(examples, features, _logits(predictor, model_arrays, batch_size),
+                             version=version, **answer_options)
 
 
 def predict_examples(predictor: Predictor, tokenizer, examples: Sequence[glue.Example],
@@ -147,21 +195,12 @@ def predict_examples(predictor: Predictor, tokenizer, examples: Sequence[glue.Ex
     Raises:
       ValueError: ``max_length`` beyond the model's position embeddings.
     """
-    positions = predictor.spec.config.max_position
-    if max_length > positions:
-        # XLA clamps out-of-range gathers: longer inputs would silently reuse the last position.
-        raise ValueError(f"max_length {max_length} exceeds the model's {positions} position "
-                         "embeddings")
+    _check_length(predictor, max_length)
     arrays = encode.encode_examples(tokenizer, examples, max_length,
                                     is_regression=predictor.num_labels == 1)
-    out = np.zeros((len(examples), predictor.num_labels), np.float32)
-    # One host: the predictor runs on this process's default device whatever jax.process_count().
-    for batch in batching.iterate_batches(arrays, batch_size, shuffle=False,
-                                          process_index=0, process_count=1):
-        index = batch["example_index"]
-        keep = index >= 0
-        out[index[keep]] = np.asarray(predictor.logits(batch))[keep]
-    return out
+    if not len(examples):
+        return np.zeros((0, predictor.num_labels), np.float32)
+    return _logits(predictor, arrays, batch_size)
 
 
 def predict_texts(predictor: Predictor, tokenizer, texts_a: Sequence[str],
@@ -187,4 +226,4 @@ def predict_texts(predictor: Predictor, tokenizer, texts_a: Sequence[str],
     return predict_examples(predictor, tokenizer, examples, max_length, batch_size)
 
 
-__all__ = ["Predictor", "load_predictor", "predict_examples", "predict_texts"]
+__all__ = ["Predictor", "load_predictor", "predict_examples", "predict_squad", "predict_texts"]

@@ -6,6 +6,11 @@ additive mask) set to 0 in both, as in the released code.
 Stage 2 ("prediction"): soft cross-entropy −softmax(t/T)·log_softmax(s/T); MSE for regression (the
 released BinaryBERT code applies soft cross-entropy to a single logit, which is identically zero).
 
+Span heads (SQuAD; logits ``(B, T, 2)``, labels ``(B, 2)`` the start and end token): the label
+loss is the mean of the start and end cross-entropies over the tokens, as BERT's ``run_squad.py``;
+stage 2 is the mean of the soft cross-entropies on the start and on the end logits (TernaryBERT's
+code sums the two: a factor 2, which Adam's update does not see). Stage 1 is the same as GLUE's.
+
 MSE is a mean over every element, padding included, as the released code computes it; with
 ``token_mask`` it is a mean over real tokens only (real query/key pairs for attention), which makes
 the loss independent of how much padding a batch carries (needed with length bucketing).
@@ -95,9 +100,22 @@ def regression_mse(predictions, targets, example_mask=None) -> jax.Array:
     return _example_mean(err, example_mask)
 
 
+def span_cross_entropy(logits, labels, example_mask=None) -> jax.Array:
+    """Mean of the start and end cross-entropies: ``logits`` (B, T, 2), ``labels`` (B, 2)."""
+    return (cross_entropy(logits[..., 0], labels[:, 0], example_mask)
+            + cross_entropy(logits[..., 1], labels[:, 1], example_mask)) / 2
+
+
+def span_soft_cross_entropy(student_logits, teacher_logits, temperature: float = 1.0,
+                            example_mask=None) -> jax.Array:
+    """Mean of the start and end soft cross-entropies of (B, T, 2) logits."""
+    return (soft_cross_entropy(student_logits[..., 0], teacher_logits[..., 0], temperature, example_mask)
+            + soft_cross_entropy(student_logits[..., 1], teacher_logits[..., 1], temperature, example_mask)) / 2
+
+
 def kd_losses(student: Mapping, teacher: Optional[Mapping], batch: Mapping, *, objective: str,
               is_regression: bool, temperature: float = 1.0, attention: bool = True,
-              ignore_padding: bool = False) -> dict[str, jax.Array]:
+              ignore_padding: bool = False, span: bool = False) -> dict[str, jax.Array]:
     """The loss terms of one training objective.
 
     Args:
@@ -108,6 +126,7 @@ def kd_losses(student: Mapping, teacher: Optional[Mapping], batch: Mapping, *, o
       objective: ``intermediate`` (stage 1), ``prediction`` (stage 2), ``joint`` (both summed) or
         ``supervised`` (labels only).
       is_regression: MSE instead of cross-entropy on predictions.
+      span: a span head (``(B, T, 2)`` logits, ``(B, 2)`` labels): start and end losses averaged.
       attention: include the attention-score term in stage 1.
       ignore_padding: MSE over real tokens only.
     Returns:
@@ -118,8 +137,12 @@ def kd_losses(student: Mapping, teacher: Optional[Mapping], batch: Mapping, *, o
     terms = {}
     if objective == "supervised":
         labels = batch["labels"]
-        terms["label_loss"] = (regression_mse(student["logits"], labels, example_mask) if is_regression
-                               else cross_entropy(student["logits"], labels, example_mask))
+        if span:
+            terms["label_loss"] = span_cross_entropy(student["logits"], labels, example_mask)
+        elif is_regression:
+            terms["label_loss"] = regression_mse(student["logits"], labels, example_mask)
+        else:
+            terms["label_loss"] = cross_entropy(student["logits"], labels, example_mask)
     else:
         if teacher is None:
             raise ValueError(f"objective {objective!r} needs a teacher")
@@ -129,10 +152,15 @@ def kd_losses(student: Mapping, teacher: Optional[Mapping], batch: Mapping, *, o
                 terms["attention_loss"] = attention_mse(student["attention_scores"],
                                                         teacher["attention_scores"], token_mask)
         if objective in ("prediction", "joint"):
-            terms["prediction_loss"] = (
-                regression_mse(student["logits"], teacher["logits"][..., 0], example_mask)
-                if is_regression else
-                soft_cross_entropy(student["logits"], teacher["logits"], temperature, example_mask))
+            if span:
+                terms["prediction_loss"] = span_soft_cross_entropy(student["logits"], teacher["logits"],
+                                                                   temperature, example_mask)
+            elif is_regression:
+                terms["prediction_loss"] = regression_mse(student["logits"], teacher["logits"][..., 0],
+                                                          example_mask)
+            else:
+                terms["prediction_loss"] = soft_cross_entropy(student["logits"], teacher["logits"],
+                                                              temperature, example_mask)
         if not terms:
             raise ValueError(f"unknown objective {objective!r}; allowed: intermediate, prediction, "
                              f"joint, supervised")

@@ -8,6 +8,8 @@ constant (a model that predicts one class for all of CoLA has MCC 0, as in sklea
 regression output has correlation 0); NaN in the inputs gives NaN, so a diverged model is not
 mistaken for a poor one.
 
+SQuAD's exact match and F1 are ``squad_metrics``'s (the official scripts' definitions).
+
 Which metrics a task reports and which one picks the best checkpoint come from its
 :class:`~binarybert_jax.data.glue.TaskSpec`.
 """
@@ -16,7 +18,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from binarybert_jax.data import glue
+from binarybert_jax.data import glue, tasks
 
 
 def _pair(predictions, labels) -> tuple[np.ndarray, np.ndarray]:
@@ -177,9 +179,9 @@ def glue_metrics(task: str | glue.TaskSpec, predictions, labels, *, mask=None
     return {name: result[name] for name in spec.metric_names}
 
 
-def main_metric(task: str | glue.TaskSpec) -> str:
-    """The metric that selects the best checkpoint (``TaskSpec.main_metric``)."""
-    return glue.get_task(task).main_metric
+def main_metric(task) -> str:
+    """The metric that selects the best checkpoint (``TaskSpec.main_metric``; SQuAD's: ``f1``)."""
+    return tasks.get_task(task).main_metric
 
 
 __all__ = ["accuracy", "f1", "glue_metrics", "main_metric", "matthews_corrcoef", "pearson",

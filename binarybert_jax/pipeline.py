@@ -31,7 +31,7 @@ import ml_collections
 import numpy as np
 
 from binarybert_jax import adaptive, checkpoints, evaluate, flops, halfwidth, metrics, resolve, size, train, tws
-from binarybert_jax.data import batching, glue
+from binarybert_jax.data import batching, tasks
 from binarybert_jax.errors import UserError
 from binarybert_jax.model import ModelSpec
 from binarybert_jax.sharding import make_mesh, model_batch
@@ -195,7 +195,7 @@ def run_pipeline(config, workdir) -> dict:
 
 
 def _run_stages(config, workdir: pathlib.Path) -> dict:
-    task = glue.get_task(config.task)
+    task = tasks.get_task(config.task)
     rows: list[StageResult] = []
     outputs: dict[str, str] = {}  # stage -> the model checkpoint later stages refer to
     adaptive_info = None
@@ -284,7 +284,11 @@ def write_report(workdir: pathlib.Path, task, rows: list[StageResult], config, a
            "adaptive": adaptive_info}
     checkpoints.write_json(workdir / "results.json", out)
     names = [k for k in (rows[0].best or {}) if "/" not in k] or [main]
-    lines = [f"# BinaryBERT pipeline on {task.name} (dev)", "",
+    protocol = "dev"
+    if "squad" in config and config.squad.dev_split:
+        protocol = (f"the dev-split protocol: the first {config.squad.dev_split:g} of the dev file's "
+                    "articles train, the rest evaluate; not the official dev score")
+    lines = [f"# BinaryBERT pipeline on {task.name} ({protocol})", "",
              f"Sizes count 1 bit per binary weight, 2 per ternary, 32 per full-precision parameter, in "
              f"MiB (the papers' \"MB\"; see binarybert_jax/size.py). GFLOPs: matrix products of one "
              f"example's forward at {seq} tokens. Metrics: best periodic evaluation on dev / final "

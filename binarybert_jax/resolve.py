@@ -20,7 +20,7 @@ from typing import Any, Optional
 import jax.numpy as jnp
 
 from binarybert_jax import assets, checkpoints, hf_import, kd
-from binarybert_jax.data import glue, loading
+from binarybert_jax.data import loading, squad, tasks
 from binarybert_jax.errors import ConfigError, UserError
 from binarybert_jax.model import ACTIVATIONS, BertConfig, BertModel, ModelSpec, QuantConfig
 from binarybert_jax.trees import flatten
@@ -58,6 +58,12 @@ _RANGES = (
     ("log_every_steps", lambda v: v >= 1, "≥ 1 (losses are checked for NaN and logged this often)"),
     ("max_to_keep", lambda v: v >= 1, "≥ 1"),
     ("stop_after_steps", lambda v: v >= 0, "≥ 0 (0: run to the end)"),
+    ("squad.doc_stride", lambda v: v >= 1, "≥ 1"),
+    ("squad.max_query_length", lambda v: v >= 1, "≥ 1"),
+    ("squad.dev_split", lambda v: 0 <= v < 1, "0 (the official train and dev files) or a fraction "
+                                               "in (0, 1) of the dev file's articles for training"),
+    ("squad.n_best", lambda v: v >= 1, "≥ 1"),
+    ("squad.max_answer_length", lambda v: v >= 1, "≥ 1"),
 )
 
 
@@ -83,9 +89,18 @@ def validate(config) -> None:
         if not good:
             problems.append(f"--config.{key}={value!r} (allowed: {allowed})")
     try:
-        glue.get_task(config.task)
+        task = tasks.get_task(config.task)
     except ValueError as e:
         problems.append(f"--config.task: {e}")
+    else:
+        if task.head == "span" and "squad" not in config:
+            problems.append(f"--config.task={config.task}: a SQuAD task needs the config's squad "
+                            "section (configs/common.base_config('squad1') has it)")
+        elif task.head == "span" and config.max_seq_length and (
+                config.max_seq_length - config.squad.max_query_length - 3 < 1):
+            problems.append(f"--config.max_seq_length={config.max_seq_length} leaves no room for the "
+                            f"context after a question of squad.max_query_length="
+                            f"{config.squad.max_query_length} tokens")
     if config.kd.mode in kd.MODES:
         for phase in phases_for(config):
             stage = "stage1" if phase.objective == "intermediate" else "stage2"
@@ -108,7 +123,8 @@ def validate(config) -> None:
 # checkpoint cadence, limits on evaluation and paths to the same data may change on a resume.
 RUN_IDENTITY = ("task", "max_seq_length", "train_limit", "batch_size", "seed", "group_by_length",
                 "pretrained", "teacher", "init_checkpoint", "student", "kd.mode", "kd.attention",
-                "kd.ignore_padding", "stage1.epochs", "stage2.epochs", "dtype")
+                "kd.ignore_padding", "stage1.epochs", "stage2.epochs", "dtype", "squad.doc_stride",
+                "squad.max_query_length", "squad.dev_split")
 
 
 def _flat(tree: dict, prefix: str = "") -> dict:
@@ -147,14 +163,16 @@ def recorded_task(info: dict) -> Optional[str]:
     return None
 
 
-def check_checkpoint_task(path: str, spec: ModelSpec, info: dict, task: glue.TaskSpec, role: str) -> None:
+def check_checkpoint_task(path: str, spec: ModelSpec, info: dict, task: tasks.TaskSpec, role: str) -> None:
     """Raises ConfigError when checkpoint ``path`` (the run's ``role``: teacher, init, model) was
     trained for another task or has a head that cannot serve ``task``."""
     trained_on = recorded_task(info)
-    if trained_on and glue.get_task(trained_on).name != task.name:
+    if trained_on and tasks.get_task(trained_on).name != task.name:
         raise ConfigError(f"the {role} {path} was trained on {trained_on}, but this run is {task.name}: "
                           f"use a {task.name} checkpoint (or set --config.task={trained_on})")
-    if spec.head != "classification" or spec.num_labels != task.num_labels:
+    if spec.head != task.head:
+        raise ConfigError(f"the {role} {path} has a {spec.head} head; {task.name} needs a {task.head} head")
+    if task.head == "classification" and spec.num_labels != task.num_labels:
         raise ConfigError(f"the {role} {path} has a {spec.head} head with {spec.num_labels} outputs; "
                           f"{task.name} needs {task.num_labels}")
 
@@ -218,7 +236,7 @@ def init_spec(config) -> Optional[ModelSpec]:
         return None
     meta = checkpoints.read_model_meta(source)
     spec = ModelSpec.from_dict(meta["spec"])
-    check_checkpoint_task(source, spec, meta.get("info", {}), glue.get_task(config.task),
+    check_checkpoint_task(source, spec, meta.get("info", {}), tasks.get_task(config.task),
                           "init checkpoint" if config.init_checkpoint else "teacher (the student's start)")
     return spec
 
@@ -256,7 +274,7 @@ def _student_quant(config, start: Optional[ModelSpec]) -> QuantConfig:
     return quant_cfg
 
 
-def student_spec(config, task: glue.TaskSpec) -> ModelSpec:
+def student_spec(config, task: tasks.TaskSpec) -> ModelSpec:
     """The student's ModelSpec from its starting point and ``config.student``."""
     start = init_spec(config)
     arch = backbone(config)
@@ -267,7 +285,7 @@ def student_spec(config, task: glue.TaskSpec) -> ModelSpec:
     if config.student.dropout >= 0:
         arch = dataclasses.replace(arch, hidden_dropout=config.student.dropout,
                                    attention_dropout=config.student.dropout)
-    return ModelSpec(arch, _student_quant(config, start), "classification", task.num_labels)
+    return ModelSpec(arch, _student_quant(config, start), task.head, task.num_labels)
 
 
 def load_init_params(config, init_params, previous: Optional[pathlib.Path]):
@@ -306,7 +324,7 @@ def load_teacher(config, student: ModelSpec) -> Optional[tuple[BertModel, Any, M
     if not config.teacher:
         return None
     params, spec, info = checkpoints.load_model(config.teacher)
-    check_checkpoint_task(config.teacher, spec, info, glue.get_task(config.task), "teacher")
+    check_checkpoint_task(config.teacher, spec, info, tasks.get_task(config.task), "teacher")
     uses_attention = config.kd.attention and config.kd.mode in ("two_stage", "joint", "intermediate")
     if uses_attention and spec.config.num_heads != student.config.num_heads:
         raise ConfigError(
@@ -316,28 +334,38 @@ def load_teacher(config, student: ModelSpec) -> Optional[tuple[BertModel, Any, M
     return spec.build(dtype(config)), params, spec
 
 
-def load_data(config, task: glue.TaskSpec, tokenizer) -> tuple[dict, dict]:
+def load_data(config, task: tasks.TaskSpec, tokenizer) -> tuple[dict, dict]:
     """Tokenized train arrays and the evaluation splits of ``config.data_source`` (cached under the
-    cache directory); an empty split is an error naming it."""
+    cache directory); an empty split is an error naming it. A SQuAD evaluation split is a
+    ``squad.SquadEvalSet`` carrying ``config.squad``'s post-processing settings."""
     try:
-        loading.check_source(config.data_source)
+        loading.check_source(config.data_source, task)
     except (ValueError, ImportError) as e:
         raise ConfigError(f"--config.data_source={config.data_source!r}: {e}") from None
+    options = None
+    if task.head == "span":
+        options = {k: config.squad[k] for k in ("doc_stride", "max_query_length", "dev_split")}
     try:
         train, evals = loading.load_task_data(
             task, tokenizer, source=config.data_source, data_dir=config.data_dir,
             max_length=config.max_seq_length or task.max_seq_length,
             cache_dir=assets.cache_dir() / "tokenized", train_limit=config.train_limit,
-            eval_limit=config.eval_limit)
+            eval_limit=config.eval_limit, squad_options=options)
     except (FileNotFoundError, ValueError) as e:  # the data layer's messages name file and row
         raise UserError(str(e)) from None
-    _check_not_empty(task, config.data_dir or "$GLUE_DIR", {"train": train, **evals})
+    for split in evals.values():
+        if isinstance(split, squad.SquadEvalSet):
+            split.answer_options = {k: config.squad[k] for k in ("n_best", "max_answer_length",
+                                                                 "null_threshold")}
+    default_dir = f"${squad.SQUAD_DIR_ENV}" if task.head == "span" else "$GLUE_DIR"
+    _check_not_empty(task, config.data_dir or default_dir, {"train": train, **evals})
     return train, evals
 
 
-def _check_not_empty(task: glue.TaskSpec, data_dir, splits: dict) -> None:
+def _check_not_empty(task: tasks.TaskSpec, data_dir, splits: dict) -> None:
     """A split without examples (e.g. a header-only file) is an error before any training."""
     for split, arrays in splits.items():
-        if len(arrays["input_ids"]) == 0:
+        n = len(arrays) if isinstance(arrays, squad.SquadEvalSet) else len(arrays["input_ids"])
+        if n == 0:
             raise UserError(f"the {split} split of {task.name} under {data_dir} has no examples (a "
                             "header-only or empty file?)")

@@ -35,7 +35,7 @@ from jax import lax
 from jax.sharding import PartitionSpec as P
 
 from binarybert_jax import checkpoints, evaluate, kd, metrics, optim, resolve
-from binarybert_jax.data import batching, glue
+from binarybert_jax.data import batching, tasks
 from binarybert_jax.errors import ConfigError, UserError
 from binarybert_jax.model import BertModel, ModelSpec, calibrate_lsq_steps
 from binarybert_jax.sharding import (DATA_AXIS, make_mesh, model_batch, model_inputs, replicate,
@@ -106,7 +106,7 @@ class _StopSignals:
 def make_train_step(student: BertModel, teacher: Optional[BertModel], tx: optax.GradientTransformation,
                     schedule: optax.Schedule, mesh, *, objective: str, is_regression: bool,
                     temperature: float = 1.0, attention: bool = True, ignore_padding: bool = False,
-                    teacher_dropout: bool = False) -> Callable:
+                    teacher_dropout: bool = False, span: bool = False) -> Callable:
     """Builds the jitted, sharded KD train step ``(state, teacher_params, batch, rng) -> (state, metrics)``.
 
     Written as a per-device program (``jax.shard_map``) with ``lax.pmean`` over ``data``: the
@@ -139,7 +139,7 @@ def make_train_step(student: BertModel, teacher: Optional[BertModel], tx: optax.
                                 rngs={"dropout": student_rng})
             terms = kd.kd_losses(out, teacher_out, batch, objective=objective,
                                  is_regression=is_regression, temperature=temperature,
-                                 attention=attention, ignore_padding=ignore_padding)
+                                 attention=attention, ignore_padding=ignore_padding, span=span)
             return terms["total"], terms
 
         (_, terms), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
@@ -212,7 +212,7 @@ def _schedules(config, phase: resolve.Phase, total_steps: int):
     return schedule, tx
 
 
-def train_phase(config, workdir: pathlib.Path, phase: resolve.Phase, spec: ModelSpec, task: glue.TaskSpec,
+def train_phase(config, workdir: pathlib.Path, phase: resolve.Phase, spec: ModelSpec, task: tasks.TaskSpec,
                 train_arrays: dict, eval_sets: dict, teacher, mesh, writer: checkpoints.MetricWriter,
                 previous: Optional[pathlib.Path]) -> dict:
     """Runs (or resumes, or skips when complete) one phase; returns its results entry.
@@ -281,7 +281,7 @@ def _train_phase(config, workdir, phase, spec, task, train_arrays, eval_sets, te
                                  objective=phase.objective, is_regression=task.is_regression,
                                  temperature=config.kd.temperature, attention=config.kd.attention,
                                  ignore_padding=config.kd.ignore_padding,
-                                 teacher_dropout=config.kd.teacher_dropout)
+                                 teacher_dropout=config.kd.teacher_dropout, span=task.head == "span")
     predict_step = evaluate.make_predict_step(student, mesh)
     buckets = tuple(config.bucket_lengths) or None
     rng = jax.random.key(config.seed + 1)
@@ -395,7 +395,7 @@ def train_and_evaluate(config, workdir: str | os.PathLike) -> dict:
     workdir = pathlib.Path(workdir)
     if workdir.exists() and not workdir.is_dir():
         raise UserError(f"--workdir {workdir} is a file, not a directory: pick another path")
-    task = glue.get_task(config.task)
+    task = tasks.get_task(config.task)
     mesh = make_mesh()
     if config.batch_size % mesh.size or config.eval_batch_size % mesh.size:
         raise ConfigError(f"batch_size {config.batch_size} and eval_batch_size {config.eval_batch_size} "
@@ -411,7 +411,7 @@ def train_and_evaluate(config, workdir: str | os.PathLike) -> dict:
         return _run_phases(config, workdir, task, mesh, spec)
 
 
-def _run_phases(config, workdir: pathlib.Path, task: glue.TaskSpec, mesh, spec: ModelSpec) -> dict:
+def _run_phases(config, workdir: pathlib.Path, task: tasks.TaskSpec, mesh, spec: ModelSpec) -> dict:
     # ---- Data ------------------------------------------------------------------------------
     tokenizer = load_tokenizer(resolve.tokenizer_dir(config))
     train_arrays, eval_sets = resolve.load_data(config, task, tokenizer)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import ml_collections
 
-from binarybert_jax.data import glue
+from binarybert_jax.data import tasks
 
 
 def parse_arg(arg: str | None, **defaults) -> ml_collections.ConfigDict:
@@ -56,7 +56,7 @@ def student_hidden_act(quant) -> str:
 
 def base_config(task: str = "mrpc") -> ml_collections.ConfigDict:
     """Every key ``train.train_and_evaluate`` reads, with defaults."""
-    spec = glue.get_task(task)
+    spec = tasks.get_task(task)
     c = ml_collections.ConfigDict()
     c.task = spec.name
     c.data_source = "tsv"         # tsv: GLUE's TSV files; tfds: tensorflow-datasets' glue (optional
@@ -106,6 +106,24 @@ def base_config(task: str = "mrpc") -> ml_collections.ConfigDict:
     c.max_to_keep = 2
     c.stop_after_steps = 0        # stop (with a checkpoint) after N steps of this run; rerun resumes
     c.progress_bar = True
+    if spec.head == "span":
+        squad_config(c)
+    return c
+
+
+def squad_config(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """SQuAD's data and answer settings (BERT's run_squad.py values), for ``task=squad1|squad2``."""
+    c.data_source = "json"        # json: the official files under data_dir or $SQUAD_DIR; tfds: squad/v1.1|v2.0
+    c.data_dir = ""               # "": $SQUAD_DIR
+    c.max_seq_length = 0          # 0: 384 tokens a window
+    c.squad = ml_collections.ConfigDict(dict(
+        doc_stride=128,           # context tokens between window starts
+        max_query_length=64,      # question tokens kept
+        dev_split=0.0,            # 0: train-v*.json + dev-v*.json; f in (0, 1): the dev-split protocol,
+                                  # the dev file's first int(f·articles) articles train, the rest evaluate
+        n_best=20,                # start and end candidates per window
+        max_answer_length=30,     # tokens
+        null_threshold=0.0))      # v2.0: "" when null score − best non-null > this
     return c
 
 
@@ -117,4 +135,15 @@ def shrink_for_local(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     c.stage1.epochs = c.stage2.epochs = 1.0
     c.log_every_steps = 2
     c.checkpoint_every_steps = 4
+    if "squad" in c:
+        shrink_squad(c)
+    return c
+
+
+def shrink_squad(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """SQuAD's part of the ``tiny`` variants: 128-token windows (a question keeps 32 tokens), the
+    dev-split protocol at 0.5, static shapes."""
+    c.max_seq_length, c.bucket_lengths = 128, ()
+    c.squad.doc_stride, c.squad.max_query_length = 64, 32
+    c.squad.dev_split = 0.5
     return c

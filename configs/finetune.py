@@ -10,6 +10,8 @@ grouping the batches stay i.i.d. (as a padded run's) and carry more padding (87 
 average instead of 62). Small dev sets move a point or two between seeds (MRPC accuracy: standard
 deviation 1.5 over 10 seeds): compare settings over several ``--config.seed`` values;
 ``python -m launch.summarize runs/mrpc_s*`` prints them side by side with mean and spread.
+SQuAD: ``task=squad1`` or ``squad2`` (384-token windows, data in ``$SQUAD_DIR``; ``--config.squad.*``
+holds the window and answer settings, ``--config.squad.dev_split=0.5`` the dev-split protocol).
 ``arg`` keys: ``task``, ``tiny`` (a 64-example slice for smoke runs).
 """
 

@@ -66,13 +66,17 @@ def get_config(arg=None):
                # results do not depend on the bucket a batch falls in.
                act_scope="example", act_ignore_padding=True)
     c.kd.ignore_padding = True
-    c.max_seq_length = 64 if c.task in ("cola", "sst-2") else 128
-    c.bucket_lengths = tuple(range(16, c.max_seq_length + 1, 16))
-    c.group_by_length = True  # speed: the embedded default's ~15 minutes count on it
+    squad = "squad" in c
+    if squad:  # SQuAD: static 384-token windows (data from data_dir or $SQUAD_DIR, never the slice)
+        c.bucket_lengths, c.group_by_length = (), False
+    else:
+        c.max_seq_length = 64 if c.task in ("cola", "sst-2") else 128
+        c.bucket_lengths = tuple(range(16, c.max_seq_length + 1, 16))
+        c.group_by_length = True  # speed: the embedded default's ~15 minutes count on it
     c.checkpoint_every_steps = 200
     width = 0.5
 
-    if a.full:
+    if a.full or squad:
         c.data_dir = ""
         teacher_h, half_h = (32, 0, 0, 3.0, 5e-5, 0), (32, 0, 0, 3.0, 5e-5, 0)
         ternary_h, binary_h = (16, 2.0, 2.5e-5, 2.0, 1e-5, 1000), (16, 2.0, 1.25e-4, 2.0, 5e-5, 100)
@@ -133,6 +137,8 @@ def shrink_pipeline(c):
     c.train_limit, c.eval_limit = 32, 16
     c.eval_batch_size = 16
     c.max_seq_length, c.bucket_lengths = 32, (16, 32)
+    if "squad" in c:
+        common.shrink_squad(c)
     c.log_every_steps, c.checkpoint_every_steps = 2, 4
     for section in c.stages.values():
         if section.kind == "train":

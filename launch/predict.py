@@ -19,6 +19,17 @@ Output: a header ``index<TAB>prediction``, then one row per example, ``index`` i
 label list (``0``/``1``, ``entailment``...) or, for STS-B, the score clipped to [0, 5]. When every
 input row has a label (a dev file), the GLUE metrics are printed (to stderr when ``--out -``).
 
+SQuAD (``--task squad1|squad2``): ``--input`` is a SQuAD JSON file (the official layout, any path)
+and ``--out`` the ``predictions.json`` to write (question id -> answer, what the official
+evaluation reads); for v2.0 the no-answer scores (null − best non-null, ``squad.postprocess``) go
+to ``--na-prob-out`` (default: ``na_probs.json`` beside ``--out``). Windows, n-best, answer length
+and the v2.0 null threshold as in training (``--max-length`` 384, ``--doc-stride`` 128,
+``--max-query-length`` 64, ``--n-best`` 20, ``--max-answer-length`` 30, ``--null-threshold`` 0).
+When the file has gold answers the official EM/F1 are printed::
+
+    python -m launch.predict --model runs/squad1/finetune/best --task squad1 \
+        --input $SQUAD_DIR/dev-v1.1.json --out predictions.json
+
 Tokenizer: ``--tokenizer DIR``, else the one the saved model names, else MiniLM's
 (``assets.minilm_dir()``). Flags are parsed with argparse so ``main(argv)`` can be called
 repeatedly in-process (tests); ``stdin``/``stdout`` can be passed in as well.
@@ -33,8 +44,8 @@ from typing import Optional, Sequence, TextIO
 
 import numpy as np
 
-from binarybert_jax import assets, checkpoints, inference, metrics, resolve
-from binarybert_jax.data import glue
+from binarybert_jax import assets, checkpoints, inference, metrics, resolve, squad_metrics
+from binarybert_jax.data import glue, squad, tasks
 from binarybert_jax.errors import UserError
 from binarybert_jax.tokenizer import load_tokenizer
 from launch import common
@@ -48,17 +59,26 @@ def build_parser() -> argparse.ArgumentParser:
                                                  "model checkpoint.")
     parser.add_argument("--model", required=True,
                         help="packed .safetensors file or model checkpoint directory")
-    parser.add_argument("--task", required=True, help=f"GLUE task: {', '.join(glue.TASK_NAMES)}")
-    parser.add_argument("--input", required=True, help="GLUE TSV file, or - for stdin lines")
+    parser.add_argument("--task", required=True, help=f"task: {', '.join(tasks.TASK_NAMES)}")
+    parser.add_argument("--input", required=True, help="GLUE TSV file, or - for stdin lines; "
+                        "SQuAD: a SQuAD JSON file")
     parser.add_argument("--split", default=None,
                         help="the TSV layout to read (test, dev, train, MNLI's dev_mismatched..."
                              "); default: the split the file name says")
-    parser.add_argument("--out", required=True, help="output TSV (- for stdout)")
+    parser.add_argument("--out", required=True, help="output TSV (- for stdout); SQuAD: predictions.json")
     parser.add_argument("--tokenizer", default=None, help="tokenizer directory (default: the "
                         "model's if it names one, else MiniLM's)")
     parser.add_argument("--max-length", type=int, default=None,
-                        help="padded sequence length (default: the task's, 64 or 128)")
+                        help="padded sequence length (default: the task's, 64, 128 or 384)")
     parser.add_argument("--batch-size", type=int, default=32)
+    squad_args = parser.add_argument_group("SQuAD")
+    squad_args.add_argument("--na-prob-out", default=None,
+                            help="v2.0: where the no-answer scores go (default: na_probs.json beside --out)")
+    squad_args.add_argument("--doc-stride", type=int, default=128)
+    squad_args.add_argument("--max-query-length", type=int, default=64)
+    squad_args.add_argument("--n-best", type=int, default=20)
+    squad_args.add_argument("--max-answer-length", type=int, default=30)
+    squad_args.add_argument("--null-threshold", type=float, default=0.0)
     return parser
 
 
@@ -113,11 +133,14 @@ def main(argv: Optional[Sequence[str]] = None, stdin: Optional[TextIO] = None,
     stdin = sys.stdin if stdin is None else stdin
     stdout = sys.stdout if stdout is None else stdout
     try:
-        task = glue.get_task(args.task)
+        task = tasks.get_task(args.task)
     except ValueError as e:
         parser.error(str(e))
-    if args.batch_size < 1:
-        parser.error(f"--batch-size must be positive, got {args.batch_size}")
+    for flag in ("batch_size", "doc_stride", "max_query_length", "n_best", "max_answer_length"):
+        if getattr(args, flag) < 1:
+            parser.error(f"--{flag.replace('_', '-')} must be positive, got {getattr(args, flag)}")
+    if task.head == "span":
+        return predict_squad(args, task, stdout)
 
     # ---- examples ----
     if args.input == "-":
@@ -131,16 +154,7 @@ def main(argv: Optional[Sequence[str]] = None, stdin: Optional[TextIO] = None,
         examples = glue.read_tsv(path, task, split).examples
 
     # ---- model and tokenizer ----
-    predictor = inference.load_predictor(args.model)
-    trained_on = resolve.recorded_task(predictor.info)
-    if trained_on and glue.get_task(trained_on).name != task.name:
-        raise UserError(f"{args.model} is a {trained_on} model, not a {task.name} one: pass "
-                        f"--task {trained_on}, or a {task.name} model")
-    if predictor.num_labels != task.num_labels:
-        raise UserError(f"{args.model}: the model has {predictor.num_labels} outputs, "
-                        f"{task.name} needs {task.num_labels}; is it a {task.name} model?")
-    tokenizer_dir = args.tokenizer or predictor.tokenizer_dir or assets.minilm_dir()
-    tokenizer = load_tokenizer(tokenizer_dir)
+    predictor, tokenizer, tokenizer_dir = _load_model(args, task)
     max_length = args.max_length or task.max_seq_length
 
     # ---- predictions ----
@@ -164,6 +178,59 @@ def main(argv: Optional[Sequence[str]] = None, stdin: Optional[TextIO] = None,
         scores = metrics.glue_metrics(task, logits, labels)
         print(f"{task.name} ({len(examples)} examples): "
               + ", ".join(f"{k} {v:.4f}" for k, v in scores.items()), file=report)
+    return 0
+
+
+def _load_model(args, task):
+    """The predictor of ``--model`` (checked against ``task``), its tokenizer and that tokenizer's
+    directory."""
+    predictor = inference.load_predictor(args.model)
+    trained_on = resolve.recorded_task(predictor.info)
+    if trained_on and tasks.get_task(trained_on).name != task.name:
+        raise UserError(f"{args.model} is a {trained_on} model, not a {task.name} one: pass "
+                        f"--task {trained_on}, or a {task.name} model")
+    if predictor.spec.head != task.head:
+        raise UserError(f"{args.model}: the model has a {predictor.spec.head} head, {task.name} needs "
+                        f"a {task.head} head; is it a {task.name} model?")
+    if predictor.num_labels != task.num_labels:
+        raise UserError(f"{args.model}: the model has {predictor.num_labels} outputs, "
+                        f"{task.name} needs {task.num_labels}; is it a {task.name} model?")
+    tokenizer_dir = args.tokenizer or predictor.tokenizer_dir or assets.minilm_dir()
+    return predictor, load_tokenizer(tokenizer_dir), tokenizer_dir
+
+
+def predict_squad(args, task: squad.SquadTask, stdout: TextIO) -> int:
+    """``--task squad1|squad2``: predictions.json (and na_probs.json for v2.0) of a SQuAD file."""
+    if args.input == "-":
+        raise UserError("SQuAD reads a JSON file (--input PATH), not standard input")
+    try:
+        _, data = squad.read_dataset(args.input)
+        examples = squad.examples_from_dataset(data, where=args.input)
+    except OSError as e:
+        raise UserError(f"--input {args.input}: {e}") from None
+    except ValueError as e:
+        raise UserError(str(e)) from None
+    predictor, tokenizer, tokenizer_dir = _load_model(args, task)
+    answers, null_diffs = inference.predict_squad(
+        predictor, tokenizer, examples, version=task.version,
+        max_length=args.max_length or task.max_seq_length, doc_stride=args.doc_stride,
+        max_query_length=args.max_query_length, batch_size=args.batch_size, n_best=args.n_best,
+        max_answer_length=args.max_answer_length, null_threshold=args.null_threshold)
+    out = pathlib.Path(args.out)
+    checkpoints.write_json(out, answers)
+    written = [str(out)]
+    if task.has_unanswerable:
+        na_out = pathlib.Path(args.na_prob_out) if args.na_prob_out else out.parent / "na_probs.json"
+        checkpoints.write_json(na_out, null_diffs)
+        written.append(str(na_out))
+    print(f"wrote {len(answers)} answers to {' and '.join(written)} ({predictor.kind} model "
+          f"{predictor.path}, tokenizer {tokenizer_dir})", file=stdout)
+    if any(ex.answers for ex in examples):
+        scores = squad_metrics.evaluate(task.version, data, answers,
+                                        null_diffs if task.has_unanswerable else None)
+        print(f"{task.name} ({len(examples)} questions): "
+              + ", ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in scores.items()),
+              file=stdout)
     return 0
 
 

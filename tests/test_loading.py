@@ -134,10 +134,17 @@ def test_tsv_missing_file_names_it(tokenizer, tmp_path):
 
 def test_unknown_source_names_the_allowed_ones(tokenizer, tmp_path, monkeypatch):
     monkeypatch.delenv(glue.GLUE_DIR_ENV, raising=False)
-    assert loading.SOURCES == ("tsv", "tfds")
+    assert loading.SOURCES == ("tsv", "json", "tfds")
     counting = CountingTokenizer(tokenizer)
-    with pytest.raises(ValueError, match="data source 'csv'; expected one of 'tsv', 'tfds'"):
+    with pytest.raises(ValueError, match="data source 'csv'; expected one of 'tsv', 'json', 'tfds'"):
         loading.load_task_data("sst-2", counting, source="csv", max_length=0,
+                               cache_dir=tmp_path / "cache")
+    # Each kind of task names the sources it reads: GLUE's TSVs are not SQuAD's JSON.
+    with pytest.raises(ValueError, match="sst-2 reads data source 'tsv' or 'tfds', not 'json'"):
+        loading.load_task_data("sst-2", counting, source="json", max_length=0,
+                               cache_dir=tmp_path / "cache")
+    with pytest.raises(ValueError, match="squad1 reads data source 'json' or 'tfds', not 'tsv'"):
+        loading.load_task_data("squad1", counting, source="tsv", max_length=0,
                                cache_dir=tmp_path / "cache")
     assert counting.calls == 0 and not (tmp_path / "cache").exists()
 

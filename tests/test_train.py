@@ -189,7 +189,7 @@ def test_config_errors_are_clear():
     c.kd.mode = "distill"
     with pytest.raises(ValueError, match="allowed"):
         resolve.phases_for(c)
-    with pytest.raises(ValueError, match="Unknown GLUE task 'squad'; expected one of cola"):
+    with pytest.raises(ValueError, match="Unknown task 'squad'; expected one of cola.*squad1, squad2"):
         common.base_config("squad")
 
 

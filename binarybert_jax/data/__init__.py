@@ -1,10 +1,12 @@
-"""Input pipeline: GLUE files -> examples -> fixed-length token arrays -> sharded batches.
+"""Input pipeline: GLUE/SQuAD files -> examples -> fixed-length token arrays -> sharded batches.
 
 - ``glue``: task specifications (columns, labels, metrics) and the TSV reader.
 - ``download``: fetching a task's TSVs into the GLUE layout.
 - ``encode``: tokenization to fixed-length arrays, cached on disk.
 - ``batching``: deterministic, host-sharded batches with padding masks and length buckets.
 - ``tfds_source``: the same examples through TensorFlow Datasets (optional dependency).
+- ``squad``: SQuAD v1.1/v2.0 files, the dev-split protocol, windowed span features, answers from logits.
+- ``tasks``: one lookup over GLUE's and SQuAD's task specs.
 - ``loading``: a run's train and eval arrays from either source, the one place a run loads data.
 
 The package imports neither JAX nor the model: batching asks JAX for the process index only

@@ -1,4 +1,4 @@
-"""Fetches GLUE tasks into the official TSV layout that ``glue`` reads.
+"""Fetches GLUE tasks into the official TSV layout that ``glue`` reads, and SQuAD's official JSON files.
 
 The URLs are those of GLUE's ``download_glue_data.py``: one zip per task from GLUE's server, and
 MRPC built from SentEval's copy of the Microsoft corpus (GLUE cannot host it). The result is
@@ -20,6 +20,7 @@ import zipfile
 from collections.abc import Callable, Mapping
 from types import MappingProxyType
 
+from binarybert_jax.data import squad
 from binarybert_jax.data.glue import GLUE_DIR_ENV, TaskSpec, get_task
 
 logger = logging.getLogger(__name__)
@@ -108,6 +109,19 @@ def format_mrpc(mrpc_dir: str | os.PathLike) -> None:
             test.write(f"{index}\t{id1}\t{id2}\t{s1}\t{s2}\n")
 
 
+def _get_atomically(fetch: Callable[[str, pathlib.Path], None], url: str, path: pathlib.Path,
+                    offline_hint: str) -> None:
+    """``fetch(url, path)`` into ``path.part`` then renamed, so an interrupted download leaves no
+    file that a later run would take for complete."""
+    tmp = path.with_name(path.name + ".part")
+    try:
+        fetch(url, tmp)
+    except (urllib.error.URLError, OSError) as e:
+        tmp.unlink(missing_ok=True)
+        raise OSError(f"Could not download {url} ({e}). Without network access, put {offline_hint}.") from e
+    os.replace(tmp, path)
+
+
 def download_glue(task: str | TaskSpec, dest: str | os.PathLike, *,
                   fetch: Callable[[str, pathlib.Path], None] | None = None) -> pathlib.Path:
     """Downloads one GLUE task into ``dest/<directory>/`` in the official TSV layout.
@@ -132,16 +146,7 @@ def download_glue(task: str | TaskSpec, dest: str | os.PathLike, *,
     task_dir = dest / task.directory
 
     def get(url: str, path: pathlib.Path) -> None:
-        # Download beside the target and rename, so an interrupted download leaves no file
-        # that a later run would take for complete.
-        tmp = path.with_name(path.name + ".part")
-        try:
-            fetch(url, tmp)
-        except (urllib.error.URLError, OSError) as e:
-            tmp.unlink(missing_ok=True)
-            raise OSError(f"Could not download {url} ({e}). Without network access, put the "
-                          f"GLUE TSVs in a directory and set ${GLUE_DIR_ENV} to it.") from e
-        os.replace(tmp, path)
+        _get_atomically(fetch, url, path, f"the GLUE TSVs in a directory and set ${GLUE_DIR_ENV} to it")
 
     if task.name == "mrpc":
         task_dir.mkdir(exist_ok=True)
@@ -161,4 +166,35 @@ def download_glue(task: str | TaskSpec, dest: str | os.PathLike, *,
     return task_dir
 
 
-__all__ = ["GLUE_ZIP_URLS", "MRPC_URLS", "download_glue", "download_urls", "format_mrpc"]
+def download_squad(version: str, dest: str | os.PathLike, *, splits=squad.SPLITS,
+                   fetch: Callable[[str, pathlib.Path], None] | None = None) -> list[pathlib.Path]:
+    """Downloads SQuAD ``version``'s official JSON files (``train-v1.1.json``, ``dev-v1.1.json``...)
+    from rajpurkar.github.io into ``dest``; use ``dest`` as ``$SQUAD_DIR`` afterwards.
+
+    Args:
+      version: ``1.1`` or ``2.0``.
+      dest: the directory to fill (created if needed).
+      splits: which of ``train`` and ``dev``.
+      fetch: as for :func:`download_glue`.
+    Returns:
+      The files written.
+    Raises:
+      ValueError: an unknown version or split.
+      OSError: a download failed; the message says how to work offline.
+    """
+    dest = pathlib.Path(dest)
+    dest.mkdir(parents=True, exist_ok=True)
+    out = []
+    for split in splits:
+        if (version, split) not in squad.FILE_NAMES:
+            raise ValueError(f"SQuAD version {version!r} split {split!r}; allowed versions "
+                             f"{squad.VERSIONS}, splits {squad.SPLITS}")
+        name = squad.FILE_NAMES[(version, split)]
+        _get_atomically(fetch or _urlretrieve, squad.URLS[name], dest / name,
+                        f"the official SQuAD files in a directory and set ${squad.SQUAD_DIR_ENV} to it")
+        out.append(dest / name)
+    logger.info("Downloaded SQuAD %s (%s) into %s.", version, ", ".join(splits), dest)
+    return out
+
+
+__all__ = ["GLUE_ZIP_URLS", "MRPC_URLS", "download_glue", "download_squad", "download_urls", "format_mrpc"]

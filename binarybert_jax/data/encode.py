@@ -20,7 +20,7 @@ import pathlib
 import re
 import tempfile
 import zipfile
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 import numpy as np
 
@@ -141,35 +141,38 @@ def cache_path(tokenizer, examples: Sequence[glue.Example], max_length: int,
 
 def _cache_location(tokenizer, examples, max_length, cache_dir, key_parts, regression
                     ) -> tuple[pathlib.Path, str]:
-    payload = json.dumps({
-        "version": CACHE_FORMAT_VERSION,
-        "key_parts": [str(p) for p in key_parts],
-        "max_length": int(max_length),
+    return cache_location(cache_dir, key_parts, max_length, {
         "regression": bool(regression),
         "tokenizer": tokenizer_fingerprint(tokenizer),
         "examples": examples_fingerprint(examples),
-    }, sort_keys=True)
-    key = hashlib.sha256(payload.encode()).hexdigest()
+    })
+
+
+def cache_location(cache_dir: str | os.PathLike, key_parts: Sequence[object], max_length: int,
+                   payload: dict) -> tuple[pathlib.Path, str]:
+    """The file and key of a cache entry: ``<key_parts joined>-L<max_length>-<16 hex>.npz``, the
+    hex digits hashing the format version, ``key_parts``, ``max_length`` and ``payload`` (every
+    other input that decides the arrays: tokenizer fingerprint, content hash, settings)."""
+    text = json.dumps({"version": CACHE_FORMAT_VERSION, "key_parts": [str(p) for p in key_parts],
+                       "max_length": int(max_length), **payload}, sort_keys=True)
+    key = hashlib.sha256(text.encode()).hexdigest()
     slug = "-".join(re.sub(r"[^A-Za-z0-9_.-]+", "_", str(p)) for p in key_parts)[:80]
     return pathlib.Path(cache_dir) / f"{slug or 'encoded'}-L{max_length}-{key[:16]}.npz", key
 
 
-def _load_cache(path: pathlib.Path, key: str, n: int, max_length: int
-                ) -> dict[str, np.ndarray] | None:
+def _load_cache(path: pathlib.Path, key: str, names: Sequence[str],
+                shapes_ok: Callable[[dict], bool]) -> dict[str, np.ndarray] | None:
     """The cached arrays, or None when the file is missing, unreadable or not for this key."""
     if not path.is_file():
         return None
     try:
         with np.load(path, allow_pickle=False) as data:
-            arrays = {name: data[name] for name in ARRAY_KEYS}
+            arrays = {name: data[name] for name in names}
             stored_key = str(data[_CACHE_KEY_ENTRY])
     except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as e:
         logger.warning("Cache file %s is unreadable (%s); tokenizing again.", path, e)
         return None
-    shapes_ok = (all(arrays[k].shape == (n, max_length)
-                     for k in ("input_ids", "token_type_ids", "attention_mask"))
-                 and arrays["labels"].shape == (n,) and arrays["lengths"].shape == (n,))
-    if stored_key != key or not shapes_ok:
+    if stored_key != key or not shapes_ok(arrays):
         logger.warning("Cache file %s does not match its key or shapes; tokenizing again.", path)
         return None
     return arrays
@@ -185,6 +188,23 @@ def _save_atomically(path: pathlib.Path, arrays: dict[str, np.ndarray], key: str
     except BaseException:
         pathlib.Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def cached_arrays(path: pathlib.Path, key: str, names: Sequence[str],
+                  compute: Callable[[], dict[str, np.ndarray]],
+                  shapes_ok: Callable[[dict], bool] = lambda arrays: True) -> dict[str, np.ndarray]:
+    """The arrays ``names`` stored at ``path`` under ``key`` (from :func:`cache_location`), else
+    ``compute()``'s, written there atomically (an interrupted run never leaves a file a later run
+    would trust). A file that cannot be read, holds another key or fails ``shapes_ok`` is
+    recomputed and overwritten."""
+    arrays = _load_cache(path, key, names, shapes_ok)
+    if arrays is not None:
+        logger.info("Loaded encoded arrays from %s.", path)
+        return arrays
+    arrays = compute()
+    _save_atomically(path, arrays, key)
+    logger.info("Tokenized into %s.", path)
+    return arrays
 
 
 def encode_cached(tokenizer, examples: Sequence[glue.Example], max_length: int,
@@ -209,14 +229,16 @@ def encode_cached(tokenizer, examples: Sequence[glue.Example], max_length: int,
     regression = _is_regression(examples, is_regression)
     path, key = _cache_location(tokenizer, examples, max_length, cache_dir, key_parts,
                                 regression)
-    arrays = _load_cache(path, key, len(examples), max_length)
-    if arrays is not None:
-        logger.info("Loaded %d encoded examples from %s.", len(examples), path)
-        return arrays
-    arrays = encode_examples(tokenizer, examples, max_length, is_regression=regression)
-    _save_atomically(path, arrays, key)
-    logger.info("Tokenized %d examples into %s.", len(examples), path)
-    return arrays
+    n = len(examples)
+
+    def shapes_ok(arrays):
+        return (all(arrays[k].shape == (n, max_length)
+                    for k in ("input_ids", "token_type_ids", "attention_mask"))
+                and arrays["labels"].shape == (n,) and arrays["lengths"].shape == (n,))
+
+    return cached_arrays(path, key, ARRAY_KEYS,
+                         lambda: encode_examples(tokenizer, examples, max_length,
+                                                 is_regression=regression), shapes_ok)
 
 
 def load_encoded_split(tokenizer, task: str | glue.TaskSpec, split: str, *,
@@ -249,6 +271,7 @@ def load_encoded_split(tokenizer, task: str | glue.TaskSpec, split: str, *,
                          is_regression=spec.is_regression)
 
 
-__all__ = ["ARRAY_KEYS", "CACHE_FORMAT_VERSION", "cache_path", "encode_cached",
+__all__ = ["ARRAY_KEYS", "CACHE_FORMAT_VERSION", "cache_location", "cache_path", "cached_arrays",
+           "encode_cached",
            "encode_examples", "examples_fingerprint", "load_encoded_split",
            "tokenizer_fingerprint"]

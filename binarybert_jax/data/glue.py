@@ -97,6 +97,11 @@ class TaskSpec:
     split_files: Mapping[str, str]
 
     @property
+    def head(self) -> str:
+        """The model head the task trains (every GLUE task: a classifier on [CLS])."""
+        return "classification"
+
+    @property
     def score_range(self) -> tuple[float, float]:
         """The allowed gold scores of a regression task (STS-B's similarity: 0 to 5)."""
         return (0.0, 5.0)

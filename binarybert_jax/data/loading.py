@@ -1,6 +1,6 @@
 """A run's data: its task's train split and evaluation splits as token arrays.
 
-The one place a training run loads data. Two sources give the same examples:
+The one place a training run loads data. For GLUE, two sources give the same examples:
 
 - ``tsv``: GLUE's TSV files under a GLUE root (``data_dir``, or ``$GLUE_DIR`` when it is empty),
   read by :mod:`~binarybert_jax.data.glue`;
@@ -11,6 +11,11 @@ The one place a training run loads data. Two sources give the same examples:
 
 Either way the examples are tokenized through :mod:`~binarybert_jax.data.encode`'s on-disk
 cache, so a second run with the same data, tokenizer and length reads the arrays back.
+
+SQuAD (``squad1``, ``squad2``) reads ``json`` (the official files under ``data_dir`` or
+``$SQUAD_DIR``) or ``tfds`` (tensorflow-datasets' ``squad``), windowed by
+:mod:`~binarybert_jax.data.squad` through the same cache; its evaluation split is a
+``squad.SquadEvalSet`` (windows, questions and gold answers).
 """
 
 from __future__ import annotations
@@ -21,9 +26,11 @@ import pathlib
 
 import numpy as np
 
-from binarybert_jax.data import encode, glue, tfds_source
+from binarybert_jax.data import encode, glue, squad, tasks, tfds_source
 
-SOURCES = ("tsv", "tfds")
+SOURCES = ("tsv", "json", "tfds")
+# The sources each kind of task reads.
+_TASK_SOURCES = {"classification": ("tsv", "tfds"), "span": ("json", "tfds")}
 
 # (module, pip package) that source "tfds" imports: tfds reads GLUE through TensorFlow.
 _TFDS_PACKAGES = (("tensorflow_datasets", "tensorflow-datasets"), ("tensorflow", "tensorflow"))
@@ -51,17 +58,24 @@ def eval_splits(task: str | glue.TaskSpec) -> tuple[str, ...]:
     return ("dev_matched", "dev_mismatched") if spec.name == "mnli" else ("dev",)
 
 
-def check_source(source: str) -> None:
+def check_source(source: str, task=None) -> None:
     """Checks that ``source`` is one of :data:`SOURCES` and that its packages are installed.
 
     Raises:
-      ValueError: an unknown source; the message lists the allowed ones.
+      ValueError: an unknown source, or one ``task`` cannot read (GLUE: tsv, tfds; SQuAD: json,
+        tfds); the message lists the allowed ones.
       ImportError: ``tfds`` without tensorflow-datasets or TensorFlow; the message names the
         missing package and the pip command that installs both.
     """
     if source not in SOURCES:
         raise ValueError(f"unknown data source {source!r}; expected one of "
                          f"{', '.join(repr(s) for s in SOURCES)}")
+    if task is not None:
+        spec = tasks.get_task(task)
+        allowed = _TASK_SOURCES[spec.head]
+        if source not in allowed:
+            raise ValueError(f"{spec.name} reads data source {' or '.join(map(repr, allowed))}, "
+                             f"not {source!r}")
     if source == "tfds":
         missing = [pip for module, pip in _TFDS_PACKAGES
                    if importlib.util.find_spec(module) is None]
@@ -95,8 +109,8 @@ def _load_split(spec: glue.TaskSpec, split: str, tokenizer, source: str, data_di
 def load_task_data(task: str | glue.TaskSpec, tokenizer, *, source: str = "tsv",
                    data_dir: str | os.PathLike = "", max_length: int | None,
                    cache_dir: str | os.PathLike | None, train_limit: int = 0,
-                   eval_limit: int = 0) -> tuple[dict[str, np.ndarray],
-                                                 dict[str, dict[str, np.ndarray]]]:
+                   eval_limit: int = 0, squad_options=None
+                   ) -> tuple[dict[str, np.ndarray], dict]:
     """A run's tokenized train split and evaluation splits.
 
     Args:
@@ -109,6 +123,8 @@ def load_task_data(task: str | glue.TaskSpec, tokenizer, *, source: str = "tsv",
       cache_dir: directory of the tokenized-array cache; None tokenizes without caching.
       train_limit: keep only the first ``train_limit`` training examples (0: all).
       eval_limit: keep only the first ``eval_limit`` examples of each eval split (0: all).
+      squad_options: for SQuAD, ``squad.load_squad_data``'s ``doc_stride``, ``max_query_length``
+        and ``dev_split`` (defaults: 128, 64, 0: the official train and dev files).
 
     Returns:
       ``(train, evals)``: the train split's arrays and ``{split: arrays}`` for each of
@@ -120,8 +136,13 @@ def load_task_data(task: str | glue.TaskSpec, tokenizer, *, source: str = "tsv",
       ImportError: ``tfds`` without its packages; raised before anything is read.
       FileNotFoundError: (``tsv``) a split's file is missing; the message names it.
     """
-    spec = glue.get_task(task)
-    check_source(source)
+    spec = tasks.get_task(task)
+    check_source(source, spec)
+    if spec.head == "span":
+        return squad.load_squad_data(spec, tokenizer, data_dir=data_dir, source=source,
+                                     max_length=max_length or 0, cache_dir=cache_dir,
+                                     train_limit=train_limit, eval_limit=eval_limit,
+                                     **dict(squad_options or {}))
     if source == "tsv":
         data_dir = resolve_data_dir(data_dir)
     max_length = max_length or spec.max_seq_length

@@ -1,9 +1,10 @@
-"""GLUE through TensorFlow Datasets, for machines where the TSVs are not at hand.
+"""GLUE and SQuAD through TensorFlow Datasets, for machines where the TSVs/JSON files are not at hand.
 
 Optional: needs ``tensorflow`` and ``tensorflow-datasets``, which the project does not depend on.
 Records become the same :class:`~binarybert_jax.data.glue.Example` objects the TSV reader gives,
 with labels in the TSV's class order (tfds orders MNLI's classes differently, so labels are
-mapped by name, not copied).
+mapped by name, not copied). SQuAD records become the official JSON layout that
+``squad.examples_from_dataset`` and the official metrics read.
 """
 
 from __future__ import annotations
@@ -137,5 +138,55 @@ def read_examples_tfds(task: str | glue.TaskSpec, split: str,
     return examples
 
 
-__all__ = ["TFDS_CONFIGS", "TFDS_LABEL_NAMES", "TFDS_TEXT_FEATURES", "read_examples_tfds",
-           "record_to_example", "tfds_split"]
+
+
+# ---- SQuAD --------------------------------------------------------------------------------------
+SQUAD_TFDS_CONFIGS: Mapping[str, str] = MappingProxyType({"1.1": "squad/v1.1", "2.0": "squad/v2.0"})
+
+
+def squad_records_to_data(records) -> list[dict]:
+    """tfds ``squad`` records (``id``, ``title``, ``context``, ``question``, ``answers`` with
+    ``text`` and ``answer_start`` lists, v2.0's ``is_impossible``) as the official JSON's ``data``
+    list: articles by title and paragraphs by context, in first-seen order."""
+    articles: dict[str, dict] = {}
+    for r in records:
+        title, context = _text(r.get("title", "")), _text(r["context"])
+        article = articles.setdefault(title, {"title": title, "paragraphs": [], "_by_context": {}})
+        paragraph = article["_by_context"].get(context)
+        if paragraph is None:
+            paragraph = article["_by_context"][context] = {"context": context, "qas": []}
+            article["paragraphs"].append(paragraph)
+        answers = r.get("answers", {})
+        qa = {"id": _text(r["id"]), "question": _text(r["question"]),
+              "answers": [{"text": _text(t), "answer_start": int(s)}
+                          for t, s in zip(answers.get("text", ()), answers.get("answer_start", ()))]}
+        if "is_impossible" in r:
+            qa["is_impossible"] = bool(r["is_impossible"])
+        paragraph["qas"].append(qa)
+    for article in articles.values():
+        del article["_by_context"]
+    return list(articles.values())
+
+
+def read_squad_tfds(version: str, split: str, data_dir: str | os.PathLike | None = None) -> list[dict]:
+    """SQuAD ``version``'s ``train`` or ``dev`` split through tensorflow-datasets, in the official
+    layout (``squad_records_to_data``).
+
+    Raises:
+      ImportError: tensorflow-datasets (or TensorFlow) is not installed; the message names them.
+    """
+    try:
+        import tensorflow_datasets as tfds
+    except ImportError as e:
+        raise ImportError(
+            "Reading SQuAD through TensorFlow Datasets needs TensorFlow and tensorflow-datasets: "
+            "pip install tensorflow tensorflow-datasets (or use the official JSON files via "
+            "--config.data_dir or $SQUAD_DIR).") from e
+    dataset = tfds.load(SQUAD_TFDS_CONFIGS[version], split={"dev": "validation"}.get(split, split),
+                        data_dir=None if data_dir is None else os.fspath(data_dir), shuffle_files=False)
+    return squad_records_to_data(tfds.as_numpy(dataset))
+
+
+__all__ = ["SQUAD_TFDS_CONFIGS", "TFDS_CONFIGS", "TFDS_LABEL_NAMES", "TFDS_TEXT_FEATURES",
+           "read_examples_tfds", "read_squad_tfds", "record_to_example", "squad_records_to_data",
+           "tfds_split"]
