@@ -25,9 +25,10 @@ other factor, ‖w − ŵ‖² per part.
 
 HVPs are reverse-over-reverse (the gradient of ⟨∇ℓ, v⟩): ``jax.custom_vjp`` functions (our
 activation quantizers) have no forward-mode rule, so ``jvp(grad ℓ)`` would fail for a model that
-quantizes activations. One HVP function is compiled for all parts: it differentiates every encoder
-kernel and a part is selected by a tangent that is zero elsewhere, so 30 parts cost one compilation
-(the price: each product also computes second-order terms of the other kernels, which are dropped).
+quantizes activations. One HVP function is compiled for all parts: it differentiates every kernel
+of the analysed layers and a part is selected by a tangent that is zero elsewhere, so 30 parts cost one compilation
+(the price: each product also computes second-order terms of the other kernels of the analysed
+layers, which are dropped).
 
 Losses are eval-mode (no dropout) means over real examples: cross-entropy against the labels, or
 MSE for a regression task (one output).
@@ -430,7 +431,8 @@ def top_eigenvalues(spec: ModelSpec, params: Any, batches: Sequence[Mapping[str,
     for p in parts:
         part_kernels(p, 0)  # validates the name
     spec_hat, params_hat = quantized_weights(spec, params)
-    paths = part_paths(num_layers, tuple(PARTS))
+    # Only the analysed layers' kernels are differentiated: fewer weight gradients per product.
+    paths = tuple(k for layer in sorted(set(layers)) for p in PARTS for k in part_kernels(p, layer))
     fn = hvp_fn(spec_hat, paths)
     batches = device_batches(batches)
     flat = flatten(params_hat)

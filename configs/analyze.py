@@ -42,6 +42,7 @@ def get_config(arg=None):
     c.batch_size = 16
     c.landscape_batches = 2       # fixed training batches for the loss landscape
     c.hessian_batches = 1         # the first N of the same batches for the Hessian
+    c.hessian_examples = 0        # >0: instead, only the first N examples of the first batch
     c.seed = 0                    # which training batches (shuffle seed), Lanczos start vectors
 
     c.landscape = ml_collections.ConfigDict()

@@ -131,6 +131,9 @@ def main(argv):
         raise ValueError(f"{len(arrays['labels'])} training examples make {len(batches)} batches of "
                          f"{config.batch_size}; the analysis asks for {wanted}")
     landscape_batches, hessian_batches = batches[:config.landscape_batches], batches[:config.hessian_batches]
+    if config.hessian_examples:
+        # The first rows of the first batch: a Hessian-vector product costs far more than a loss.
+        hessian_batches = [{k: v[:config.hessian_examples] for k, v in batches[0].items()}]
 
     def describe(bs):
         return (f"{sum(len(b['labels']) for b in bs)} examples in {len(bs)} batches of lengths "
@@ -182,7 +185,7 @@ def main(argv):
         "task": task.name, "protocol": protocol, "git_commit": _git_commit(),
         "models": [{"name": n, "label": l, "spec": s.to_dict()} for n, l, s, _ in models],
         "data": {"description": f"landscape on {describe(landscape_batches)}; Hessian on "
-                                f"{describe(hessian_batches)} (the first of the same, shuffle seed "
+                                f"{describe(hessian_batches)} (the first of the same; shuffle seed "
                                 f"{config.seed}); eval-mode loss"},
         "landscape_matrices": list(matrices), "landscape_coords": [float(c) for c in coords],
         "landscape": {n: {"summary": analysis.landscape_summary(l), "scales": list(l.scales)}
