@@ -467,7 +467,7 @@ def top_eigenvalues(spec: ModelSpec, params: Any, batches: Sequence[Mapping[str,
 # ---------------------------------------------------------------------------------------------
 # Figures and the report table.
 # ---------------------------------------------------------------------------------------------
-def plot_landscapes(path, landscapes: Mapping[str, Landscape], dpi: int = 80) -> None:
+def plot_landscapes(path, landscapes: Mapping[str, Landscape], dpi: int = 64) -> None:
     """One figure: a 3-D surface (top row) and a contour plot (bottom row) per model, columns in
     the order of ``landscapes`` (``{label: Landscape}``), all surfaces on one z scale."""
     import matplotlib

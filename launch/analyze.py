@@ -176,7 +176,7 @@ def main(argv):
     labels = {name: label for name, label, _, _ in models}
     analysis.plot_landscapes(out / "landscape.png", {labels[n]: l for n, l in landscapes.items()})
     for name, land in landscapes.items():
-        analysis.plot_landscapes(out / f"landscape_{name}.png", {labels[name]: land}, dpi=60)
+        analysis.plot_landscapes(out / f"landscape_{name}.png", {labels[name]: land}, dpi=45)
         (out / f"landscape_{name}.csv").write_text(analysis.landscape_csv(land))
     (out / "landscape.json").write_text(json.dumps({n: l.to_dict() for n, l in landscapes.items()}))
     total = time.perf_counter() - start
