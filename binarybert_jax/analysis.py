@@ -60,7 +60,8 @@ PARTS: dict[str, tuple[str, ...]] = {
     "FFN-Mid": ("ffn/intermediate",),
     "FFN-Out": ("ffn/output",),
 }
-# What "quantized without training" turns a model into: (weight/embedding method, bits).
+# What "quantized without training" turns a model into: (weight/embedding method, bits); the
+# method is irrelevant at 32 bits.
 QUANTIZATIONS = {"fp": ("twn", quant.FULL_PRECISION_BITS), "twn": ("twn", 2), "bwn": ("bwn", 1)}
 DEFAULT_LANDSCAPE_MATRICES = ("encoder/layer_0/attention/value", "encoder/layer_1/attention/value")
 EIGEN_METHODS = ("lanczos", "power")

@@ -8,10 +8,11 @@ latent weights as FP, TWN W-E 2-2 and BWN W-E 1-1, activations at the model's bi
         --config.checkpoint=runs/mrpc_teacher/finetune/best --config.data_dir=$GLUE_DIR \
         "--config.hessian.layers=(0,5)" --out results/analysis_mrpc
 
-That run (README, "Loss landscape and sharpness") took about 25 minutes on 2 heavily shared CPU
-cores. Hessian-vector products dominate: one costs ~15-25 forward passes of the same batch on
-this CPU, and each part's Lanczos run takes up to ``hessian.iterations`` of them, so all six
-layers (the default) cost three times the two layers above.
+That run (README, "Loss landscape and sharpness") took 1149 s on 2 heavily shared CPU cores
+(load average ~14): 5 minutes for the three 11×11 landscapes, 14 for the Hessians. A
+Hessian-vector product costs about ten forward passes of its batch, and each part's Lanczos run
+takes up to ``hessian.iterations`` of them, so all six layers (the default) cost about three
+times the two layers above.
 
 Or the three trained models of a pipeline workdir (its ``half``, ``ternary`` and ``bwn`` rows)::
 
