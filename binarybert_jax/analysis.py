@@ -1,0 +1,568 @@
+"""The paper's §2 analysis: loss landscapes and top Hessian eigenvalues of full-precision, ternary
+and binary models.
+
+BinaryBERT argues that a binary BERT is hard to train directly because its loss landscape is steep
+and irregular where the ternary one is flat and smooth. Two measurements back that, and both are
+here as pure functions over a ``ModelSpec``, its parameters and a fixed list of batches:
+
+* **Loss landscape** (``landscape_grid``): two weight matrices W_x, W_y (by default the attention
+  value matrices of the first two layers) are perturbed as W_x + x·1, W_y + y·1 with
+  x ∈ {0, ±0.2, …, ±1.0}·mean|W_x| (y alike), and at every grid point the task loss of the model is
+  evaluated, its quantizers applied to the perturbed *latent* weights. One compiled function takes
+  the two offsets as inputs and is called once per point, so the grid costs one compilation.
+* **Steepness** (``top_eigenvalues``): λ_max of the loss Hessian with respect to each Transformer
+  part (``PARTS``: MHA-QK, MHA-V, MHA-O, FFN-Mid, FFN-Out) of each layer, by Lanczos (or power
+  iteration) on Hessian-vector products.
+
+Which Hessian: through the straight-through estimator the quantized forward is piecewise constant
+in the latent weights, so its "Hessian" w.r.t. them is not the object of the paper's bound
+ℓ(ŵ) − ℓ(w) ≈ εᵀHε ≤ λ_max‖ε‖². We take the Hessian with respect to the *quantized* weights ŵ = Q(w):
+the model whose weights are fixed at ŵ runs a full-precision weight path (``quantized_weights``,
+``export.inference_spec``) with its activation quantizers kept, and H is the Hessian of its task
+loss w.r.t. one part's kernels, every other parameter held at its (quantized) value. Biases,
+LayerNorms and the embeddings are not part of any part. ``quantization_error`` gives the bound's
+other factor, ‖w − ŵ‖² per part.
+
+HVPs are reverse-over-reverse (the gradient of ⟨∇ℓ, v⟩): ``jax.custom_vjp`` functions (our
+activation quantizers) have no forward-mode rule, so ``jvp(grad ℓ)`` would fail for a model that
+quantizes activations. One HVP function is compiled for all parts: it differentiates every kernel
+of the analysed layers and a part is selected by a tangent that is zero elsewhere, so 30 parts cost one compilation
+(the price: each product also computes second-order terms of the other kernels of the analysed
+layers, which are dropped).
+
+Losses are eval-mode (no dropout) means over real examples: cross-entropy against the labels, or
+MSE for a regression task (one output).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from binarybert_jax import checkpoints, export, hf_import, kd, quant, size
+from binarybert_jax.model import ModelSpec, calibrate_lsq_steps
+from binarybert_jax.trees import flatten, unflatten
+
+MODEL_INPUTS = ("input_ids", "token_type_ids", "attention_mask")
+
+# The paper's Transformer parts: the kernels (module paths inside ``encoder/layer_<i>``) whose
+# Hessian block each eigenvalue belongs to.
+PARTS: dict[str, tuple[str, ...]] = {
+    "MHA-QK": ("attention/query", "attention/key"),
+    "MHA-V": ("attention/value",),
+    "MHA-O": ("attention/output",),
+    "FFN-Mid": ("ffn/intermediate",),
+    "FFN-Out": ("ffn/output",),
+}
+# What "quantized without training" turns a model into: (weight/embedding method, bits); the
+# method is irrelevant at 32 bits.
+QUANTIZATIONS = {"fp": ("twn", quant.FULL_PRECISION_BITS), "twn": ("twn", 2), "bwn": ("bwn", 1)}
+DEFAULT_LANDSCAPE_MATRICES = ("encoder/layer_0/attention/value", "encoder/layer_1/attention/value")
+EIGEN_METHODS = ("lanczos", "power")
+
+
+# ---------------------------------------------------------------------------------------------
+# Models: quantizing without training, the quantized weights ŵ.
+# ---------------------------------------------------------------------------------------------
+def quantize_without_training(spec: ModelSpec, params: Any, method: str,
+                              act_bits: Optional[int] = None,
+                              calibration_batch: Optional[Mapping[str, Any]] = None
+                              ) -> tuple[ModelSpec, Any]:
+    """The same latent weights under another quantization (the paper's §2 protocol).
+
+    Args:
+      spec, params: a model (usually a fine-tuned full-precision one).
+      method: ``fp`` (32-bit weights), ``twn`` (W-E 2-2) or ``bwn`` (W-E 1-1), see ``QUANTIZATIONS``.
+      act_bits: activation bits; None keeps ``spec``'s. Activation quantizer parameters that
+        ``params`` lacks start as a fresh model's (clips at ±``clip_init``); LSQ steps are
+        calibrated on ``calibration_batch`` (then required), as training does on its first batch.
+      calibration_batch: model inputs (``input_ids``, ``token_type_ids``, ``attention_mask``).
+    Returns:
+      ``(spec, params)`` of the quantized model, its latent weights those of ``params``.
+    """
+    if method not in QUANTIZATIONS:
+        raise ValueError(f"unknown quantization {method!r}; allowed: {sorted(QUANTIZATIONS)}")
+    check_unsplit(spec)
+    weight_method, bits = QUANTIZATIONS[method]
+    q = dataclasses.replace(spec.quant, weight_method=weight_method, embed_method=weight_method,
+                            weight_bits=bits, embed_bits=bits,
+                            act_bits=spec.quant.act_bits if act_bits is None else int(act_bits))
+    new = dataclasses.replace(spec, quant=q).without_axis()
+    model = new.build()
+    init = jax.jit(model.init)(jax.random.key(0), jnp.ones((1, 2), jnp.int32))["params"]
+    target = flatten(init)
+    source = flatten(params)
+    # A quantized source's clips or steps have no place in a model without activation quantizers.
+    imported = {k: v for k, v in source.items()
+                if k in target or not k.endswith(("_clip", "_step"))}
+    merged = hf_import.merge_pretrained(init, imported, f"the {method} model")
+    calibrate = any(k.endswith("_step") and k not in source for k in target)
+    if calibrate:
+        if calibration_batch is None:
+            raise ValueError("the model has LSQ activation quantizers without trained steps: pass "
+                             "a calibration_batch to initialise them")
+        merged = calibrate_lsq_steps(model, merged,
+                                     *[jnp.asarray(calibration_batch[k]) for k in MODEL_INPUTS])
+    return new, jax.tree_util.tree_map(jnp.asarray, merged)
+
+
+def check_unsplit(spec: ModelSpec) -> None:
+    """Raises ValueError for a ternary-weight-split model (two latent halves per matrix)."""
+    if spec.quant.split:
+        raise ValueError("the analysis needs an unsplit model: a split model computes the same "
+                         "function as the ternary model it was split from; analyse that one")
+
+
+def quantized_weights(spec: ModelSpec, params: Any) -> tuple[ModelSpec, Any]:
+    """The model whose weights are fixed at ŵ = Q(w): every quantized matrix replaced by its
+    quantized values, run with weight quantization off and activation quantization as ``spec``'s
+    (``export.inference_spec``). Its loss equals ``spec``'s at ``params``; its derivatives are
+    those with respect to ŵ.
+
+    Returns:
+      ``(spec_hat, params_hat)``; unquantized parameters are shared with ``params``.
+    """
+    check_unsplit(spec)
+    flat = flatten(params)
+    out = {}
+    for path, value in flat.items():
+        acct = size.account_for(path, np.shape(value), spec)
+        if acct.kind == size.QUANTIZED:
+            value = quant.weight_quant_values(jnp.asarray(value), acct.method, acct.bits, acct.axes)
+        out[path] = jnp.asarray(value)
+    return export.inference_spec(spec).without_axis(), unflatten(out)
+
+
+def part_kernels(part: str, layer: int) -> tuple[str, ...]:
+    """Flat paths of the kernels of one Transformer part, e.g. ``("encoder/layer_0/attention/
+    query/kernel", "encoder/layer_0/attention/key/kernel")`` for ``MHA-QK`` of layer 0."""
+    if part not in PARTS:
+        raise ValueError(f"unknown Transformer part {part!r}; allowed: {list(PARTS)}")
+    return tuple(f"encoder/layer_{layer}/{m}/kernel" for m in PARTS[part])
+
+
+def quantization_error(spec: ModelSpec, params: Any, paths: Sequence[str]) -> float:
+    """‖w − ŵ‖² summed over the parameters at ``paths`` (0 for unquantized ones)."""
+    flat = flatten(params)
+    _, hat = quantized_weights(spec, unflatten({k: flat[k] for k in paths}))
+    hat = flatten(hat)
+    return float(sum(jnp.sum(jnp.square(jnp.asarray(flat[k]) - hat[k])) for k in paths))
+
+
+# ---------------------------------------------------------------------------------------------
+# The task loss on a fixed list of batches.
+# ---------------------------------------------------------------------------------------------
+def device_batches(batches: Sequence[Mapping[str, Any]]) -> tuple[dict, ...]:
+    """The model inputs, ``labels`` and ``example_mask`` of each batch as device arrays."""
+    out = []
+    for b in batches:
+        missing = [k for k in MODEL_INPUTS + ("labels",) if k not in b]
+        if missing:
+            raise ValueError(f"analysis batches need {MODEL_INPUTS + ('labels',)}; missing {missing}")
+        mask = b.get("example_mask", np.ones(np.shape(b["input_ids"])[0], np.float32))
+        out.append({**{k: jnp.asarray(b[k]) for k in MODEL_INPUTS + ("labels",)},
+                    "example_mask": jnp.asarray(mask, jnp.float32)})
+    if not out:
+        raise ValueError("the analysis needs at least one batch")
+    return tuple(out)
+
+
+def task_loss(spec: ModelSpec, params: Any, batches: Sequence[Mapping[str, Any]]) -> jax.Array:
+    """Eval-mode task loss over ``batches``: per-batch means over real examples, averaged with
+    the batches' real-example counts as weights (so it is the mean over all real examples).
+    Cross-entropy against ``labels``, MSE for a one-output (regression) head."""
+    model = spec.build()
+    total, count = 0.0, 0.0
+    for batch in batches:
+        logits = model.apply({"params": params}, *[batch[k] for k in MODEL_INPUTS],
+                             deterministic=True)["logits"]
+        if spec.num_labels == 1:
+            loss = kd.regression_mse(logits, batch["labels"], batch["example_mask"])
+        else:
+            loss = kd.cross_entropy(logits, batch["labels"], batch["example_mask"])
+        n = jnp.sum(batch["example_mask"])
+        total, count = total + n * loss, count + n
+    return total / count
+
+
+# ---------------------------------------------------------------------------------------------
+# Loss landscape.
+# ---------------------------------------------------------------------------------------------
+def grid_coords(steps: int = 5, step: float = 0.2) -> np.ndarray:
+    """``{0, ±step, …, ±steps·step}`` in increasing order: offsets in units of mean|W|."""
+    if steps < 1 or step <= 0:
+        raise ValueError(f"a landscape grid needs steps >= 1 and step > 0, got {steps}, {step}")
+    return np.round(np.arange(-steps, steps + 1) * step, 12)
+
+
+@dataclasses.dataclass
+class Landscape:
+    """The loss on a grid of perturbations of two matrices.
+
+    Attributes:
+      matrices: the two perturbed modules (``encoder/layer_0/attention/value``...): W_x, W_y.
+      coords: ``(n,)`` offsets in units of mean|W| (the same for both axes).
+      scales: mean|W_x|, mean|W_y| of the unperturbed latent weights.
+      losses: ``(n, n)``; ``losses[i, j]`` is the loss at W_x + coords[i]·scales[0],
+        W_y + coords[j]·scales[1].
+    """
+
+    matrices: tuple[str, str]
+    coords: np.ndarray
+    scales: tuple[float, float]
+    losses: np.ndarray
+
+    @property
+    def centre(self) -> float:
+        """The loss of the unperturbed model."""
+        c = len(self.coords) // 2
+        return float(self.losses[c, c])
+
+    def to_dict(self) -> dict:
+        return {"matrices": list(self.matrices), "coords": self.coords.tolist(),
+                "scales": list(self.scales), "losses": self.losses.tolist()}
+
+
+@functools.lru_cache(maxsize=8)
+def perturbed_loss_fn(spec: ModelSpec, matrices: tuple[str, str]) -> Callable:
+    """Jitted ``(params, offsets (2,), batches) -> loss``: the task loss with ``offsets[0]``
+    added to every entry of ``matrices[0]``'s kernel and ``offsets[1]`` to ``matrices[1]``'s
+    (latent weights; the model's quantizers then see the perturbed values). The offsets are
+    inputs, so a whole grid is one compilation per batch-shape list."""
+    keys = tuple(f"{m}/kernel" for m in matrices)
+
+    def fn(params, offsets, batches):
+        flat = flatten(params)
+        for i, k in enumerate(keys):
+            flat[k] = flat[k] + offsets[i].astype(flat[k].dtype)
+        return task_loss(spec, unflatten(flat), batches)
+
+    return jax.jit(fn)
+
+
+def landscape_grid(spec: ModelSpec, params: Any, batches: Sequence[Mapping[str, Any]],
+                   matrices: Sequence[str] = DEFAULT_LANDSCAPE_MATRICES,
+                   coords: Optional[np.ndarray] = None, progress: bool = False,
+                   desc: str = "landscape") -> Landscape:
+    """The task loss over a grid of perturbations W_x + x·1, W_y + y·1 (module docstring).
+
+    Args:
+      spec, params: the model (its quantizers apply to the perturbed latent weights).
+      batches: the fixed training batches (model inputs, ``labels``, optional ``example_mask``).
+      matrices: two module paths whose ``kernel`` is perturbed.
+      coords: offsets in units of each matrix's mean|W|; default ``grid_coords()`` (11 points).
+      progress: show a tqdm bar over the grid points.
+    Returns:
+      A ``Landscape``.
+    """
+    matrices = tuple(matrices)
+    if len(matrices) != 2:
+        raise ValueError(f"a landscape perturbs two matrices, got {list(matrices)}")
+    coords = grid_coords() if coords is None else np.asarray(coords, np.float64)
+    flat = flatten(params)
+    missing = [m for m in matrices if f"{m}/kernel" not in flat]
+    if missing:
+        known = sorted(k[:-len("/kernel")] for k in flat if k.endswith("/kernel") and np.ndim(flat[k]) == 2)
+        raise ValueError(f"no kernel at {missing}; matrices the model has: {known}")
+    scales = tuple(float(jnp.mean(jnp.abs(jnp.asarray(flat[f"{m}/kernel"])))) for m in matrices)
+    fn = perturbed_loss_fn(spec.without_axis(), matrices)
+    params = jax.tree_util.tree_map(jnp.asarray, params)
+    batches = device_batches(batches)
+    from tqdm.auto import tqdm
+    losses = np.zeros((len(coords), len(coords)))
+    points = [(i, j) for i in range(len(coords)) for j in range(len(coords))]
+    for i, j in tqdm(points, desc=desc, unit="point", disable=not progress):
+        offsets = jnp.asarray([coords[i] * scales[0], coords[j] * scales[1]], jnp.float32)
+        losses[i, j] = float(fn(params, offsets, batches))
+    return Landscape(matrices, coords, scales, losses)
+
+
+# ---------------------------------------------------------------------------------------------
+# Hessian-vector products and top eigenvalues.
+# ---------------------------------------------------------------------------------------------
+def part_paths(num_layers: int, parts: Sequence[str] = tuple(PARTS)) -> tuple[str, ...]:
+    """Every kernel of ``parts`` in every layer, in model order."""
+    return tuple(k for layer in range(num_layers) for p in parts for k in part_kernels(p, layer))
+
+
+@functools.lru_cache(maxsize=8)
+def hvp_fn(spec: ModelSpec, paths: tuple[str, ...]) -> Callable:
+    """Jitted ``(params, v, batches) -> H v``: the Hessian of ``task_loss`` with respect to the
+    parameters at ``paths`` (flat keys), applied to ``v`` (a dict over the same keys), every
+    other parameter held fixed. Reverse-over-reverse: the gradient of ⟨∇ℓ, v⟩, which needs no
+    forward-mode rule from the ``custom_vjp`` quantizers."""
+
+    def loss(selected, rest, batches):
+        return task_loss(spec, unflatten({**rest, **selected}), batches)
+
+    def fn(params, v, batches):
+        flat = flatten(params)
+        selected = {k: flat.pop(k) for k in paths}
+
+        def directional(sel):
+            g = jax.grad(loss)(sel, flat, batches)
+            return sum(jnp.vdot(g[k], v[k]) for k in paths)
+
+        return jax.grad(directional)(selected)
+
+    return jax.jit(fn)
+
+
+@dataclasses.dataclass
+class EigenResult:
+    """A top-eigenvalue estimate: the last estimate, the iterations (matrix-vector products) it
+    took, whether successive estimates agreed to the tolerance, and every estimate on the way."""
+
+    value: float
+    iterations: int
+    converged: bool
+    history: list[float]
+
+
+def _start_vector(dim: int, seed) -> np.ndarray:
+    v = np.random.default_rng(seed).standard_normal(dim)
+    return v / np.linalg.norm(v)
+
+
+def lanczos_top_eigenvalue(matvec: Callable[[np.ndarray], np.ndarray], dim: int, *,
+                           iterations: int = 20, tol: float = 1e-3, seed: Any = 0,
+                           callback: Optional[Callable[[int, float], None]] = None) -> EigenResult:
+    """The largest (algebraic) eigenvalue of a symmetric operator by Lanczos.
+
+    Full reorthogonalisation (the Krylov basis is at most ``iterations`` vectors, cheap next to
+    one Hessian-vector product), float64 bookkeeping. Stops when the top Ritz value changes by
+    at most ``tol`` relative between iterations, or the Krylov space becomes invariant.
+
+    Args:
+      matvec: ``v -> A v`` on ``(dim,)`` float64 vectors.
+      dim: the operator's size.
+      iterations: at most this many products.
+      tol: relative change of the estimate that counts as converged.
+      seed: the random start vector's seed (an int or a sequence of ints).
+      callback: called as ``callback(iteration, estimate)`` after each product.
+    """
+    iterations = min(iterations, dim)
+    basis = np.zeros((iterations + 1, dim))
+    basis[0] = _start_vector(dim, seed)
+    alphas, betas, history = [], [], []
+    converged = False
+    for k in range(iterations):
+        w = np.asarray(matvec(basis[k]), np.float64)
+        alpha = float(basis[k] @ w)
+        alphas.append(alpha)
+        w = w - alpha * basis[k] - (betas[-1] * basis[k - 1] if k else 0.0)
+        for _ in range(2):  # twice is enough (Kahan's "twice is enough")
+            w = w - basis[:k + 1].T @ (basis[:k + 1] @ w)
+        t = np.diag(alphas) + np.diag(betas, 1) + np.diag(betas, -1)
+        estimate = float(np.linalg.eigvalsh(t)[-1])
+        history.append(estimate)
+        if callback is not None:
+            callback(k + 1, estimate)
+        beta = float(np.linalg.norm(w))
+        if k and abs(estimate - history[-2]) <= tol * abs(estimate):
+            converged = True
+            break
+        if beta <= 1e-10 * max(abs(a) for a in alphas) or k + 1 == dim:
+            converged = True  # an invariant subspace: the Ritz values are eigenvalues
+            break
+        betas.append(beta)
+        basis[k + 1] = w / beta
+    return EigenResult(history[-1], len(history), converged, history)
+
+
+def power_iteration(matvec: Callable[[np.ndarray], np.ndarray], dim: int, *,
+                    iterations: int = 20, tol: float = 1e-3, seed: Any = 0,
+                    callback: Optional[Callable[[int, float], None]] = None) -> EigenResult:
+    """The eigenvalue of largest magnitude of a symmetric operator by power iteration (the
+    Rayleigh quotient of the iterate; PyHessian's method). Same arguments as
+    ``lanczos_top_eigenvalue``; for a Hessian with a dominant positive eigenvalue both agree."""
+    v = _start_vector(dim, seed)
+    history = []
+    converged = False
+    for k in range(iterations):
+        w = np.asarray(matvec(v), np.float64)
+        estimate = float(v @ w)
+        history.append(estimate)
+        if callback is not None:
+            callback(k + 1, estimate)
+        norm = float(np.linalg.norm(w))
+        if k and abs(estimate - history[-2]) <= tol * abs(estimate):
+            converged = True
+            break
+        if norm == 0.0:
+            converged = True
+            break
+        v = w / norm
+    return EigenResult(history[-1], len(history), converged, history)
+
+
+def top_eigenvalues(spec: ModelSpec, params: Any, batches: Sequence[Mapping[str, Any]], *,
+                    layers: Optional[Sequence[int]] = None, parts: Sequence[str] = tuple(PARTS),
+                    method: str = "lanczos", iterations: int = 20, tol: float = 1e-3,
+                    seed: int = 0, progress: bool = False, desc: str = "hessian"
+                    ) -> dict[tuple[str, int], EigenResult]:
+    """λ_max of the loss Hessian w.r.t. the quantized weights ŵ of each part of each layer.
+
+    Args:
+      spec, params: the model; its Hessian is taken at ŵ = Q(w) (``quantized_weights``).
+      batches: the fixed batches the loss is computed on.
+      layers: layer indices (default: all).
+      parts: names from ``PARTS``.
+      method: ``lanczos`` (largest algebraic eigenvalue) or ``power`` (largest magnitude).
+      iterations, tol: per block, see ``lanczos_top_eigenvalue``.
+      seed: start vectors are drawn from ``(seed, layer, part)``, so every model starts a given
+        block from the same vector.
+      progress: a tqdm bar over the blocks, showing the iteration and the current estimate.
+    Returns:
+      ``{(part, layer): EigenResult}`` in model order.
+    """
+    if method not in EIGEN_METHODS:
+        raise ValueError(f"unknown eigenvalue method {method!r}; allowed: {EIGEN_METHODS}")
+    num_layers = spec.config.num_layers
+    layers = list(range(num_layers)) if layers is None else [int(i) for i in layers]
+    bad = [i for i in layers if not 0 <= i < num_layers]
+    if bad:
+        raise ValueError(f"layers {bad} out of range; the model has {num_layers} layers")
+    for p in parts:
+        part_kernels(p, 0)  # validates the name
+    spec_hat, params_hat = quantized_weights(spec, params)
+    # Only the analysed layers' kernels are differentiated: fewer weight gradients per product.
+    paths = tuple(k for layer in sorted(set(layers)) for p in PARTS for k in part_kernels(p, layer))
+    fn = hvp_fn(spec_hat, paths)
+    batches = device_batches(batches)
+    flat = flatten(params_hat)
+    zeros = {k: jnp.zeros_like(flat[k]) for k in paths}
+    solver = lanczos_top_eigenvalue if method == "lanczos" else power_iteration
+    blocks = [(p, layer) for layer in layers for p in parts]
+    results = {}
+    from tqdm.auto import tqdm
+    bar = tqdm(blocks, desc=desc, unit="part", disable=not progress)
+    for part, layer in bar:
+        keys = part_kernels(part, layer)
+        shapes = [flat[k].shape for k in keys]
+        sizes = [int(np.prod(s)) for s in shapes]
+        offsets = np.cumsum([0] + sizes)
+
+        def matvec(x, keys=keys, shapes=shapes, offsets=offsets):
+            v = dict(zeros)
+            for k, shape, a, b in zip(keys, shapes, offsets[:-1], offsets[1:]):
+                v[k] = jnp.asarray(x[a:b].reshape(shape), jnp.float32)
+            hv = fn(params_hat, v, batches)
+            return np.concatenate([np.asarray(hv[k], np.float64).ravel() for k in keys])
+
+        def report(k, estimate, part=part, layer=layer):
+            bar.set_postfix_str(f"{part} layer {layer}: iteration {k}, λ≈{estimate:.4g}")
+
+        results[(part, layer)] = solver(matvec, int(offsets[-1]), iterations=iterations, tol=tol,
+                                        seed=(seed, layer, list(PARTS).index(part)),
+                                        callback=report)
+    return results
+
+
+# ---------------------------------------------------------------------------------------------
+# Figures and the report table.
+# ---------------------------------------------------------------------------------------------
+def plot_landscapes(path, landscapes: Mapping[str, Landscape], dpi: int = 64) -> None:
+    """One figure: a 3-D surface (top row) and a contour plot (bottom row) per model, columns in
+    the order of ``landscapes`` (``{label: Landscape}``), all surfaces on one z scale."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    n = len(landscapes)
+    fig = plt.figure(figsize=(4.2 * n, 7.6))
+    lo = min(float(l.losses.min()) for l in landscapes.values())
+    hi = max(float(l.losses.max()) for l in landscapes.values())
+    for col, (label, land) in enumerate(landscapes.items()):
+        x, y = np.meshgrid(land.coords, land.coords, indexing="ij")
+        ax = fig.add_subplot(2, n, col + 1, projection="3d")
+        ax.plot_surface(x, y, land.losses, cmap="viridis", vmin=lo, vmax=hi, linewidth=0)
+        ax.set_zlim(lo, hi)
+        ax.set_title(label, fontsize=10)
+        ax.set_xlabel("x / mean|W_x|", fontsize=7)
+        ax.set_ylabel("y / mean|W_y|", fontsize=7)
+        ax.tick_params(labelsize=6)
+        ax = fig.add_subplot(2, n, n + col + 1)
+        contour = ax.contourf(x, y, land.losses, levels=20, cmap="viridis")
+        fig.colorbar(contour, ax=ax, shrink=0.85).ax.tick_params(labelsize=6)
+        ax.plot([0], [0], "r+")
+        ax.set_xlabel(f"x: {land.matrices[0]}", fontsize=7)
+        ax.set_ylabel(f"y: {land.matrices[1]}", fontsize=7)
+        ax.tick_params(labelsize=6)
+    fig.tight_layout()
+    checkpoints.write_figure(path, fig, dpi=dpi)
+    plt.close(fig)
+
+
+def landscape_csv(land: Landscape) -> str:
+    """The grid as CSV: one row per point, ``x,y,loss`` (offsets in units of mean|W|)."""
+    lines = ["x,y,loss"]
+    for i, x in enumerate(land.coords):
+        for j, y in enumerate(land.coords):
+            lines.append(f"{x:g},{y:g},{land.losses[i, j]:.6f}")
+    return "\n".join(lines) + "\n"
+
+
+def landscape_summary(land: Landscape) -> dict:
+    """Centre loss, extremes, and the mean rise over the grid's border (its outermost ring)."""
+    border = np.concatenate([land.losses[0], land.losses[-1], land.losses[1:-1, 0],
+                             land.losses[1:-1, -1]])
+    return {"centre": land.centre, "min": float(land.losses.min()),
+            "max": float(land.losses.max()), "border_rise": float(border.mean() - land.centre)}
+
+
+def markdown_report(report: Mapping[str, Any]) -> str:
+    """``analysis.md``: the landscape summary and the eigenvalue tables from a report dict (as
+    ``launch.analyze`` writes to ``analysis.json``)."""
+    models = report["models"]
+    names = [m["name"] for m in models]
+    labels = {m["name"]: m["label"] for m in models}
+    base, others = names[0], names[1:]
+    lines = [f"# Loss landscape and sharpness: {report['task']}", "", report["protocol"], "",
+             f"Data: {report['data']['description']}. Wall time {report['timing']['total_s']:.0f} s "
+             f"({report['timing']['description']}).", "",
+             "## Loss landscape", "",
+             f"Perturbation W + x·mean|W| of `{report['landscape_matrices'][0]}` (x) and "
+             f"`{report['landscape_matrices'][1]}` (y), x, y ∈ {report['landscape_coords']}; "
+             "the quantizers see the perturbed latent weights. Border rise: the mean loss over "
+             "the grid's outer ring minus the centre's.", "",
+             "![loss landscapes](landscape.png)", "",
+             "| model | loss at centre | min | max | border rise |", "|---|---|---|---|---|"]
+    for name in names:
+        s = report["landscape"][name]["summary"]
+        lines.append(f"| {labels[name]} | {s['centre']:.4f} | {s['min']:.4f} | {s['max']:.4f} | "
+                     f"{s['border_rise']:.4f} |")
+    rows = report["eigenvalues"]
+    lines += ["", "## Top Hessian eigenvalue per Transformer part", "",
+              "λ_max of the Hessian of the task loss with respect to the part's quantized kernels ŵ "
+              f"({report['eigen_method']}); ‖w − ŵ‖² is the bound's other factor "
+              "(ℓ(ŵ) − ℓ(w) ≈ εᵀHε ≤ λ_max‖ε‖²). Mean over layers:", ""]
+    head = (["part"] + [f"λ {labels[n]}" for n in names] + [f"{labels[n]} / {labels[base]}" for n in others]
+            + [f"‖w−ŵ‖² {labels[n]}" for n in others])
+    lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    parts = list(dict.fromkeys(r["part"] for r in rows))
+    for part in parts:
+        sel = [r for r in rows if r["part"] == part]
+        mean = {n: float(np.mean([r[n]["lambda_max"] for r in sel])) for n in names}
+        err = {n: float(np.sum([r[n]["quant_error"] for r in sel])) for n in others}
+        cells = ([part] + [f"{mean[n]:.4g}" for n in names]
+                 + [f"{mean[n] / mean[base]:.2f}×" if mean[base] else "–" for n in others]
+                 + [f"{err[n]:.4g}" for n in others])
+        lines.append("| " + " | ".join(cells) + " |")
+    lines += ["", "Per layer (iterations of each estimate in brackets, * where it had not converged):",
+              "", "| part | layer | " + " | ".join(labels[n] for n in names) + " | "
+              + " | ".join(f"‖w−ŵ‖² {labels[n]}" for n in others) + " |",
+              "|" + "---|" * (2 + len(names) + len(others))]
+    for r in rows:
+        cells = [r["part"], str(r["layer"])]
+        for n in names:
+            e = r[n]
+            cells.append(f"{e['lambda_max']:.4g} ({e['iterations']}{'' if e['converged'] else '*'})")
+        cells += [f"{r[n]['quant_error']:.4g}" for n in others]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"

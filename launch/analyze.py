@@ -1,0 +1,208 @@
+"""Loss landscapes and top Hessian eigenvalues of FP, ternary and binary models (the paper's §2).
+
+    python -m launch.analyze --config configs/analyze.py:task=mrpc \
+        --config.checkpoint=runs/mrpc_teacher/finetune/best --config.data_dir=$GLUE_DIR \
+        --out results/analysis_mrpc
+
+configs/analyze.py has the keys and the pipeline-workdir form. Writes to ``--out``:
+``analysis.md`` (the tables), ``analysis.json`` (everything, with the config, the git commit and
+the wall time), ``landscape.png`` (all three models), ``landscape_<model>.png``,
+``landscape_<model>.csv`` and ``landscape.json`` (the grids). The logic lives in
+``binarybert_jax.analysis``.
+"""
+
+from __future__ import annotations
+
+import json
+import pathlib
+import subprocess
+import time
+
+from absl import app, flags
+from ml_collections import config_flags
+
+from launch import common
+
+FLAGS = flags.FLAGS
+config_flags.DEFINE_config_file("config", None, "Config file, optionally with :arg.", lock_config=True)
+flags.DEFINE_string("out", None, "Directory for the figures, tables and grids.")
+flags.mark_flags_as_required(["config", "out"])
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+QUANT_LABELS = {"fp": "FP", "twn": "TWN", "bwn": "BWN"}
+
+
+def _git_commit() -> str:
+    try:
+        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True,
+                              text=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO,
+                               capture_output=True, text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return head + ("+uncommitted" if dirty else "")
+
+
+def _bits(spec) -> str:
+    q = spec.quant
+    return f"W{q.weight_bits}-E{q.embed_bits}-A{q.act_bits}"
+
+
+def _pipeline_rows(config) -> list[dict]:
+    """The results.json rows of ``config.pipeline_models`` (each with its ``checkpoint``)."""
+    workdir = pathlib.Path(config.pipeline_workdir)
+    results = workdir / "results.json"
+    if not results.is_file():
+        raise FileNotFoundError(f"{results} not found: is {workdir} a finished pipeline workdir?")
+    rows = {r["model"]: r for r in json.loads(results.read_text())["rows"]}
+    missing = [m for m in config.pipeline_models if m not in rows]
+    if missing:
+        raise ValueError(f"{results} has no rows {missing}; it has {sorted(rows)}")
+    return [rows[m] for m in config.pipeline_models]
+
+
+def _tokenizer_dir(config) -> str:
+    """--config.tokenizer, else the one the (first) checkpoint names, else the pretrained dir."""
+    from binarybert_jax import assets, checkpoints
+    if bool(config.checkpoint) == bool(config.pipeline_workdir):
+        raise ValueError("give exactly one of --config.checkpoint (a model quantized without "
+                         "training) and --config.pipeline_workdir (its trained models)")
+    first = config.checkpoint or _pipeline_rows(config)[0]["checkpoint"]
+    named = checkpoints.read_model_meta(first).get("info", {}).get("tokenizer", "")
+    return config.tokenizer or named or config.pretrained or str(assets.minilm_dir())
+
+
+def _models(config, first_batch):
+    """[(name, label, spec, params)] and a sentence saying where they come from."""
+    from binarybert_jax import analysis, checkpoints
+    if config.checkpoint:
+        params, spec, _ = checkpoints.load_model(config.checkpoint)
+        act_bits = None if config.act_bits < 0 else config.act_bits
+        models = []
+        for method in ("fp", "twn", "bwn"):
+            s, p = analysis.quantize_without_training(spec, params, method, act_bits, first_batch)
+            models.append((method, f"{QUANT_LABELS[method]} {_bits(s)}", s, p))
+        protocol = (f"The paper's §2 protocol: the fine-tuned model `{config.checkpoint}` in full "
+                    f"precision and quantized *without training* to TWN (W-E 2-2) and BWN (W-E 1-1), "
+                    f"activations at {models[0][2].quant.act_bits} bits"
+                    f"{' (not quantized)' if models[0][2].quant.act_bits >= 32 else ''}; every "
+                    "model has the same latent weights.")
+        return models, protocol
+    models = []
+    for row in _pipeline_rows(config):
+        params, spec, _ = checkpoints.load_model(row["checkpoint"])
+        analysis.check_unsplit(spec)
+        models.append((row["model"], f"{row['description']} {_bits(spec)}", spec, params))
+    protocol = (f"The trained models of the pipeline workdir `{config.pipeline_workdir}` "
+                f"({', '.join(config.pipeline_models)}), each at its own bits.")
+    return models, protocol
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    common.setup_logging()
+    start = time.perf_counter()
+    import itertools
+
+    from binarybert_jax import analysis, assets, checkpoints
+    from binarybert_jax.data import batching, encode, glue
+    from binarybert_jax.tokenizer import load_tokenizer
+
+    config = FLAGS.config
+    out = pathlib.Path(FLAGS.out)
+    out.mkdir(parents=True, exist_ok=True)
+    task = glue.get_task(config.task)
+
+    # ---- Data: a fixed list of training batches ----
+    data_dir = config.data_dir or glue.glue_dir()
+    if not data_dir:
+        raise ValueError("no GLUE data: set --config.data_dir=DIR or $GLUE_DIR")
+    tokenizer = load_tokenizer(_tokenizer_dir(config))
+    max_len = config.max_seq_length or task.max_seq_length
+    arrays = encode.load_encoded_split(tokenizer, task, "train", data_dir=data_dir, max_length=max_len,
+                                       cache_dir=assets.cache_dir() / "tokenized",
+                                       limit=config.train_limit or None)
+    wanted = max(config.landscape_batches, config.hessian_batches)
+    batches = list(itertools.islice(batching.iterate_batches(
+        arrays, config.batch_size, shuffle=True, seed=config.seed,
+        bucket_lengths=tuple(config.bucket_lengths) or None), wanted))
+    if len(batches) < wanted:
+        raise ValueError(f"{len(arrays['labels'])} training examples make {len(batches)} batches of "
+                         f"{config.batch_size}; the analysis asks for {wanted}")
+    landscape_batches, hessian_batches = batches[:config.landscape_batches], batches[:config.hessian_batches]
+    if config.hessian_examples:
+        # The first rows of the first batch: a Hessian-vector product costs far more than a loss.
+        hessian_batches = [{k: v[:config.hessian_examples] for k, v in batches[0].items()}]
+
+    def describe(bs):
+        return (f"{sum(len(b['labels']) for b in bs)} examples in {len(bs)} batches of lengths "
+                f"{[b['input_ids'].shape[1] for b in bs]}")
+
+    # ---- Models ----
+    models, protocol = _models(config, batches[0])
+
+    # ---- Landscape and eigenvalues, model by model ----
+    matrices = tuple(config.landscape.matrices)
+    coords = analysis.grid_coords(config.landscape.steps, config.landscape.step)
+    parts = tuple(config.hessian.parts)
+    layers = tuple(config.hessian.layers) or None
+    landscapes, eigen, timing = {}, {}, {"landscape_s": {}, "hessian_s": {}}
+    for name, label, spec, params in models:
+        t = time.perf_counter()
+        landscapes[name] = analysis.landscape_grid(spec, params, landscape_batches, matrices, coords,
+                                                   progress=config.progress_bar,
+                                                   desc=f"landscape {name}")
+        timing["landscape_s"][name] = round(time.perf_counter() - t, 1)
+        t = time.perf_counter()
+        eigen[name] = analysis.top_eigenvalues(
+            spec, params, hessian_batches, layers=layers, parts=parts, method=config.hessian.method,
+            iterations=config.hessian.iterations, tol=config.hessian.tol, seed=config.seed,
+            progress=config.progress_bar, desc=f"hessian {name}")
+        timing["hessian_s"][name] = round(time.perf_counter() - t, 1)
+
+    rows = []
+    for part, layer in eigen[models[0][0]]:
+        row = {"part": part, "layer": layer}
+        for name, _, spec, params in models:
+            e = eigen[name][(part, layer)]
+            row[name] = {"lambda_max": e.value, "iterations": e.iterations, "converged": e.converged,
+                         "history": e.history,
+                         "quant_error": analysis.quantization_error(
+                             spec, params, analysis.part_kernels(part, layer))}
+        rows.append(row)
+
+    # ---- Outputs ----
+    labels = {name: label for name, label, _, _ in models}
+    analysis.plot_landscapes(out / "landscape.png", {labels[n]: l for n, l in landscapes.items()})
+    for name, land in landscapes.items():
+        analysis.plot_landscapes(out / f"landscape_{name}.png", {labels[name]: land}, dpi=45)
+        checkpoints.write_text(out / f"landscape_{name}.csv", analysis.landscape_csv(land))
+    checkpoints.write_text(out / "landscape.json", json.dumps({n: l.to_dict() for n, l in landscapes.items()}))
+    total = time.perf_counter() - start
+    import jax
+    report = {
+        "task": task.name, "protocol": protocol, "git_commit": _git_commit(),
+        "models": [{"name": n, "label": l, "spec": s.to_dict()} for n, l, s, _ in models],
+        "data": {"description": f"landscape on {describe(landscape_batches)}; Hessian on "
+                                f"{describe(hessian_batches)} (the first of the same; shuffle seed "
+                                f"{config.seed}); eval-mode loss"},
+        "landscape_matrices": list(matrices), "landscape_coords": [float(c) for c in coords],
+        "landscape": {n: {"summary": analysis.landscape_summary(l), "scales": list(l.scales)}
+                      for n, l in landscapes.items()},
+        "eigen_method": f"{config.hessian.method}, at most {config.hessian.iterations} "
+                        f"Hessian-vector products, relative tolerance {config.hessian.tol:g}",
+        "eigenvalues": rows,
+        "timing": {**timing, "total_s": round(total, 1),
+                   "description": f"{jax.device_count()} {jax.devices()[0].platform} device(s), "
+                                  f"including compilation and data loading"},
+        "config": json.loads(config.to_json_best_effort()),
+    }
+    checkpoints.write_json(out / "analysis.json", report)
+    checkpoints.write_text(out / "config.json", config.to_json_best_effort(indent=2, sort_keys=True))
+    checkpoints.write_text(out / "analysis.md", analysis.markdown_report(report))
+    print(f"wrote {out / 'analysis.md'} ({total:.0f} s)")
+
+
+if __name__ == "__main__":
+    app.run(main, flags_parser=common.parse_flags)
