@@ -154,7 +154,7 @@ def read_model_meta(directory: str | os.PathLike) -> dict:
     """Reads and validates ``model.json`` of a model checkpoint."""
     path = pathlib.Path(directory) / "model.json"
     if not path.is_file():
-        raise UserError(f"{path} not found: {directory} is not a binarybert-jax model checkpoint")
+        raise FileNotFoundError(f"{path} not found: {directory} is not a binarybert-jax model checkpoint")
     meta = read_json(path)
     if not isinstance(meta, dict) or meta.get("format") != MODEL_FORMAT:
         raise UserError(f"{path}: format {meta.get('format') if isinstance(meta, dict) else None!r} "

@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from binarybert_jax import halfwidth, checkpoints
+from binarybert_jax import checkpoints, halfwidth, sharding
 from binarybert_jax import model as M
 from binarybert_jax.data import batching, encode
 from binarybert_jax.tokenizer import load_tokenizer
@@ -44,7 +44,7 @@ def _params(seed=0):
 def _apply(spec, params, batch):
     # Jitted: one compilation costs less than dispatching (and compiling) every operation eagerly.
     return jax.jit(spec.build().apply)({"params": params},
-                                       *[jnp.asarray(batch[k]) for k in halfwidth.MODEL_INPUTS])
+                                       *[jnp.asarray(batch[k]) for k in sharding.MODEL_INPUTS])
 
 
 def test_mask_gradients_equal_explicit_masks():
@@ -60,7 +60,7 @@ def test_mask_gradients_equal_explicit_masks():
             rows = jnp.repeat(masks["heads"][i], cfg.head_dim)
             layer["attention"]["output"]["kernel"] = layer["attention"]["output"]["kernel"] * rows[:, None]
             layer["ffn"]["output"]["kernel"] = layer["ffn"]["output"]["kernel"] * masks["neurons"][i][:, None]
-        out = model.apply({"params": p}, *[batch[k] for k in halfwidth.MODEL_INPUTS])
+        out = model.apply({"params": p}, *[batch[k] for k in sharding.MODEL_INPUTS])
         return halfwidth._task_loss(SPEC, out["logits"], {k: jnp.asarray(v) for k, v in batch.items()})
 
     ones = {"heads": jnp.ones((2, 4)), "neurons": jnp.ones((2, 16))}
