@@ -95,11 +95,20 @@ def num_words(k: int) -> int:
     return -(-k // WORD_BITS)
 
 
-def pack_signs(positive: jax.Array) -> jax.Array:
+# Powers of two that turn 32 bits into the two 16-bit halves of a word: exact in float32.
+_HALF_POWERS = np.zeros((WORD_BITS, 2), np.float32)
+_HALF_POWERS[:16, 0] = _HALF_POWERS[16:, 1] = 2.0 ** np.arange(16)
+
+
+def pack_signs(positive: jax.Array, cheap_producer: bool = False) -> jax.Array:
     """Packs a boolean array along its last axis into uint32 words (layout: module docstring).
 
     Args:
       positive: bool ``(..., K)``, True for +1 (or for 1 of a {0, 1} tensor).
+      cheap_producer: the bits come from an array that exists anyway (a LayerNorm output):
+        pack with a reduction, into which XLA fuses the comparison. Otherwise (the bits of a
+        binary product or of GELU) pack with a matrix product, which keeps the producer a loop
+        of its own (see below).
     Returns:
       uint32 ``(..., ceil(K/32))``.
     """
@@ -108,17 +117,28 @@ def pack_signs(positive: jax.Array) -> jax.Array:
     if k != w * WORD_BITS:
         pad = [(0, 0)] * (positive.ndim - 1) + [(0, w * WORD_BITS - k)]
         positive = jnp.pad(positive, pad)
-    bits = positive.astype(jnp.uint32)
-    acc = bits[..., :w]
-    for i in range(1, WORD_BITS):
-        acc = acc | (bits[..., i * w:(i + 1) * w] << np.uint32(i))
-    return acc
+    if cheap_producer:
+        # A reduction: XLA:CPU never fuses one into its consumers, so the words are computed
+        # once (elementwise shifts and ORs were fused into every product reading them and redone
+        # for each of its output units: 50× slower attention, measured). The bits are
+        # distinct: their sum is their OR.
+        planes = positive.reshape(positive.shape[:-1] + (w, WORD_BITS)).astype(jnp.uint32)
+        return jnp.sum(planes << jnp.arange(WORD_BITS, dtype=jnp.uint32), axis=-1, dtype=jnp.uint32)
+    bits = positive.reshape(positive.shape[:-1] + (w, WORD_BITS)).astype(jnp.float32)
+    # A matrix product on purpose: XLA:CPU computes a dot's operands before it and never fuses
+    # them in (and it drops optimization barriers), so whatever produced the bits (a binary
+    # product, GELU) runs once as its own vectorized loop. Packed by elementwise shifts or a
+    # reduction instead, the producer was fused into the packing and lost its vectorization
+    # (2-4× slower FFN), or the packing into each consumer and was redone per output unit
+    # (50× slower attention), measured. The halves Σ bit·2^i < 2^16 are exact in float32.
+    halves = jnp.dot(bits, _HALF_POWERS, precision=lax.Precision.HIGHEST).astype(jnp.uint32)
+    return halves[..., 0] | (halves[..., 1] << np.uint32(16))
 
 
 def unpack_signs(words: jax.Array, k: int) -> jax.Array:
     """Inverse of ``pack_signs``: bool ``(..., k)`` from uint32 ``(..., ceil(k/32))``."""
-    shifts = jnp.arange(WORD_BITS, dtype=jnp.uint32)[:, None]
-    bits = (words[..., None, :] >> shifts) & np.uint32(1)  # (..., 32, W): element i·W + j
+    shifts = jnp.arange(WORD_BITS, dtype=jnp.uint32)
+    bits = (words[..., None] >> shifts) & np.uint32(1)  # (..., W, 32): element 32·j + i
     return bits.reshape(words.shape[:-1] + (-1,))[..., :k].astype(bool)
 
 
@@ -128,8 +148,8 @@ def pack_weight_codes(bits: np.ndarray) -> np.ndarray:
     w = num_words(k)
     padded = np.zeros((w * WORD_BITS, n), np.uint32)
     padded[:k] = bits
-    planes = padded.reshape(WORD_BITS, w, n)  # [i, j] = element i·W + j
-    return np.bitwise_or.reduce(planes << np.arange(WORD_BITS, dtype=np.uint32)[:, None, None], axis=0)
+    planes = padded.reshape(w, WORD_BITS, n)  # [j, i] = element 32·j + i
+    return np.bitwise_or.reduce(planes << np.arange(WORD_BITS, dtype=np.uint32)[None, :, None], axis=1)
 
 
 def binary_matmul(x_words: jax.Array, w_words: jax.Array, k: int) -> jax.Array:
@@ -162,6 +182,45 @@ def _dense(x_words, p, k):
     return binary_matmul(x_words, p["words"], k).astype(jnp.float32) * p["scales"] + p["bias"]
 
 
+def bi_attention(q: jax.Array, k: jax.Array, v: jax.Array, key_real: jax.Array, heads: int,
+                 head_dim: int) -> jax.Array:
+    """Bi-Attention's context Bool(A)·sign(V) on bits, A = sign(Q)·sign(K)ᵀ/√d + mask.
+
+    Args:
+      q, k, v: float32 ``(B·T, heads·d)``, the dense layers' outputs (binarized here).
+      key_real: bool ``(B, T)``, False at padding (never attended).
+    Returns:
+      int32 ``(B·T, heads·d)``: Σ over attended keys of sign(v), heads side by side as the model
+      lays them out. A > 0 ⟺ sign(q)·sign(k) > 0 ⟺ popcount(q xor k) < d/2 on a real key (a
+      masked score is below −10000 + √d), so the attention bits come from the Q and K words
+      and the key mask alone; the float scores are never formed.
+    """
+    batch, seq = key_real.shape
+    d = head_dim
+
+    def head_words(t):  # (B·T, heads·d) -> (B, heads, T, d/32) words of each head's row
+        return jnp.swapaxes(pack_signs(t.reshape(batch, seq, heads, d) >= 0), 1, 2)
+
+    # Each word of a head's row as its own (B, heads, T) array: slicing the word axis inside the
+    # products made XLA:CPU's loops 30× slower than these plain broadcasts (measured).
+    qw, kw = head_words(q), head_words(k)
+    tw = num_words(seq)
+    pad = tw * WORD_BITS - seq
+    q_words = [qw[..., w] for w in range(qw.shape[-1])]
+    k_words = [jnp.pad(kw[..., w], ((0, 0), (0, 0), (0, pad))) for w in range(kw.shape[-1])]
+    real = jnp.pad(key_real, ((0, 0), (0, pad)))[:, None, None, :]
+    disagree = sum(lax.population_count(qs[..., :, None] ^ ks[:, :, None, :]).astype(jnp.int32)
+                   for qs, ks in zip(q_words, k_words))  # (B, heads, T, T + pad)
+    attend = pack_signs((2 * disagree < d) & real)  # (B, heads, T, tw)
+    vw = pack_signs(v.reshape(batch, seq, heads, d).transpose(0, 2, 3, 1) >= 0)  # (B, heads, d, tw)
+    a_words = [attend[..., j] for j in range(tw)]
+    both = sum(lax.population_count(a[..., :, None] & vw[..., j][..., None, :]).astype(jnp.int32)
+               for j, a in enumerate(a_words))
+    count = sum(lax.population_count(a).astype(jnp.int32) for a in a_words)
+    context = 2 * both - count[..., None]  # Σ_attended (+1 where v ≥ 0, −1 elsewhere)
+    return context.transpose(0, 2, 1, 3).reshape(batch * seq, heads * d)
+
+
 def forward(params: Mapping[str, Any], spec: ModelSpec, input_ids, token_type_ids, attention_mask
             ) -> jax.Array:
     """Logits ``(B, num_labels)`` of the bitwise model (``load_bitwise``'s params); jit it with
@@ -176,31 +235,16 @@ def forward(params: Mapping[str, Any], spec: ModelSpec, input_ids, token_type_id
     x = words + emb["position_embeddings"][None, :seq] + jnp.take(emb["token_type_embeddings"],
                                                                   token_type_ids, axis=0)
     x = _layer_norm(x, emb["LayerNorm"], eps).reshape(batch * seq, hidden)
-    key_real = attention_mask.astype(bool)[:, None, None, :]
-
-    def heads_of(t):  # (B·T, H·d) -> (B, H, T, d)
-        return t.reshape(batch, seq, heads, d).transpose(0, 2, 1, 3)
-
     for layer in params["layers"]:
         att = layer["attention"]
-        xw = pack_signs(x >= 0)
-        q, k, v = (heads_of(_dense(xw, att[n], hidden)) for n in ("query", "key", "value"))
-        # Bi-Attention: sign(Q)·sign(K)ᵀ, Bool on real keys, Bool(A)·sign(V).
-        qw, kw = pack_signs(q >= 0), pack_signs(k >= 0)  # (B, H, T, d/32)
-        scores = d - 2 * sum(lax.population_count(qw[..., :, None, j] ^ kw[..., None, :, j])
-                             .astype(jnp.int32) for j in range(qw.shape[-1]))
-        attend = pack_signs((scores > 0) & key_real)  # (B, H, T, T/32)
-        vw = pack_signs(jnp.swapaxes(v, -1, -2) >= 0)  # (B, H, d, T/32)
-        both = sum(lax.population_count(attend[..., :, None, j] & vw[..., None, :, j])
-                   .astype(jnp.int32) for j in range(attend.shape[-1]))
-        count = sum(lax.population_count(attend[..., j]).astype(jnp.int32)
-                    for j in range(attend.shape[-1]))
-        context = 2 * both - count[..., None]  # (B, H, T, d)
-        context = context.transpose(0, 2, 1, 3).reshape(batch * seq, heads * d)
+        xw = pack_signs(x >= 0, cheap_producer=True)
+        q, k, v = (_dense(xw, att[n], hidden) for n in ("query", "key", "value"))
+        context = bi_attention(q, k, v, attention_mask.astype(bool), heads, d)
         out = _dense(pack_signs(context >= 0), att["output"], heads * d)
         x = _layer_norm(out + x, att["LayerNorm"], eps)
         ffn = layer["ffn"]
-        h = jax.nn.gelu(_dense(pack_signs(x >= 0), ffn["intermediate"], hidden), approximate=False)
+        h = jax.nn.gelu(_dense(pack_signs(x >= 0, cheap_producer=True), ffn["intermediate"], hidden),
+                        approximate=False)
         out = _dense(pack_signs(h >= 0), ffn["output"], cfg.intermediate_size)
         x = _layer_norm(out + x, ffn["LayerNorm"], eps)
     cls = x.reshape(batch, seq, hidden)[:, 0]
