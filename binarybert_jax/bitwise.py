@@ -14,18 +14,17 @@ Nothing is unpacked to float but the gathered rows of the word embedding (scale�
 own product). Weights stay resident as words: ``(K/32, N)`` uint32 per matrix, the
 transposed-packed layout that ``load_bitwise`` builds from the file's 1-bit planes once.
 
-Word layout (``pack_signs``): bit ``i`` of word ``j`` holds element ``i·W + j`` of a row of
-length ``32·W`` (blocked, not consecutive): packing a row is then 32 contiguous slices OR-ed
-together, one fused pass, where the consecutive layout needs a 32-wide reduction per word that
-XLA:CPU does not vectorize (measured 3× slower). Activations and weights use the same layout,
-so the XNOR pairs the same elements. A length that is not a multiple of 32 is padded with 0
-bits on both sides, which xor to 0 and count nothing.
+Word layout (``pack_signs``, ``pack_weight_codes``): bit ``i`` of word ``j`` holds element
+``32·j + i`` of a row; a length that is not a multiple of 32 is padded with 0 bits on both sides,
+which xor to 0 and count nothing. Activations and weights share the layout, so the XNOR pairs the
+same elements.
 
-The matmul (``binary_matmul``) is one XLA fusion: Σ over the W words of
-popcount(x[:, j] ^ w[j, :]) unrolled, each term a broadcast of one activation word against a
-contiguous row of weight words, so the inner loop runs over output units with AVX-512
-``vpopcntd`` and the accumulator stays in registers; ``benchmarks/bitwise.py`` measures the
-layouts tried.
+Speed on XLA:CPU is about where XLA puts fusion boundaries (it drops optimization barriers). A
+product (``binary_matmul``) is one loop fusion: Σ over the K/32 words of popcount(x[:, j] ^
+w[j, :]) unrolled, each term one activation word broadcast against a contiguous row of weight
+words, so the inner loop runs over output units with AVX-512 ``vpopcntd`` and the accumulator
+stays in registers. The packing between products keeps them out of each other's loops
+(``pack_signs``). ``benchmarks/bitwise.py`` measures products and model against float32.
 
 Exactness: every integer is exact, and the float operations are the model's own, in its order
 (the same Flax LayerNorm and Dense, ``jax.nn.gelu``, scale then bias). The logits therefore equal
