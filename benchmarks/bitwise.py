@@ -188,10 +188,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     prod = products(args.batch * args.seq, args.reps, args.rounds)
     with tempfile.TemporaryDirectory() as tmp:
         whole = model(args.batch, args.seq, args.reps, args.rounds, pathlib.Path(tmp))
-    text = section(prod, whole, args, command)
-    print(text)
-    if args.out:
-        markdown.write_section(pathlib.Path(args.out), SECTION, text)
+    markdown.publish(section(prod, whole, args, command), args.out, SECTION)
     return 0
 
 

@@ -110,9 +110,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     records = [json.loads(pathlib.Path(f).read_text()) for f in args.records]
     argv = sys.argv[1:] if argv is None else list(argv)
     text = section(records, args.records, "python -m launch.bibert_results " + " ".join(argv))
-    print(text)
-    if args.readme:
-        markdown.write_section(pathlib.Path(args.readme), SECTION, text)
+    markdown.publish(text, args.readme, SECTION)
     return 0
 
 
