@@ -178,6 +178,20 @@ def test_config_has_the_released_hyperparameters():
         bibert_config.get_config("task=wnli")
 
 
+def test_validate_names_bad_bibert_settings():
+    from binarybert_jax import resolve
+    from binarybert_jax.errors import ConfigError
+    c = bibert_config.get_config("task=mrpc")
+    resolve.validate(c)
+    c.student.quant.act_method = "uniform"
+    with pytest.raises(ConfigError, match=r"--config.student.quant: act_bits must be in 2..16"):
+        resolve.validate(c)
+    c.student.quant.update(act_method="sign", attention="sparse")
+    c.kd.mode = "dmdd"
+    with pytest.raises(ConfigError, match=r"kd.mode='dmdd'.*attention must be one of"):
+        resolve.validate(c)
+
+
 def test_tiny_bibert_run_loss_falls(tmp_path, tiny_pretrained, glue_dir):
     from conftest import tiny_config
     spec = ModelSpec(tiny_config(2))
