@@ -50,11 +50,11 @@ def flax_dropout():
 def compiled_steps(case: str, batch: int, seq: int):
     """{"threefry": (compiled step, state), "flax": (...)}, the teacher's params and the batch."""
     import jax
-    from binarybert_jax import train
+    from binarybert_jax import sharding, train
 
     student_spec, teacher_spec, objective, ignore_padding = train_step.case_setup(case, False)
-    mesh = train.make_mesh(1)
-    data = train.shard_batch(train_step.synthetic_batch(batch, seq, student_spec.config.vocab_size), mesh)
+    mesh = sharding.make_mesh(1)
+    data = sharding.shard_batch(train_step.synthetic_batch(batch, seq, student_spec.config.vocab_size), mesh)
     rng = jax.random.key(0)
     out, teacher_params = {}, None
     for name in ("threefry", "flax"):

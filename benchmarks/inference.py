@@ -15,6 +15,11 @@ with ``inference.load_predictor`` as a user would:
   plain model holding the planes' sum (``export.inference_spec``).
 * ``bwn-ckpt``: the BWN 1-1-8 model as a training checkpoint (float32 latent weights), which
   re-quantizes every weight in every forward pass, as training and evaluation do.
+* ``bibert-bitwise``: the same weights quantized to BiBERT's 1-1-1 (mean-centred sign weights
+  and embedding, sign activations, Bi-Attention), packed; the predictor runs it bitwise
+  (``bitwise.py``: XNOR-popcount on 32-bit words, weights resident as words).
+* ``bibert-ckpt``: that 1-1-1 model as a training checkpoint: simulated in float32, as training
+  and evaluation run it (the same logits, bit for bit).
 
 Each form is measured in a fresh subprocess, so its peak resident memory (``ru_maxrss``) is its
 own: ``base`` after importing and starting JAX, ``load`` after loading (file read, unpacking,
@@ -48,7 +53,7 @@ from typing import Optional, Sequence
 from benchmarks import child, markdown
 
 SECTION = "## Inference: packed vs full precision"
-VARIANTS = ("fp32", "bwn-packed", "tws-packed", "bwn-ckpt")
+VARIANTS = ("fp32", "bwn-packed", "tws-packed", "bwn-ckpt", "bibert-bitwise", "bibert-ckpt")
 MIB = 2 ** 20
 MB = 10 ** 6
 
@@ -112,6 +117,15 @@ def prepare(workdir: pathlib.Path, variants: Sequence[str]) -> dict[str, dict]:
     if "bwn-ckpt" in variants:
         timed("bwn-ckpt", workdir / "bwn_ckpt",
               lambda: checkpoints.save_model(workdir / "bwn_ckpt", bwn_params, bwn))
+    bibert = spec_for(QuantConfig(1, 1, 1, "bibert", "bibert", "sign", weight_granularity="row",
+                                  embed_granularity="row", attention="bool"))
+    bibert_params = params_for(bibert)
+    if "bibert-bitwise" in variants:
+        timed("bibert-bitwise", workdir / "bibert.safetensors",
+              lambda: export.export_packed(bibert_params, bibert, workdir / "bibert.safetensors"))
+    if "bibert-ckpt" in variants:
+        timed("bibert-ckpt", workdir / "bibert_ckpt",
+              lambda: checkpoints.save_model(workdir / "bibert_ckpt", bibert_params, bibert))
     for r in out.values():
         r["disk_bytes"] = disk_bytes(pathlib.Path(r["path"]))
     return out
@@ -146,6 +160,8 @@ def measure(path: str, seq: int, batch: int, repeats: int) -> dict:
     jax.block_until_ready(predictor.params)
     result["load_s"] = time.perf_counter() - start
     result["rss_load_mib"] = _rss_mib()
+    result["kind"] = predictor.kind
+    result["params_mib"] = sum(x.nbytes for x in jax.tree_util.tree_leaves(predictor.params)) / MIB
 
     rng = np.random.default_rng(0)
     vocab = predictor.spec.config.vocab_size
@@ -204,13 +220,14 @@ def machine() -> dict:
 
 
 def table(rows: dict[str, dict], batch: int) -> str:
-    head = ("| saved form | on disk MiB | write s | load s | first call s (b1 / b"
-            f"{batch}) | RSS MiB base / load / peak | latency b1 ms median (min) | "
+    head = ("| saved form | runs as | on disk MiB | resident params MiB | write s | load s | "
+            f"first call s (b1 / b{batch}) | RSS MiB base / load / peak | latency b1 ms median (min) | "
             f"throughput b{batch} seq/s median (max) |")
-    lines = [head, "|" + "---|" * 8]
+    lines = [head, "|" + "---|" * 10]
     for name, r in rows.items():
         lines.append(
-            f"| {name} | {r['disk_bytes'] / MIB:.2f} | {r['write_s']:.1f} | {r['load_s']:.2f} | "
+            f"| {name} | {r.get('kind', '')} | {r['disk_bytes'] / MIB:.2f} | "
+            f"{r['params_mib']:.2f} | {r['write_s']:.1f} | {r['load_s']:.2f} | "
             f"{r['first_b1_s']:.1f} / {r['first_batch_s']:.1f} | {r['rss_base_mib']:.0f} / "
             f"{r['rss_load_mib']:.0f} / {r['rss_peak_mib']:.0f} | {r['latency_ms']:.1f} "
             f"({r['latency_ms_min']:.1f}) | {r['throughput_seq_s']:.1f} "
@@ -239,13 +256,17 @@ def section(rows: dict[str, dict], info: dict, command: str, args) -> str:
         "Reading the table:",
         "- *on disk*: the packed file, or the checkpoint directory (Orbax float32 tree and "
         "`model.json`). *write s*: export or save time, for reference.",
+        "- *runs as*: how `load_predictor` runs the saved form. *resident params*: the bytes of "
+        "the parameter arrays the forward pass reads.",
         "- *load s*: `load_predictor` (read, unpack the bit planes to float32, move to the "
-        "device). A packed model is unpacked once, so it runs as a float32 model: its resident "
-        "memory and speed are those of float32 weights. The packed format saves disk and "
-        "transfer, not compute: the forward pass is XLA's float32 matmuls, and a speed-up would "
-        "need bit-serial or low-bit integer kernels, which this code does not use.",
+        "device). A packed 1-1-8 model is unpacked once, so it runs as a float32 model: its "
+        "resident memory and speed are those of float32 weights; the packed format saves disk "
+        "and transfer, not compute. The 1-1-1 file (`bibert-bitwise`) is the exception: its "
+        "planes become 32-bit words and every binarized product is XNOR-popcount "
+        "(`bitwise.py`); `benchmarks/bitwise.py` compares it with float32 in one process, "
+        "interleaved (the section below), which is the fairer speed comparison on a shared machine.",
         "- *first call*: compilation plus one run, per batch shape; excluded from the timings.",
-        "- The three quantized forms quantize activations to 8 bits (simulated in float32, "
+        "- The three 1-1-8 forms quantize activations to 8 bits (simulated in float32, "
         "ranges taken over the batch as in the released code), which `fp32` does not do; "
         "`bwn-ckpt` also re-quantizes every weight in every forward pass. Beyond noise, those two "
         "costs are what separates the rows.",

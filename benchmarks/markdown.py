@@ -21,3 +21,10 @@ def write_section(out: pathlib.Path, heading: str, text: str) -> None:
     tmp = out.with_name(out.name + f".tmp{os.getpid()}")
     tmp.write_text(new.rstrip("\n") + "\n")
     os.replace(tmp, out)
+
+
+def publish(text: str, out, heading: str) -> None:
+    """Prints a report section and, when ``out`` names a Markdown file, writes it there."""
+    print(text)
+    if out:
+        write_section(pathlib.Path(out), heading, text)

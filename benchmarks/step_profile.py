@@ -32,7 +32,6 @@ import glob
 import gzip
 import json
 import os
-import pathlib
 import re
 import shlex
 import statistics
@@ -272,10 +271,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             ablations[name] = _child(["--child", name, "--case", args.case,
                                       "--ablation-steps", str(args.ablation_steps)])
             print(f"{name}: {ablations[name]}", file=sys.stderr)
-    text = render(prof, ablations, info, command)
-    print(text)
-    if args.out:
-        markdown.write_section(pathlib.Path(args.out), SECTION, text)
+    markdown.publish(render(prof, ablations, info, command), args.out, SECTION)
     return 0
 
 

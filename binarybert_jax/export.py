@@ -421,22 +421,19 @@ _DTYPES = {"F64": "float64", "F32": "float32", "F16": "float16", "BF16": "bfloat
            "U32": "uint32", "U16": "uint16", "U8": "uint8", "BOOL": "bool"}
 
 
-def load_packed(path: str | os.PathLike, requantize: bool = False
-                ) -> tuple[dict[str, Any], ModelSpec, dict]:
-    """Loads a packed file into float32 parameters for the normal model.
+def read_packed_tensors(path: str | os.PathLike) -> tuple[dict[str, np.ndarray], dict]:
+    """Reads and verifies every stored tensor of a packed file, decoding nothing.
 
-    Args:
-      path: a file written by ``export_packed``.
-      requantize: False (default): weights hold their quantized values and the returned spec
-        does not quantize them again (exact: the same logits as the quantized source model).
-        True: the quantized spec and its own parameter layout, to fine-tune further (its
-        quantizers then re-quantize the values, equal up to float rounding of the scales).
+    The checks of ``load_packed`` (format, version, spec, the manifest's entries against the
+    spec's model, every tensor's presence, shape and dtype, and its checksum); the bitwise
+    inference path (``bitwise.py``) reads the 1-bit planes from here without turning them into
+    float weights.
+
     Returns:
-      (params, spec, info): the nested ``params`` tree (numpy float32), the spec to build the
-      model with, and the stored info plus ``quantized_spec`` (the source model's spec as a dict).
+      (raw, manifest): ``{file tensor name: numpy array}`` (``P``, ``P:codes``, ``P:scales``,
+      ``P:levels``, ``P:zeros``) and the manifest.
     Raises:
-      FileNotFoundError, PackedFormatError: unreadable file, unknown format or version, missing,
-        unexpected, mis-shaped or mis-typed tensors (each named with expected and found).
+      FileNotFoundError, PackedFormatError: as ``load_packed``.
     """
     from safetensors import safe_open
 
@@ -461,7 +458,6 @@ def load_packed(path: str | os.PathLike, requantize: bool = False
     expected: dict[str, tuple[tuple[int, ...], str]] = {}
     for name, entry in entries.items():
         expected.update(_expected_tensors(entry, name))
-    flat: dict[str, np.ndarray] = {}
     with safe_open(str(path), framework="numpy") as f:
         present = set(f.keys())
         missing = sorted(set(expected) - present)
@@ -480,6 +476,30 @@ def load_packed(path: str | os.PathLike, requantize: bool = False
         raw = {key: f.get_tensor(key) for key in expected}
     _verify_checksums(entries, raw, path)
 
+    return raw, manifest
+
+
+def load_packed(path: str | os.PathLike, requantize: bool = False
+                ) -> tuple[dict[str, Any], ModelSpec, dict]:
+    """Loads a packed file into float32 parameters for the normal model.
+
+    Args:
+      path: a file written by ``export_packed``.
+      requantize: False (default): weights hold their quantized values and the returned spec
+        does not quantize them again (exact: the same logits as the quantized source model).
+        True: the quantized spec and its own parameter layout, to fine-tune further (its
+        quantizers then re-quantize the values, equal up to float rounding of the scales).
+    Returns:
+      (params, spec, info): the nested ``params`` tree (numpy float32), the spec to build the
+      model with, and the stored info plus ``quantized_spec`` (the source model's spec as a dict).
+    Raises:
+      FileNotFoundError, PackedFormatError: unreadable file, unknown format or version, missing,
+        unexpected, mis-shaped or mis-typed tensors (each named with expected and found).
+    """
+    raw, manifest = read_packed_tensors(path)
+    spec = ModelSpec.from_dict(manifest["spec"])
+    entries = manifest["tensors"]
+    flat: dict[str, np.ndarray] = {}
     for name, entry in entries.items():
         shape = tuple(entry["shape"])
         if entry["encoding"] == "fp32":

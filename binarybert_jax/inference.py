@@ -6,6 +6,11 @@
 * a bit-packed ``.safetensors`` file (``export.export_packed``): unpacked once at load into
   float32 weights that hold exactly the quantized values, run by the normal model with weight
   quantization off (``export.inference_spec``); activations are still quantized as in training.
+* a packed file of a fully binarized model (W1-E1-A1, sign activations, Bi-Attention: BiBERT;
+  ``bitwise.bitwise_refusal`` says what qualifies) runs bitwise instead: its 1-bit planes are
+  repacked into 32-bit words once at load and every binarized product is XNOR and popcount
+  (``bitwise.py``), with the same logits as the simulated float forward of the quantized model.
+  Such a file's kind is ``bitwise``.
 * a model checkpoint directory (``checkpoints.save_model``, with ``model.json``): its spec as
   trained, so a quantized model re-quantizes its latent weights in every forward pass, as in
   training and evaluation. The logits equal the packed file's (``export``'s docstring says why
@@ -18,7 +23,7 @@ real row, every example counted once) as evaluation during training. With the re
 depend slightly on the rows batched with it; the same batch size gives the same numbers as the
 evaluation in training.
 
-A single-device ``jax.jit`` of the model, not ``train.make_predict_step``: that one is a
+A single-device ``jax.jit`` of the model, not ``evaluate.make_predict_step``: that one is a
 ``shard_map`` over a ``data`` mesh axis, which needs the batch to divide over the devices (a
 batch of 1 for latency would not) and ranges reduced per device. The predictor's spec has no
 mapped axis (``ModelSpec.without_axis``), so the ranges are the whole batch's on any device.
@@ -34,12 +39,12 @@ from typing import Any, Callable, Mapping, Optional, Sequence
 import jax
 import numpy as np
 
-from binarybert_jax import checkpoints, evaluate, export
+from binarybert_jax import bitwise, checkpoints, evaluate, export
 from binarybert_jax.data import batching, encode, glue, squad
 from binarybert_jax.model import ModelSpec
 from binarybert_jax.sharding import MODEL_INPUTS
 
-PACKED, CHECKPOINT = "packed", "checkpoint"
+PACKED, BITWISE, CHECKPOINT = "packed", "bitwise", "checkpoint"
 # ``info`` keys that may name the tokenizer's directory (the HF checkpoint the model came from).
 TOKENIZER_INFO_KEYS = ("tokenizer_dir", "tokenizer", "pretrained")
 _TOKENIZER_FILES = ("tokenizer.json", "vocab.txt")
@@ -51,12 +56,14 @@ class Predictor:
 
     Attributes:
       spec: the spec of the model that runs (for a packed file, ``export.inference_spec`` of the
-        quantized spec, which ``info["quantized_spec"]`` holds).
-      params: its parameters, float32, already on the default device.
+        quantized spec, which ``info["quantized_spec"]`` holds; for a bitwise one, the quantized
+        spec itself).
+      params: its parameters, float32 (bitwise: uint32 words, float32 scales and the
+        full-precision parameters), already on the default device.
       tokenizer_dir: a directory holding the model's tokenizer when the saved model names one
         (``info`` keys ``TOKENIZER_INFO_KEYS``, or tokenizer files in the checkpoint directory),
         else None.
-      kind: ``packed`` or ``checkpoint``.
+      kind: ``packed``, ``bitwise`` or ``checkpoint``.
       info: the saved model's free-form info.
       path: where it was loaded from.
     """
@@ -110,6 +117,12 @@ def load_predictor(path: str | os.PathLike) -> Predictor:
       ValueError: a checkpoint of another format or version.
     """
     path = pathlib.Path(path)
+    if path.is_file() and bitwise.is_bitwise_file(path):
+        params, spec, info = bitwise.load_bitwise(path)
+        spec = spec.without_axis()
+        return Predictor(spec=spec, params=jax.device_put(params),
+                         tokenizer_dir=_find_tokenizer([info.get(k) for k in TOKENIZER_INFO_KEYS]),
+                         kind=BITWISE, info=dict(info), path=path, _apply=bitwise.make_forward(spec))
     if path.is_file():
         params, spec, info = export.load_packed(path)
         kind, candidates = PACKED, [info.get(k) for k in TOKENIZER_INFO_KEYS]

@@ -11,6 +11,13 @@ loss is the mean of the start and end cross-entropies over the tokens, as BERT's
 stage 2 is the mean of the soft cross-entropies on the start and on the end logits (TernaryBERT's
 code sums the two: a factor 2, which Adam's update does not see). Stage 1 is the same as GLUE's.
 
+BiBERT's one stage (``dmd``, direction-matching distillation): for Q, K and V of every layer,
+before binarization, the Gram matrix P = X·Xᵀ/√d per head, and the loss ‖P_s/‖P_s‖ − P_t/‖P_t‖‖
+with Frobenius norms over the whole batch tensor (``direction_loss``); the same normalized
+difference on the hidden states (embedding output and every layer); soft cross-entropy on the
+logits, averaged over examples and classes as the released code's ``.mean()`` (MSE against the
+teacher for regression); plus 0.5× the ground-truth cross-entropy (MSE for regression).
+
 MSE is a mean over every element, padding included, as the released code computes it; with
 ``token_mask`` it is a mean over real tokens only (real query/key pairs for attention), which makes
 the loss independent of how much padding a batch carries (needed with length bucketing).
@@ -24,7 +31,9 @@ import jax
 import jax.numpy as jnp
 
 MASKED_SCORE = -100.0
-MODES = ("two_stage", "joint", "intermediate", "prediction", "supervised")
+MODES = ("two_stage", "joint", "intermediate", "prediction", "supervised", "dmd")
+# Weight of the ground-truth term in BiBERT's objective (the released ``gt_beta``).
+DMD_LABEL_WEIGHT = 0.5
 
 
 def _masked_mse(a, b, mask):
@@ -113,6 +122,68 @@ def span_soft_cross_entropy(student_logits, teacher_logits, temperature: float =
             + soft_cross_entropy(student_logits[..., 1], teacher_logits[..., 1], temperature, example_mask)) / 2
 
 
+def direction_loss(student: jax.Array, teacher: jax.Array) -> jax.Array:
+    """‖s/‖s‖ − t/‖t‖‖: the distance between the directions of two equal-shape tensors, norms
+    (Frobenius) over the whole tensor, batch included, as the released code's ``att_loss_r2b``."""
+    s, t = student.astype(jnp.float32), teacher.astype(jnp.float32)
+    tiny = jnp.finfo(jnp.float32).tiny  # an all-zero tensor has no direction: count it as 0
+    s = s / jnp.maximum(jnp.linalg.norm(s), tiny)
+    t = t / jnp.maximum(jnp.linalg.norm(t), tiny)
+    return jnp.linalg.norm(s - t)
+
+
+def gram(x: jax.Array, token_mask: Optional[jax.Array] = None) -> jax.Array:
+    """X·Xᵀ/√d per head: ``(B, heads, T, d)`` -> ``(B, heads, T, T)``; with ``token_mask``
+    ``(B, T)`` the rows and columns of padding are 0."""
+    x = x.astype(jnp.float32)
+    if token_mask is not None:
+        x = x * token_mask[:, None, :, None].astype(jnp.float32)
+    return jnp.einsum("bhqd,bhkd->bhqk", x, x) / jnp.sqrt(jnp.float32(x.shape[-1]))
+
+
+def direction_matching(student_qkv: Sequence, teacher_qkv: Sequence,
+                       token_mask: Optional[jax.Array] = None) -> dict[str, jax.Array]:
+    """BiBERT's DMD terms: Σ over layers of ``direction_loss`` between the Gram matrices of the
+    student's and the teacher's Q, K and V (before binarization).
+
+    Args:
+      student_qkv, teacher_qkv: per layer ``(q, k, v)``, each ``(B, heads, T, d)`` (the model's
+        ``qkv`` output); the same number of layers and heads in both.
+      token_mask: optional ``(B, T)``: padding rows and columns left out of the Gram matrices.
+    Returns:
+      ``{"query_loss", "key_loss", "value_loss"}``.
+    """
+    if len(student_qkv) != len(teacher_qkv):
+        raise ValueError(f"direction-matching distillation needs as many layers in the student "
+                         f"({len(student_qkv)}) as in the teacher ({len(teacher_qkv)})")
+    out = {}
+    for i, name in enumerate(("query_loss", "key_loss", "value_loss")):
+        out[name] = sum(direction_loss(gram(s[i], token_mask), gram(t[i], token_mask))
+                        for s, t in zip(student_qkv, teacher_qkv))
+    return out
+
+
+def _bibert_terms(student, teacher, batch, is_regression, token_mask, example_mask):
+    terms = direction_matching(student["qkv"], teacher["qkv"], token_mask)
+    if len(student["hidden_states"]) != len(teacher["hidden_states"]):
+        raise ValueError("hidden-state distillation needs as many layers in the student as in the teacher")
+    mask = None if token_mask is None else token_mask[:, :, None].astype(jnp.float32)
+    terms["hidden_loss"] = sum(direction_loss(s if mask is None else s * mask,
+                                              t if mask is None else t * mask)
+                               for s, t in zip(student["hidden_states"], teacher["hidden_states"]))
+    labels = batch["labels"]
+    if is_regression:
+        terms["prediction_loss"] = regression_mse(student["logits"], teacher["logits"][..., 0], example_mask)
+        label_loss = regression_mse(student["logits"], labels, example_mask)
+    else:
+        num_classes = student["logits"].shape[-1]
+        terms["prediction_loss"] = soft_cross_entropy(student["logits"], teacher["logits"], 1.0,
+                                                      example_mask) / num_classes
+        label_loss = cross_entropy(student["logits"], labels, example_mask)
+    terms["label_loss"] = DMD_LABEL_WEIGHT * label_loss
+    return terms
+
+
 def kd_losses(student: Mapping, teacher: Optional[Mapping], batch: Mapping, *, objective: str,
               is_regression: bool, temperature: float = 1.0, attention: bool = True,
               ignore_padding: bool = False, span: bool = False) -> dict[str, jax.Array]:
@@ -123,8 +194,9 @@ def kd_losses(student: Mapping, teacher: Optional[Mapping], batch: Mapping, *, o
         ``teacher`` may be None for ``supervised``.
       batch: needs ``attention_mask``, and ``labels`` for ``supervised``; ``example_mask`` is used
         when present.
-      objective: ``intermediate`` (stage 1), ``prediction`` (stage 2), ``joint`` (both summed) or
-        ``supervised`` (labels only).
+      objective: ``intermediate`` (stage 1), ``prediction`` (stage 2), ``joint`` (both summed),
+        ``supervised`` (labels only) or ``dmd`` (BiBERT: needs ``qkv`` in both output dicts and
+        ``labels`` in the batch).
       is_regression: MSE instead of cross-entropy on predictions.
       span: a span head (``(B, T, 2)`` logits, ``(B, 2)`` labels): start and end losses averaged.
       attention: include the attention-score term in stage 1.
@@ -146,6 +218,8 @@ def kd_losses(student: Mapping, teacher: Optional[Mapping], batch: Mapping, *, o
     else:
         if teacher is None:
             raise ValueError(f"objective {objective!r} needs a teacher")
+        if objective == "dmd":
+            terms.update(_bibert_terms(student, teacher, batch, is_regression, token_mask, example_mask))
         if objective in ("intermediate", "joint"):
             terms["hidden_loss"] = hidden_mse(student["hidden_states"], teacher["hidden_states"], token_mask)
             if attention:
@@ -163,6 +237,6 @@ def kd_losses(student: Mapping, teacher: Optional[Mapping], batch: Mapping, *, o
                                                               temperature, example_mask)
         if not terms:
             raise ValueError(f"unknown objective {objective!r}; allowed: intermediate, prediction, "
-                             f"joint, supervised")
+                             f"joint, supervised, dmd")
     terms["total"] = sum(terms.values())
     return terms

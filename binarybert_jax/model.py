@@ -6,6 +6,14 @@ probabilities and V before the weighted sum. Position and segment embeddings, La
 softmax, residuals and the task head stay full precision. Attention probabilities and the second
 FFN input are quantized asymmetrically by default, everything else symmetrically.
 
+BiBERT (1-1-1): ``act_method='sign'`` binarizes every one of those inputs to ±1 (no scale), and
+``attention='bool'`` is Bi-Attention: A = sign(Q)·sign(K)ᵀ/√d + mask, weights Bool(A) (1 where
+A > 0, so padding keys, which carry the additive mask, are never attended), context
+Bool(A)·sign(V); no softmax. With ±1 inputs and binary weights a dense layer is computed as
+(sign(x)·codes)·scales + bias: the product of ±1 matrices is an exact integer in float32, so
+the bitwise inference path (``bitwise.py``: XNOR and popcount on packed words) gets the same
+numbers. ``output_qkv`` returns Q, K and V before binarization (direction-matching distillation).
+
 Parameter tree (Flax names; a *split* weight has a leading axis of 2, its two binary halves)::
 
     embeddings/{word_embeddings (V,H) | (2,V,H), position_embeddings (P,H),
@@ -37,6 +45,7 @@ from binarybert_jax import quant
 # The released code's additive mask constant (Hugging Face uses the dtype's minimum instead).
 MASK_VALUE = -10000.0
 ACTIVATIONS = ("gelu", "gelu_tanh", "relu")
+ATTENTIONS = ("softmax", "bool")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -98,8 +107,12 @@ class QuantConfig:
     activations. 32 bits means full precision.
 
     Attributes:
-      weight_method / embed_method: ``twn`` | ``bwn`` | ``lat`` | ``uniform``.
-      act_method: ``uniform`` (clip + dynamic range) | ``lsq`` (learned step size).
+      weight_method / embed_method: ``twn`` | ``bwn`` | ``lat`` | ``uniform`` | ``bibert``
+        (mean-centred sign, BiBERT).
+      act_method: ``uniform`` (clip + dynamic range) | ``lsq`` (learned step size) | ``sign``
+        (1 bit, ``act_bits=1``: ±1, no scale; the attention probabilities of a softmax model
+        become Bool(p), 1 where p > 0).
+      attention: ``softmax`` | ``bool`` (Bi-Attention, BiBERT; needs ``act_method='sign'``).
       weight_granularity / embed_granularity: ``layer`` (one scale per matrix) | ``row`` (one per
         output unit of a kernel, per token of the embedding).
       act_scope: ``tensor`` (released code: whole tensor, batch and padding included) | ``example`` |
@@ -133,14 +146,24 @@ class QuantConfig:
     split: bool = False
     unsplit: tuple[str, ...] = ()
     split_shared_act: bool = True
+    attention: str = "softmax"
 
     def __post_init__(self):
         quant.check_weight_method(self.weight_method, self.weight_bits)
         quant.check_weight_method(self.embed_method, self.embed_bits)
         if self.act_method not in quant.ACT_METHODS:
             raise ValueError(f"act_method {self.act_method!r}; allowed: {quant.ACT_METHODS}")
-        if not (2 <= self.act_bits <= 16 or self.act_bits == 32):
-            raise ValueError(f"act_bits must be in 2..16 or 32, got {self.act_bits}")
+        if self.act_method == "sign":
+            if self.act_bits != 1:
+                raise ValueError(f"act_method 'sign' is 1-bit: act_bits must be 1, got {self.act_bits}")
+        elif not (2 <= self.act_bits <= 16 or self.act_bits == 32):
+            raise ValueError(f"act_bits must be in 2..16 or 32 (1 with act_method 'sign'), got "
+                             f"{self.act_bits}")
+        if self.attention not in ATTENTIONS:
+            raise ValueError(f"attention must be one of {ATTENTIONS}, got {self.attention!r}")
+        if self.attention == "bool" and self.act_method != "sign":
+            raise ValueError("attention 'bool' (Bi-Attention) binarizes Q, K and V: it needs "
+                             f"act_method 'sign' and act_bits 1, got {self.act_method!r}")
         for field in ("weight_granularity", "embed_granularity"):
             if getattr(self, field) not in ("layer", "row"):
                 raise ValueError(f"{field} must be 'layer' or 'row', got {getattr(self, field)!r}")
@@ -284,6 +307,9 @@ class _ActQuantMixin:
                   mask=None, stacked: int = 0):
         if not quant_cfg.quantizes_acts:
             return [x] * stacked if stacked else x
+        if quant_cfg.act_method == "sign":  # no parameter, no range
+            y = quant.sign_act(x)
+            return [y] * stacked if stacked else y
         cfg = quant_cfg
         shape = (stacked,) if stacked else ()
         if cfg.act_method == "uniform":
@@ -335,6 +361,18 @@ class QuantDense(nn.Module, _ActQuantMixin):
             y = sum(jnp.dot(xs[i].astype(self.dtype), w[i].astype(self.dtype)) for i in range(2))
             return y + jnp.sum(bias, 0).astype(self.dtype)
         xq = self.act_quant("input", x, cfg, self.input_symmetric, token_axes, mask)
+        if cfg.act_method == "sign" and cfg.weight_bits == 1 and not self.split:
+            # ±1 inputs times integer codes: an exact integer matrix in float32 whatever the
+            # summation order, scaled once per output unit, as the bitwise path computes it.
+            # The gradient is that of xq·Ŵ (the straight-through weight); that product is not
+            # part of the forward value and XLA drops it there.
+            codes, scales = quant.weight_quant_codes(
+                lax.stop_gradient(kernel), cfg.weight_method, cfg.weight_bits, axes,
+                None if diag is None else lax.stop_gradient(diag))
+            exact = (jnp.dot(xq.astype(self.dtype), codes.astype(self.dtype))
+                     * scales.astype(self.dtype))
+            y = quant.straight_through(jnp.dot(xq.astype(self.dtype), w.astype(self.dtype)), exact)
+            return y + bias.astype(self.dtype)
         if self.split:
             # Both halves see the same quantized input: x·Ŵ1 + x·Ŵ2 = x·(Ŵ1 + Ŵ2), one matmul, and
             # its kernel gradient reaches both latent halves through the sum.
@@ -384,6 +422,8 @@ class SelfAttention(nn.Module, _ActQuantMixin):
 
     @nn.compact
     def __call__(self, x, mask_bias, token_mask, deterministic: bool):
+        """Returns ``(output, scores, probs, (q, k, v))``: Q, K, V ``(B, heads, T, d)`` as the dense
+        layers give them, before any activation quantizer (unused outputs cost nothing under jit)."""
         cfg, qcfg = self.config, self.quant_cfg
         batch, seq = x.shape[:2]
         tok = token_mask[:, :, None] if token_mask is not None else None
@@ -395,27 +435,39 @@ class SelfAttention(nn.Module, _ActQuantMixin):
         def heads(t):  # (B, T, H·d) -> (B, H, T, d)
             return t.reshape(batch, seq, cfg.num_heads, cfg.head_dim).transpose(0, 2, 1, 3)
 
-        q = heads(dense("query", cfg.attention_size)(x, tok))
-        k = heads(dense("key", cfg.attention_size)(x, tok))
-        v = heads(dense("value", cfg.attention_size)(x, tok))
+        q_fp = heads(dense("query", cfg.attention_size)(x, tok))
+        k_fp = heads(dense("key", cfg.attention_size)(x, tok))
+        v_fp = heads(dense("value", cfg.attention_size)(x, tok))
         head_tok = token_mask[:, None, :, None] if token_mask is not None else None
-        q = self.act_quant("query", q, qcfg, qcfg.sym_qkvo, (2,), head_tok)
-        k = self.act_quant("key", k, qcfg, qcfg.sym_qkvo, (2,), head_tok)
+        q = self.act_quant("query", q_fp, qcfg, qcfg.sym_qkvo, (2,), head_tok)
+        k = self.act_quant("key", k_fp, qcfg, qcfg.sym_qkvo, (2,), head_tok)
         scores = jnp.einsum("bhqd,bhkd->bhqk", q, k) / math.sqrt(cfg.head_dim)
-        with jax.named_scope("softmax"):
+        if qcfg.attention == "bool":
+            # Bi-Attention: no softmax. Dropout acts on the scores before Bool, as in the
+            # released code (a dropped score is 0, hence not attended).
             scores = scores.astype(jnp.float32) + mask_bias
-            probs = jax.nn.softmax(scores, axis=-1).astype(self.dtype)
-        probs = Dropout(cfg.attention_dropout)(probs, deterministic=deterministic)
-        pair_mask = None
-        if token_mask is not None:
-            pair_mask = token_mask[:, None, :, None] & token_mask[:, None, None, :]
-        probs = self.act_quant("probs", probs, qcfg, qcfg.sym_ffn_attn, (2,), pair_mask)
-        v = self.act_quant("value", v, qcfg, qcfg.sym_qkvo, (2,), head_tok)
+            dropped = Dropout(cfg.attention_dropout)(scores, deterministic=deterministic)
+            probs = quant.bool_act(dropped).astype(self.dtype)
+        else:
+            with jax.named_scope("softmax"):
+                scores = scores.astype(jnp.float32) + mask_bias
+                probs = jax.nn.softmax(scores, axis=-1).astype(self.dtype)
+            probs = Dropout(cfg.attention_dropout)(probs, deterministic=deterministic)
+            pair_mask = None
+            if token_mask is not None:
+                pair_mask = token_mask[:, None, :, None] & token_mask[:, None, None, :]
+            if qcfg.quantizes_acts and qcfg.act_method == "sign":
+                # One bit of a non-negative tensor: Bool(p). Masked keys' probabilities
+                # underflow to exactly 0 and stay unattended.
+                probs = quant.bool_act(probs)
+            else:
+                probs = self.act_quant("probs", probs, qcfg, qcfg.sym_ffn_attn, (2,), pair_mask)
+        v = self.act_quant("value", v_fp, qcfg, qcfg.sym_qkvo, (2,), head_tok)
         context = jnp.einsum("bhqk,bhkd->bqhd", probs, v).reshape(batch, seq, cfg.attention_size)
         out = dense("output", cfg.hidden_size)(context, tok)
         out = Dropout(cfg.hidden_dropout)(out, deterministic=deterministic)
         out = nn.LayerNorm(cfg.layer_norm_eps, dtype=self.dtype, name="LayerNorm")(out + x)
-        return out, scores, probs
+        return out, scores, probs, (q_fp, k_fp, v_fp)
 
 
 class FeedForward(nn.Module):
@@ -445,12 +497,12 @@ class Layer(nn.Module):
 
     @nn.compact
     def __call__(self, x, mask_bias, token_mask, deterministic: bool):
-        x, scores, probs = SelfAttention(self.config, self.quant_cfg, f"{self.where}/attention",
-                                         self.dtype, name="attention")(
+        x, scores, probs, qkv = SelfAttention(self.config, self.quant_cfg, f"{self.where}/attention",
+                                              self.dtype, name="attention")(
             x, mask_bias, token_mask, deterministic)
         x = FeedForward(self.config, self.quant_cfg, f"{self.where}/ffn", self.dtype, name="ffn")(
             x, token_mask, deterministic)
-        return x, scores, probs
+        return x, scores, probs, qkv
 
 
 class BertModel(nn.Module):
@@ -469,18 +521,22 @@ class BertModel(nn.Module):
 
     @nn.compact
     def __call__(self, input_ids, token_type_ids=None, attention_mask=None, *,
-                 deterministic: bool = True, output_attention_probs: bool = False):
+                 deterministic: bool = True, output_attention_probs: bool = False,
+                 output_qkv: bool = False):
         """Runs the model.
 
         Args:
           input_ids, token_type_ids, attention_mask: int arrays ``(B, T)``; mask 1 for real tokens.
           deterministic: False enables dropout (needs a ``dropout`` rng).
-          output_attention_probs: also return post-softmax attention probabilities.
+          output_attention_probs: also return post-softmax attention probabilities (Bool(A) under
+            Bi-Attention).
+          output_qkv: also return ``qkv``: per layer ``(q, k, v)``, each ``(B, heads, T, d)``,
+            the dense outputs before activation quantization (direction-matching distillation).
         Returns:
           dict with ``hidden_states`` (tuple of L+1 ``(B, T, H)``: embedding output then each layer),
           ``attention_scores`` (tuple of L ``(B, heads, T, T)`` pre-softmax scores, mask added,
           float32), ``pooled`` ``(B, H)``, ``logits`` (``(B, num_labels)`` or ``(B, T, 2)``), and
-          ``attention_probs`` when asked.
+          ``attention_probs`` and ``qkv`` when asked.
         """
         cfg, qcfg = self.config, self.quant_cfg
         if token_type_ids is None:
@@ -491,12 +547,14 @@ class BertModel(nn.Module):
         mask_bias = jnp.where(token_mask, 0.0, self.mask_value).astype(jnp.float32)[:, None, None, :]
 
         x = Embeddings(cfg, qcfg, self.dtype, name="embeddings")(input_ids, token_type_ids, deterministic)
-        hidden, scores, probs = Encoder(cfg, qcfg, self.dtype, name="encoder")(
+        hidden, scores, probs, qkv = Encoder(cfg, qcfg, self.dtype, name="encoder")(
             x, mask_bias, token_mask, deterministic)
         pooled = Pooler(cfg, qcfg, self.dtype, name="pooler")(hidden[-1])
         outputs = {"hidden_states": hidden, "attention_scores": scores, "pooled": pooled}
         if output_attention_probs:
             outputs["attention_probs"] = probs
+        if output_qkv:
+            outputs["qkv"] = qkv
         if self.head == "classification":
             h = Dropout(cfg.hidden_dropout)(pooled, deterministic=deterministic)
             outputs["logits"] = nn.Dense(self.num_labels, dtype=jnp.float32, name="classifier",
@@ -516,14 +574,15 @@ class Encoder(nn.Module):
 
     @nn.compact
     def __call__(self, x, mask_bias, token_mask, deterministic: bool):
-        hidden, scores, probs = [x], [], []
+        hidden, scores, probs, qkv = [x], [], [], []
         for i in range(self.config.num_layers):
-            x, s, p = Layer(self.config, self.quant_cfg, f"encoder/layer_{i}", self.dtype,
-                            name=f"layer_{i}")(x, mask_bias, token_mask, deterministic)
+            x, s, p, t = Layer(self.config, self.quant_cfg, f"encoder/layer_{i}", self.dtype,
+                               name=f"layer_{i}")(x, mask_bias, token_mask, deterministic)
             hidden.append(x)
             scores.append(s)
             probs.append(p)
-        return tuple(hidden), tuple(scores), tuple(probs)
+            qkv.append(t)
+        return tuple(hidden), tuple(scores), tuple(probs), tuple(qkv)
 
 
 class Pooler(nn.Module):

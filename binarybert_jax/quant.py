@@ -15,11 +15,18 @@ Weights (straight-through: the latent full-precision weight receives the gradien
     unit of a ``(in, out)`` Flax kernel. A leading stacking axis (the two halves of a split weight)
     therefore always gets scales of its own.
 
+  * BiBERT's mean-centred binarization (``centred_binary_codes``, method ``bibert``): code
+    sign(w − mean of the group), scale mean|w| of the group; its gradient is the clipped
+    straight-through one, through clamp(w − mean, −1, 1) (``clipped_straight_through``).
+
 Activations (dynamic ranges; the input gradient is zero outside the clip range):
   * ``uniform_act_quantize``: clip to learnable ``[c_lo, c_hi]`` then symmetric max-abs or asymmetric
     min-max k-bit quantization; PACT-style clip gradients.
   * ``lsq_act_quantize``: LSQ with a learned step size, symmetric or asymmetric; ``lsq_init_step``
     is the released code's data-driven initial step.
+  * ``sign_act`` (method ``sign``, 1 bit, BiBERT): ±1 with no scale, +1 at 0 (a bit holds no 0);
+    ``bool_act``: 1 where x > 0, else 0 (BiBERT's attention weights). Both with the clipped
+    straight-through gradient (zero where |x| > 1).
   * Range statistics are shared over ``reduce_axes`` (``None``: the whole tensor, batch and padding
     included, as the released code does), restricted to ``mask`` where given, and reduced across the
     devices of ``axis_name`` where given (so a sharded step matches a single-device one).
@@ -38,8 +45,8 @@ from jax import lax
 Axes = Optional[tuple[int, ...]]
 
 LAYERWISE: tuple[int, ...] = (-2, -1)
-WEIGHT_METHODS = ("twn", "bwn", "lat", "uniform")
-ACT_METHODS = ("uniform", "lsq")
+WEIGHT_METHODS = ("twn", "bwn", "lat", "uniform", "bibert")
+ACT_METHODS = ("uniform", "lsq", "sign")
 FULL_PRECISION_BITS = 32
 
 
@@ -61,6 +68,25 @@ def _straight_through_bwd(_, g):
 
 
 straight_through.defvjp(_straight_through_fwd, _straight_through_bwd)
+
+
+@jax.custom_vjp
+def clipped_straight_through(latent: jax.Array, quantized: jax.Array) -> jax.Array:
+    """Returns ``quantized``; its gradient reaches ``latent`` where |latent| ≤ 1 and is 0 elsewhere
+    (the gradient of clamp(latent, −1, 1), as BiBERT's ``detach() − clamp.detach() + clamp``, whose
+    sum would round the forward value, while this returns ``quantized`` bit for bit)."""
+    return quantized
+
+
+def _clipped_straight_through_fwd(latent, quantized):
+    return quantized, jnp.abs(latent) <= 1
+
+
+def _clipped_straight_through_bwd(inside, g):
+    return jnp.where(inside, g, jnp.zeros_like(g)), None
+
+
+clipped_straight_through.defvjp(_clipped_straight_through_fwd, _clipped_straight_through_bwd)
 
 
 def _mean(x, axes, keepdims=True):
@@ -115,6 +141,19 @@ def binary_codes(w: jax.Array, axes: Axes = LAYERWISE) -> tuple[jax.Array, jax.A
     """
     axes = _norm_axes(axes, w.ndim)
     return jnp.sign(w).astype(jnp.int8), _mean(jnp.abs(w), axes)
+
+
+def centred_binary_codes(w: jax.Array, axes: Axes = LAYERWISE) -> tuple[jax.Array, jax.Array]:
+    """BiBERT: code sign(w − mean w), α = mean|w| (of ``w`` itself, not of the centred weight), both
+    over ``axes`` (the released code: per output row of a torch ``(out, in)`` weight, i.e. per output
+    unit ``(-2,)`` of a Flax ``(in, out)`` kernel, and per row ``(-1,)`` of the word embedding).
+
+    Returns:
+      (codes int8 in {−1, 1}, and 0 where ``w`` equals its group's mean exactly (torch.sign), α
+      with 1 along ``axes``).
+    """
+    axes = _norm_axes(axes, w.ndim)
+    return jnp.sign(w - _mean(w, axes)).astype(jnp.int8), _mean(jnp.abs(w), axes)
 
 
 def loss_aware_codes(w: jax.Array, bits: int, axes: Axes = LAYERWISE,
@@ -193,6 +232,8 @@ def weight_quant_codes(w: jax.Array, method: str, bits: int, axes: Axes = LAYERW
         return binary_codes(w, axes)
     if method == "lat":
         return loss_aware_codes(w, bits, axes, diag)
+    if method == "bibert":
+        return centred_binary_codes(w, axes)
     return uniform_weight_codes(w, bits, axes)
 
 
@@ -237,7 +278,8 @@ def check_weight_method(method: str, bits: int) -> None:
         return
     if method not in WEIGHT_METHODS:
         raise ValueError(f"unknown weight quantization method {method!r}; allowed: {WEIGHT_METHODS}")
-    allowed = {"twn": (2,), "bwn": (1,), "lat": tuple(range(1, 9)), "uniform": tuple(range(2, 17))}
+    allowed = {"twn": (2,), "bwn": (1,), "lat": tuple(range(1, 9)), "uniform": tuple(range(2, 17)),
+               "bibert": (1,)}
     if bits not in allowed[method]:
         raise ValueError(f"weight method {method!r} cannot quantize to {bits} bits; allowed bits: "
                          f"{allowed[method]} (or 32 for full precision)")
@@ -252,8 +294,9 @@ def quantize_weight(w: jax.Array, method: str, bits: int, axes: Axes = LAYERWISE
 
     Args:
       w: latent full-precision weight, any shape (e.g. ``(in, out)``, ``(2, in, out)``, ``(V, H)``).
-      method: ``twn``, ``bwn``, ``lat`` or ``uniform``.
-      bits: 1 (bwn, lat), 2 (twn, lat, uniform), ... ; 32 returns ``w`` itself.
+      method: ``twn``, ``bwn``, ``lat``, ``uniform`` or ``bibert`` (gradient: clipped
+        straight-through through clamp(w − mean, −1, 1); the others pass it unchanged).
+      bits: 1 (bwn, lat, bibert), 2 (twn, lat, uniform), ... ; 32 returns ``w`` itself.
       axes: axes one scale is shared over (see the module docstring).
       diag: LAT only, the optimizer's second moment for ``w`` (same shape), or None for identity.
     Returns:
@@ -262,6 +305,11 @@ def quantize_weight(w: jax.Array, method: str, bits: int, axes: Axes = LAYERWISE
     if bits >= FULL_PRECISION_BITS:
         return w
     with jax.named_scope("weight_quant"):  # names the ops in profiles and HLO dumps
+        if method == "bibert":
+            # The released code's gradient: through clamp(w − mean w, −1, 1), mean included.
+            centred = w - _mean(w, _norm_axes(axes, w.ndim))
+            values = weight_quant_values(lax.stop_gradient(w), method, bits, axes)
+            return clipped_straight_through(centred, values)
         values = weight_quant_values(lax.stop_gradient(w), method, bits, axes,
                                      None if diag is None else lax.stop_gradient(diag))
         return straight_through(w, values)
@@ -497,13 +545,39 @@ def lsq_init_step(x: jax.Array, bits: int, symmetric: bool = True,
     return (2.0 if symmetric else 4.0) * mean_abs / math.sqrt(qp)
 
 
+# --------------------------------------------------------------------------------------------
+# 1-bit activations (BiBERT): no scale, no range, clipped straight-through gradients.
+# --------------------------------------------------------------------------------------------
+def sign_values(x: jax.Array) -> jax.Array:
+    """+1 where x ≥ 0, −1 elsewhere, in ``x``'s dtype. At exactly 0 this gives +1 where torch.sign
+    (the released code) gives 0: one bit holds ±1 only, and the bitwise inference path
+    (``bitwise.py``) must compute what the model computes."""
+    return jnp.where(x >= 0, jnp.ones_like(x), -jnp.ones_like(x))
+
+
+def sign_act(x: jax.Array) -> jax.Array:
+    """``sign_values(x)`` with the clipped straight-through gradient (0 where |x| > 1)."""
+    with jax.named_scope("act_quant"):
+        return clipped_straight_through(x, sign_values(lax.stop_gradient(x)))
+
+
+def bool_act(x: jax.Array) -> jax.Array:
+    """1 where x > 0, else 0 (BiBERT's Bool(·) of attention scores; masked keys, whose scores
+    carry the additive mask, are never > 0), with the clipped straight-through gradient."""
+    with jax.named_scope("act_quant"):
+        xs = lax.stop_gradient(x)
+        return clipped_straight_through(x, jnp.where(xs > 0, jnp.ones_like(xs), jnp.zeros_like(xs)))
+
+
 def quantize_act(x: jax.Array, param: jax.Array, method: str, bits: int, symmetric: bool,
                  reduce_axes: Axes = None, mask: Optional[jax.Array] = None,
                  axis_name: Optional[str] = None) -> jax.Array:
-    """Dispatches to ``uniform_act_quantize`` (``param`` = clip pair) or ``lsq_act_quantize``
-    (``param`` = step size)."""
+    """Dispatches to ``uniform_act_quantize`` (``param`` = clip pair), ``lsq_act_quantize``
+    (``param`` = step size) or ``sign_act`` (1 bit, ``param`` unused)."""
     if bits >= FULL_PRECISION_BITS:
         return x
+    if method == "sign":
+        return sign_act(x)
     with jax.named_scope("act_quant"):  # names the ops in profiles and HLO dumps
         if method == "uniform":
             return uniform_act_quantize(x, param, bits, symmetric, reduce_axes, mask, axis_name)

@@ -198,8 +198,8 @@ def phases_for(config) -> list[Phase]:
                 Phase("stage2", "prediction", s2.epochs, s2.learning_rate)]
     if mode == "intermediate":
         return [Phase("stage1", "intermediate", s1.epochs, s1.learning_rate)]
-    if mode in ("prediction", "joint", "supervised"):
-        name = {"prediction": "stage2", "joint": "joint", "supervised": "finetune"}[mode]
+    if mode in ("prediction", "joint", "supervised", "dmd"):
+        name = {"prediction": "stage2", "joint": "joint", "supervised": "finetune", "dmd": "dmd"}[mode]
         return [Phase(name, mode, s2.epochs, s2.learning_rate)]
     raise ConfigError(f"config.kd.mode={mode!r}; allowed: {kd.MODES}")
 
@@ -325,6 +325,13 @@ def load_teacher(config, student: ModelSpec) -> Optional[tuple[BertModel, Any, M
         return None
     params, spec, info = checkpoints.load_model(config.teacher)
     check_checkpoint_task(config.teacher, spec, info, tasks.get_task(config.task), "teacher")
+    if config.kd.mode == "dmd" and (spec.config.num_heads, spec.config.num_layers) != (
+            student.config.num_heads, student.config.num_layers):
+        raise ConfigError(
+            f"direction-matching distillation (kd.mode=dmd) pairs every layer and head: teacher "
+            f"{config.teacher} has {spec.config.num_layers} layers of {spec.config.num_heads} heads, "
+            f"the student {student.config.num_layers} of {student.config.num_heads}; use a teacher "
+            "of the student's shape")
     uses_attention = config.kd.attention and config.kd.mode in ("two_stage", "joint", "intermediate")
     if uses_attention and spec.config.num_heads != student.config.num_heads:
         raise ConfigError(

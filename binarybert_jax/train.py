@@ -120,6 +120,7 @@ def make_train_step(student: BertModel, teacher: Optional[BertModel], tx: optax.
     inside syncs with the host.
     """
     lat = student.quant_cfg.weight_method == "lat" or student.quant_cfg.embed_method == "lat"
+    qkv = objective == "dmd"  # Q, K, V before binarization: only direction matching reads them
 
     def per_device(state: TrainState, teacher_params, batch, rng):
         rng = jax.random.fold_in(jax.random.fold_in(rng, state.step), lax.axis_index(DATA_AXIS))
@@ -129,14 +130,14 @@ def make_train_step(student: BertModel, teacher: Optional[BertModel], tx: optax.
         if teacher is not None:
             teacher_out = lax.stop_gradient(teacher.apply(
                 {"params": teacher_params}, *inputs, deterministic=not teacher_dropout,
-                rngs={"dropout": teacher_rng}))
+                rngs={"dropout": teacher_rng}, output_qkv=qkv))
         extra = {}
         if lat:
             extra["lat_diag"] = optim.second_moments(state.opt_state)
 
         def loss_fn(params):
             out = student.apply({"params": params, **extra}, *inputs, deterministic=False,
-                                rngs={"dropout": student_rng})
+                                rngs={"dropout": student_rng}, output_qkv=qkv)
             terms = kd.kd_losses(out, teacher_out, batch, objective=objective,
                                  is_regression=is_regression, temperature=temperature,
                                  attention=attention, ignore_padding=ignore_padding, span=span)

@@ -43,9 +43,17 @@ def quant_config(weight_bits=32, embed_bits=32, act_bits=32, weight_method="twn"
              weight_granularity="layer", embed_granularity="row", act_scope="tensor",
              act_ignore_padding=False, act_axis_name="", clip_init=2.5, sym_qkvo=True,
              sym_ffn_attn=False, quantize_pooler=True, split=False, unsplit=(),
-             split_shared_act=True)
+             split_shared_act=True, attention="softmax")
     q.update(overrides)
     return ml_collections.ConfigDict(q)
+
+
+def bibert_quant(**overrides) -> ml_collections.ConfigDict:
+    """BiBERT's W1-E1-A1: mean-centred sign weights and word embedding, one scale per output unit
+    (per row of the embedding), sign activations, Bi-Attention."""
+    q = dict(weight_granularity="row", embed_granularity="row", attention="bool")
+    q.update(overrides)
+    return quant_config(1, 1, 1, "bibert", "bibert", "sign", **q)
 
 
 def student_hidden_act(quant) -> str:

@@ -28,8 +28,9 @@ top level are an error (the pipeline sets them per stage).
 ``arg`` keys: ``task`` (default sst-2); ``act_bits`` (8: uniform with learnable clips; 4: LSQ with
 ReLU students, as the released 4-bit scripts); ``full`` (the whole task and the released scripts'
 hyperparameters: batch 16; ternary lr 2.5e-5 / 1e-5, binary 1.25e-4 / 5e-5, 2 epochs per stage; adds
-the full-width BWN row); ``bwn``, ``bwn_full``, ``adaptive`` (include those stages; ``bwn`` and
-``adaptive`` on by default); ``epochs`` (epochs per KD stage of every ternary and binary stage,
+the full-width BWN row); ``bwn``, ``bwn_full``, ``adaptive``, ``bibert`` (include those stages;
+``bwn`` and ``adaptive`` on by default; ``bibert`` is BiBERT's W1-E1-A1 with Bi-Attention, distilled
+by direction matching from the full-width teacher in one stage, a 1-1-1 row beside TWS and BWN); ``epochs`` (epochs per KD stage of every ternary and binary stage,
 e.g. ``epochs=1`` where CPU time is short; 0 keeps the recipe's); ``tiny`` (a 1-layer-sized smoke run: data slice, short stages).
 """
 
@@ -59,7 +60,7 @@ def _train_stage(c, description, *, teacher, init, mode, quant, hyper, attention
 
 def get_config(arg=None):
     a = common.parse_arg(arg, task="sst-2", act_bits=8, full=False, bwn=True, bwn_full=False,
-                         adaptive=True, epochs=0.0, tiny=False)
+                         adaptive=True, bibert=False, epochs=0.0, tiny=False)
     c = common.base_config(a.task)
     act = dict(act_bits=a.act_bits, act_method="lsq" if a.act_bits <= 4 else "uniform",
                # Bucketed batches carry little padding; ranges and losses ignore what there is, so
@@ -80,11 +81,14 @@ def get_config(arg=None):
         c.data_dir = ""
         teacher_h, half_h = (32, 0, 0, 3.0, 5e-5, 0), (32, 0, 0, 3.0, 5e-5, 0)
         ternary_h, binary_h = (16, 2.0, 2.5e-5, 2.0, 1e-5, 1000), (16, 2.0, 1.25e-4, 2.0, 5e-5, 100)
+        # BiBERT's released epochs and learning rate for the task (batch 16, one stage).
+        bibert_h = (16, 0, 0) + _bibert_released(c.task) + (0,)
     else:
         c.data_dir = str(SLICE)
         c.eval_batch_size = 128
         teacher_h, half_h = (32, 0, 0, 2.0, 5e-5, 0), (32, 0, 0, 2.0, 1e-4, 0)
         ternary_h, binary_h = (32, 1.0, 5e-5, 1.0, 2e-5, 0), (32, 1.0, 1.25e-4, 1.0, 5e-5, 0)
+        bibert_h = (32, 0, 0, 2.0, 1e-4, 0)
 
     fp = common.quant_config()
     ternary_q = common.quant_config(2, 2, weight_method="twn", embed_method="twn", **act)
@@ -106,6 +110,9 @@ def get_config(arg=None):
                          quant=binary_q, hyper=binary_h)
     s.bwn_full = _train_stage(c, "BWN 1.0× (from the full-width teacher)", teacher="teacher",
                               init="teacher", mode="two_stage", quant=binary_q, hyper=binary_h)
+    s.bibert = _train_stage(c, "BiBERT 1.0× (Bi-Attention, DMD from the full-width teacher)",
+                            teacher="teacher", init="teacher", mode="dmd", quant=common.bibert_quant(),
+                            hyper=bibert_h)
     s.adaptive_init = ml_collections.ConfigDict(dict(
         kind="adaptive_split", source="ternary",
         budget_mb=0.0,    # 0: no-split size + fraction · (all-split − no-split)
@@ -116,11 +123,11 @@ def get_config(arg=None):
                               init="adaptive_init", mode="two_stage", quant=binary_q, hyper=binary_h)
 
     if a.epochs:
-        for name in ("ternary", "tws", "bwn", "bwn_full", "adaptive"):
+        for name in ("ternary", "tws", "bwn", "bwn_full", "adaptive", "bibert"):
             s[name].stage1.epochs = s[name].stage2.epochs = a.epochs
 
     order = ["teacher", "half_pruned", "half", "ternary", "tws_init", "tws"]
-    order += ["bwn"] * a.bwn + ["bwn_full"] * (a.bwn_full or a.full)
+    order += ["bwn"] * a.bwn + ["bwn_full"] * (a.bwn_full or a.full) + ["bibert"] * a.bibert
     order += ["adaptive_init", "adaptive"] * a.adaptive
     c.pipeline = ml_collections.ConfigDict(dict(stages=tuple(order)))
 
@@ -130,6 +137,13 @@ def get_config(arg=None):
     if a.tiny:
         shrink_pipeline(c)
     return c
+
+
+def _bibert_released(task):
+    from configs import bibert
+    # WNLI has no released BiBERT setting: MRPC's, the other small sentence-pair task.
+    epochs, lr = bibert.RELEASED.get(task, bibert.RELEASED["mrpc"])
+    return float(epochs), lr
 
 
 def shrink_pipeline(c):

@@ -76,3 +76,28 @@ def test_every_stage_setting_takes_effect_or_is_refused():
     c.pipeline.stages = c.pipeline.stages + ("nope",)
     with pytest.raises(pipeline.PipelineConfigError, match="'nope', which config.stages does not declare"):
         pipeline.check_config(c)
+
+
+def test_bibert_stage_is_a_1_1_1_row_off_by_default():
+    assert "bibert" not in pipeline_config.get_config("task=sst-2").pipeline.stages
+    on = pipeline_config.get_config("task=sst-2,bibert")
+    pipeline.check_config(on)
+    assert "bibert" in on.pipeline.stages
+    run = pipeline.stage_config(on, "bibert", teacher="T", init="T")
+    q = run.student.quant
+    assert run.kd.mode == "dmd" and (q.weight_bits, q.embed_bits, q.act_bits) == (1, 1, 1)
+    assert q.attention == "bool" and q.weight_method == q.embed_method == "bibert"
+    full = pipeline_config.get_config("task=mrpc,full,bibert")
+    assert (full.stages.bibert.stage2.epochs, full.stages.bibert.stage2.learning_rate) == (20.0, 2e-4)
+
+
+def test_bibert_stage_trains_and_reports_a_1_1_1_row(tmp_path, tiny_pretrained_1layer):
+    c = pipeline_config.get_config("task=sst-2,tiny,bibert")
+    c.pretrained, c.progress_bar = str(tiny_pretrained_1layer), False
+    c.pipeline.stages = ("teacher", "bibert")
+    report = pipeline.run_pipeline(c, tmp_path)
+    rows = {r["model"]: r for r in report["rows"]}
+    assert list(rows) == ["teacher", "bibert"] and rows["bibert"]["bits"] == "1-1-1"
+    assert 0.0 <= rows["bibert"]["final"]["accuracy"] <= 1.0
+    _, spec, _ = checkpoints.load_model(tmp_path / rows["bibert"]["checkpoint"])
+    assert spec.quant.attention == "bool" and spec.quant.weight_method == "bibert"

@@ -225,3 +225,26 @@ def test_errors_are_clear(saved, slices, tmp_path, capsys):
     save_file(tensors, str(bad), metadata={export.MANIFEST_KEY: json.dumps(manifest)})
     with pytest.raises(export.PackedFormatError, match="version"):
         inference.load_predictor(bad)
+
+
+def test_bitwise_1_1_1_file_predicts_exactly_like_its_checkpoint(slices, tiny_hf, tmp_path, capsys):
+    spec = ModelSpec(TINY, QuantConfig(1, 1, 1, "bibert", "bibert", "sign", weight_granularity="row",
+                                       embed_granularity="row", attention="bool"))
+    params = random_params(spec, seed=2)
+    info = {"pretrained": str(tiny_hf)}
+    ckpt = checkpoints.save_model(tmp_path / "ckpt", params, spec, info)
+    packed = export.export_packed(params, spec, tmp_path / "bibert.safetensors", info=info).path
+    bits, sim = inference.load_predictor(packed), inference.load_predictor(ckpt)
+    assert (bits.kind, sim.kind) == ("bitwise", "checkpoint") and bits.tokenizer_dir == tiny_hf
+    examples = glue.read_tsv(slices["dev"], "mrpc", "dev").examples
+    tokenizer = load_tokenizer(tiny_hf)
+    np.testing.assert_array_equal(inference.predict_examples(bits, tokenizer, examples, 32, 8),
+                                  inference.predict_examples(sim, tokenizer, examples, 32, 8))
+    outputs = []
+    for model in (packed, ckpt):
+        out = tmp_path / f"{model.name}.tsv"
+        assert predict_main.main(["--model", str(model), "--task", "mrpc", "--input",
+                                  str(slices["dev"]), "--split", "dev", "--out", str(out)] + FAST) == 0
+        assert METRIC_F1.search(capsys.readouterr().out)
+        outputs.append(out.read_text())
+    assert outputs[0] == outputs[1]
