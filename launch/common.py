@@ -7,10 +7,14 @@ traceback.
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import importlib.util
 import logging
+import pathlib
+import subprocess
 import sys
+import time
 from typing import Callable, Sequence
 
 EXIT_USER_ERROR = 2
@@ -27,6 +31,48 @@ def setup_logging() -> None:
     if not ours.handlers:
         ours.addHandler(logging.StreamHandler())
     ours.propagate = False
+
+
+REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
+PROVENANCE_FILE = "provenance.json"
+
+
+def git_state(root: pathlib.Path = REPO_ROOT) -> dict:
+    """``{"git_commit": sha, "git_dirty": bool}`` of the code at ``root`` (dirty: tracked files
+    differ from the commit); both None where ``root`` is not a git checkout or git is missing."""
+    try:
+        commit = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True,
+                                text=True, check=True, timeout=30).stdout.strip()
+        status = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+                                capture_output=True, text=True, check=True, timeout=30).stdout
+    except (OSError, subprocess.SubprocessError):
+        return {"git_commit": None, "git_dirty": None}
+    return {"git_commit": commit, "git_dirty": bool(status.strip())}
+
+
+@contextlib.contextmanager
+def provenance(workdir, argv: Sequence[str]):
+    """Appends this invocation (command, commit, start, wall seconds, outcome) to the workdir's
+    ``provenance.json`` when the block ends, however it ends, if the workdir exists by then: what
+    ``launch.record`` reads to say which code produced a run and how long it took."""
+    from binarybert_jax import checkpoints
+    started, outcome = time.time(), "interrupted"
+    entry = {"argv": list(argv), **git_state(), "started": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(started))}
+    try:
+        yield
+        outcome = "finished"
+    except SystemExit as e:
+        outcome = "finished" if not e.code else f"exit {e.code}"
+        raise
+    except BaseException as e:
+        outcome = f"failed: {type(e).__name__}"
+        raise
+    finally:
+        path = pathlib.Path(workdir) / PROVENANCE_FILE
+        if path.parent.is_dir():
+            previous = checkpoints.read_json(path) if path.is_file() else []
+            checkpoints.write_json(path, previous + [
+                dict(entry, wall_seconds=round(time.time() - started, 1), outcome=outcome)])
 
 
 def fail(message: str, code: int = EXIT_USER_ERROR):

@@ -7,6 +7,8 @@ Each stage is skipped when its outputs exist; rerunning the command resumes an i
 
 from __future__ import annotations
 
+import sys
+
 from absl import app, flags
 from ml_collections import config_flags
 
@@ -27,7 +29,8 @@ def main(argv):
     if FLAGS.distributed:
         jax.distributed.initialize()
     from binarybert_jax import pipeline
-    common.run_guarded(pipeline.run_pipeline, FLAGS.config, FLAGS.workdir)
+    with common.provenance(FLAGS.workdir, sys.argv):
+        common.run_guarded(pipeline.run_pipeline, FLAGS.config, FLAGS.workdir)
 
 
 if __name__ == "__main__":
