@@ -309,6 +309,7 @@ def _train_phase(config, workdir, phase, spec, task, train_arrays, eval_sets, te
     run_steps = 0
     pending: list = []  # device-side measurements not yet checked on the host (no sync per step)
     last_saved = latest
+    last_eval: Optional[tuple[int, dict]] = None  # (step, scores) of the latest evaluation
     stopped_early = False
     from tqdm.auto import tqdm
     bar = tqdm(total=total_steps, initial=step, desc=phase.name, unit="step",
@@ -347,6 +348,7 @@ def _train_phase(config, workdir, phase, spec, task, train_arrays, eval_sets, te
                     lat_diag = lat_diagonal(state) if lat else None
                     scores = evaluate.evaluate(predict_step, state.params, task, eval_sets,
                                                config.eval_batch_size, mesh, buckets, lat_diag)
+                    last_eval = (step, scores)
                     writer.write(phase.name, step, {f"eval/{k}": v for k, v in scores.items()})
                     log.info("phase %s step %d: %s", phase.name, step, scores)
                     if meta["best"] is None or scores[main_metric] > meta["best"][main_metric]:
@@ -382,9 +384,13 @@ def _train_phase(config, workdir, phase, spec, task, train_arrays, eval_sets, te
         if stopped_early:
             return {"interrupted": True, "step": step}
         lat_diag = lat_diagonal(state) if lat else None
-        final_scores = (evaluate.evaluate(predict_step, state.params, task, eval_sets,
-                                          config.eval_batch_size, mesh, buckets, lat_diag)
-                        if evaluates else {})
+        if not evaluates:
+            final_scores = {}
+        elif last_eval is not None and last_eval[0] == step:
+            final_scores = last_eval[1]  # the loop scored these very parameters at its last step
+        else:
+            final_scores = evaluate.evaluate(predict_step, state.params, task, eval_sets,
+                                             config.eval_batch_size, mesh, buckets, lat_diag)
         wall_seconds = elapsed_before + time.perf_counter() - started
         if step != last_saved:
             ckpts.save(step, state, {**meta, "elapsed_s": wall_seconds})

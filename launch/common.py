@@ -75,6 +75,27 @@ def provenance(workdir, argv: Sequence[str]):
                 dict(entry, wall_seconds=round(time.time() - started, 1), outcome=outcome)])
 
 
+COMPILATION_CACHE_ENV = "BINARYBERT_JAX_CACHE"
+
+
+def enable_compilation_cache() -> str | None:
+    """Turns on JAX's persistent compilation cache, so that the programs a run compiles (the train
+    step, the evaluation forward per bucket length) are compiled once across stages, reruns and
+    runs, then read from disk. Directory: ``$BINARYBERT_JAX_CACHE``, else ``<assets.cache_dir()>/jax``;
+    ``BINARYBERT_JAX_CACHE=off`` leaves it off. Returns the directory (None when off)."""
+    import os
+    import jax
+    from binarybert_jax import assets
+    where = os.environ.get(COMPILATION_CACHE_ENV, str(assets.cache_dir() / "jax"))
+    if where.lower() in ("off", "0", "none", ""):
+        return None
+    jax.config.update("jax_compilation_cache_dir", where)
+    # Seconds: the train steps take several to compile, the evaluation forwards about one; smaller
+    # programs are cheaper to compile than to look up.
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+    return where
+
+
 def fail(message: str, code: int = EXIT_USER_ERROR):
     print(f"error: {message}", file=sys.stderr)
     sys.exit(code)

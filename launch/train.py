@@ -28,6 +28,7 @@ def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     common.setup_logging()
+    common.enable_compilation_cache()
     import jax
     if FLAGS.distributed:
         jax.distributed.initialize()
