@@ -106,9 +106,9 @@ def render_parity(results_dir: pathlib.Path) -> list[str]:
     if not path.is_file():
         raise UserError(f"README names results:parity, but {path} does not exist: run python -m launch.parity")
     e = checkpoints.read_json(path)["errors"]
-    return [f"max abs error {e['hidden_states']:.1e} over every hidden state at real tokens, "
+    return [f"Max abs error {e['hidden_states']:.1e} over every hidden state at real tokens, "
             f"{e['attention_probs']:.1e} over attention probabilities, {e['pooler']:.1e} on the "
-            f"pooler output"]
+            f"pooler output."]
 
 
 def rebuild(text: str, results_dir: pathlib.Path, per_seed: bool = False, where: str = "README") -> str:

@@ -107,4 +107,4 @@ def test_parity_prints_and_records_the_readme_figures(fixtures_dir, tmp_path, ca
     readme = tmp_path / "README.md"
     readme.write_text("- parity:\n  <!-- results:parity -->\n  old\n  <!-- /results -->\n")
     tables.main(["--readme", str(readme), "--results-dir", str(tmp_path)])
-    assert f"  max abs error {errors['hidden_states']:.1e} over every hidden state" in readme.read_text()
+    assert f"  Max abs error {errors['hidden_states']:.1e} over every hidden state" in readme.read_text()
