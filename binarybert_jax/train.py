@@ -35,10 +35,9 @@ import optax
 from jax import lax
 from jax.sharding import PartitionSpec as P
 
-from binarybert_jax import checkpoints, evaluate, kd, metrics, optim, resolve
+from binarybert_jax import checkpoints, evaluate, kd, metrics, model as M, optim, resolve
 from binarybert_jax.data import batching, glue
 from binarybert_jax.errors import ConfigError, UserError
-from binarybert_jax import model as M
 from binarybert_jax.model import BertModel, ModelSpec, calibrate_lsq_steps
 from binarybert_jax.sharding import (DATA_AXIS, make_mesh, model_batch, model_inputs, replicate,
                                      shard_batch)
@@ -367,7 +366,8 @@ def _train_phase(config, workdir, phase, spec, task, train_arrays, eval_sets, te
                     _check_finite(fetched, phase.name)
                     if fetched:
                         _log_mean(writer, phase.name, fetched)
-                    ckpts.save(step, state, {**meta, "elapsed_s": elapsed_before + time.perf_counter() - started})
+                    elapsed = elapsed_before + time.perf_counter() - started
+                    ckpts.save(step, state, {**meta, "elapsed_s": elapsed})
                     last_saved = step
                 if signals.received is not None:
                     raise Interrupted(signals.received, phase.name, step, workdir)

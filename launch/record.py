@@ -4,8 +4,8 @@
     python -m launch.record runs/mrpc_w1a8_s1 --name mrpc_w1a8/s1          # a pipeline: one record a stage
     python -m launch.tables                                                  # README's tables from results/
 
-``WORKDIR`` is a finished ``launch.train`` workdir (``results.json``) or a ``launch.pipeline``
-workdir, whose every trained stage becomes a record ``results/NAME/<stage>/`` with the stage's
+``WORKDIR`` is a finished ``launch.train`` workdir (``results.json``; a pipeline's stage directory
+is one), or a ``launch.pipeline`` workdir, whose every trained stage becomes a record ``results/NAME/<stage>/`` with the stage's
 description as its setting (plus ``results/NAME/pipeline.json``, the pipeline's report).
 A record directory holds:
 
@@ -57,6 +57,26 @@ def _provenance(workdir: pathlib.Path, fallback: Optional[pathlib.Path] = None) 
     return {"commits": [now["git_commit"]] if now["git_commit"] else [], "dirty": now["git_dirty"],
             "source": "the checkout's commit when recorded (the workdir has no provenance.json)",
             "invocations": []}
+
+
+def portable(obj, root: pathlib.Path = common.REPO_ROOT):
+    """``obj`` with every absolute path inside the checkout or beside it (``../shared``) made
+    relative to the checkout, and the home directory written ``~``: a committed record names no
+    path of the machine that made it."""
+    if isinstance(obj, dict):
+        return {k: portable(v, root) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [portable(v, root) for v in obj]
+    if not isinstance(obj, str) or not obj.startswith("/"):
+        return obj
+    path = pathlib.Path(obj)
+    for base, prefix in ((root, ""), (root.parent, "../")):
+        try:
+            return prefix + str(path.relative_to(base))
+        except ValueError:
+            pass
+    home = pathlib.Path.home()
+    return "~/" + str(path.relative_to(home)) if path.is_relative_to(home) else obj
 
 
 def default_test_file(config: dict, task) -> Optional[pathlib.Path]:
@@ -111,6 +131,7 @@ def record_run(workdir: pathlib.Path, out: pathlib.Path, name: str, setting: str
     metrics_file = workdir / "metrics.jsonl"
     if metrics_file.is_file():
         checkpoints.write_text(out / "metrics.jsonl", metrics_file.read_text())
+    record = portable(record)
     checkpoints.write_json(out / RECORD_FILE, record)
     return record
 
@@ -140,10 +161,12 @@ def record(workdir: str | os.PathLike, name: str, *, setting: Optional[str] = No
             written.append(record_run(stage, out / row["model"], f"{name}/{row['model']}", label,
                                       order=order, test_file=test, find_test_file=find_test_file,
                                       provenance_dir=workdir))
-        checkpoints.write_json(out / "pipeline.json", report)
+        checkpoints.write_json(out / "pipeline.json", portable(report))
         return written
+    # A pipeline's stage: its invocations are in the pipeline's provenance.json.
+    parent = workdir.parent if (workdir.parent / "pipeline_config.json").is_file() else None
     return [record_run(workdir, out, name, setting or name, test_file=test,
-                       find_test_file=find_test_file)]
+                       find_test_file=find_test_file, provenance_dir=parent)]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -108,3 +108,13 @@ def test_parity_prints_and_records_the_readme_figures(fixtures_dir, tmp_path, ca
     readme.write_text("- parity:\n  <!-- results:parity -->\n  old\n  <!-- /results -->\n")
     tables.main(["--readme", str(readme), "--results-dir", str(tmp_path)])
     assert f"  Max abs error {errors['hidden_states']:.1e} over every hidden state" in readme.read_text()
+
+
+def test_records_name_no_path_of_the_machine(tmp_path):
+    root = tmp_path / "checkout"
+    rec = {"workdir": str(root / "runs" / "x"), "config": {"data_dir": str(tmp_path / "shared" / "glue"),
+                                                          "seed": 3, "task": "mrpc"},
+           "argv": ["launch.train", "relative/path"]}
+    assert record.portable(rec, root) == {
+        "workdir": "runs/x", "config": {"data_dir": "../shared/glue", "seed": 3, "task": "mrpc"},
+        "argv": ["launch.train", "relative/path"]}
