@@ -4,9 +4,10 @@
     python -m launch.tables                     # renders them (and every results table) into README
 
 Runs all-MiniLM-L6-v2 (``assets.minilm_dir()``) through ``hf_import.parity_errors`` against
-transformers' PyTorch ``BertModel`` outputs stored in ``../shared/fixtures/minilm_hf_parity.npz``
-(made where torch is installed; it holds the inputs and transformers' hidden states, attention
-probabilities and pooler output) and prints the max abs error per output. Seconds on a CPU.
+transformers' PyTorch ``BertModel`` outputs stored in ``minilm_hf_parity.npz`` (``tests/fixtures``,
+else ``../shared/fixtures``; made where torch is installed, it holds the inputs and transformers'
+hidden states, attention probabilities and pooler output) and prints the max abs error per output.
+Seconds on a CPU.
 """
 
 from __future__ import annotations
@@ -18,7 +19,10 @@ from typing import Optional, Sequence
 
 from launch import common
 
-DEFAULT_FIXTURE = common.REPO_ROOT.parent / "shared" / "fixtures" / "minilm_hf_parity.npz"
+# The tests' copy where the checkout carries one, else the shared folder beside the checkout.
+FIXTURE_PLACES = (common.REPO_ROOT / "tests" / "fixtures" / "minilm_hf_parity.npz",
+                  common.REPO_ROOT.parent / "shared" / "fixtures" / "minilm_hf_parity.npz")
+DEFAULT_FIXTURE = next((p for p in FIXTURE_PLACES if p.is_file()), FIXTURE_PLACES[-1])
 DEFAULT_OUT = common.REPO_ROOT / "results" / "parity" / "parity.json"
 # What README states, in the order it states it: (key of parity_errors, what it is).
 HEADLINE = (("hidden_states", "every hidden state at real tokens"),
@@ -30,7 +34,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m launch.parity",
                                      description="Max abs errors of our MiniLM against transformers.")
     parser.add_argument("--fixture", default=str(DEFAULT_FIXTURE),
-                        help="transformers' outputs (.npz); default ../shared/fixtures/minilm_hf_parity.npz")
+                        help="transformers' outputs (.npz); default tests/fixtures/minilm_hf_parity.npz, else "
+                             "../shared/fixtures/minilm_hf_parity.npz")
     parser.add_argument("--model", default=None, help="Hugging Face checkpoint (default: MiniLM's)")
     parser.add_argument("--out", default=str(DEFAULT_OUT),
                         help="the record launch.tables renders (default results/parity/parity.json; "
@@ -44,7 +49,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     fixture = pathlib.Path(args.fixture)
     if not fixture.is_file():
         raise FileNotFoundError(f"--fixture {fixture}: no such file (the parity fixture lives in "
-                                "../shared/fixtures beside the checkout)")
+                                "tests/fixtures or ../shared/fixtures beside the checkout)")
     model = args.model or str(assets.minilm_dir())
     errors = hf_import.parity_errors(model, fixture)
     for key, what in HEADLINE:
