@@ -14,7 +14,7 @@
 #
 # Environment: TASK (mrpc), EPOCHS (1, per KD stage), SEEDS ("1 2 3"), ROOT (runs/ablate_<task>),
 # NAME (the records' table: results/<NAME>/, default <task>_quant_ablation; README renders it with
-# <!-- results:<NAME> per_seed -->), PYTHON (.venv/bin/python), BASE (the pipeline config and arg;
+# <!-- results:<NAME> per_seed -->), RESULTS (results, the records' root), PYTHON (.venv/bin/python), BASE (the pipeline config and arg;
 # default the released scripts' hyperparameters on the full task). Rerunning resumes: finished
 # stages are skipped, finished runs recorded again (the records are rewritten the same).
 set -euo pipefail
@@ -24,6 +24,7 @@ EPOCHS=${EPOCHS:-1}
 SEEDS=${SEEDS:-1 2 3}
 ROOT=${ROOT:-runs/ablate_${TASK}}
 NAME=${NAME:-${TASK}_quant_ablation}
+RESULTS=${RESULTS:-results}
 PY=${PYTHON:-.venv/bin/python}
 BASE=${BASE:-configs/pipeline.py:task=${TASK},full,epochs=${EPOCHS},bwn=False,adaptive=False}
 
@@ -49,7 +50,8 @@ for seed in $SEEDS; do
         --config.stages.teacher.checkpoint="$ROOT/base/teacher/$teacher" \
         --config.stages.half.checkpoint="$ROOT/base/half/$half" --config.stages.half.init= \
         --config.seed="$seed" $overrides
-    "$PY" -m launch.record "$run/ternary" --name "$NAME/$key/s$seed" --setting "TWN 0.5× $label"
+    "$PY" -m launch.record "$run/ternary" --name "$NAME/$key/s$seed" --setting "TWN 0.5× $label" \
+        --results-dir "$RESULTS"
   done
 done
-"$PY" -m launch.tables
+"$PY" -m launch.tables --results-dir "$RESULTS"
