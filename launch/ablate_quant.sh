@@ -54,4 +54,8 @@ for seed in $SEEDS; do
         --results-dir "$RESULTS"
   done
 done
-"$PY" -m launch.tables --results-dir "$RESULTS"
+if [ "$RESULTS" = results ]; then
+  "$PY" -m launch.tables   # README's sections, <!-- results:$NAME per_seed --> among them
+else
+  echo "records in $RESULTS/$NAME; README's tables read results/ (python -m launch.tables)"
+fi
