@@ -254,7 +254,8 @@ def forward(params: Mapping[str, Any], spec: ModelSpec, input_ids, token_type_id
 def make_forward(spec: ModelSpec):
     """Jitted ``(params, batch) -> {"logits": ...}`` of the bitwise model, like ``evaluate.forward_fn``."""
     @jax.jit
-    def fn(params, batch):
+    def fn(params, batch, lat_diag=None):  # the Predictor's signature; a 1-1-1 model has no LAT
+        del lat_diag
         return {"logits": forward(params, spec, batch["input_ids"], batch["token_type_ids"],
                                   batch["attention_mask"])}
     return fn

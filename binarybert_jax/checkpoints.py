@@ -13,6 +13,8 @@ before it is in place.
 A *model checkpoint* is a directory::
 
     <dir>/params/      Orbax StandardCheckpointer tree of float32 parameters
+    <dir>/lat_diag/    LAT models only: the diagonal the model was trained with (the optimizer's
+                       second moments of its kernels, ``model.LAT_DIAG``); ``load_lat_diag``
     <dir>/model.json   {"format": "binarybert-jax/model", "version": 1, "spec": ModelSpec, "info": {...}}
 
 written to a temporary sibling and renamed into place, so a crash never leaves a half-written
@@ -40,6 +42,7 @@ log = logging.getLogger(__name__)
 
 MODEL_FORMAT = "binarybert-jax/model"
 MODEL_FORMAT_VERSION = 1
+LAT_DIAG_DIR = "lat_diag"
 
 
 def _checkpointer():
@@ -114,7 +117,7 @@ def write_figure(path: str | os.PathLike, fig, dpi: int = 120) -> None:
 
 
 def save_model(directory: str | os.PathLike, params: Any, spec: ModelSpec,
-               info: Optional[dict] = None) -> pathlib.Path:
+               info: Optional[dict] = None, lat_diag: Optional[Any] = None) -> pathlib.Path:
     """Writes a model checkpoint atomically; replaces an existing one at ``directory``.
 
     Call it on every process with the same arguments (Orbax's save is collective).
@@ -124,6 +127,8 @@ def save_model(directory: str | os.PathLike, params: Any, spec: ModelSpec,
       params: the model's ``params`` tree.
       spec: how to rebuild the model.
       info: free-form JSON metadata (stage, task, metrics, source checkpoint...).
+      lat_diag: a LAT model's diagonal (``train.lat_diagonal``), saved beside the parameters so
+        that evaluation, prediction and export quantize as training did; None for other models.
     """
     final = pathlib.Path(directory).absolute()
     tmp = final.with_name(final.name + ".tmp")
@@ -133,6 +138,8 @@ def save_model(directory: str | os.PathLike, params: Any, spec: ModelSpec,
         tmp.mkdir(parents=True)
     sync(f"save_model:start:{final}")
     save_params(tmp / "params", params)
+    if lat_diag is not None:
+        save_params(tmp / LAT_DIAG_DIR, lat_diag)
     if is_writer():
         meta = {"format": MODEL_FORMAT, "version": MODEL_FORMAT_VERSION, "spec": spec.to_dict(),
                 "info": info or {}}
@@ -170,6 +177,13 @@ def load_model(directory: str | os.PathLike) -> tuple[Any, ModelSpec, dict]:
     meta = read_model_meta(directory)
     params = restore_params(pathlib.Path(directory) / "params")
     return params, ModelSpec.from_dict(meta["spec"]), meta.get("info", {})
+
+
+def load_lat_diag(directory: str | os.PathLike) -> Optional[Any]:
+    """The LAT diagonal saved with a model checkpoint, or None when it has none (not a LAT model,
+    or a LAT checkpoint written before diagonals were saved: it then quantizes with the identity)."""
+    path = pathlib.Path(directory) / LAT_DIAG_DIR
+    return restore_params(path) if path.is_dir() else None
 
 
 def load_model_spec(directory: str | os.PathLike) -> ModelSpec:

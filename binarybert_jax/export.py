@@ -49,11 +49,11 @@ Why codes and scales are exact
   product. The exporter decodes what it is about to write and raises unless that equals
   ``scales * codes`` entry for entry. BWN maps an exact zero weight to code 0 (sign(0) = 0), a
   value one bit cannot hold: such entries are listed in ``P:zeros``.
-  LAT: the codes are the diagonal-free ones unless ``lat_diag`` (the optimizer's second moments,
-  a tree like the params) is passed. Training uses the second moments (``train`` hands them to
-  the model as its ``lat_diag`` collection) but ``launch/export.py`` passes none, so an exported
-  LAT model is quantized with the identity diagonal, not as it was trained: a known gap, left as
-  it is here.
+  LAT: the codes are the diagonal-free ones unless ``lat_diag`` (the optimizer's second moments
+  of the kernels, a tree like the params) is passed. Training quantizes with it (``train`` hands
+  it to the model as its ``lat_diag`` collection) and saves it with every model checkpoint;
+  ``launch/export.py`` passes it on (``checkpoints.load_lat_diag``), so an exported LAT model
+  holds the values it was trained and evaluated with.
 
 Loading (``load_packed``)
   Unpacks once into float32 parameters that hold exactly the quantized values, and returns a spec

@@ -13,10 +13,12 @@ import pathlib
 import re
 from typing import Any, Mapping
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 
 from binarybert_jax.errors import UserError
-from binarybert_jax.model import BertConfig
+from binarybert_jax.model import BertConfig, BertModel
 from binarybert_jax.trees import flatten, unflatten  # noqa: F401  (re-exported)
 
 log = logging.getLogger(__name__)
@@ -210,6 +212,40 @@ def load_hf_checkpoint(model_dir: str | pathlib.Path) -> tuple[BertConfig, dict[
     except CheckpointError as e:
         raise CheckpointError(f"{model_dir / 'model.safetensors'}: {e}") from None
     return config, flat
+
+
+def parity_errors(model_dir: str | pathlib.Path, fixture: str | pathlib.Path) -> dict[str, float]:
+    """Max abs errors of our full-precision forward against transformers' ``BertModel`` outputs.
+
+    Args:
+      model_dir: the Hugging Face checkpoint the fixture was made from (all-MiniLM-L6-v2 for
+        ``minilm_hf_parity.npz``).
+      fixture: an ``.npz`` with ``input_ids``, ``token_type_ids``, ``attention_mask`` (B, T) and
+        transformers' ``hidden_states`` (L+1, B, T, H), ``attentions`` (L, B, heads, T, T) and
+        ``pooler_output`` (B, H) for them.
+    Returns:
+      ``hidden_<i>`` (over real tokens), ``attention_<i>`` (rows of real queries), ``pooler``, and
+      their maxima ``hidden_states``, ``attention_probs``. Padding positions are left out: they
+      depend on the additive mask constant (transformers: the dtype's minimum; ours: −10000).
+    """
+    config, flat = load_hf_checkpoint(model_dir)
+    ref = dict(np.load(fixture))
+    model = BertModel(config, head="none")
+    ids, types, mask = (jnp.asarray(ref[k]) for k in ("input_ids", "token_type_ids", "attention_mask"))
+    init = jax.eval_shape(lambda: model.init(jax.random.key(0), ids, types, mask))["params"]
+    params = merge_pretrained(init, flat, str(model_dir))
+    out = jax.jit(lambda p: model.apply({"params": p}, ids, types, mask, output_attention_probs=True))(params)
+    real = ref["attention_mask"].astype(bool)
+    errors = {}
+    for i in range(config.num_layers + 1):
+        errors[f"hidden_{i}"] = float(np.abs(np.asarray(out["hidden_states"][i]) - ref["hidden_states"][i])[real].max())
+    for i in range(config.num_layers):
+        rows = np.broadcast_to(real[:, None, :, None], ref["attentions"][i].shape)
+        errors[f"attention_{i}"] = float(np.abs(np.asarray(out["attention_probs"][i]) - ref["attentions"][i])[rows].max())
+    errors["pooler"] = float(np.abs(np.asarray(out["pooled"]) - ref["pooler_output"]).max())
+    errors["hidden_states"] = max(v for k, v in errors.items() if k.startswith("hidden_"))
+    errors["attention_probs"] = max(v for k, v in errors.items() if k.startswith("attention_"))
+    return errors
 
 
 def to_hf_tensors(params: Mapping[str, Any], prefix: str = "") -> dict[str, np.ndarray]:

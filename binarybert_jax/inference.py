@@ -13,7 +13,8 @@
   Such a file's kind is ``bitwise``.
 * a model checkpoint directory (``checkpoints.save_model``, with ``model.json``): its spec as
   trained, so a quantized model re-quantizes its latent weights in every forward pass, as in
-  training and evaluation. The logits equal the packed file's (``export``'s docstring says why
+  training and evaluation (a LAT model with the diagonal it was trained with, saved beside its
+  parameters: ``checkpoints.load_lat_diag``). The logits equal the packed file's (``export``'s docstring says why
   they match bitwise in practice and where they could differ by float rounding).
 
 Predictions go through the same encoding (``data.encode.encode_examples``) and evaluation
@@ -66,6 +67,7 @@ class Predictor:
       kind: ``packed``, ``bitwise`` or ``checkpoint``.
       info: the saved model's free-form info.
       path: where it was loaded from.
+      lat_diag: a LAT checkpoint's diagonal (``checkpoints.load_lat_diag``), else None.
     """
 
     spec: ModelSpec
@@ -75,6 +77,7 @@ class Predictor:
     info: dict
     path: pathlib.Path
     _apply: Callable = dataclasses.field(repr=False, compare=False)
+    lat_diag: Optional[Any] = dataclasses.field(default=None, repr=False, compare=False)
 
     @property
     def num_labels(self) -> int:
@@ -90,7 +93,7 @@ class Predictor:
           ``(B, num_labels)`` float32 logits (a span head: ``(B, T, 2)``), on the device (not
           blocked on).
         """
-        return self._apply(self.params, {k: batch[k] for k in MODEL_INPUTS})["logits"]
+        return self._apply(self.params, {k: batch[k] for k in MODEL_INPUTS}, self.lat_diag)["logits"]
 
 
 def _find_tokenizer(candidates: Sequence[Any]) -> Optional[pathlib.Path]:
@@ -123,6 +126,7 @@ def load_predictor(path: str | os.PathLike) -> Predictor:
         return Predictor(spec=spec, params=jax.device_put(params),
                          tokenizer_dir=_find_tokenizer([info.get(k) for k in TOKENIZER_INFO_KEYS]),
                          kind=BITWISE, info=dict(info), path=path, _apply=bitwise.make_forward(spec))
+    lat_diag = None
     if path.is_file():
         params, spec, info = export.load_packed(path)
         kind, candidates = PACKED, [info.get(k) for k in TOKENIZER_INFO_KEYS]
@@ -134,6 +138,7 @@ def load_predictor(path: str | os.PathLike) -> Predictor:
                 f"file written by launch.export; a Hugging Face backbone has no task head to "
                 f"predict with)")
         params, spec, info = checkpoints.load_model(path)
+        lat_diag = checkpoints.load_lat_diag(path)
         kind = CHECKPOINT
         candidates = [path] + [info.get(k) for k in TOKENIZER_INFO_KEYS]
     else:
@@ -144,7 +149,8 @@ def load_predictor(path: str | os.PathLike) -> Predictor:
     spec = spec.without_axis()
     return Predictor(spec=spec, params=jax.device_put(params),
                      tokenizer_dir=_find_tokenizer(candidates), kind=kind, info=dict(info),
-                     path=path, _apply=evaluate.forward_fn(spec))
+                     path=path, lat_diag=None if lat_diag is None else jax.device_put(lat_diag),
+                     _apply=evaluate.forward_fn(spec))
 
 
 def _check_length(predictor: Predictor, max_length: int) -> None:

@@ -41,6 +41,10 @@ import numpy as np
 from jax import lax
 
 from binarybert_jax import quant
+from binarybert_jax.trees import flatten, unflatten
+
+# The variable collection that holds LAT's diagonal (the optimizer's second moments) per kernel.
+LAT_DIAG = "lat_diag"
 
 # The released code's additive mask constant (Hugging Face uses the dtype's minimum instead).
 MASK_VALUE = -10000.0
@@ -352,7 +356,7 @@ class QuantDense(nn.Module, _ActQuantMixin):
         bias = self.param("bias", nn.initializers.zeros, lead + (self.features,), jnp.float32)
         if not self.quantized:
             return jnp.dot(x.astype(self.dtype), kernel.astype(self.dtype)) + bias.astype(self.dtype)
-        diag = self.get_variable("lat_diag", "kernel") if self.has_variable("lat_diag", "kernel") else None
+        diag = self.get_variable(LAT_DIAG, "kernel") if self.has_variable(LAT_DIAG, "kernel") else None
         axes = quant.LAYERWISE if cfg.weight_granularity == "layer" else (-2,)
         w = quant.quantize_weight(kernel, cfg.weight_method, cfg.weight_bits, axes, diag)
         token_axes = tuple(range(1, x.ndim - 1))
@@ -626,6 +630,28 @@ class ModelSpec:
     def from_dict(cls, d: dict) -> "ModelSpec":
         return cls(BertConfig.from_dict(d["config"]), QuantConfig.from_dict(d["quant"]),
                    d.get("head", "classification"), int(d.get("num_labels", 2)))
+
+
+def uses_lat_diag(quant_cfg: QuantConfig) -> bool:
+    """Whether the model reads a ``lat_diag`` collection: LAT-quantized Transformer weights (the
+    word embedding's LAT, like the released code's, quantizes with the identity)."""
+    return quant_cfg.weight_method == "lat" and quant_cfg.weight_bits < quant.FULL_PRECISION_BITS
+
+
+def lat_diag_from_moments(moments: Optional[dict]) -> Optional[dict]:
+    """The model's ``lat_diag`` collection from the optimizer's second moments (a tree like the
+    parameters, ``optim.second_moments``): the ``kernel`` entries, the only ones ``QuantDense``
+    reads. Saved with a checkpoint and handed to the exporter, so that nothing else (an embedding's
+    moments, say) can be taken for a diagonal the trained forward never used."""
+    if moments is None:
+        return None
+    kept = {k: v for k, v in flatten(moments).items() if k.rsplit("/", 1)[-1] == "kernel"}
+    return unflatten(kept) if kept else None
+
+
+def model_variables(params, lat_diag: Optional[dict] = None) -> dict:
+    """The variables ``BertModel.apply`` takes: ``params``, plus LAT's diagonal when there is one."""
+    return {"params": params} if lat_diag is None else {"params": params, LAT_DIAG: lat_diag}
 
 
 def calibrate_lsq_steps(model: BertModel, params, input_ids, token_type_ids=None, attention_mask=None):

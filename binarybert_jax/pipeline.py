@@ -15,7 +15,7 @@ one (configs/pipeline.py has the paper's recipe). A stage is one of four kinds:
 
 Every stage writes its outputs under ``workdir/<name>`` and is skipped when complete; a training
 stage resumes inside itself (train.py). Rerun the same command after an interruption. The report
-(``results.json``, ``results.md``, ``learning_curves.png``) has one row per trained stage.
+(``results.json``, ``results.md``, ``training_curves.png``) has one row per trained stage.
 A key the pipeline would not honour is an error naming it: every setting a user can see takes effect.
 """
 
@@ -131,7 +131,7 @@ def _train(config, workdir: pathlib.Path, name: str, outputs: dict, context: dic
     description = section.description.format(**context)
     if section.checkpoint:  # a trained model given instead of training one
         spec = checkpoints.load_model_spec(section.checkpoint)
-        dev = checkpoints.load_model(section.checkpoint)[2].get("dev", {})
+        dev = checkpoints.read_model_meta(section.checkpoint).get("info", {}).get("dev", {})
         return StageResult(name, f"{description} (given)", section.checkpoint,
                            section.checkpoint, dev, dev, spec)
     c = stage_config(config, name, outputs.get(section.teacher, ""), outputs.get(section.init, ""))
@@ -267,7 +267,7 @@ def _bits_label(spec: ModelSpec) -> str:
 
 
 def write_report(workdir: pathlib.Path, task, rows: list[StageResult], config, adaptive_info) -> dict:
-    """Writes results.json, results.md and learning_curves.png; returns the report dict."""
+    """Writes results.json, results.md and training_curves.png; returns the report dict."""
     seq = config.max_seq_length or task.max_seq_length
     main = metrics.main_metric(task)
     table = []
@@ -310,32 +310,65 @@ def write_report(workdir: pathlib.Path, task, rows: list[StageResult], config, a
             for name, b in adaptive_info["orders_right_after_split"].items():
                 lines.append(f"| {name} | {b['split']} | {b['size_mb']:.2f} | {100 * b['dev'][main]:.1f} |")
     checkpoints.write_text(workdir / "results.md", "\n".join(lines) + "\n")
-    plot_learning_curves(workdir / "learning_curves.png", rows, main)
+    plot_training_curves(workdir / "training_curves.png", rows, main)
     print("\n".join(lines))
     return out
 
 
-def plot_learning_curves(path: pathlib.Path, rows: list[StageResult], main: str) -> None:
-    """The dev metric over training steps for every stage's evaluated phases."""
+def training_curves(workdir: str | pathlib.Path, main: str) -> dict[str, dict[str, list]]:
+    """Per phase of a training run, from its ``metrics.jsonl``: ``loss`` ``[(step, total loss)]``
+    as logged (means over the logging window) and ``dev`` ``[(step, dev main metric)]`` at each
+    evaluation. A resumed run logs some steps twice; the last value of a step wins."""
+    curves: dict[str, dict[str, dict]] = {}
+    for line in (pathlib.Path(workdir) / "metrics.jsonl").read_text().splitlines():
+        m = json.loads(line)
+        phase = curves.setdefault(m["phase"], {"loss": {}, "dev": {}})
+        if "total" in m:
+            phase["loss"][m["step"]] = m["total"]
+        if f"eval/{main}" in m:
+            phase["dev"][m["step"]] = m[f"eval/{main}"]
+    return {p: {k: sorted(v.items()) for k, v in c.items()} for p, c in curves.items()}
+
+
+def plot_training_curves(path: pathlib.Path, rows: list[StageResult], main: str) -> None:
+    """The paper's training curves: the training loss of every quantized model (TWN 0.5×, TWS 1×,
+    BWN, ...) over its steps, one panel per KD phase (stage 1: intermediate-layer distillation,
+    stage 2: prediction-layer), with the dev metric at each evaluation on a second axis (stage 1
+    trains no logits, so it has none). The paper's point, TWS reaching a lower loss than BWN,
+    reads off the panels directly."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    fig, ax = plt.subplots(figsize=(8, 4.5))
-    for r in rows:
-        if not r.workdir or not (pathlib.Path(r.workdir) / "metrics.jsonl").is_file():
-            continue
-        points = {}
-        for line in (pathlib.Path(r.workdir) / "metrics.jsonl").read_text().splitlines():
-            m = json.loads(line)
-            if f"eval/{main}" in m:
-                points.setdefault(m["phase"], []).append((m["step"], m[f"eval/{main}"]))
-        for phase, pts in points.items():
-            steps, values = zip(*sorted(pts))
-            ax.plot(steps, np.asarray(values) * 100, marker="o", label=f"{r.name} ({phase})")
-    ax.set_xlabel("step")
-    ax.set_ylabel(f"dev {main} ×100")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    runs = [(r, training_curves(r.workdir, main)) for r in rows
+            if r.workdir and r.spec.quant.weight_bits < 32
+            and (pathlib.Path(r.workdir) / "metrics.jsonl").is_file()]
+    phases = sorted({p for _, curves in runs for p in curves}) or ["(no quantized training runs)"]
+    fig, axes = plt.subplots(1, len(phases), figsize=(6 * len(phases), 4.5), squeeze=False)
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for ax, phase in zip(axes[0], phases):
+        dev_ax = None
+        for i, (r, curves) in enumerate(runs):
+            if phase not in curves:
+                continue
+            color = colors[i % len(colors)]
+            if curves[phase]["loss"]:
+                steps, loss = zip(*curves[phase]["loss"])
+                ax.plot(steps, loss, color=color, label=r.description)
+            if curves[phase]["dev"]:
+                dev_ax = dev_ax or ax.twinx()
+                steps, dev = zip(*curves[phase]["dev"])
+                dev_ax.plot(steps, np.asarray(dev) * 100, color=color, linestyle="--", marker="o",
+                            label=f"{r.description}: dev {main}")
+        ax.set_title({"stage1": "stage 1: intermediate-layer KD", "stage2": "stage 2: prediction-layer KD"}
+                     .get(phase, phase))
+        ax.set_xlabel("step")
+        ax.set_ylabel("training loss (solid)")
+        ax.set_yscale("log")
+        ax.grid(alpha=0.3)
+        if runs:
+            ax.legend(fontsize=7, loc="upper right")
+        if dev_ax is not None:
+            dev_ax.set_ylabel(f"dev {main} ×100 (dashed, at each evaluation)")
     fig.tight_layout()
     checkpoints.write_figure(path, fig)
     plt.close(fig)

@@ -13,7 +13,8 @@ Workdir layout::
     <phase>/ckpt/<step>/         periodic train-state checkpoints (Orbax, atomic, last k kept)
     <phase>/best/, <phase>/final model checkpoints (checkpoints.save_model), best by the task's main metric
     metrics.jsonl, tb/           measurements (JSON lines and TensorBoard)
-    results.json                 per phase: best and final dev metrics and checkpoint paths
+    results.json                 per phase: best and final dev metrics, checkpoint paths, wall seconds
+    provenance.json              written by the mains (launch/): commit, command, wall time per invocation
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ import optax
 from jax import lax
 from jax.sharding import PartitionSpec as P
 
-from binarybert_jax import checkpoints, evaluate, kd, metrics, optim, resolve
+from binarybert_jax import checkpoints, evaluate, kd, metrics, model as M, optim, resolve
 from binarybert_jax.data import batching, tasks
 from binarybert_jax.errors import ConfigError, UserError
 from binarybert_jax.model import BertModel, ModelSpec, calibrate_lsq_steps
@@ -100,6 +101,14 @@ class _StopSignals:
             signal.signal(sig, handler)
 
 
+def lat_diagonal(state: TrainState) -> Optional[dict]:
+    """LAT's diagonal for the parameters of ``state``: the optimizer's second moments of the
+    kernels (``model.lat_diag_from_moments``). The train step quantizes with it, and so do the
+    evaluations, the saved model checkpoints and whatever loads them, so that the model scored and
+    exported is the one trained."""
+    return M.lat_diag_from_moments(optim.second_moments(state.opt_state))
+
+
 # ==============================================================================================
 # The update step.
 # ==============================================================================================
@@ -119,7 +128,7 @@ def make_train_step(student: BertModel, teacher: Optional[BertModel], tx: optax.
     The state buffers are donated; the RNG is folded with the step and the device index; nothing
     inside syncs with the host.
     """
-    lat = student.quant_cfg.weight_method == "lat" or student.quant_cfg.embed_method == "lat"
+    lat = M.uses_lat_diag(student.quant_cfg)
     qkv = objective == "dmd"  # Q, K, V before binarization: only direction matching reads them
 
     def per_device(state: TrainState, teacher_params, batch, rng):
@@ -131,12 +140,10 @@ def make_train_step(student: BertModel, teacher: Optional[BertModel], tx: optax.
             teacher_out = lax.stop_gradient(teacher.apply(
                 {"params": teacher_params}, *inputs, deterministic=not teacher_dropout,
                 rngs={"dropout": teacher_rng}, output_qkv=qkv))
-        extra = {}
-        if lat:
-            extra["lat_diag"] = optim.second_moments(state.opt_state)
+        lat_diag = lat_diagonal(state) if lat else None
 
         def loss_fn(params):
-            out = student.apply({"params": params, **extra}, *inputs, deterministic=False,
+            out = student.apply(M.model_variables(params, lat_diag), *inputs, deterministic=False,
                                 rngs={"dropout": student_rng}, output_qkv=qkv)
             terms = kd.kd_losses(out, teacher_out, batch, objective=objective,
                                  is_regression=is_regression, temperature=temperature,
@@ -235,6 +242,8 @@ def _train_phase(config, workdir, phase, spec, task, train_arrays, eval_sets, te
         log.info("phase %s already complete in %s; skipping", phase.name, phase_dir)
         return checkpoints.read_json(results_file)
 
+    started = time.perf_counter()
+
     # ---- Optimizer and schedule ------------------------------------------------------------
     steps_per_epoch = batching.num_batches(len(train_arrays["input_ids"]), config.batch_size,
                                            drop_remainder=True)
@@ -260,9 +269,12 @@ def _train_phase(config, workdir, phase, spec, task, train_arrays, eval_sets, te
     latest = restored[0] if restored else None
     if restored is not None:
         _, state, meta = restored
+        # Wall time of the work the checkpoint holds (what a killed run did after it is redone).
+        elapsed_before = float(meta.pop("elapsed_s", 0.0))
         log.info("phase %s: resuming from step %d in %s", phase.name, latest, ckpts.directory)
     else:
         meta = {"best": None, "best_step": None}
+        elapsed_before = 0.0
         params, source, has_quant = resolve.load_init_params(config, init_params, previous)
         log.info("phase %s: student initialised from %s", phase.name, source)
         if spec.quant.act_method == "lsq" and spec.quant.quantizes_acts and not has_quant:
@@ -284,6 +296,7 @@ def _train_phase(config, workdir, phase, spec, task, train_arrays, eval_sets, te
                                  ignore_padding=config.kd.ignore_padding,
                                  teacher_dropout=config.kd.teacher_dropout, span=task.head == "span")
     predict_step = evaluate.make_predict_step(student, mesh)
+    lat = M.uses_lat_diag(spec.quant)
     buckets = tuple(config.bucket_lengths) or None
     rng = jax.random.key(config.seed + 1)
     eval_every = config.eval_every_steps or steps_per_epoch
@@ -296,6 +309,7 @@ def _train_phase(config, workdir, phase, spec, task, train_arrays, eval_sets, te
     run_steps = 0
     pending: list = []  # device-side measurements not yet checked on the host (no sync per step)
     last_saved = latest
+    last_eval: Optional[tuple[int, dict]] = None  # (step, scores) of the latest evaluation
     stopped_early = False
     from tqdm.auto import tqdm
     bar = tqdm(total=total_steps, initial=step, desc=phase.name, unit="step",
@@ -331,14 +345,17 @@ def _train_phase(config, workdir, phase, spec, task, train_arrays, eval_sets, te
                     _check_finite(fetched, phase.name)
                     if fetched:
                         _log_mean(writer, phase.name, fetched)
+                    lat_diag = lat_diagonal(state) if lat else None
                     scores = evaluate.evaluate(predict_step, state.params, task, eval_sets,
-                                               config.eval_batch_size, mesh, buckets)
+                                               config.eval_batch_size, mesh, buckets, lat_diag)
+                    last_eval = (step, scores)
                     writer.write(phase.name, step, {f"eval/{k}": v for k, v in scores.items()})
                     log.info("phase %s step %d: %s", phase.name, step, scores)
                     if meta["best"] is None or scores[main_metric] > meta["best"][main_metric]:
                         meta = {"best": scores, "best_step": step}
                         checkpoints.save_model(best_dir, jax.device_get(state.params), spec,
-                                               {**record, "step": step, "dev": scores})
+                                               {**record, "step": step, "dev": scores},
+                                               lat_diag=jax.device_get(lat_diag))
 
                 # ---- Checkpoint ----
                 stopped_early = bool(config.stop_after_steps and run_steps >= config.stop_after_steps
@@ -350,7 +367,8 @@ def _train_phase(config, workdir, phase, spec, task, train_arrays, eval_sets, te
                     _check_finite(fetched, phase.name)
                     if fetched:
                         _log_mean(writer, phase.name, fetched)
-                    ckpts.save(step, state, meta)
+                    elapsed = elapsed_before + time.perf_counter() - started
+                    ckpts.save(step, state, {**meta, "elapsed_s": elapsed})
                     last_saved = step
                 if signals.received is not None:
                     raise Interrupted(signals.received, phase.name, step, workdir)
@@ -366,12 +384,20 @@ def _train_phase(config, workdir, phase, spec, task, train_arrays, eval_sets, te
         # ---- Final evaluation and checkpoints ----------------------------------------------
         if stopped_early:
             return {"interrupted": True, "step": step}
-        final_scores = (evaluate.evaluate(predict_step, state.params, task, eval_sets,
-                                          config.eval_batch_size, mesh, buckets) if evaluates else {})
+        lat_diag = lat_diagonal(state) if lat else None
+        if not evaluates:
+            final_scores = {}
+        elif last_eval is not None and last_eval[0] == step:
+            final_scores = last_eval[1]  # the loop scored these very parameters at its last step
+        else:
+            final_scores = evaluate.evaluate(predict_step, state.params, task, eval_sets,
+                                             config.eval_batch_size, mesh, buckets, lat_diag)
+        wall_seconds = elapsed_before + time.perf_counter() - started
         if step != last_saved:
-            ckpts.save(step, state, meta)
+            ckpts.save(step, state, {**meta, "elapsed_s": wall_seconds})
         checkpoints.save_model(final_dir, jax.device_get(state.params), spec,
-                               {**record, "step": step, "dev": final_scores})
+                               {**record, "step": step, "dev": final_scores},
+                               lat_diag=jax.device_get(lat_diag))
     except NonFiniteLossError as e:
         raise _stop_on_nonfinite(e, ckpts) from None
     finally:
@@ -382,7 +408,7 @@ def _train_phase(config, workdir, phase, spec, task, train_arrays, eval_sets, te
               "best_step": meta["best_step"] if meta["best"] else step,
               "final_checkpoint": str(final_dir.relative_to(workdir)),
               "best_checkpoint": str((best_dir if meta["best"] else final_dir).relative_to(workdir)),
-              "main_metric": main_metric}
+              "main_metric": main_metric, "wall_seconds": round(wall_seconds, 1)}
     checkpoints.write_json(results_file, result)
     return result
 
@@ -437,6 +463,7 @@ def _run_phases(config, workdir: pathlib.Path, task: tasks.TaskSpec, mesh, spec:
         writer.close()
     last = results[-1]
     summary = {"task": task.name, "phases": results, "best": last["best"], "final": last["final"],
+               "wall_seconds": round(sum(r.get("wall_seconds", 0.0) for r in results), 1),
                "best_checkpoint": last["best_checkpoint"], "final_checkpoint": last["final_checkpoint"],
                "main_metric": last["main_metric"], "spec": spec.to_dict()}
     checkpoints.write_json(workdir / "results.json", summary)

@@ -6,7 +6,7 @@ sentences shipped in data/glue_slice (origin in its README), the full SST-2 dev 
     python -m launch.pipeline --config configs/pipeline.py --workdir runs/pipeline_default
 
 About 15 minutes on 2 CPU cores. Then ``results.md``, ``results.json`` and
-``learning_curves.png`` are in the workdir.
+``training_curves.png`` are in the workdir.
 
 The paper's setting on a full GLUE task (hours on a CPU; use a GPU/TPU)::
 

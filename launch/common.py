@@ -7,10 +7,14 @@ traceback.
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import importlib.util
 import logging
+import pathlib
+import subprocess
 import sys
+import time
 from typing import Callable, Sequence
 
 EXIT_USER_ERROR = 2
@@ -63,6 +67,69 @@ def initialize_distributed(flag_values) -> None:
                                    process_id=flag_values.process_id)
     else:
         jax.distributed.initialize()
+
+
+REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
+PROVENANCE_FILE = "provenance.json"
+
+
+def git_state(root: pathlib.Path = REPO_ROOT) -> dict:
+    """``{"git_commit": sha, "git_dirty": bool}`` of the code at ``root`` (dirty: tracked files
+    differ from the commit); both None where ``root`` is not a git checkout or git is missing."""
+    try:
+        commit = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True,
+                                text=True, check=True, timeout=30).stdout.strip()
+        status = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+                                capture_output=True, text=True, check=True, timeout=30).stdout
+    except (OSError, subprocess.SubprocessError):
+        return {"git_commit": None, "git_dirty": None}
+    return {"git_commit": commit, "git_dirty": bool(status.strip())}
+
+
+@contextlib.contextmanager
+def provenance(workdir, argv: Sequence[str]):
+    """Appends this invocation (command, commit, start, wall seconds, outcome) to the workdir's
+    ``provenance.json`` when the block ends, however it ends, if the workdir exists by then: what
+    ``launch.record`` reads to say which code produced a run and how long it took."""
+    from binarybert_jax import checkpoints
+    started, outcome = time.time(), "interrupted"
+    entry = {"argv": list(argv), **git_state(), "started": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(started))}
+    try:
+        yield
+        outcome = "finished"
+    except SystemExit as e:
+        outcome = "finished" if not e.code else f"exit {e.code}"
+        raise
+    except BaseException as e:
+        outcome = f"failed: {type(e).__name__}"
+        raise
+    finally:
+        path = pathlib.Path(workdir) / PROVENANCE_FILE
+        if path.parent.is_dir():
+            previous = checkpoints.read_json(path) if path.is_file() else []
+            checkpoints.write_json(path, previous + [
+                dict(entry, wall_seconds=round(time.time() - started, 1), outcome=outcome)])
+
+
+COMPILATION_CACHE_ENV = "BINARYBERT_JAX_CACHE"
+
+
+def enable_compilation_cache() -> str | None:
+    """Turns on JAX's persistent compilation cache, so that the programs a run compiles (the train
+    step, the evaluation forward per bucket length) are compiled once across stages, reruns and
+    runs, then read from disk. Directory: ``$BINARYBERT_JAX_CACHE``, else ``<assets.cache_dir()>/jax``;
+    ``BINARYBERT_JAX_CACHE=off`` leaves it off. Returns the directory (None when off)."""
+    import os
+    import jax
+    from binarybert_jax import assets
+    where = os.environ.get(COMPILATION_CACHE_ENV, str(assets.cache_dir() / "jax"))
+    if where.lower() in ("off", "0", "none", ""):
+        return None
+    jax.config.update("jax_compilation_cache_dir", where)
+    # Seconds: the train steps take several to compile, the evaluation forwards about one; smaller
+    # programs are cheaper to compile than to look up.
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+    return where
 
 
 def fail(message: str, code: int = EXIT_USER_ERROR):

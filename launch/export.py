@@ -4,7 +4,8 @@
 
 Binary weights take 1 bit on disk, ternary 2, k-bit k; everything else stays float32. Prints the
 file size beside the size accounting (``binarybert_jax.size``) and the float32 checkpoint's size.
-The format is described in ``binarybert_jax.export``; ``export.load_packed`` reads it back into
+A LAT model is packed with the diagonal it was trained with (saved in its checkpoint), so the file
+holds the values training used. The format is described in ``binarybert_jax.export``; ``export.load_packed`` reads it back into
 parameters for the normal model. Seconds on a CPU for BERT-base. Flags are parsed with argparse
 so ``main(argv)`` can be called repeatedly in-process (tests).
 """
@@ -39,7 +40,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     params, spec, info = checkpoints.load_model(args.ckpt)
     info = dict(info, source_checkpoint=str(pathlib.Path(args.ckpt).absolute()))
-    summary = export.export_packed(params, spec, args.out, info=info)
+    summary = export.export_packed(params, spec, args.out, info=info,
+                                   lat_diag=checkpoints.load_lat_diag(args.ckpt))
     papers = size.model_size_bits(spec)
     acct = summary.accounting
     ckpt_bytes = _dir_bytes(pathlib.Path(args.ckpt))

@@ -7,6 +7,8 @@ Each stage is skipped when its outputs exist; rerunning the command resumes an i
 
 from __future__ import annotations
 
+import sys
+
 from absl import app, flags
 from ml_collections import config_flags
 
@@ -23,10 +25,12 @@ def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     common.setup_logging()
+    common.enable_compilation_cache()
     import jax
     common.initialize_distributed(FLAGS)
     from binarybert_jax import pipeline
-    common.run_guarded(pipeline.run_pipeline, FLAGS.config, FLAGS.workdir)
+    with common.provenance(FLAGS.workdir, sys.argv):
+        common.run_guarded(pipeline.run_pipeline, FLAGS.config, FLAGS.workdir)
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ Rerunning the same command resumes from the workdir's latest checkpoint.
 from __future__ import annotations
 
 import json
+import sys
 
 from absl import app, flags
 from ml_collections import config_flags
@@ -26,10 +27,12 @@ def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     common.setup_logging()
+    common.enable_compilation_cache()
     import jax
     common.initialize_distributed(FLAGS)
     from binarybert_jax import train
-    results = common.run_guarded(train.train_and_evaluate, FLAGS.config, FLAGS.workdir)
+    with common.provenance(FLAGS.workdir, sys.argv):
+        results = common.run_guarded(train.train_and_evaluate, FLAGS.config, FLAGS.workdir)
     if jax.process_index() == 0:
         print(json.dumps({k: results.get(k) for k in ("task", "best", "final", "best_checkpoint",
                                                         "final_checkpoint", "interrupted", "step")

@@ -24,25 +24,11 @@ def minilm(minilm_dir):
     return config, flat
 
 
-def test_minilm_matches_transformers(minilm, parity):
-    config, flat = minilm
+def test_minilm_matches_transformers(minilm, minilm_dir, fixtures_dir):
+    config, _ = minilm
     assert (config.num_layers, config.hidden_size, config.num_heads, config.head_dim) == (6, 384, 12, 32)
-    model = M.BertModel(config, head="none")
-    ids, types, mask = (jnp.asarray(parity[k]) for k in ("input_ids", "token_type_ids", "attention_mask"))
-    init = jax.eval_shape(lambda: model.init(jax.random.key(0), ids, types, mask))["params"]
-    params = hf_import.merge_pretrained(init, flat, "MiniLM")
-    out = jax.jit(lambda p: model.apply({"params": p}, ids, types, mask, output_attention_probs=True))(params)
-    real = parity["attention_mask"].astype(bool)
-    # Padding positions depend on the additive mask constant (HF: dtype min; ours: −10000), so
-    # hidden states are compared at real tokens, attention rows of real queries.
-    errors = {}
-    for i in range(config.num_layers + 1):
-        errors[f"hidden_{i}"] = np.abs(np.asarray(out["hidden_states"][i]) - parity["hidden_states"][i])[real].max()
-    for i in range(config.num_layers):
-        rows = np.broadcast_to(real[:, None, :, None], parity["attentions"][i].shape)
-        errors[f"attention_{i}"] = np.abs(np.asarray(out["attention_probs"][i]) - parity["attentions"][i])[rows].max()
-    errors["pooler"] = np.abs(np.asarray(out["pooled"]) - parity["pooler_output"]).max()
-    np.testing.assert_allclose(np.asarray(out["hidden_states"][-1])[real], parity["last_hidden_state"][real], atol=1e-4)
+    errors = hf_import.parity_errors(minilm_dir, fixtures_dir / "minilm_hf_parity.npz")
+    assert len([k for k in errors if k.startswith("hidden_")]) == 1 + config.num_layers + 1  # + max
     assert max(errors.values()) < 1e-4, errors
 
 

@@ -6,6 +6,7 @@ import pytest
 
 from binarybert_jax import pipeline, checkpoints
 from configs import pipeline as pipeline_config
+from launch import record
 
 
 def _tiny(tiny_pretrained):
@@ -38,7 +39,18 @@ def test_pipeline_end_to_end_and_rerun_skips(tmp_path, tiny_pretrained_1layer):
     assert params["encoder"]["layer_0"]["ffn"]["output"]["kernel"].shape[0] == 2
     md = (tmp_path / "results.md").read_text()
     assert "| TWS 1× (split from TWN 0.5×) | 1-1-8 |" in md
-    assert (tmp_path / "learning_curves.png").stat().st_size > 1000
+    assert (tmp_path / "training_curves.png").stat().st_size > 1000
+    # What the figure draws: each quantized stage's training loss per KD phase, dev at each evaluation.
+    curves = pipeline.training_curves(tmp_path / "tws", "accuracy")
+    assert sorted(curves) == ["stage1", "stage2"] and curves["stage1"]["dev"] == []
+    assert curves["stage1"]["loss"] and all(loss > 0 for _, loss in curves["stage1"]["loss"])
+    assert [s for s, _ in curves["stage2"]["dev"]] == [2]  # two steps, evaluated at the end
+    # Recorded for results/: one record a trained stage, its description the setting.
+    records = record.record(tmp_path, "tiny_pipeline", results_dir=tmp_path / "results",
+                            find_test_file=False)
+    assert [r["name"] for r in records] == [f"tiny_pipeline/{m}" for m in rows]
+    assert records[3]["setting"] == "TWS 1× (split from TWN 0.5×)" and records[3]["best"] == rows["tws"]["best"]
+    assert (tmp_path / "results" / "tiny_pipeline" / "pipeline.json").is_file()
     # A rerun finds every stage complete and reports the same table.
     again = pipeline.run_pipeline(_tiny(tiny_pretrained_1layer), tmp_path)
     assert json.dumps(again["rows"]) == json.dumps(report["rows"])

@@ -9,7 +9,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from binarybert_jax import checkpoints, hf_import, kd, model as M, optim, resolve, sharding, train, trees
+from binarybert_jax import (checkpoints, evaluate, export, hf_import, inference, kd, model as M, optim,
+                            resolve, sharding, train, trees)
+from binarybert_jax.data import glue
+from binarybert_jax.tokenizer import load_tokenizer
 from configs import common
 
 from conftest import run_config, tiny_config
@@ -151,6 +154,61 @@ def test_two_stage_kd_from_teacher_with_lsq_student(tmp_path, tiny_pretrained, g
     assert spec.quant.act_method == "lsq" and spec.config.hidden_act == "relu"
     steps = [v for k, v in hf_import.flatten(params).items() if k.endswith("_step")]
     assert steps and all(float(s) != 1.0 for s in steps)  # calibrated from data, then trained
+
+
+def test_lat_model_is_scored_saved_predicted_and_exported_as_trained(tmp_path, tiny_pretrained, glue_dir):
+    """LAT quantizes with the optimizer's second moments in training; the scores of the loop, the
+    saved checkpoint, the predictor and the packed file must all be that model's, not the
+    identity-diagonal one's. STS-B: its correlations move with any change of a logit."""
+    cfg = _config(tiny_pretrained, glue_dir, task="sts-b", **{"stage2.epochs": 1.0})
+    cfg.student.quant = common.quant_config(2, 32, 32, weight_method="lat")
+    result = train.train_and_evaluate(cfg, tmp_path / "run")
+    ckpt = tmp_path / "run" / result["final_checkpoint"]
+    params, spec, info = checkpoints.load_model(ckpt)
+    diag = checkpoints.load_lat_diag(ckpt)
+
+    # The saved diagonal is the final train state's second moments, kernels only.
+    phase = resolve.phases_for(cfg)[-1]
+    _, tx = train._schedules(cfg, phase, 1)
+    abstract = jax.eval_shape(lambda p: train.TrainState(jnp.zeros((), jnp.int32), p, tx.init(p)), params)
+    _, state, _ = checkpoints.TrainCheckpoints(tmp_path / "run" / phase.name / "ckpt").restore_latest(abstract)
+    trained = hf_import.flatten(train.lat_diagonal(state))
+    saved = hf_import.flatten(diag)
+    assert sorted(saved) == sorted(trained) and all(k.endswith("/kernel") for k in saved)
+    for k in saved:
+        np.testing.assert_array_equal(saved[k], trained[k], err_msg=k)
+
+    # Scored again from the checkpoint on the loop's path: the loop's final scores exactly.
+    task = glue.get_task("sts-b")
+    _, dev = resolve.load_data(cfg, task, load_tokenizer(resolve.tokenizer_dir(cfg)))
+    mesh = sharding.make_mesh()
+    rescored = evaluate.evaluate_model(spec, params, task, dev, cfg.eval_batch_size, mesh, None, diag)
+    assert rescored == result["final"] == info["dev"]
+    identity = evaluate.evaluate_model(spec, params, task, dev, cfg.eval_batch_size, mesh)
+    assert identity["pearson"] != rescored["pearson"]  # the test would see a dropped diagonal
+
+    # The predictor of the checkpoint and of its packed export (launch.export) give that model.
+    from launch import export as export_main
+    assert export_main.main(["--ckpt", str(ckpt), "--out", str(tmp_path / "lat.safetensors")]) == 0
+    examples = glue.read_tsv(glue_dir / "STS-B" / "dev.tsv", task, "dev").examples[:cfg.eval_limit]
+    tokenizer = load_tokenizer(resolve.tokenizer_dir(cfg))
+    from_ckpt = inference.predict_examples(inference.load_predictor(ckpt), tokenizer, examples, 32, 8)
+    packed = inference.predict_examples(inference.load_predictor(tmp_path / "lat.safetensors"),
+                                        tokenizer, examples, 32, 8)
+    np.testing.assert_array_equal(packed, from_ckpt)
+    # Against the loop's own forward (two devices, four rows each, where the predictor runs eight
+    # rows on one): float rounding apart, while the identity diagonal is a different model.
+    step = evaluate.make_predict_step(spec.build(), mesh)
+    replicated = sharding.replicate(params, mesh)
+    loop = evaluate.predict(step, replicated, dev["dev"], cfg.eval_batch_size, mesh,
+                            lat_diag=sharding.replicate(diag, mesh))
+    unscaled = evaluate.predict(step, replicated, dev["dev"], cfg.eval_batch_size, mesh)
+    np.testing.assert_allclose(from_ckpt, loop, rtol=0, atol=1e-6)
+    assert np.abs(unscaled - loop).max() > 1e-3
+    plain, _, _ = export.load_packed(export.export_packed(params, spec, tmp_path / "plain.safetensors").path)
+    assert not np.array_equal(hf_import.flatten(plain)["encoder/layer_0/ffn/intermediate/kernel"],
+                              hf_import.flatten(export.load_packed(tmp_path / "lat.safetensors")[0])[
+                                  "encoder/layer_0/ffn/intermediate/kernel"])
 
 
 def test_head_mismatch_for_attention_distillation_is_clear(tmp_path, tiny_pretrained, glue_dir):

@@ -1,0 +1,207 @@
+"""A small record of a finished run under ``results/``, to commit: results that outlive the machine.
+
+    python -m launch.record runs/mrpc_twn_s1 --name mrpc_ablation/w2a8/s1 --setting "W2A8"
+    python -m launch.record runs/mrpc_w1a8_s1 --name mrpc_w1a8/s1          # a pipeline: one record a stage
+    python -m launch.tables                                                  # README's tables from results/
+
+``WORKDIR`` is a finished ``launch.train`` workdir (``results.json``; a pipeline's stage directory
+is one), or a ``launch.pipeline`` workdir, whose every trained stage becomes a record ``results/NAME/<stage>/`` with the stage's
+description as its setting (plus ``results/NAME/pipeline.json``, the pipeline's report).
+A record directory holds:
+
+    record.json     the setting, task, seed, final and best dev metrics (and step), per phase the same
+                    and its wall seconds, the run's wall seconds, the git commit(s) that ran it (from
+                    the workdir's provenance.json, else the checkout's commit now, marked so), the
+                    resolved config and the model's spec
+    metrics.jsonl   the run's measurements over training, as it logged them
+    <TASK>.tsv      the GLUE submission (``index<TAB>prediction``, launch.predict) for the task's
+                    test file, predicted with the run's best checkpoint; where a test file exists
+                    (``--test-file``, default ``<data_dir or $GLUE_DIR>/<TASK>/test.tsv``)
+
+Records group into README tables by ``setting`` (``launch.tables``: mean ± sample std over the
+seeds of a setting). Checkpoints stay in the workdir, out of git. Every file is written through
+``checkpoints.py``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import pathlib
+import sys
+from typing import Optional, Sequence
+
+from binarybert_jax.errors import UserError
+from launch import common
+
+RECORD_FORMAT, RECORD_VERSION = "binarybert-jax/record", 1
+RECORD_FILE = "record.json"
+DEFAULT_RESULTS = common.REPO_ROOT / "results"
+
+
+def _read_json(path: pathlib.Path):
+    from binarybert_jax import checkpoints
+    return checkpoints.read_json(path)
+
+
+def _provenance(workdir: pathlib.Path, fallback: Optional[pathlib.Path] = None) -> dict:
+    """The invocations that ran the workdir (``provenance.json``) and the commit(s) among them."""
+    for d in (workdir, fallback):
+        if d is not None and (d / common.PROVENANCE_FILE).is_file():
+            runs = _read_json(d / common.PROVENANCE_FILE)
+            commits = sorted({r.get("git_commit") for r in runs if r.get("git_commit")})
+            return {"commits": commits, "dirty": any(r.get("git_dirty") for r in runs),
+                    "source": str(d / common.PROVENANCE_FILE), "invocations": runs}
+    now = common.git_state()
+    return {"commits": [now["git_commit"]] if now["git_commit"] else [], "dirty": now["git_dirty"],
+            "source": "the checkout's commit when recorded (the workdir has no provenance.json)",
+            "invocations": []}
+
+
+def portable(obj, root: pathlib.Path = common.REPO_ROOT):
+    """``obj`` with every absolute path inside the checkout or beside it (``../shared``) made
+    relative to the checkout, and the home directory written ``~``: a committed record names no
+    path of the machine that made it."""
+    if isinstance(obj, dict):
+        return {k: portable(v, root) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [portable(v, root) for v in obj]
+    if not isinstance(obj, str) or not obj.startswith("/"):
+        return obj
+    path = pathlib.Path(obj)
+    for base, prefix in ((root, ""), (root.parent, "../")):
+        try:
+            return prefix + str(path.relative_to(base))
+        except ValueError:
+            pass
+    home = pathlib.Path.home()
+    return "~/" + str(path.relative_to(home)) if path.is_relative_to(home) else obj
+
+
+def default_test_file(config: dict, task) -> Optional[pathlib.Path]:
+    """``<data_dir or $GLUE_DIR>/<TASK>/test.tsv`` when it exists (the data the run trained on)."""
+    root = config.get("data_dir") or os.environ.get("GLUE_DIR", "")
+    if config.get("data_source", "tsv") != "tsv" or not root:
+        return None
+    path = pathlib.Path(root) / task.directory / "test.tsv"
+    return path if path.is_file() else None
+
+
+def record_run(workdir: pathlib.Path, out: pathlib.Path, name: str, setting: str, *, order: int = 0,
+               test_file: Optional[pathlib.Path] = None, find_test_file: bool = True,
+               provenance_dir: Optional[pathlib.Path] = None) -> dict:
+    """Writes the record of one finished ``launch.train`` workdir into ``out``; returns it."""
+    from binarybert_jax import checkpoints
+    from binarybert_jax.data import glue
+    from launch import predict
+    results_file = workdir / "results.json"
+    if not results_file.is_file():
+        raise FileNotFoundError(f"{workdir}: no results.json; the run has not finished (or this is "
+                                "not a launch.train or launch.pipeline workdir)")
+    results = _read_json(results_file)
+    if results.get("interrupted") or "phases" not in results:
+        raise UserError(f"{results_file}: not a finished run's results (no phases)")
+    config = _read_json(workdir / "config.json")
+    task = glue.get_task(results["task"])
+    if find_test_file and test_file is None:
+        test_file = default_test_file(config, task)
+    provenance = _provenance(workdir, provenance_dir)
+    phases = [{k: p.get(k) for k in ("phase", "objective", "steps", "best", "best_step", "final",
+                                       "wall_seconds")} for p in results["phases"]]
+    record = {
+        "format": RECORD_FORMAT, "version": RECORD_VERSION, "name": name, "setting": setting,
+        "order": order, "task": task.name, "seed": config.get("seed"),
+        "main_metric": results["main_metric"], "best": results["best"],
+        "best_step": results["phases"][-1].get("best_step"), "final": results["final"],
+        "wall_seconds": results.get("wall_seconds",
+                                    sum(p.get("wall_seconds") or 0.0 for p in results["phases"])),
+        "phases": phases, "git_commits": provenance["commits"], "git_dirty": provenance["dirty"],
+        "provenance": provenance, "workdir": str(workdir), "spec": results.get("spec"),
+        "config": config, "submission": None}
+    if test_file is not None:
+        submission = out / f"{task.directory}.tsv"
+        best = workdir / results["best_checkpoint"]
+        predict.main(["--model", str(best), "--task", task.name, "--input", str(test_file), "--split", "test",
+                      "--out", str(submission),
+                      "--max-length", str(config.get("max_seq_length") or task.max_seq_length),
+                      "--batch-size", str(config.get("eval_batch_size") or 32)])
+        record["submission"] = {"file": submission.name, "test_file": str(test_file),
+                                "checkpoint": results["best_checkpoint"]}
+    metrics_file = workdir / "metrics.jsonl"
+    if metrics_file.is_file():
+        checkpoints.write_text(out / "metrics.jsonl", metrics_file.read_text())
+    record = portable(record)
+    checkpoints.write_json(out / RECORD_FILE, record)
+    return record
+
+
+def record(workdir: str | os.PathLike, name: str, *, setting: Optional[str] = None,
+           results_dir: str | os.PathLike = DEFAULT_RESULTS, test_file: Optional[str] = None,
+           find_test_file: bool = True) -> list[dict]:
+    """Records a train workdir as ``results_dir/name``, or a pipeline workdir as one record per
+    trained stage under it; returns the records written."""
+    from binarybert_jax import checkpoints
+    workdir, out = pathlib.Path(workdir), pathlib.Path(results_dir) / name
+    test = pathlib.Path(test_file) if test_file else None
+    if test is not None and not test.is_file():
+        raise FileNotFoundError(f"--test-file {test}: no such file")
+    if (workdir / "pipeline_config.json").is_file():
+        report_file = workdir / "results.json"
+        if not report_file.is_file():
+            raise FileNotFoundError(f"{workdir}: a pipeline workdir without results.json; the "
+                                    "pipeline has not finished")
+        report = _read_json(report_file)
+        written = []
+        for order, row in enumerate(report["rows"]):
+            stage = workdir / row["model"]
+            if not (stage / "results.json").is_file():
+                continue  # a given checkpoint (e.g. --config.stages.teacher.checkpoint): no run here
+            label = f"{setting}: {row['description']}" if setting else row["description"]
+            written.append(record_run(stage, out / row["model"], f"{name}/{row['model']}", label,
+                                      order=order, test_file=test, find_test_file=find_test_file,
+                                      provenance_dir=workdir))
+        checkpoints.write_json(out / "pipeline.json", portable(report))
+        return written
+    # A pipeline's stage: its invocations are in the pipeline's provenance.json.
+    parent = workdir.parent if (workdir.parent / "pipeline_config.json").is_file() else None
+    return [record_run(workdir, out, name, setting or name, test_file=test,
+                       find_test_file=find_test_file, provenance_dir=parent)]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m launch.record",
+                                     description="Record a finished run under results/.")
+    parser.add_argument("workdir", help="a finished launch.train or launch.pipeline workdir")
+    parser.add_argument("--name", required=True,
+                        help="the record's path under results/, e.g. mrpc_ablation/w2a8/s1; a README "
+                             "section <!-- results:mrpc_ablation --> tabulates everything under it")
+    parser.add_argument("--setting", default=None,
+                        help="the row this run belongs to in its table (seeds of one setting are "
+                             "averaged); default the name (a pipeline: each stage's description)")
+    parser.add_argument("--results-dir", default=str(DEFAULT_RESULTS),
+                        help="where records go (default: results/ of the checkout)")
+    parser.add_argument("--test-file", default=None,
+                        help="GLUE test TSV to predict with the best checkpoint (default "
+                             "<data_dir or $GLUE_DIR>/<TASK>/test.tsv when it exists)")
+    parser.add_argument("--no-test", action="store_true", help="write no GLUE submission file")
+    return parser
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    if os.path.isabs(args.name) or ".." in pathlib.PurePath(args.name).parts:
+        raise UserError(f"--name {args.name!r} must be a relative path inside the results directory")
+    written = record(args.workdir, args.name, setting=args.setting, results_dir=args.results_dir,
+                     test_file=None if args.no_test else args.test_file,
+                     find_test_file=not args.no_test)
+    for r in written:
+        best = ", ".join(f"{k} {100 * v:.1f}" for k, v in r["best"].items() if "/" not in k)
+        print(f"recorded {r['name']} ({r['setting']}, seed {r['seed']}): best {best}"
+              + (f"; submission {r['submission']['file']}" if r["submission"] else ""))
+    print(json.dumps({"records": [r["name"] for r in written]}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(common.run_guarded(main))

@@ -1,0 +1,179 @@
+"""Rebuilds README's results tables from the records under ``results/``: numbers are regenerated, never typed.
+
+    python -m launch.tables                 # rewrite every marked section of README.md
+    python -m launch.tables --per-seed      # ... with each seed's values beside the mean
+    python -m launch.tables --check         # exit 1 if README.md differs from what results/ gives
+
+A marked section is everything between a line ``<!-- results:NAME [options] -->`` and the next
+``<!-- /results -->`` line; the command replaces it with what the records say:
+
+* ``NAME`` = ``parity``: the sentence of ``results/parity/parity.json`` (``launch.parity``).
+* any other ``NAME``: a table of every record under ``results/NAME/`` (``launch.record``), one row
+  per ``setting`` (in the records' order), one column per metric: the mean ± the sample standard
+  deviation over the setting's records (its seeds), ×100, and ``n``; one record shows its value
+  alone (no spread to show). Options: ``which=best|final`` (the best periodic evaluation on dev, the
+  default, or the final checkpoint's), ``metrics=accuracy,f1`` (default: the task's metrics),
+  ``per_seed`` (every seed's value after each mean, in the order of the seeds listed in the
+  ``seeds`` column; ``--per-seed`` turns it on everywhere), ``wall`` (a column with the mean wall minutes).
+
+A marker naming records that do not exist is an error naming it: a table is never left stale.
+"""
+
+from __future__ import annotations
+
+import argparse
+import pathlib
+import re
+import statistics
+import sys
+from typing import Optional, Sequence
+
+from binarybert_jax.errors import UserError
+from launch import common
+
+DEFAULT_RESULTS = common.REPO_ROOT / "results"
+DEFAULT_README = common.REPO_ROOT / "README.md"
+BEGIN = re.compile(r"^(?P<indent>[ \t]*)<!-- results:(?P<name>[\w./-]+)(?P<options>[^>]*?)\s*-->\s*$")
+END = re.compile(r"^[ \t]*<!-- /results -->\s*$")
+OPTIONS = ("which", "metrics", "per_seed", "wall")
+
+
+def load_records(results_dir: pathlib.Path, name: str) -> list[dict]:
+    """Every ``record.json`` under ``results_dir/name``, in (order, name) order."""
+    from binarybert_jax import checkpoints
+    root = results_dir / name
+    files = sorted(root.rglob("record.json")) if root.is_dir() else []
+    if not files:
+        raise UserError(f"README names results:{name}, but {root} holds no record.json; record runs "
+                        f"with python -m launch.record WORKDIR --name {name}/...")
+    records = [checkpoints.read_json(f) for f in files]
+    return sorted(records, key=lambda r: (r.get("order", 0), r["name"]))
+
+
+def _parse_options(text: str, where: str) -> dict:
+    options = {}
+    for item in text.split():
+        key, _, value = item.partition("=")
+        if key not in OPTIONS:
+            raise UserError(f"{where}: unknown option {key!r}; allowed: {', '.join(OPTIONS)}")
+        options[key] = value or True
+    if options.get("which", "best") not in ("best", "final"):
+        raise UserError(f"{where}: which={options['which']!r}; allowed: best, final")
+    return options
+
+
+def _cell(values: list[float], per_seed: bool) -> str:
+    if len(values) == 1:
+        return f"{values[0]:.1f}"
+    cell = f"{statistics.mean(values):.1f} ± {statistics.stdev(values):.1f}"
+    return cell + (" (" + ", ".join(f"{v:.1f}" for v in values) + ")" if per_seed else "")
+
+
+def render_table(records: list[dict], which: str = "best", metrics: Optional[Sequence[str]] = None,
+                 per_seed: bool = False, wall: bool = False) -> list[str]:
+    """The Markdown lines of one table: one row per setting, mean ± sample std over its records."""
+    from binarybert_jax.data import glue
+    tasks = sorted({r["task"] for r in records})
+    if metrics is None:
+        metrics = [m for m in glue.get_task(tasks[0]).metric_names
+                   if all(m in r[which] for r in records)] if len(tasks) == 1 else []
+        metrics = metrics or sorted(set.intersection(*(set(k for k in r[which] if "/" not in k)
+                                                       for r in records)))
+    settings: dict[str, list[dict]] = {}
+    for r in records:
+        settings.setdefault(r["setting"], []).append(r)
+    header = ["setting", "seeds" if per_seed else "n"] + [f"{m} ({which})" for m in metrics]
+    if wall:
+        header.append("wall min (mean)")
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for setting, runs in settings.items():
+        missing = [(r["name"], m) for r in runs for m in metrics if m not in r[which]]
+        if missing:
+            raise UserError(f"records without the metric: {missing}")
+        runs = sorted(runs, key=lambda r: (r["seed"] is None, r["seed"]))
+        seeds = ", ".join(str(r["seed"]) for r in runs)
+        cells = [setting, f"{len(runs)} ({seeds})" if per_seed else str(len(runs))]
+        cells += [_cell([100 * r[which][m] for r in runs], per_seed) for m in metrics]
+        if wall:
+            cells.append(f"{statistics.mean(r['wall_seconds'] for r in runs) / 60:.1f}")
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
+def render_parity(results_dir: pathlib.Path) -> list[str]:
+    from binarybert_jax import checkpoints
+    path = results_dir / "parity" / "parity.json"
+    if not path.is_file():
+        raise UserError(f"README names results:parity, but {path} does not exist: run python -m launch.parity")
+    e = checkpoints.read_json(path)["errors"]
+    return [f"Max abs error {e['hidden_states']:.1e} over every hidden state at real tokens, "
+            f"{e['attention_probs']:.1e} over attention probabilities, {e['pooler']:.1e} on the "
+            f"pooler output."]
+
+
+def rebuild(text: str, results_dir: pathlib.Path, per_seed: bool = False, where: str = "README") -> str:
+    """``text`` with every marked section re-rendered from ``results_dir``."""
+    lines, out, i = text.split("\n"), [], 0
+    while i < len(lines):
+        m = BEGIN.match(lines[i])
+        out.append(lines[i])
+        i += 1
+        if not m:
+            continue
+        start = i
+        while i < len(lines) and not END.match(lines[i]):
+            if BEGIN.match(lines[i]):
+                break
+            i += 1
+        if i == len(lines) or not END.match(lines[i]):
+            raise UserError(f"{where}:{start}: <!-- results:{m['name']} --> has no <!-- /results --> "
+                            "before the next marker or the end")
+        name, indent = m["name"], m["indent"]
+        options = _parse_options(m["options"], f"{where}:{start}")
+        if name == "parity":
+            body = render_parity(results_dir)
+        else:
+            metrics = options["metrics"].split(",") if isinstance(options.get("metrics"), str) else None
+            body = render_table(load_records(results_dir, name), options.get("which", "best"), metrics,
+                                per_seed=per_seed or bool(options.get("per_seed")),
+                                wall=bool(options.get("wall")))
+        out += [indent + b for b in body]
+        out.append(lines[i])  # the end marker
+        i += 1
+    return "\n".join(out)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m launch.tables",
+                                     description="README's results tables from results/.")
+    parser.add_argument("--readme", default=str(DEFAULT_README))
+    parser.add_argument("--results-dir", default=str(DEFAULT_RESULTS))
+    parser.add_argument("--per-seed", action="store_true", help="each seed's value in every table")
+    parser.add_argument("--check", action="store_true",
+                        help="change nothing; exit 1 when the README differs from what results/ gives")
+    return parser
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    from binarybert_jax import checkpoints
+    args = build_parser().parse_args(argv)
+    readme = pathlib.Path(args.readme)
+    text = readme.read_text(encoding="utf-8")
+    new = rebuild(text, pathlib.Path(args.results_dir), args.per_seed, str(readme))
+    sections = sum(1 for line in text.split("\n") if BEGIN.match(line))
+    if args.check:
+        if new != text:
+            print(f"{readme}: {sections} marked sections; out of date with {args.results_dir} "
+                  "(run python -m launch.tables)", file=sys.stderr)
+            return 1
+        print(f"{readme}: {sections} marked sections, up to date")
+        return 0
+    if new != text:
+        checkpoints.write_text(readme, new)
+    print(f"{readme}: {sections} marked sections rebuilt from {args.results_dir}"
+          + ("" if new != text else " (no change)"))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(common.run_guarded(main))

@@ -1,0 +1,120 @@
+"""Records of finished runs (launch.record), README tables rebuilt from them (launch.tables), and the
+parity figures (launch.parity), on two tiny real runs."""
+
+import json
+import statistics
+
+import pytest
+
+from binarybert_jax import train
+from configs import common as config_common
+from launch import common, parity, record, tables
+
+TEST_ROWS = 10
+
+
+def _config(tiny_pretrained, glue_dir, seed):
+    c = config_common.base_config("mrpc")
+    config_common.shrink_for_local(c)
+    c.pretrained, c.data_dir = str(tiny_pretrained), str(glue_dir)
+    c.train_limit, c.eval_limit, c.batch_size, c.eval_batch_size = 16, 16, 4, 8
+    c.max_seq_length, c.seed, c.progress_bar = 32, seed, False
+    c.stage2.epochs, c.log_every_steps = 0.5, 1
+    return c
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory, tiny_pretrained, glue_dir):
+    """Two seeds of a two-step fine-tune, run as launch.train runs them (provenance included)."""
+    root = tmp_path_factory.mktemp("runs")
+    out = {}
+    for seed in (1, 2):
+        workdir = root / f"s{seed}"
+        with common.provenance(workdir, ["launch.train", f"seed={seed}"]):
+            out[seed] = train.train_and_evaluate(_config(tiny_pretrained, glue_dir, seed), workdir)
+    test = root / "test_head.tsv"  # the first rows of MRPC's GLUE test file
+    lines = (glue_dir / "MRPC" / "test.tsv").read_text(encoding="utf-8").splitlines()
+    test.write_text("\n".join(lines[:TEST_ROWS + 1]) + "\n", encoding="utf-8")
+    return root, out, test
+
+
+@pytest.fixture(scope="module")
+def results(runs, tmp_path_factory):
+    root, _, test = runs
+    results_dir = tmp_path_factory.mktemp("results")
+    for seed in (1, 2):
+        record.main([str(root / f"s{seed}"), "--name", f"tiny/fp/s{seed}", "--setting", "full precision",
+                     "--results-dir", str(results_dir), "--test-file", str(test)])
+    return results_dir
+
+
+def test_record_holds_what_outlives_the_run(runs, results):
+    root, out, _ = runs
+    rec = json.loads((results / "tiny" / "fp" / "s1" / "record.json").read_text())
+    assert rec["setting"] == "full precision" and rec["seed"] == 1 and rec["task"] == "mrpc"
+    assert rec["best"] == out[1]["best"] and rec["final"] == out[1]["final"]
+    assert rec["config"]["seed"] == 1 and rec["config"]["train_limit"] == 16
+    assert rec["wall_seconds"] > 0 and rec["phases"][0]["wall_seconds"] > 0
+    now = common.git_state()
+    if now["git_commit"]:
+        assert rec["git_commits"] == [now["git_commit"]]
+    assert rec["provenance"]["invocations"][0]["outcome"] == "finished"
+    logged = (root / "s1" / "metrics.jsonl").read_text()
+    assert (results / "tiny" / "fp" / "s1" / "metrics.jsonl").read_text() == logged
+    assert any("eval/accuracy" in json.loads(line) for line in logged.splitlines())
+    # The GLUE submission of the best checkpoint: header, then index<TAB>label for every test row.
+    assert rec["submission"]["file"] == "MRPC.tsv"
+    rows = (results / "tiny" / "fp" / "s1" / "MRPC.tsv").read_text().splitlines()
+    assert rows[0] == "index\tprediction" and len(rows) == TEST_ROWS + 1
+    assert [r.split("\t")[0] for r in rows[1:]] == [str(i) for i in range(TEST_ROWS)]
+    assert {r.split("\t")[1] for r in rows[1:]} <= {"0", "1"}
+
+
+def test_tables_rebuild_marked_sections_from_records(runs, results, tmp_path, capsys):
+    _, out, _ = runs
+    readme = tmp_path / "README.md"
+    readme.write_text("# x\n\n<!-- results:tiny per_seed -->\n| typed | by hand |\n<!-- /results -->\n\nafter\n")
+    assert tables.main(["--readme", str(readme), "--results-dir", str(results)]) == 0
+    text = readme.read_text()
+    assert "typed" not in text and text.endswith("\n\nafter\n")
+    acc = [100 * out[s]["best"]["accuracy"] for s in (1, 2)]
+    row = next(line for line in text.splitlines() if line.startswith("| full precision |"))
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    assert cells[1] == "2 (1, 2)"  # seeds
+    header = next(line for line in text.splitlines() if line.startswith("| setting |"))
+    column = [c.strip() for c in header.strip("|").split("|")].index("accuracy (best)")
+    assert cells[column] == (f"{statistics.mean(acc):.1f} ± {statistics.stdev(acc):.1f} "
+                             f"({acc[0]:.1f}, {acc[1]:.1f})")
+    assert tables.main(["--readme", str(readme), "--results-dir", str(results), "--check"]) == 0
+    readme.write_text(text.replace(cells[column], "99.9 ± 0.1"))  # a number typed over the records
+    assert tables.main(["--readme", str(readme), "--results-dir", str(results), "--check"]) == 1
+    readme.write_text("<!-- results:nothing_here -->\n<!-- /results -->\n")
+    with pytest.raises(ValueError, match="results:nothing_here, but .* holds no record.json"):
+        tables.main(["--readme", str(readme), "--results-dir", str(results)])
+    readme.write_text("<!-- results:tiny -->\nno end marker\n")
+    with pytest.raises(ValueError, match="has no <!-- /results -->"):
+        tables.main(["--readme", str(readme), "--results-dir", str(results)])
+
+
+def test_parity_prints_and_records_the_readme_figures(fixtures_dir, tmp_path, capsys):
+    out = tmp_path / "parity" / "parity.json"
+    assert parity.main(["--fixture", str(fixtures_dir / "minilm_hf_parity.npz"), "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    errors = json.loads(out.read_text())["errors"]
+    assert f"hidden_states    {errors['hidden_states']:.1e}" in printed
+    assert 0 < errors["hidden_states"] < 1e-4 and 0 < errors["attention_probs"] < 1e-4
+    assert errors["pooler"] < 1e-4
+    readme = tmp_path / "README.md"
+    readme.write_text("- parity:\n  <!-- results:parity -->\n  old\n  <!-- /results -->\n")
+    tables.main(["--readme", str(readme), "--results-dir", str(tmp_path)])
+    assert f"  Max abs error {errors['hidden_states']:.1e} over every hidden state" in readme.read_text()
+
+
+def test_records_name_no_path_of_the_machine(tmp_path):
+    root = tmp_path / "checkout"
+    rec = {"workdir": str(root / "runs" / "x"), "config": {"data_dir": str(tmp_path / "shared" / "glue"),
+                                                          "seed": 3, "task": "mrpc"},
+           "argv": ["launch.train", "relative/path"]}
+    assert record.portable(rec, root) == {
+        "workdir": "runs/x", "config": {"data_dir": "../shared/glue", "seed": 3, "task": "mrpc"},
+        "argv": ["launch.train", "relative/path"]}
