@@ -49,7 +49,9 @@ def record(workdir: pathlib.Path, name: str) -> dict:
               for p in results["phases"]]
     return {"name": name, "task": results["task"], "main_metric": results["main_metric"],
             "bits": f"{q['weight_bits']}-{q['embed_bits']}-{q['act_bits']}",
-            "methods": f"{q['weight_method']}/{q['embed_method']}/{q['act_method']}",
+            "methods": "/".join(m if b < 32 else "fp32" for m, b in (
+                (q["weight_method"], q["weight_bits"]), (q["embed_method"], q["embed_bits"]),
+                (q["act_method"], q["act_bits"]))),
             "attention": q.get("attention", "softmax"), "kd_mode": config["kd"]["mode"],
             "phases": phases, "best": results["best"], "final": results["final"],
             "git_commit": git_commit(), "workdir": str(workdir), "config": config}
