@@ -66,6 +66,33 @@ def glue_dir() -> pathlib.Path:
 
 
 @pytest.fixture(scope="session")
+def tokenizer():
+    """MiniLM's real tokenizer (the default backbone's)."""
+    from binarybert_jax.assets import minilm_dir
+    from binarybert_jax.tokenizer import load_tokenizer
+
+    try:
+        return load_tokenizer(minilm_dir())
+    except FileNotFoundError as e:
+        pytest.skip(str(e))
+
+
+class CountingTokenizer:
+    """The real tokenizer, counting its batch calls (so a cache hit is visible without timing)."""
+
+    def __init__(self, tokenizer):
+        self._tokenizer = tokenizer
+        self.calls = 0
+
+    def __call__(self, *args, **kwargs):
+        self.calls += 1
+        return self._tokenizer(*args, **kwargs)
+
+    def __getattr__(self, name):
+        return getattr(self._tokenizer, name)
+
+
+@pytest.fixture(scope="session")
 def minilm_dir():
     from binarybert_jax import assets
     return assets.minilm_dir()

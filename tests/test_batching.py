@@ -11,17 +11,6 @@ from binarybert_jax.data import batching, encode, glue
 SLICE = pathlib.Path(__file__).resolve().parents[1] / "data" / "glue_slice"
 
 
-@pytest.fixture(scope="module")
-def tokenizer():
-    from binarybert_jax.assets import minilm_dir
-    from binarybert_jax.tokenizer import load_tokenizer
-
-    try:
-        return load_tokenizer(minilm_dir())
-    except FileNotFoundError as e:
-        pytest.skip(str(e))
-
-
 def fake_encoded(n: int = 103, max_length: int = 64, seed: int = 0) -> dict[str, np.ndarray]:
     """Arrays shaped like encode_examples' output; row i's tokens all equal i + 1000."""
     rng = np.random.default_rng(seed)

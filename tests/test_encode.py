@@ -10,6 +10,8 @@ import pytest
 
 from binarybert_jax.data import encode, glue
 
+from conftest import CountingTokenizer
+
 SLICE = pathlib.Path(__file__).resolve().parents[1] / "data" / "glue_slice"
 SHARED_GLUE = pathlib.Path(__file__).resolve().parents[2] / "shared" / "data" / "glue"
 
@@ -20,32 +22,6 @@ def shared_glue(*files: str) -> pathlib.Path:
     if missing:
         pytest.skip(f"needs the full GLUE files, missing: {', '.join(missing)}")
     return SHARED_GLUE
-
-
-@pytest.fixture(scope="module")
-def tokenizer():
-    from binarybert_jax.assets import minilm_dir
-    from binarybert_jax.tokenizer import load_tokenizer
-
-    try:
-        return load_tokenizer(minilm_dir())
-    except FileNotFoundError as e:
-        pytest.skip(str(e))
-
-
-class CountingTokenizer:
-    """The real tokenizer, counting its batch calls (so a cache hit is visible without timing)."""
-
-    def __init__(self, tokenizer):
-        self._tokenizer = tokenizer
-        self.calls = 0
-
-    def __call__(self, *args, **kwargs):
-        self.calls += 1
-        return self._tokenizer(*args, **kwargs)
-
-    def __getattr__(self, name):
-        return getattr(self._tokenizer, name)
 
 
 def test_encode_single_sentence(tokenizer):

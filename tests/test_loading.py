@@ -13,33 +13,9 @@ import pytest
 
 from binarybert_jax.data import encode, glue, loading
 
+from conftest import CountingTokenizer
+
 SLICE = pathlib.Path(__file__).resolve().parents[1] / "data" / "glue_slice"
-
-
-@pytest.fixture(scope="module")
-def tokenizer():
-    from binarybert_jax.assets import minilm_dir
-    from binarybert_jax.tokenizer import load_tokenizer
-
-    try:
-        return load_tokenizer(minilm_dir())
-    except FileNotFoundError as e:
-        pytest.skip(str(e))
-
-
-class CountingTokenizer:
-    """The real tokenizer, counting its batch calls (so a cache hit is visible without timing)."""
-
-    def __init__(self, tokenizer):
-        self._tokenizer = tokenizer
-        self.calls = 0
-
-    def __call__(self, *args, **kwargs):
-        self.calls += 1
-        return self._tokenizer(*args, **kwargs)
-
-    def __getattr__(self, name):
-        return getattr(self._tokenizer, name)
 
 
 def assert_arrays_equal(a: dict, b: dict) -> None:
