@@ -84,12 +84,7 @@ def time_step(student, teacher, objective: str, masked: bool, mesh, batch: int, 
     for _ in range(2):
         state, measured = compiled(state, teacher_params, data, rng)
     jax.block_until_ready(state)
-    times = []
-    for _ in range(steps):
-        start = time.perf_counter()
-        state, measured = compiled(state, teacher_params, data, rng)
-        jax.block_until_ready((state, measured))
-        times.append(time.perf_counter() - start)
+    times, state = train_step.time_steps(compiled, state, teacher_params, data, rng, steps)
     median = statistics.median(times)
     per_example = flops.kd_step_flops(student.config, teacher.config, seq)
     return {"compile_s": compile_s, "step_s_median": median, "examples_per_s": batch / median,

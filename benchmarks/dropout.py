@@ -50,7 +50,7 @@ def flax_dropout():
 def compiled_steps(case: str, batch: int, seq: int):
     """{"threefry": (compiled step, state), "flax": (...)}, the teacher's params and the batch."""
     import jax
-    from binarybert_jax import sharding, train
+    from binarybert_jax import sharding
 
     student_spec, teacher_spec, objective, ignore_padding = train_step.case_setup(case, False)
     mesh = sharding.make_mesh(1)
@@ -84,12 +84,7 @@ def time_train_step(case: str, batch: int, seq: int, steps: int, rounds: int) ->
 
     def run(name: str) -> float:
         compiled, state = steps_by_name[name]
-        times = []
-        for _ in range(steps):
-            start = time.perf_counter()
-            state, measured = compiled(state, teacher_params, data, rng)
-            jax.block_until_ready((state, measured))
-            times.append(time.perf_counter() - start)
+        times, state = train_step.time_steps(compiled, state, teacher_params, data, rng, steps)
         steps_by_name[name][1] = state
         return statistics.median(times)
 

@@ -122,7 +122,7 @@ def concurrency(ops: list[dict]) -> tuple[float, float, float]:
 def _warm_step(student, teacher, objective: str, ignore_padding: bool):
     """The compiled KD step at batch 32 × 128 and its inputs, after two warm-up steps."""
     import jax
-    from binarybert_jax import sharding, train
+    from binarybert_jax import sharding
 
     mesh = sharding.make_mesh(1)
     step, tx = train_step.build_step(student, teacher, objective, ignore_padding, mesh)
@@ -184,7 +184,6 @@ def profile(case: str, steps: int) -> dict:
 def ablate(case: str, changes: dict, steps: int) -> dict:
     """Best and median step seconds of ``case`` with ``changes`` applied to the student (or the
     teacher left out)."""
-    import jax
     from binarybert_jax.model import ModelSpec
 
     student, teacher, objective, ignore_padding = train_step.case_setup(case, False)
@@ -199,12 +198,7 @@ def ablate(case: str, changes: dict, steps: int) -> dict:
     if "teacher" in changes:
         teacher, objective = None, "supervised"
     compiled, (state, teacher_params, data, rng) = _warm_step(student, teacher, objective, ignore_padding)
-    times = []
-    for _ in range(steps):
-        start = time.perf_counter()
-        state, measured = compiled(state, teacher_params, data, rng)
-        jax.block_until_ready((state, measured))
-        times.append(time.perf_counter() - start)
+    times, _ = train_step.time_steps(compiled, state, teacher_params, data, rng, steps)
     return {"best_s": min(times), "median_s": statistics.median(times)}
 
 

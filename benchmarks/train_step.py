@@ -147,6 +147,19 @@ def init_state(student_spec, teacher_spec, tx, mesh, seq: int):
     return state, teacher_params
 
 
+def time_steps(compiled, state, teacher_params, data, rng, steps: int):
+    """Runs ``steps`` compiled KD steps, each timed to its result; returns ``(seconds, state)``."""
+    import jax
+
+    times = []
+    for _ in range(steps):
+        start = time.perf_counter()
+        state, measured = compiled(state, teacher_params, data, rng)
+        jax.block_until_ready((state, measured))
+        times.append(time.perf_counter() - start)
+    return times, state
+
+
 def synthetic_batch(batch: int, seq: int, vocab: int) -> dict:
     import numpy as np
 
@@ -189,7 +202,7 @@ def _rss_mib() -> float:
 def measure_case(case: str, bert_base: bool, batch: int, seq: int, steps: int,
                  hlo_dir: Optional[str]) -> dict:
     import jax
-    from binarybert_jax import flops, sharding, train
+    from binarybert_jax import flops, sharding
 
     student_spec, teacher_spec, objective, ignore_padding = case_setup(case, bert_base)
     mesh = sharding.make_mesh(1)
@@ -277,7 +290,7 @@ def glue_root() -> pathlib.Path:
 def measure_epoch(bert_base: bool, batch: int, buckets: Sequence[int]) -> dict:
     import jax
     import numpy as np
-    from binarybert_jax import assets, flops, sharding, train
+    from binarybert_jax import assets, flops, sharding
     from binarybert_jax.data import batching, encode
     from binarybert_jax.tokenizer import load_tokenizer
 

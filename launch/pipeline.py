@@ -26,7 +26,6 @@ def main(argv):
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     common.setup_logging()
     common.enable_compilation_cache()
-    import jax
     common.initialize_distributed(FLAGS)
     from binarybert_jax import pipeline
     with common.provenance(FLAGS.workdir, sys.argv):
