@@ -77,6 +77,11 @@ from benchmarks import child, markdown
 
 SECTION = "## Training step"
 CASES = ("fp", "w2a8", "w2a8-masked", "w2a4", "w1a8", "w1a4")
+# How the quantized products are computed: (integer-domain forward, backward dtype, teacher dtype).
+VARIANTS = {"integer": (True, "float32", "float32"),          # the default
+            "float": (False, "float32", "float32"),           # float32 products of the values (before)
+            "integer+bf16-grad": (True, "bfloat16", "float32"),
+            "integer+bf16-grad+bf16-teacher": (True, "bfloat16", "bfloat16")}
 DEFAULT_BUCKETS = (48, 64, 80, 112)
 MIB = 2 ** 20
 # Targets of the issue (2-core CPU, MiniLM dims, batch 32, seq 128).
@@ -120,14 +125,18 @@ def case_setup(case: str, bert_base: bool):
     return ModelSpec(student, q), teacher, "intermediate", masked
 
 
-def build_step(student_spec, teacher_spec, objective: str, ignore_padding: bool, mesh):
-    from binarybert_jax import optim, train
+def build_step(student_spec, teacher_spec, objective: str, ignore_padding: bool, mesh,
+               variant: str = "integer"):
+    import jax.numpy as jnp
+    from binarybert_jax import integer_dot, optim, train
 
+    integer, grad, teacher_dtype = VARIANTS[variant]
+    student = student_spec.build(integer_products=integer, grad_dtype=integer_dot.GRAD_DTYPES[grad])
+    teacher = teacher_spec.build(jnp.dtype(teacher_dtype)) if teacher_spec else None
     schedule = optim.warmup_linear_schedule(2e-5, 1000)
     tx = optim.bert_adam(schedule, optim.warmup_linear_schedule(1e-4, 1000))
-    step = train.make_train_step(student_spec.build(), teacher_spec.build() if teacher_spec else None,
-                                 tx, schedule, mesh, objective=objective, is_regression=False,
-                                 ignore_padding=ignore_padding)
+    step = train.make_train_step(student, teacher, tx, schedule, mesh, objective=objective,
+                                 is_regression=False, ignore_padding=ignore_padding)
     return step, tx
 
 
@@ -200,13 +209,13 @@ def _rss_mib() -> float:
 
 
 def measure_case(case: str, bert_base: bool, batch: int, seq: int, steps: int,
-                 hlo_dir: Optional[str]) -> dict:
+                 hlo_dir: Optional[str], variant: str = "integer") -> dict:
     import jax
     from binarybert_jax import flops, sharding
 
     student_spec, teacher_spec, objective, ignore_padding = case_setup(case, bert_base)
     mesh = sharding.make_mesh(1)
-    step, tx = build_step(student_spec, teacher_spec, objective, ignore_padding, mesh)
+    step, tx = build_step(student_spec, teacher_spec, objective, ignore_padding, mesh, variant)
     state, teacher_params = init_state(student_spec, teacher_spec, tx, mesh, seq)
     data = sharding.shard_batch(synthetic_batch(batch, seq, student_spec.config.vocab_size), mesh)
     rng = jax.random.key(0)
@@ -219,7 +228,7 @@ def measure_case(case: str, bert_base: bool, batch: int, seq: int, steps: int,
     summary = hlo_summary(compiled)
     if hlo_dir:
         pathlib.Path(hlo_dir).mkdir(parents=True, exist_ok=True)
-        (pathlib.Path(hlo_dir) / f"{case}.hlo.txt").write_text(compiled.as_text())
+        (pathlib.Path(hlo_dir) / f"{case}.{variant}.hlo.txt").write_text(compiled.as_text())
 
     for _ in range(2):
         state, measured = compiled(state, teacher_params, data, rng)
@@ -240,7 +249,7 @@ def measure_case(case: str, bert_base: bool, batch: int, seq: int, steps: int,
     # Each step's model FLOP rate over the matmul rate measured just before it: steadier than
     # either alone while other jobs come and go.
     fractions = [per_example * batch / t / 1e9 / r for t, r in zip(times, probe_rates)]
-    return {"case": case, "objective": objective, "compile_s": compile_s,
+    return {"case": case, "variant": variant, "objective": objective, "compile_s": compile_s,
             "step_s_median": median, "step_s_min": min(times), "step_s_all": times,
             "cpu_s_median": statistics.median(cpu_times), "probe_gflops": probe_rates,
             "fraction_of_probe_median": statistics.median(fractions),
@@ -254,16 +263,17 @@ def measure_case(case: str, bert_base: bool, batch: int, seq: int, steps: int,
 
 
 class MatmulProbe:
-    """The machine's float32 matmul rate through XLA: one jitted n×n by n×n product."""
+    """The machine's matmul rate through XLA: one jitted n×n by n×n product, float32 or bfloat16
+    operands with float32 accumulation and result."""
 
-    def __init__(self, n: int = 2048):
+    def __init__(self, n: int = 2048, dtype: str = "float32"):
         import jax
         import jax.numpy as jnp
 
         self.n = n
-        self._a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32)
-        self._b = jax.random.normal(jax.random.key(1), (n, n), jnp.float32)
-        self._f = jax.jit(jnp.dot)
+        self._a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32).astype(dtype)
+        self._b = jax.random.normal(jax.random.key(1), (n, n), jnp.float32).astype(dtype)
+        self._f = jax.jit(lambda a, b: jnp.dot(a, b, preferred_element_type=jnp.float32))
         jax.block_until_ready(self._f(self._a, self._b))
 
     def rate(self) -> float:
@@ -276,10 +286,16 @@ class MatmulProbe:
 
 
 def measure_matmul(repeats: int = 10) -> dict:
-    probe = MatmulProbe()
-    rates = [probe.rate() for _ in range(repeats)]
-    return {"n": probe.n, "gflops_best": max(rates), "gflops_median": statistics.median(rates),
-            "loadavg": os.getloadavg()}
+    """Best and median GFLOP/s of the float32 and the bfloat16 probe, alternating."""
+    probes = {"": MatmulProbe(), "bf16_": MatmulProbe(dtype="bfloat16")}
+    rates = {k: [] for k in probes}
+    for _ in range(repeats):
+        for k, probe in probes.items():
+            rates[k].append(probe.rate())
+    out = {"n": probes[""].n, "loadavg": os.getloadavg()}
+    for k, r in rates.items():
+        out[f"{k}gflops_best"], out[f"{k}gflops_median"] = max(r), statistics.median(r)
+    return out
 
 
 def glue_root() -> pathlib.Path:
@@ -363,6 +379,12 @@ def machine() -> dict:
             "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")}
 
 
+def row_name(key: str) -> str:
+    case, _, variant = key.partition("/")
+    name = CASE_NAMES.get(case, case)
+    return f"{name}, {variant}" if variant else name
+
+
 CASE_NAMES = {"fp": "full precision, supervised", "w2a8": "ternary W2A8 (TWN, uniform 8-bit)",
               "w2a8-masked": "ternary W2A8, per-example masked ranges",
               "w2a4": "ternary W2A4 (TWN, LSQ 4-bit)", "w1a8": "split binary W1A8 (TWS, BWN)",
@@ -370,16 +392,18 @@ CASE_NAMES = {"fp": "full precision, supervised", "w2a8": "ternary W2A8 (TWN, un
 
 
 def table(rows: dict, matmul: dict, batch: int) -> str:
-    lines = ["| case | ex/s median (best) | step s median (best) | CPU s per step | model GFLOP/s median "
-             "(best) | of matmul probe: best / step by step | compile s | peak RSS MiB | host ops | "
-             "load avg |", "|" + "---|" * 10]
+    lines = ["| case, products | ex/s median (best) | step s median (best) | CPU s per step | model GFLOP/s median "
+             "(best) | of f32 probe: best / step by step | of bf16 probe (best) | compile s | peak RSS MiB | "
+             "host ops | load avg |", "|" + "---|" * 11]
     rate = matmul["gflops_best"]
+    bf16 = matmul.get("bf16_gflops_best")
     for name, r in rows.items():
         lines.append(
-            f"| {CASE_NAMES.get(name, name)} | {r['examples_per_s']:.1f} ({r['examples_per_s_best']:.1f}) | "
+            f"| {row_name(name)} | {r['examples_per_s']:.1f} ({r['examples_per_s_best']:.1f}) | "
             f"{r['step_s_median']:.2f} ({r['step_s_min']:.2f}) | {r['cpu_s_median']:.2f} | "
             f"{r['model_gflops']:.0f} ({r['model_gflops_best']:.0f}) | "
             f"{r['model_gflops_best'] / rate:.0%} / {r['fraction_of_probe_median']:.0%} | "
+            f"{'' if not bf16 else format(r['model_gflops_best'] / bf16, '.0%')} | "
             f"{r['compile_s']:.1f} | {r['rss_peak_mib']:.0f} | {r['host_ops']} | "
             f"{r['loadavg'][0]:.1f} |")
     return "\n".join(lines)
@@ -414,8 +438,15 @@ def section(rows: dict, matmul: dict, epoch: Optional[dict], info: dict, command
         + (f", XLA_FLAGS `{info['xla_flags']}`" if info["xla_flags"] else "")
         + f"; load average at the start {load} (where other jobs share the machine, times vary by "
         "tens of percent between runs; the load average column is each case's at its end). "
-        f"Matmul probe (float32 {matmul['n']}², XLA): {matmul['gflops_best']:.0f} GFLOP/s best, "
-        f"{matmul['gflops_median']:.0f} median. Median (best) of {args.steps} timed steps.", "",
+        f"Matmul probe ({matmul['n']}², XLA): float32 {matmul['gflops_best']:.0f} GFLOP/s best, "
+        f"{matmul['gflops_median']:.0f} median"
+        + (f"; bfloat16 with float32 accumulation {matmul['bf16_gflops_best']:.0f} best, "
+           f"{matmul['bf16_gflops_median']:.0f} median" if "bf16_gflops_best" in matmul else "")
+        + f". Median (best) of {args.steps} timed steps. Products (`benchmarks/train_step.py` "
+        "VARIANTS): *integer* the default (forward on integer codes in bfloat16, backward float32), "
+        "*float* the float32 products of the quantized values (before), *bf16-grad* the backward "
+        "in bfloat16 (`--config.matmul_precision=bfloat16`), *bf16-teacher* the teacher in bfloat16 "
+        "(`--config.teacher_dtype=bfloat16`).", "",
         table(rows, matmul, args.batch), ""]
     if epoch:
         parts += [epoch_text(epoch), ""]
@@ -432,6 +463,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--seq", type=int, default=128)
     parser.add_argument("--steps", type=int, default=10, help="timed steps per case")
     parser.add_argument("--cases", nargs="+", choices=CASES, default=list(CASES))
+    parser.add_argument("--variants", nargs="+", choices=tuple(VARIANTS), default=["integer"],
+                        help="how the quantized products are computed; each case runs with each")
     parser.add_argument("--no-epoch", action="store_true", help="skip the MRPC epoch")
     parser.add_argument("--epoch-only", action="store_true", help="only the MRPC epoch")
     parser.add_argument("--buckets", type=int, nargs="+", default=list(DEFAULT_BUCKETS),
@@ -470,7 +503,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 0
     if args.child:
         print(json.dumps(measure_case(args.child, args.bert_base, args.batch, args.seq, args.steps,
-                                      args.hlo_dir)))
+                                      args.hlo_dir, args.variants[0])))
         return 0
     if args.render:
         saved = json.loads(pathlib.Path(args.render).read_text())
@@ -491,9 +524,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     rows = {}
     if not args.epoch_only:
         for case in args.cases:
-            extra = ["--hlo-dir", args.hlo_dir] if args.hlo_dir else []
-            rows[case] = _subprocess(["--child", case] + common + extra)
-            print(f"{case}: {json.dumps(rows[case])}", file=sys.stderr)
+            for variant in args.variants:
+                if case == "fp" and variant != args.variants[0]:
+                    continue  # nothing quantized: the variants differ in nothing
+                extra = ["--hlo-dir", args.hlo_dir] if args.hlo_dir else []
+                key = case if len(args.variants) == 1 else f"{case}/{variant}"
+                rows[key] = _subprocess(["--child", case, "--variants", variant] + common + extra)
+                print(f"{key}: {json.dumps(rows[key])}", file=sys.stderr)
     epoch = None
     if not args.no_epoch:
         epoch = _subprocess(["--child", "epoch", "--batch", str(args.batch), "--buckets",

@@ -10,9 +10,13 @@ BiBERT (1-1-1): ``act_method='sign'`` binarizes every one of those inputs to ±1
 ``attention='bool'`` is Bi-Attention: A = sign(Q)·sign(K)ᵀ/√d + mask, weights Bool(A) (1 where
 A > 0, so padding keys, which carry the additive mask, are never attended), context
 Bool(A)·sign(V); no softmax. With ±1 inputs and binary weights a dense layer is computed as
-(sign(x)·codes)·scales + bias: the product of ±1 matrices is an exact integer in float32, so
-the bitwise inference path (``bitwise.py``: XNOR and popcount on packed words) gets the same
-numbers. ``output_qkv`` returns Q, K and V before binarization (direction-matching distillation).
+(sign(x)·codes)·scales + bias (the integer-domain product below): the product of ±1 matrices is
+an exact integer, so the bitwise inference path (``bitwise.py``: XNOR and popcount on packed
+words) gets the same numbers.
+
+Quantized products (dense layers, QKᵀ, probabilities·V) are computed on the integer codes of
+their operands (``integer_dot.py``): exact integer sums in bfloat16 with float32 accumulation,
+then the scales; where that cannot be exact, the float product of the quantized values. ``output_qkv`` returns Q, K and V before binarization (direction-matching distillation).
 
 Parameter tree (Flax names; a *split* weight has a leading axis of 2, its two binary halves)::
 
@@ -40,7 +44,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from binarybert_jax import quant
+from binarybert_jax import integer_dot, quant
 from binarybert_jax.trees import flatten, unflatten
 
 # The variable collection that holds LAT's diagonal (the optimizer's second moments) per kernel.
@@ -210,6 +214,12 @@ def splittable_paths(config: BertConfig, pooler: bool = True) -> list[str]:
     return paths
 
 
+def _at_least_f32(dtype):
+    """float32 for bfloat16/float16 compute (softmax, scores and logits stay float32), the compute
+    dtype itself above it (a float64 reference forward stays float64 throughout)."""
+    return jnp.promote_types(dtype, jnp.float32)
+
+
 def _activation(name: str):
     if name == "gelu":
         return lambda x: jax.nn.gelu(x, approximate=False)
@@ -308,12 +318,21 @@ class _ActQuantMixin:
     """
 
     def act_quant(self, name: str, x, quant_cfg: QuantConfig, symmetric: bool, token_axes,
-                  mask=None, stacked: int = 0):
+                  mask=None, stacked: int = 0, with_codes: bool = False):
+        """The quantized values of ``x`` (a list of ``stacked`` of them for per-half quantizers);
+        with ``with_codes``, ``(values, codes)`` pairs: codes (``quant.QuantizedCodes``) for the
+        integer-domain products, None where nothing is quantized."""
+        def out(pair):
+            pairs = [pair] * stacked if stacked else pair
+            if with_codes:
+                return pairs
+            return [v for v, _ in pairs] if stacked else pairs[0]
+
         if not quant_cfg.quantizes_acts:
-            return [x] * stacked if stacked else x
+            return out((x, None))
         if quant_cfg.act_method == "sign":  # no parameter, no range
-            y = quant.sign_act(x)
-            return [y] * stacked if stacked else y
+            codes = quant.act_quant_codes(x, None, "sign", 1, True) if with_codes else None
+            return out((quant.sign_act(x), codes))
         cfg = quant_cfg
         shape = (stacked,) if stacked else ()
         if cfg.act_method == "uniform":
@@ -329,16 +348,27 @@ class _ActQuantMixin:
             if cfg.act_method == "lsq" and self.is_mutable_collection("lsq_init"):
                 p = quant.lsq_init_step(x, cfg.act_bits, symmetric, mask, cfg.act_axis_name)
                 self.sow("lsq_init", f"{name}_step", p)
-            return quant.quantize_act(x, p, cfg.act_method, cfg.act_bits, symmetric, axes, mask,
-                                      cfg.act_axis_name)
+            values = quant.quantize_act(x, p, cfg.act_method, cfg.act_bits, symmetric, axes, mask,
+                                        cfg.act_axis_name)
+            codes = None
+            if with_codes:
+                codes = quant.act_quant_codes(x, p, cfg.act_method, cfg.act_bits, symmetric, axes,
+                                              mask, cfg.act_axis_name)
+            return values, codes
 
-        if stacked:
-            return [apply(param[i]) for i in range(stacked)]
-        return apply(param)
+        pairs = [apply(param[i]) for i in range(stacked)] if stacked else apply(param)
+        if with_codes:
+            return pairs
+        return [v for v, _ in pairs] if stacked else pairs[0]
 
 
 class QuantDense(nn.Module, _ActQuantMixin):
-    """A dense layer with quantized input and weight; optionally split into two binary halves."""
+    """A dense layer with quantized input and weight; optionally split into two binary halves.
+
+    With ``integer_products`` the product of the quantized input and weight is computed on their
+    integer codes (``integer_dot``: exact, in bfloat16 with float32 accumulation), the float32
+    product of their values where that cannot be exact; ``grad_dtype`` is the dtype of its
+    backward products."""
 
     features: int
     quant_cfg: QuantConfig
@@ -346,9 +376,15 @@ class QuantDense(nn.Module, _ActQuantMixin):
     split: bool = False
     input_symmetric: bool = True
     dtype: Any = jnp.float32
+    integer_products: bool = True
+    grad_dtype: Any = jnp.float32
 
     @nn.compact
-    def __call__(self, x, mask=None):
+    def __call__(self, x, mask=None, return_operands: bool = False):
+        """``x·Ŵ + b`` for ``x`` ``(..., in)``; ``mask`` marks real tokens for the input's range
+        statistics. ``return_operands``: instead of the output, ``(products, bias)`` with
+        ``products`` a list of ``(x_values, x_codes, w_values, w_codes, groups)``, the operands of
+        the quantized products whose sum plus ``bias`` is the output (for measurements)."""
         cfg = self.quant_cfg
         lead = (2,) if self.split else ()
         kernel = self.param("kernel", nn.initializers.normal(0.02), lead + (x.shape[-1], self.features),
@@ -359,29 +395,44 @@ class QuantDense(nn.Module, _ActQuantMixin):
         diag = self.get_variable(LAT_DIAG, "kernel") if self.has_variable(LAT_DIAG, "kernel") else None
         axes = quant.LAYERWISE if cfg.weight_granularity == "layer" else (-2,)
         w = quant.quantize_weight(kernel, cfg.weight_method, cfg.weight_bits, axes, diag)
+        integer = ((self.integer_products or return_operands)
+                   and cfg.weight_bits < quant.FULL_PRECISION_BITS)
+        w_codes = (quant.weight_codes_for_product(kernel, cfg.weight_method, cfg.weight_bits, axes, diag)
+                   if integer else None)
         token_axes = tuple(range(1, x.ndim - 1))
+        dims = (((x.ndim - 1,), (0,)), ((), ()))
+
+        def product(xq, x_codes, wq, wq_codes, groups=False):
+            if return_operands:
+                return [(xq, x_codes, wq, wq_codes, groups)]
+            y = integer_dot.quantized_dot_general(
+                xq.astype(self.dtype), x_codes if integer else None, wq.astype(self.dtype), wq_codes,
+                dims, groups=groups, grad_dtype=self.grad_dtype)
+            return y.astype(self.dtype)
+
         if self.split and not cfg.split_shared_act:
-            xs = self.act_quant("input", x, cfg, self.input_symmetric, token_axes, mask, stacked=2)
-            y = sum(jnp.dot(xs[i].astype(self.dtype), w[i].astype(self.dtype)) for i in range(2))
-            return y + jnp.sum(bias, 0).astype(self.dtype)
-        xq = self.act_quant("input", x, cfg, self.input_symmetric, token_axes, mask)
-        if cfg.act_method == "sign" and cfg.weight_bits == 1 and not self.split:
-            # ±1 inputs times integer codes: an exact integer matrix in float32 whatever the
-            # summation order, scaled once per output unit, as the bitwise path computes it.
-            # The gradient is that of xq·Ŵ (the straight-through weight); that product is not
-            # part of the forward value and XLA drops it there.
-            codes, scales = quant.weight_quant_codes(
-                lax.stop_gradient(kernel), cfg.weight_method, cfg.weight_bits, axes,
-                None if diag is None else lax.stop_gradient(diag))
-            exact = (jnp.dot(xq.astype(self.dtype), codes.astype(self.dtype))
-                     * scales.astype(self.dtype))
-            y = quant.straight_through(jnp.dot(xq.astype(self.dtype), w.astype(self.dtype)), exact)
-            return y + bias.astype(self.dtype)
+            xs = self.act_quant("input", x, cfg, self.input_symmetric, token_axes, mask, stacked=2,
+                                with_codes=True)
+            halves = [None, None] if w_codes is None else [
+                quant.QuantizedCodes(w_codes.codes[i], w_codes.scale[i], None, w_codes.bound)
+                for i in range(2)]
+            parts = [product(xs[i][0], xs[i][1], w[i], halves[i]) for i in range(2)]
+            if return_operands:
+                return parts[0] + parts[1], jnp.sum(bias, 0)
+            return sum(parts) + jnp.sum(bias, 0).astype(self.dtype)
+        xq, x_codes = self.act_quant("input", x, cfg, self.input_symmetric, token_axes, mask,
+                                     with_codes=True)
         if self.split:
-            # Both halves see the same quantized input: x·Ŵ1 + x·Ŵ2 = x·(Ŵ1 + Ŵ2), one matmul, and
-            # its kernel gradient reaches both latent halves through the sum.
-            w, bias = w[0] + w[1], bias[0] + bias[1]
-        return jnp.dot(xq.astype(self.dtype), w.astype(self.dtype)) + bias.astype(self.dtype)
+            # Both halves see the same quantized input: x·Ŵ1 + x·Ŵ2 = x·(Ŵ1 + Ŵ2). The values'
+            # product (the float path, and the gradient, which reaches both latent halves through
+            # the sum) is one matmul with the summed kernel; the integer path multiplies each
+            # half's codes (their scales differ) in one product of twice the width.
+            w, bias, groups = w[0] + w[1], bias[0] + bias[1], True
+        else:
+            groups = False
+        if return_operands:
+            return product(xq, x_codes, w, w_codes, groups), bias
+        return product(xq, x_codes, w, w_codes, groups) + bias.astype(self.dtype)
 
 
 class Embeddings(nn.Module):
@@ -423,6 +474,8 @@ class SelfAttention(nn.Module, _ActQuantMixin):
     quant_cfg: QuantConfig
     where: str
     dtype: Any = jnp.float32
+    integer_products: bool = True
+    grad_dtype: Any = jnp.float32
 
     @nn.compact
     def __call__(self, x, mask_bias, token_mask, deterministic: bool):
@@ -434,7 +487,14 @@ class SelfAttention(nn.Module, _ActQuantMixin):
 
         def dense(name, features, sym=True):
             return QuantDense(features, qcfg, split=qcfg.is_split(f"{self.where}/{name}"),
-                              input_symmetric=sym, dtype=self.dtype, name=name)
+                              input_symmetric=sym, dtype=self.dtype,
+                              integer_products=self.integer_products, grad_dtype=self.grad_dtype,
+                              name=name)
+
+        def product(a, b, dims):  # (values, codes) pairs; integer-domain where exact
+            codes = (a[1], b[1]) if self.integer_products else (None, None)
+            return integer_dot.quantized_dot_general(a[0], codes[0], b[0], codes[1], dims,
+                                                     grad_dtype=self.grad_dtype)
 
         def heads(t):  # (B, T, H·d) -> (B, H, T, d)
             return t.reshape(batch, seq, cfg.num_heads, cfg.head_dim).transpose(0, 2, 1, 3)
@@ -443,18 +503,20 @@ class SelfAttention(nn.Module, _ActQuantMixin):
         k_fp = heads(dense("key", cfg.attention_size)(x, tok))
         v_fp = heads(dense("value", cfg.attention_size)(x, tok))
         head_tok = token_mask[:, None, :, None] if token_mask is not None else None
-        q = self.act_quant("query", q_fp, qcfg, qcfg.sym_qkvo, (2,), head_tok)
-        k = self.act_quant("key", k_fp, qcfg, qcfg.sym_qkvo, (2,), head_tok)
-        scores = jnp.einsum("bhqd,bhkd->bhqk", q, k) / math.sqrt(cfg.head_dim)
+        q = self.act_quant("query", q_fp, qcfg, qcfg.sym_qkvo, (2,), head_tok, with_codes=True)
+        k = self.act_quant("key", k_fp, qcfg, qcfg.sym_qkvo, (2,), head_tok, with_codes=True)
+        # QKᵀ: "bhqd,bhkd->bhqk".
+        scores = product(q, k, (((3,), (3,)), ((0, 1), (0, 1)))).astype(self.dtype)
+        scores = scores / math.sqrt(cfg.head_dim)
         if qcfg.attention == "bool":
             # Bi-Attention: no softmax. Dropout acts on the scores before Bool, as in the
             # released code (a dropped score is 0, hence not attended).
-            scores = scores.astype(jnp.float32) + mask_bias
+            scores = scores.astype(_at_least_f32(self.dtype)) + mask_bias
             dropped = Dropout(cfg.attention_dropout)(scores, deterministic=deterministic)
-            probs = quant.bool_act(dropped).astype(self.dtype)
+            probs = (quant.bool_act(dropped).astype(self.dtype), quant.bool_codes(dropped))
         else:
             with jax.named_scope("softmax"):
-                scores = scores.astype(jnp.float32) + mask_bias
+                scores = scores.astype(_at_least_f32(self.dtype)) + mask_bias
                 probs = jax.nn.softmax(scores, axis=-1).astype(self.dtype)
             probs = Dropout(cfg.attention_dropout)(probs, deterministic=deterministic)
             pair_mask = None
@@ -463,15 +525,18 @@ class SelfAttention(nn.Module, _ActQuantMixin):
             if qcfg.quantizes_acts and qcfg.act_method == "sign":
                 # One bit of a non-negative tensor: Bool(p). Masked keys' probabilities
                 # underflow to exactly 0 and stay unattended.
-                probs = quant.bool_act(probs)
+                probs = (quant.bool_act(probs), quant.bool_codes(probs))
             else:
-                probs = self.act_quant("probs", probs, qcfg, qcfg.sym_ffn_attn, (2,), pair_mask)
-        v = self.act_quant("value", v_fp, qcfg, qcfg.sym_qkvo, (2,), head_tok)
-        context = jnp.einsum("bhqk,bhkd->bqhd", probs, v).reshape(batch, seq, cfg.attention_size)
+                probs = self.act_quant("probs", probs, qcfg, qcfg.sym_ffn_attn, (2,), pair_mask,
+                                       with_codes=True)
+        v = self.act_quant("value", v_fp, qcfg, qcfg.sym_qkvo, (2,), head_tok, with_codes=True)
+        # probs·V: "bhqk,bhkd->bhqd", then heads back beside each other.
+        context = product(probs, v, (((3,), (2,)), ((0, 1), (0, 1)))).astype(self.dtype)
+        context = context.transpose(0, 2, 1, 3).reshape(batch, seq, cfg.attention_size)
         out = dense("output", cfg.hidden_size)(context, tok)
         out = Dropout(cfg.hidden_dropout)(out, deterministic=deterministic)
         out = nn.LayerNorm(cfg.layer_norm_eps, dtype=self.dtype, name="LayerNorm")(out + x)
-        return out, scores, probs, (q_fp, k_fp, v_fp)
+        return out, scores, probs[0], (q_fp, k_fp, v_fp)
 
 
 class FeedForward(nn.Module):
@@ -479,16 +544,21 @@ class FeedForward(nn.Module):
     quant_cfg: QuantConfig
     where: str
     dtype: Any = jnp.float32
+    integer_products: bool = True
+    grad_dtype: Any = jnp.float32
 
     @nn.compact
     def __call__(self, x, token_mask, deterministic: bool):
         cfg, qcfg = self.config, self.quant_cfg
         tok = token_mask[:, :, None] if token_mask is not None else None
+        products = dict(integer_products=self.integer_products, grad_dtype=self.grad_dtype)
         h = QuantDense(cfg.intermediate_size, qcfg, split=qcfg.is_split(f"{self.where}/intermediate"),
-                       input_symmetric=qcfg.sym_qkvo, dtype=self.dtype, name="intermediate")(x, tok)
+                       input_symmetric=qcfg.sym_qkvo, dtype=self.dtype, name="intermediate",
+                       **products)(x, tok)
         h = _activation(cfg.hidden_act)(h)
         out = QuantDense(cfg.hidden_size, qcfg, split=qcfg.is_split(f"{self.where}/output"),
-                         input_symmetric=qcfg.sym_ffn_attn, dtype=self.dtype, name="output")(h, tok)
+                         input_symmetric=qcfg.sym_ffn_attn, dtype=self.dtype, name="output",
+                         **products)(h, tok)
         out = Dropout(cfg.hidden_dropout)(out, deterministic=deterministic)
         return nn.LayerNorm(cfg.layer_norm_eps, dtype=self.dtype, name="LayerNorm")(out + x)
 
@@ -498,14 +568,17 @@ class Layer(nn.Module):
     quant_cfg: QuantConfig
     where: str
     dtype: Any = jnp.float32
+    integer_products: bool = True
+    grad_dtype: Any = jnp.float32
 
     @nn.compact
     def __call__(self, x, mask_bias, token_mask, deterministic: bool):
+        products = dict(integer_products=self.integer_products, grad_dtype=self.grad_dtype)
         x, scores, probs, qkv = SelfAttention(self.config, self.quant_cfg, f"{self.where}/attention",
-                                              self.dtype, name="attention")(
+                                              self.dtype, name="attention", **products)(
             x, mask_bias, token_mask, deterministic)
-        x = FeedForward(self.config, self.quant_cfg, f"{self.where}/ffn", self.dtype, name="ffn")(
-            x, token_mask, deterministic)
+        x = FeedForward(self.config, self.quant_cfg, f"{self.where}/ffn", self.dtype, name="ffn",
+                        **products)(x, token_mask, deterministic)
         return x, scores, probs, qkv
 
 
@@ -522,6 +595,8 @@ class BertModel(nn.Module):
     num_labels: int = 2
     dtype: Any = jnp.float32
     mask_value: float = MASK_VALUE
+    integer_products: bool = True
+    grad_dtype: Any = jnp.float32
 
     @nn.compact
     def __call__(self, input_ids, token_type_ids=None, attention_mask=None, *,
@@ -551,9 +626,11 @@ class BertModel(nn.Module):
         mask_bias = jnp.where(token_mask, 0.0, self.mask_value).astype(jnp.float32)[:, None, None, :]
 
         x = Embeddings(cfg, qcfg, self.dtype, name="embeddings")(input_ids, token_type_ids, deterministic)
-        hidden, scores, probs, qkv = Encoder(cfg, qcfg, self.dtype, name="encoder")(
+        hidden, scores, probs, qkv = Encoder(cfg, qcfg, self.dtype, self.integer_products,
+                                             self.grad_dtype, name="encoder")(
             x, mask_bias, token_mask, deterministic)
-        pooled = Pooler(cfg, qcfg, self.dtype, name="pooler")(hidden[-1])
+        pooled = Pooler(cfg, qcfg, self.dtype, self.integer_products, self.grad_dtype,
+                        name="pooler")(hidden[-1])
         outputs = {"hidden_states": hidden, "attention_scores": scores, "pooled": pooled}
         if output_attention_probs:
             outputs["attention_probs"] = probs
@@ -561,10 +638,10 @@ class BertModel(nn.Module):
             outputs["qkv"] = qkv
         if self.head == "classification":
             h = Dropout(cfg.hidden_dropout)(pooled, deterministic=deterministic)
-            outputs["logits"] = nn.Dense(self.num_labels, dtype=jnp.float32, name="classifier",
+            outputs["logits"] = nn.Dense(self.num_labels, dtype=_at_least_f32(self.dtype), name="classifier",
                                          kernel_init=nn.initializers.normal(0.02))(h)
         elif self.head == "span":
-            outputs["logits"] = nn.Dense(2, dtype=jnp.float32, name="span",
+            outputs["logits"] = nn.Dense(2, dtype=_at_least_f32(self.dtype), name="span",
                                          kernel_init=nn.initializers.normal(0.02))(hidden[-1])
         elif self.head != "none":
             raise ValueError(f"unknown head {self.head!r}; allowed: classification, span, none")
@@ -575,13 +652,16 @@ class Encoder(nn.Module):
     config: BertConfig
     quant_cfg: QuantConfig
     dtype: Any = jnp.float32
+    integer_products: bool = True
+    grad_dtype: Any = jnp.float32
 
     @nn.compact
     def __call__(self, x, mask_bias, token_mask, deterministic: bool):
         hidden, scores, probs, qkv = [x], [], [], []
         for i in range(self.config.num_layers):
             x, s, p, t = Layer(self.config, self.quant_cfg, f"encoder/layer_{i}", self.dtype,
-                               name=f"layer_{i}")(x, mask_bias, token_mask, deterministic)
+                               self.integer_products, self.grad_dtype, name=f"layer_{i}")(
+                x, mask_bias, token_mask, deterministic)
             hidden.append(x)
             scores.append(s)
             probs.append(p)
@@ -595,13 +675,16 @@ class Pooler(nn.Module):
     config: BertConfig
     quant_cfg: QuantConfig
     dtype: Any = jnp.float32
+    integer_products: bool = True
+    grad_dtype: Any = jnp.float32
 
     @nn.compact
     def __call__(self, sequence):
         qcfg = self.quant_cfg
         dense = QuantDense(self.config.hidden_size, qcfg, quantized=qcfg.quantize_pooler,
                            split=qcfg.quantize_pooler and qcfg.is_split("pooler/dense"),
-                           input_symmetric=qcfg.sym_qkvo, dtype=self.dtype, name="dense")
+                           input_symmetric=qcfg.sym_qkvo, dtype=self.dtype, name="dense",
+                           integer_products=self.integer_products, grad_dtype=self.grad_dtype)
         return jnp.tanh(dense(sequence[:, 0]))
 
 
@@ -614,8 +697,13 @@ class ModelSpec:
     head: str = "classification"
     num_labels: int = 2
 
-    def build(self, dtype: Any = jnp.float32) -> BertModel:
-        return BertModel(self.config, self.quant, self.head, self.num_labels, dtype=dtype)
+    def build(self, dtype: Any = jnp.float32, integer_products: bool = True,
+              grad_dtype: Any = jnp.float32) -> BertModel:
+        """The model in compute ``dtype``; ``integer_products``: quantized products on integer
+        codes (``integer_dot``), exact where possible, else the float product of the values;
+        ``grad_dtype``: the dtype of those products' backward pass."""
+        return BertModel(self.config, self.quant, self.head, self.num_labels, dtype=dtype,
+                         integer_products=integer_products, grad_dtype=grad_dtype)
 
     def without_axis(self) -> "ModelSpec":
         """The same model with ranges computed locally: for initialisation and calibration on the

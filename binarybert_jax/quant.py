@@ -36,7 +36,7 @@ from __future__ import annotations
 
 import functools
 import math
-from typing import Optional, Sequence
+from typing import NamedTuple, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -369,7 +369,38 @@ def _clip(x, lo, hi):
     return jnp.where(xc > lo, xc, lo)
 
 
-def _uniform_act_forward(x, clip, bits, symmetric, axes, mask, axis_name):
+class QuantizedCodes(NamedTuple):
+    """A quantized tensor as integer codes: its value is ``scale * codes + zero``.
+
+    ``codes`` are small integers held in a float dtype (exact there); ``scale`` and ``zero`` have
+    the rank of ``codes`` with 1 along the axes they are shared over (``zero`` is None for a
+    symmetric quantizer); ``bound`` is a static bound on |codes|. The integer-domain products
+    (``integer_dot.py``) multiply codes and apply scales and zero points after the sum.
+    """
+
+    codes: jax.Array
+    scale: jax.Array
+    zero: Optional[jax.Array]
+    bound: int
+
+    def values(self) -> jax.Array:
+        """``scale * codes + zero``: the quantized values, one multiplication (and one addition)."""
+        out = self.scale * self.codes
+        return out if self.zero is None else out + self.zero
+
+
+def uniform_act_bound(bits: int, symmetric: bool) -> int:
+    """The largest |code| of the uniform activation quantizer."""
+    return 2 ** (bits - 1) - 1 if symmetric else 2 ** bits - 1
+
+
+def uniform_act_codes(x, clip, bits: int, symmetric: bool, axes: Axes = None, mask=None,
+                      axis_name: Optional[str] = None) -> QuantizedCodes:
+    """The codes of ``uniform_act_quantize`` (no gradient): symmetric codes round(clip(x)·s) in
+    [−L, L] with scale 1/s (s = L / max|clip(x)|, L = 2^(bits−1) − 1); asymmetric codes
+    round((clip(x) − min)/width·(2^bits − 1)) in [0, 2^bits − 1] with scale width/(2^bits − 1)
+    and zero point min (the range of the clipped tensor over ``axes``, ``mask`` and the devices of
+    ``axis_name``)."""
     # The range of the clipped tensor comes from the extremes of the raw one: clipping is
     # monotone, so max clip(x) = clip(max x) and min clip(x) = clip(min x), exactly (the same
     # floats). The clipped tensor is then never written out, and the quantizers of one tensor
@@ -381,17 +412,22 @@ def _uniform_act_forward(x, clip, bits, symmetric, axes, mask, axis_name):
         empty = x_max == -jnp.inf
     c_max, c_min = _clip(x_max, lo, hi), _clip(x_min, lo, hi)
     xc = _clip(x, lo, hi)
+    bound = uniform_act_bound(bits, symmetric)
     if symmetric:
         max_abs = jnp.maximum(jnp.abs(c_max), jnp.abs(c_min))
         if mask is not None:
             max_abs = jnp.where(empty, 0, max_abs)
-        scale = (2 ** (bits - 1) - 1) / jnp.where(max_abs > 0, max_abs, 1).astype(x.dtype)
-        return jnp.round(xc * scale) / scale
+        scale = bound / jnp.where(max_abs > 0, max_abs, 1).astype(x.dtype)
+        return QuantizedCodes(jnp.round(xc * scale), 1 / scale, None, bound)
     if mask is not None:
         c_max, c_min = jnp.where(empty, -jnp.inf, c_max), jnp.where(empty, 0, c_min)
     width = _finite_or(c_max - c_min, 0) + 1e-8
-    levels = 2 ** bits - 1
-    return (jnp.round((xc - c_min) / width * levels) / levels * width + c_min).astype(x.dtype)
+    codes = jnp.round((xc - c_min) / width * bound)
+    return QuantizedCodes(codes, (width / bound).astype(x.dtype), c_min.astype(x.dtype), bound)
+
+
+def _uniform_act_forward(x, clip, bits, symmetric, axes, mask, axis_name):
+    return uniform_act_codes(x, clip, bits, symmetric, axes, mask, axis_name).values().astype(x.dtype)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4, 6))
@@ -472,19 +508,25 @@ def _lsq_count(x, mask, axis_name):
     return jnp.maximum(count, 1.0)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4, 6))
-def _lsq_act(x, step, bits, symmetric, axes, mask, axis_name):
+def lsq_act_codes(x, step, bits: int, symmetric: bool, axes: Axes = None, mask=None,
+                  axis_name: Optional[str] = None) -> QuantizedCodes:
+    """The codes of ``lsq_act_quantize`` (no gradient): clip(round((x − offset)/step), Qn, Qp),
+    scale ``step``, zero point the offset (the masked minimum over ``axes``; None when symmetric)."""
     qn, qp = lsq_levels(bits, symmetric)
     offset = _lsq_offset(x, symmetric, axes, mask, axis_name)
-    s = step.astype(x.dtype)
-    return jnp.clip(jnp.round((x - offset) / s), qn, qp) * s + offset
+    s = jnp.reshape(step.astype(x.dtype), (1,) * x.ndim)
+    codes = jnp.clip(jnp.round((x - offset) / s), qn, qp)
+    return QuantizedCodes(codes, s, None if symmetric else offset, max(-qn, qp))
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4, 6))
+def _lsq_act(x, step, bits, symmetric, axes, mask, axis_name):
+    return lsq_act_codes(x, step, bits, symmetric, axes, mask, axis_name).values()
 
 
 def _lsq_act_fwd(x, step, bits, symmetric, axes, mask, axis_name):
-    qn, qp = lsq_levels(bits, symmetric)
+    out = lsq_act_codes(x, step, bits, symmetric, axes, mask, axis_name).values()
     offset = _lsq_offset(x, symmetric, axes, mask, axis_name)
-    s = step.astype(x.dtype)
-    out = jnp.clip(jnp.round((x - offset) / s), qn, qp) * s + offset
     # ``x`` and the offset rather than ``x − offset``: the shift is recomputed where it is read,
     # not written out as one more activation-sized tensor.
     return out, (x, offset, step, mask)
@@ -584,6 +626,45 @@ def quantize_act(x: jax.Array, param: jax.Array, method: str, bits: int, symmetr
         if method == "lsq":
             return lsq_act_quantize(x, param, bits, symmetric, reduce_axes, mask, axis_name)
     raise ValueError(f"unknown activation quantization method {method!r}; allowed: {ACT_METHODS}")
+
+
+def act_quant_codes(x: jax.Array, param: jax.Array, method: str, bits: int, symmetric: bool,
+                    reduce_axes: Axes = None, mask: Optional[jax.Array] = None,
+                    axis_name: Optional[str] = None) -> QuantizedCodes:
+    """The codes of ``quantize_act`` with the same arguments, computed on ``stop_gradient(x)``:
+    ``act_quant_codes(...).values()`` is ``quantize_act(...)``'s forward value. The integer-domain
+    products read these; the gradient still flows through ``quantize_act``'s value."""
+    if bits >= FULL_PRECISION_BITS:
+        raise ValueError(f"{bits}-bit activations are full precision and have no codes")
+    x = lax.stop_gradient(x)
+    if method == "sign":
+        ones = jnp.ones((1,) * x.ndim, x.dtype)
+        return QuantizedCodes(sign_values(x), ones, None, 1)
+    if mask is not None:
+        mask = jnp.broadcast_to(mask, x.shape)
+    axes = None if reduce_axes is None else _norm_axes(reduce_axes, x.ndim)
+    param = lax.stop_gradient(param)
+    if method == "uniform":
+        return uniform_act_codes(x, param, bits, bool(symmetric), axes, mask, axis_name)
+    if method == "lsq":
+        return lsq_act_codes(x, param, bits, bool(symmetric), axes, mask, axis_name)
+    raise ValueError(f"unknown activation quantization method {method!r}; allowed: {ACT_METHODS}")
+
+
+def bool_codes(x: jax.Array) -> QuantizedCodes:
+    """The codes of ``bool_act`` (1 where x > 0, else 0; scale 1), on ``stop_gradient(x)``."""
+    x = lax.stop_gradient(x)
+    return QuantizedCodes(jnp.where(x > 0, jnp.ones_like(x), jnp.zeros_like(x)),
+                          jnp.ones((1,) * x.ndim, x.dtype), None, 1)
+
+
+def weight_codes_for_product(w: jax.Array, method: str, bits: int, axes: Axes = LAYERWISE,
+                             diag: Optional[jax.Array] = None) -> QuantizedCodes:
+    """``weight_quant_codes`` of ``stop_gradient(w)`` as ``QuantizedCodes`` (float codes, bound
+    ``max_weight_code(bits)``) for the integer-domain products."""
+    codes, scales = weight_quant_codes(lax.stop_gradient(w), method, bits, axes,
+                                       None if diag is None else lax.stop_gradient(diag))
+    return QuantizedCodes(codes.astype(scales.dtype), scales, None, max_weight_code(bits))
 
 
 def scope_axes(scope: str, ndim: int, token_axes: Sequence[int]) -> Axes:

@@ -19,7 +19,7 @@ from typing import Any, Optional
 
 import jax.numpy as jnp
 
-from binarybert_jax import assets, checkpoints, hf_import, kd
+from binarybert_jax import assets, checkpoints, hf_import, integer_dot, kd
 from binarybert_jax.data import loading, squad, tasks
 from binarybert_jax.errors import ConfigError, UserError
 from binarybert_jax.model import ACTIVATIONS, BertConfig, BertModel, ModelSpec, QuantConfig
@@ -53,6 +53,8 @@ _RANGES = (
     ("clip_grad_norm", lambda v: v >= 0, "≥ 0 (0: off)"),
     ("adam_eps", lambda v: v > 0, "> 0"),
     ("dtype", lambda v: v in DTYPES, f"one of {tuple(DTYPES)}"),
+    ("teacher_dtype", lambda v: v in ("",) + tuple(DTYPES), f"one of {('',) + tuple(DTYPES)} ('': dtype)"),
+    ("matmul_precision", lambda v: v in integer_dot.GRAD_DTYPES, f"one of {tuple(integer_dot.GRAD_DTYPES)}"),
     ("eval_every_steps", lambda v: v >= 0, "≥ 0 (0: once per epoch)"),
     ("checkpoint_every_steps", lambda v: v >= 0, "≥ 0 (0: no periodic checkpoints, only the final one)"),
     ("log_every_steps", lambda v: v >= 1, "≥ 1 (losses are checked for NaN and logged this often)"),
@@ -123,7 +125,8 @@ def validate(config) -> None:
 # checkpoint cadence, limits on evaluation and paths to the same data may change on a resume.
 RUN_IDENTITY = ("task", "max_seq_length", "train_limit", "batch_size", "seed", "group_by_length",
                 "pretrained", "teacher", "init_checkpoint", "student", "kd.mode", "kd.attention",
-                "kd.ignore_padding", "stage1.epochs", "stage2.epochs", "dtype", "squad.doc_stride",
+                "kd.ignore_padding", "stage1.epochs", "stage2.epochs", "dtype", "teacher_dtype",
+                "integer_products", "matmul_precision", "squad.doc_stride",
                 "squad.max_query_length", "squad.dev_split")
 
 
@@ -208,6 +211,25 @@ def dtype(config):
     if config.dtype not in DTYPES:
         raise ConfigError(f"config.dtype={config.dtype!r}; allowed: {sorted(DTYPES)}")
     return DTYPES[config.dtype]
+
+
+def build_student(spec: ModelSpec, config):
+    """The student as the run computes it: ``config.dtype``, the quantized products on integer
+    codes unless ``config.integer_products`` is False, their backward in
+    ``config.matmul_precision``."""
+    if config.matmul_precision not in integer_dot.GRAD_DTYPES:
+        raise ConfigError(f"config.matmul_precision={config.matmul_precision!r}; allowed: "
+                          f"{sorted(integer_dot.GRAD_DTYPES)}")
+    return spec.build(dtype(config), integer_products=bool(config.integer_products),
+                      grad_dtype=integer_dot.GRAD_DTYPES[config.matmul_precision])
+
+
+def teacher_dtype(config):
+    """The teacher's compute dtype: ``config.teacher_dtype``, or ``config.dtype`` when empty."""
+    if config.teacher_dtype and config.teacher_dtype not in DTYPES:
+        raise ConfigError(f"config.teacher_dtype={config.teacher_dtype!r}; allowed: '' (= dtype) or "
+                          f"{sorted(DTYPES)}")
+    return DTYPES[config.teacher_dtype] if config.teacher_dtype else dtype(config)
 
 
 def resolve_pretrained(config) -> pathlib.Path:
@@ -338,7 +360,7 @@ def load_teacher(config, student: ModelSpec) -> Optional[tuple[BertModel, Any, M
             f"attention-score distillation needs matching head counts: teacher {config.teacher} has "
             f"{spec.config.num_heads} heads, the student {student.config.num_heads}; use a "
             "teacher of the student's width or --config.kd.attention=False")
-    return spec.build(dtype(config)), params, spec
+    return spec.build(teacher_dtype(config), integer_products=bool(config.integer_products)), params, spec
 
 
 def load_data(config, task: tasks.TaskSpec, tokenizer) -> tuple[dict, dict]:

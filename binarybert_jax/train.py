@@ -254,11 +254,10 @@ def _train_phase(config, workdir, phase, spec, task, train_arrays, eval_sets, te
     schedule, tx = _schedules(config, phase, total_steps)
 
     # ---- Student and its initial state -----------------------------------------------------
-    dtype = resolve.dtype(config)
-    student = spec.build(dtype)
+    student = resolve.build_student(spec, config)
     first = next(_epoch_batches(train_arrays, config, 0, 0))
     example = [jnp.asarray(x[:1]) for x in model_inputs(first)]
-    host_model = spec.without_axis().build(dtype)  # outside shard_map: no cross-device axis
+    host_model = resolve.build_student(spec.without_axis(), config)  # outside shard_map: no cross-device axis
     init_params = jax.jit(host_model.init)(jax.random.key(config.seed), *example)["params"]
     abstract_state = jax.eval_shape(lambda p: TrainState(jnp.zeros((), jnp.int32), p, tx.init(p)),
                                     init_params)

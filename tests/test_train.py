@@ -148,7 +148,10 @@ def test_two_stage_kd_from_teacher_with_lsq_student(tmp_path, tiny_pretrained, g
                                                  "stage2.epochs": 0.5, "student.hidden_act": "relu"})
     cfg.teacher = str(tmp_path / "teacher" / teacher["best_checkpoint"])
     cfg.student.quant = common.quant_config(2, 2, 4, act_method="lsq")
+    # The bfloat16 options: the backward of the quantized products, and the teacher's forward.
+    cfg.matmul_precision, cfg.teacher_dtype = "bfloat16", "bfloat16"
     result = train.train_and_evaluate(cfg, tmp_path / "student")
+    assert 0 <= result["final"]["accuracy"] <= 1
     assert [p["phase"] for p in result["phases"]] == ["stage1", "stage2"]
     params, spec, info = checkpoints.load_model(tmp_path / "student" / result["final_checkpoint"])
     assert spec.quant.act_method == "lsq" and spec.config.hidden_act == "relu"
@@ -249,6 +252,13 @@ def test_config_errors_are_clear():
         resolve.phases_for(c)
     with pytest.raises(ValueError, match="Unknown task 'squad'; expected one of cola.*squad1, squad2"):
         common.base_config("squad")
+    c = common.base_config("mrpc")
+    c.matmul_precision = "fp16"
+    with pytest.raises(ValueError, match="matmul_precision.*float32.*bfloat16"):
+        resolve.validate(c)
+    c.matmul_precision, c.teacher_dtype = "float32", "half"
+    with pytest.raises(ValueError, match="teacher_dtype"):
+        resolve.validate(c)
 
 
 def test_buckets_cut_training_batches_without_regrouping_them_unless_asked():

@@ -1,0 +1,259 @@
+"""Products of quantized tensors computed on their integer codes, exactly, in bfloat16.
+
+A quantized operand is ``scale · k + zero`` (``quant.QuantizedCodes``) with k small integers:
+|k| ≤ 127 (255 asymmetric) at 8 bits, ≤ 15 at 4 bits, 1 for binary and ternary weights and for
+1-bit activations. Where ``scale`` and ``zero`` are constant along the contracted axes, the
+product of two operands is
+
+    (s_a k_a + z_a)·(s_b k_b + z_b) = s_a s_b (k_a·k_b) + s_a z_b Σk_a + z_a s_b Σk_b + z_a z_b K,
+
+and k_a·k_b is a product of integers: each |k| ≤ 256 is exact in bfloat16, each product is exact
+in float32, and every partial sum is an exact integer while |k_a|·|k_b|·K < 2²⁴. So the integer
+product is the same number whatever the order of summation — what float64 gives — and only the
+few scalings after it round, where a float32 product of the quantized values rounds at every
+product and partial sum. And it runs where the hardware is fastest: bfloat16 operands with
+float32 accumulation (AVX-512 BF16 on the CPU, tensor cores, the TPU's MXU).
+
+Where exactness cannot be had, the float32 product of the values is computed as before: a bound
+|k_a|·|k_b|·K ≥ 2²⁴ (8-bit weights against 8-bit asymmetric activations on wide layers), codes
+beyond bfloat16's exact integers (above 8 bits), or a scale that varies along the contracted axis
+(per-token ranges of V, contracted over keys in probs·V).
+
+Gradients are the straight-through ones of the values' product (what the float32 forward gives):
+``grad_dtype`` float32 (default) or bfloat16 (operands and cotangent in bfloat16, float32
+accumulation; an option until runs show it trains to the same metric).
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from typing import Optional, Sequence
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+from binarybert_jax.quant import QuantizedCodes
+
+# Integers of magnitude ≤ 256 are exact in bfloat16 (8 significant bits); sums of integers are
+# exact in float32 below 2^24.
+BF16_EXACT_INTEGER = 256
+FLOAT32_EXACT_INTEGER = 2 ** 24
+GRAD_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+
+DimensionNumbers = tuple[tuple[Sequence[int], Sequence[int]], tuple[Sequence[int], Sequence[int]]]
+
+
+def centred(q: QuantizedCodes) -> QuantizedCodes:
+    """An asymmetric operand (codes in [0, bound], a zero point) with its codes shifted by
+    ``shift = (bound + 1) // 2`` into [−shift, bound − shift] and the shift moved into the zero
+    point: the same values to one rounding of the zero point, codes half as large (more room
+    below 2²⁴, and 8-bit codes exact in bfloat16), and a zero point near the middle of the range,
+    so the rank-one corrections are small beside the integer product instead of cancelling it."""
+    if q.zero is None:
+        return q
+    shift = (q.bound + 1) // 2
+    return QuantizedCodes(q.codes - shift, q.scale, q.zero + shift * q.scale, max(shift, q.bound - shift))
+
+
+def _free_axes(ndim: int, contracting, batch) -> tuple[int, ...]:
+    return tuple(d for d in range(ndim) if d not in contracting and d not in batch)
+
+
+def _constant_along(q: QuantizedCodes, axes) -> bool:
+    return all(q.scale.shape[d] == 1 and (q.zero is None or q.zero.shape[d] == 1) for d in axes)
+
+
+def is_exact(a: QuantizedCodes, b: QuantizedCodes, dimension_numbers: DimensionNumbers,
+             groups: bool = False) -> bool:
+    """Whether ``integer_dot_general`` computes the product of ``a`` and ``b`` exactly: codes
+    exact in bfloat16, partial sums exact in float32, scales and zero points constant along the
+    contracted axes (``groups``: ``b`` carries a leading axis of summed terms)."""
+    (a_con, b_con), _ = dimension_numbers
+    b_con = tuple(d + 1 for d in b_con) if groups else tuple(b_con)
+    size = math.prod(a.codes.shape[d] for d in a_con)
+    return (a.bound <= BF16_EXACT_INTEGER and b.bound <= BF16_EXACT_INTEGER
+            and a.bound * b.bound * size < FLOAT32_EXACT_INTEGER
+            and _constant_along(a, a_con) and _constant_along(b, b_con))
+
+
+def _to_output(t: jax.Array, contracting, batch, free, lhs: bool, other_free: int) -> jax.Array:
+    """An operand-shaped array (1 along ``contracting``) laid out as ``dot_general``'s output:
+    batch axes, the left operand's free axes, then the right operand's."""
+    t = jnp.transpose(t, tuple(batch) + tuple(free) + tuple(contracting))
+    t = t.reshape(t.shape[:len(batch) + len(free)])
+    ones = (1,) * other_free
+    if lhs:
+        return t.reshape(t.shape + ones)
+    return t.reshape(t.shape[:len(batch)] + ones + t.shape[len(batch):])
+
+
+def _integer_forward(dims, groups, a_codes, a_scale, a_zero, b_codes, b_scale, b_zero):
+    (a_con, b_con), (a_bat, b_bat) = dims
+    if groups:  # b's leading axis is a free axis of the product, summed at the end
+        b_con, b_bat = tuple(d + 1 for d in b_con), tuple(d + 1 for d in b_bat)
+    a_free = _free_axes(a_codes.ndim, a_con, a_bat)
+    b_free = _free_axes(b_codes.ndim, b_con, b_bat)
+    product = lax.dot_general(a_codes.astype(jnp.bfloat16), b_codes.astype(jnp.bfloat16),
+                              ((a_con, b_con), (a_bat, b_bat)), preferred_element_type=jnp.float32)
+    lhs = functools.partial(_to_output, contracting=a_con, batch=a_bat, free=a_free, lhs=True,
+                            other_free=len(b_free))
+    rhs = functools.partial(_to_output, contracting=b_con, batch=b_bat, free=b_free, lhs=False,
+                            other_free=len(a_free))
+    f32 = jnp.float32
+    if groups:
+        return _combine_halves(product, len(a_bat) + len(a_free), lhs(a_scale.astype(f32)),
+                               None if a_zero is None else lhs(a_zero.astype(f32)),
+                               rhs(b_scale.astype(f32)),
+                               rhs(jnp.sum(b_codes.astype(f32), axis=b_con, keepdims=True)), b_zero)
+    out = product * lhs(a_scale.astype(f32)) * rhs(b_scale.astype(f32))
+    # Zero points: the rank-one corrections, from exact integer sums of the codes.
+    if b_zero is not None:
+        a_sums = jnp.sum(a_codes.astype(f32), axis=a_con, keepdims=True)
+        out = out + lhs(a_scale.astype(f32) * a_sums) * rhs(b_zero.astype(f32))
+    if a_zero is not None:
+        b_sums = jnp.sum(b_codes.astype(f32), axis=b_con, keepdims=True)
+        out = out + lhs(a_zero.astype(f32)) * rhs(b_scale.astype(f32) * b_sums)
+    if a_zero is not None and b_zero is not None:
+        size = math.prod(a_codes.shape[d] for d in a_con)
+        out = out + lhs(a_zero.astype(f32)) * rhs(b_zero.astype(f32)) * size
+    return out
+
+
+def _combine_halves(product, axis, a_scale, a_zero, b_scale, b_sums, b_zero):
+    """s_a·(s_1 P_1 + s_2 P_2) (+ z_a·(s_1 Σk_1 + s_2 Σk_2)) for the two halves of a split weight,
+    their products P_1, P_2 along ``axis``, as s_a·(½(s_1 + s_2)(P_1 + P_2) + ½(s_1 − s_2)(P_1 − P_2)).
+
+    The halves of a split ternary weight cancel where its code is 0 (b_1 = −b_2 there) and their
+    scales start equal: P_1 and P_2 are each larger than their sum, and scaling them apart would
+    round each at its own magnitude. P_1 ± P_2 are exact integers, so this form rounds at the
+    result's magnitude (and the second term vanishes while s_1 = s_2)."""
+    if product.shape[axis] != 2 or b_zero is not None:
+        raise ValueError("a split weight has two symmetric halves: got "
+                         f"{product.shape[axis]} groups{' with a zero point' if b_zero is not None else ''}")
+
+    def half(t, i):
+        return jnp.take(t, i, axis=axis) if t.shape[axis] > 1 else jnp.squeeze(t, axis)
+
+    mean = (half(b_scale, 0) + half(b_scale, 1)) * 0.5
+    half_diff = (half(b_scale, 0) - half(b_scale, 1)) * 0.5
+
+    def combine(t):
+        return mean * (half(t, 0) + half(t, 1)) + half_diff * (half(t, 0) - half(t, 1))
+
+    out = combine(product) * half(a_scale, 0)
+    if a_zero is not None:
+        out = out + half(a_zero, 0) * combine(b_sums)
+    return out
+
+
+def _values(codes, scale, zero):
+    out = scale * codes
+    return out if zero is None else out + zero
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1, 2))
+def _integer_dot(dims, groups, grad_dtype, a_values, b_values, a_codes, a_scale, a_zero,
+                 b_codes, b_scale, b_zero):
+    del a_values, b_values  # only their cotangents are defined here
+    return _integer_forward(dims, groups, a_codes, a_scale, a_zero, b_codes, b_scale, b_zero)
+
+
+def _integer_dot_fwd(dims, groups, grad_dtype, a_values, b_values, a_codes, a_scale, a_zero,
+                     b_codes, b_scale, b_zero):
+    out = _integer_forward(dims, groups, a_codes, a_scale, a_zero, b_codes, b_scale, b_zero)
+    # The activation side is kept as its codes (bfloat16: half the bytes of its float32 values)
+    # and rebuilt in the backward pass; the weight side (small) as its values.
+    # (An empty array carries the activation's dtype for its cotangent.)
+    residuals = (a_codes.astype(jnp.bfloat16), a_scale, a_zero, b_values,
+                 jnp.zeros((0,), a_values.dtype))
+    return out, residuals
+
+
+def _ranges_like(*lists):
+    start = 0
+    for items in lists:
+        yield list(range(start, start + len(items)))
+        start += len(items)
+
+
+def _cotangent_lhs(g, x_ndim, y, dims, swap_ans=False):
+    """The cotangent of the left operand of ``dot_general(x, y, dims)`` for the output cotangent
+    ``g``, as one product with float32 accumulation and result (JAX's transpose rule, written out
+    so that bfloat16 operands stay bfloat16: XLA:CPU runs a bfloat16 product with a bfloat16 result
+    as a float32 one, but bfloat16 operands with a float32 result at the bfloat16 rate)."""
+    (x_con, y_con), (x_bat, y_bat) = dims
+    x_kept = [d for d in range(x_ndim) if d not in x_con and d not in x_bat]
+    y_kept = [d for d in range(y.ndim) if d not in y_con and d not in y_bat]
+    if swap_ans:
+        ans_batch, ans_y, _ = _ranges_like(x_bat, y_kept, x_kept)
+    else:
+        ans_batch, _, ans_y = _ranges_like(x_bat, x_kept, y_kept)
+    x_con_by_y = [x_con[i] for i in sorted(range(len(y_con)), key=lambda i: y_con[i])]
+    out_axes = [int(i) for i in sorted(range(x_ndim), key=lambda i: (list(x_bat) + x_kept + x_con_by_y)[i])]
+    product = lax.dot_general(g, y, ((ans_y, y_kept), (ans_batch, list(y_bat))),
+                              preferred_element_type=jnp.float32)
+    return jnp.transpose(product, out_axes)
+
+
+def _integer_dot_bwd(dims, groups, grad_dtype, residuals, g):
+    a_codes, a_scale, a_zero, b_values, a_dtype_marker = residuals
+    a_dtype = a_dtype_marker.dtype
+    a_values = _values(a_codes.astype(a_scale.dtype), a_scale, a_zero)
+    # The straight-through gradient: that of the values' product, its two products taking
+    # ``grad_dtype`` operands and accumulating in float32.
+    (a_con, b_con), (a_bat, b_bat) = dims
+    grad_a = _cotangent_lhs(g.astype(grad_dtype), a_values.ndim, b_values.astype(grad_dtype), dims)
+    # The weight side contracts the token axes, which lead both of its operands: XLA:CPU has no
+    # bfloat16 kernel for that layout (it converts to float32, or fails on small shapes), so on
+    # the CPU that product stays float32.
+    b_dtype = jnp.float32 if jax.default_backend() == "cpu" else grad_dtype
+    grad_b = _cotangent_lhs(g.astype(b_dtype), b_values.ndim, a_values.astype(b_dtype),
+                            ((b_con, a_con), (b_bat, a_bat)), swap_ans=True)
+    return (grad_a.astype(a_dtype), grad_b.astype(b_values.dtype), None, None, None, None,
+            None, None)
+
+
+_integer_dot.defvjp(_integer_dot_fwd, _integer_dot_bwd)
+
+
+def float_dot_general(a: jax.Array, b: jax.Array, dimension_numbers) -> jax.Array:
+    """The float product of two arrays: float32 operands as they are; bfloat16 ones (a bfloat16
+    compute dtype) accumulate in float32 and return float32, the fast path on every backend
+    (XLA:CPU would otherwise run a bfloat16-result product in float32)."""
+    if a.dtype == jnp.bfloat16 and b.dtype == jnp.bfloat16:
+        return lax.dot_general(a, b, dimension_numbers, preferred_element_type=jnp.float32)
+    return lax.dot_general(a, b, dimension_numbers)
+
+
+def quantized_dot_general(a_values: jax.Array, a: Optional[QuantizedCodes], b_values: jax.Array,
+                          b: Optional[QuantizedCodes], dimension_numbers: DimensionNumbers, *,
+                          groups: bool = False, grad_dtype=jnp.float32) -> jax.Array:
+    """``lax.dot_general(a_values, b_values, dimension_numbers)``, computed on the codes.
+
+    Args:
+      a_values, b_values: the quantized values (``scale · codes + zero``, carrying the
+        straight-through gradient). ``groups``: ``b_values`` is the sum over the leading axis of
+        ``b``'s codes (the two halves of a split weight), whose products are taken separately.
+      a, b: the operands' codes, or None where an operand is not quantized.
+      dimension_numbers: as ``lax.dot_general``'s, on the values.
+      grad_dtype: the dtype of the backward products (float32 or bfloat16).
+    Returns:
+      float32: the integer-domain product where ``is_exact`` holds, else the float product of
+      the values (``float_dot_general``), as before.
+    """
+    dims = tuple(tuple(tuple(int(d) for d in side) for side in pair) for pair in dimension_numbers)
+    if a is not None and b is not None:
+        a, b = centred(a), centred(b)
+    if a is None or b is None or not is_exact(a, b, dims, groups):
+        return float_dot_general(a_values, b_values, dims)
+    return _integer_dot(dims, groups, jnp.dtype(grad_dtype), a_values, b_values, a.codes, a.scale,
+                        a.zero, b.codes, b.scale, b.zero)
+
+
+def grad_dtype_of(name: str):
+    """The dtype of a ``matmul_precision`` setting."""
+    if name not in GRAD_DTYPES:
+        raise ValueError(f"matmul precision {name!r}; allowed: {sorted(GRAD_DTYPES)}")
+    return GRAD_DTYPES[name]
