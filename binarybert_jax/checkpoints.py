@@ -378,7 +378,7 @@ class WorkdirLock:
         held = self._read_lease()
         if held is not None:
             age = time.time() - float(held.get("heartbeat", 0.0))
-            holder = (f"process {held.get('pid')} on {held.get('host')} since {held.get('since')}")
+            holder = f"process {held.get('pid')} on {held.get('host')} since {held.get('since')}"
             if self._alive(held) and age < self.stale_after_s:
                 raise UserError(
                     f"{self.path.parent} is in use by {holder} (lock {self.path}, refreshed {age:.0f} s "

@@ -7,7 +7,7 @@ resolves to (phases, the student's spec, its starting point, the teacher, the da
 ``resolve.py``'s; evaluation is ``evaluate.py``'s; placement on devices ``sharding.py``'s; every
 file is written through ``checkpoints.py``.
 
-Workdir layout::
+Workdir layout (local, or remote: ``gs://bucket/run``, see ``checkpoints.as_path``)::
 
     config.json                  the resolved config of the run
     <phase>/ckpt/<step>/         periodic train-state checkpoints (Orbax, atomic, last k kept)
