@@ -4,6 +4,12 @@
   the periodic train-state checkpoints of a run: every Orbax call of the project.
 * JSON records and reports (``write_json``, ``write_text``, ``write_figure``) and the metric log
   (``MetricWriter``: ``metrics.jsonl`` and TensorBoard).
+* The workdir lock (``WorkdirLock``) that keeps two runs out of one workdir.
+
+Every workdir path is an ``etils.epath.Path`` (``as_path``), the path type of Orbax and the JAX
+ecosystem, so a workdir may be local or remote (``gs://bucket/run``, ``s3://``: ``is_remote``);
+``pathlib`` would collapse ``gs://`` to ``gs:/``. What differs on a remote workdir (no atomic
+rename, no ``flock``, no append) is decided here and nowhere else; see README, "Remote workdirs".
 
 Safe on several processes (multi-host training): every process takes part in an Orbax save, as
 Orbax requires, and only process 0 creates, renames or removes directories and writes JSON, text
@@ -18,7 +24,9 @@ A *model checkpoint* is a directory::
     <dir>/model.json   {"format": "binarybert-jax/model", "version": 1, "spec": ModelSpec, "info": {...}}
 
 written to a temporary sibling and renamed into place, so a crash never leaves a half-written
-checkpoint under the final name.
+checkpoint under the final name. On a remote workdir, where a directory "rename" copies every
+object, it is written in place with ``model.json`` last: a checkpoint without it is incomplete and
+is neither loaded nor taken for a finished phase.
 """
 
 from __future__ import annotations
@@ -26,13 +34,13 @@ from __future__ import annotations
 import json
 import logging
 import os
-import pathlib
-import shutil
+import threading
 import time
 from typing import Any, Optional
 
 import jax
 import numpy as np
+from etils import epath
 from jax.experimental import multihost_utils
 
 from binarybert_jax.errors import UserError
@@ -45,6 +53,22 @@ MODEL_FORMAT_VERSION = 1
 LAT_DIAG_DIR = "lat_diag"
 
 
+def as_path(path: str | os.PathLike) -> epath.Path:
+    """The path type of every workdir path: local paths and ``gs://``/``s3://`` URIs alike."""
+    return epath.Path(path)
+
+
+def is_remote(path: str | os.PathLike) -> bool:
+    """Whether ``path`` is a URI (``gs://bucket/run``) rather than a local path."""
+    return "://" in os.fspath(path)
+
+
+def absolute(path: str | os.PathLike) -> epath.Path:
+    """``path`` as an absolute ``epath.Path`` (what Orbax needs); a URI is already absolute."""
+    path = as_path(path)
+    return path if is_remote(path) else path.absolute()
+
+
 def _checkpointer():
     import orbax.checkpoint as ocp
     return ocp.StandardCheckpointer()
@@ -53,13 +77,13 @@ def _checkpointer():
 def save_params(directory: str | os.PathLike, params: Any) -> None:
     """Saves a parameter pytree with Orbax at ``directory`` (which must not exist)."""
     ckptr = _checkpointer()
-    ckptr.save(pathlib.Path(directory).absolute(), jax.tree_util.tree_map(np.asarray, params))
+    ckptr.save(absolute(directory), jax.tree_util.tree_map(np.asarray, params))
     ckptr.wait_until_finished()
 
 
 def restore_params(directory: str | os.PathLike) -> Any:
     """Restores a parameter pytree saved by ``save_params`` as numpy arrays."""
-    path = pathlib.Path(directory).absolute()
+    path = absolute(directory)
     if not path.is_dir():
         raise FileNotFoundError(f"no Orbax checkpoint at {path}")
     tree = _checkpointer().restore(path)
@@ -77,16 +101,22 @@ def sync(name: str) -> None:
         multihost_utils.sync_global_devices(name)
 
 
-def _atomic_write(path: pathlib.Path, data: bytes) -> None:
+def _atomic_write(path: epath.Path, data: bytes) -> None:
+    if is_remote(path):
+        # An object store makes an object visible only once its upload completes, so a direct
+        # write is already all-or-nothing; a "rename" there would be a second, non-atomic copy.
+        path.write_bytes(data)
+        return
     tmp = path.with_name(f"{path.name}.tmp{os.getpid()}")
     tmp.write_bytes(data)
-    os.replace(tmp, path)
+    tmp.replace(path)
 
 
 def write_text(path: str | os.PathLike, text: str) -> None:
-    """Writes ``text`` atomically (temporary sibling, then rename), on process 0 only."""
+    """Writes ``text`` atomically (temporary sibling, then rename; a direct upload on a remote
+    path), on process 0 only."""
     if is_writer():
-        path = pathlib.Path(path)
+        path = as_path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         _atomic_write(path, text.encode())
 
@@ -98,7 +128,7 @@ def write_json(path: str | os.PathLike, obj: Any, **dumps_kwargs) -> None:
 
 def read_json(path: str | os.PathLike) -> Any:
     """Reads a JSON record; a malformed file is an error naming it."""
-    path = pathlib.Path(path)
+    path = as_path(path)
     try:
         return json.loads(path.read_text())
     except json.JSONDecodeError as e:
@@ -109,7 +139,7 @@ def write_figure(path: str | os.PathLike, fig, dpi: int = 120) -> None:
     """Saves a matplotlib figure as PNG, atomically, on process 0 only."""
     if is_writer():
         import io
-        path = pathlib.Path(path)
+        path = as_path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         buf = io.BytesIO()
         fig.savefig(buf, format="png", dpi=dpi)
@@ -117,49 +147,54 @@ def write_figure(path: str | os.PathLike, fig, dpi: int = 120) -> None:
 
 
 def save_model(directory: str | os.PathLike, params: Any, spec: ModelSpec,
-               info: Optional[dict] = None, lat_diag: Optional[Any] = None) -> pathlib.Path:
+               info: Optional[dict] = None, lat_diag: Optional[Any] = None) -> epath.Path:
     """Writes a model checkpoint atomically; replaces an existing one at ``directory``.
 
     Call it on every process with the same arguments (Orbax's save is collective).
 
     Args:
-      directory: target directory.
+      directory: target directory, local or remote (``gs://...``: written in place, ``model.json``
+        last, see the module docstring).
       params: the model's ``params`` tree.
       spec: how to rebuild the model.
       info: free-form JSON metadata (stage, task, metrics, source checkpoint...).
       lat_diag: a LAT model's diagonal (``train.lat_diagonal``), saved beside the parameters so
         that evaluation, prediction and export quantize as training did; None for other models.
     """
-    final = pathlib.Path(directory).absolute()
-    tmp = final.with_name(final.name + ".tmp")
+    final = absolute(directory)
+    remote = is_remote(final)
+    target = final if remote else final.with_name(final.name + ".tmp")
     if is_writer():
-        if tmp.exists():
-            shutil.rmtree(tmp)  # a save that died before its rename; never the checkpoint itself
-        tmp.mkdir(parents=True)
+        if remote and final.exists():
+            (final / "model.json").unlink(missing_ok=True)  # first: what is left is incomplete
+            final.rmtree()
+        elif target.exists():
+            target.rmtree()  # a save that died before its rename; never the checkpoint itself
+        target.mkdir(parents=True, exist_ok=True)
     sync(f"save_model:start:{final}")
-    save_params(tmp / "params", params)
+    save_params(target / "params", params)
     if lat_diag is not None:
-        save_params(tmp / LAT_DIAG_DIR, lat_diag)
+        save_params(target / LAT_DIAG_DIR, lat_diag)
     if is_writer():
         meta = {"format": MODEL_FORMAT, "version": MODEL_FORMAT_VERSION, "spec": spec.to_dict(),
                 "info": info or {}}
-        (tmp / "model.json").write_text(json.dumps(meta, indent=2, sort_keys=True))
-        if final.exists():
+        (target / "model.json").write_text(json.dumps(meta, indent=2, sort_keys=True))
+        if not remote and final.exists():
             old = final.with_name(final.name + ".old")
             if old.exists():
-                shutil.rmtree(old)
-            os.replace(final, old)
-            os.replace(tmp, final)
-            shutil.rmtree(old)
-        else:
-            os.replace(tmp, final)
+                old.rmtree()
+            final.replace(old)
+            target.replace(final)
+            old.rmtree()
+        elif not remote:
+            target.replace(final)
     sync(f"save_model:done:{final}")
     return final
 
 
 def read_model_meta(directory: str | os.PathLike) -> dict:
     """Reads and validates ``model.json`` of a model checkpoint."""
-    path = pathlib.Path(directory) / "model.json"
+    path = as_path(directory) / "model.json"
     if not path.is_file():
         raise FileNotFoundError(f"{path} not found: {directory} is not a binarybert-jax model checkpoint")
     meta = read_json(path)
@@ -175,14 +210,14 @@ def read_model_meta(directory: str | os.PathLike) -> dict:
 def load_model(directory: str | os.PathLike) -> tuple[Any, ModelSpec, dict]:
     """Loads a model checkpoint: (params, spec, info)."""
     meta = read_model_meta(directory)
-    params = restore_params(pathlib.Path(directory) / "params")
+    params = restore_params(as_path(directory) / "params")
     return params, ModelSpec.from_dict(meta["spec"]), meta.get("info", {})
 
 
 def load_lat_diag(directory: str | os.PathLike) -> Optional[Any]:
     """The LAT diagonal saved with a model checkpoint, or None when it has none (not a LAT model,
     or a LAT checkpoint written before diagonals were saved: it then quantizes with the identity)."""
-    path = pathlib.Path(directory) / LAT_DIAG_DIR
+    path = as_path(directory) / LAT_DIAG_DIR
     return restore_params(path) if path.is_dir() else None
 
 
@@ -192,7 +227,21 @@ def load_model_spec(directory: str | os.PathLike) -> ModelSpec:
 
 
 def is_model_checkpoint(directory: str | os.PathLike) -> bool:
-    return (pathlib.Path(directory) / "model.json").is_file()
+    return (as_path(directory) / "model.json").is_file()
+
+
+def _move(src: epath.Path, dst: epath.Path) -> None:
+    """Moves directory ``src`` to ``dst``: a rename locally; on an object store, which has no
+    directories to rename (and whose "rename" insists on an existing parent "folder"), a copy of
+    every file and then the removal of ``src``."""
+    if not is_remote(src):
+        src.rename(dst)
+        return
+    for root, _, files in src.walk():
+        for name in files:
+            (dst / (root / name).relative_to(src)).parent.mkdir(parents=True, exist_ok=True)
+            (root / name).copy(dst / (root / name).relative_to(src))
+    src.rmtree()
 
 
 class TrainCheckpoints:
@@ -208,7 +257,7 @@ class TrainCheckpoints:
     def __init__(self, directory: str | os.PathLike, max_to_keep: int = 2):
         import orbax.checkpoint as ocp
         self._ocp = ocp
-        self.directory = pathlib.Path(directory).absolute()
+        self.directory = absolute(directory)
         self._manager = ocp.CheckpointManager(
             self.directory,
             options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True,
@@ -256,7 +305,7 @@ class TrainCheckpoints:
                             type(e).__name__, reason, where)
         return None
 
-    def set_aside(self, step: int, why: str) -> Optional[pathlib.Path]:
+    def set_aside(self, step: int, why: str) -> Optional[epath.Path]:
         """Moves step ``step`` out of the manager's view into ``<directory>_<why>/`` (kept, not
         deleted); returns where it went (None on processes other than 0)."""
         where = None
@@ -265,7 +314,7 @@ class TrainCheckpoints:
             aside = self.directory.with_name(f"{self.directory.name}_{why}")
             aside.mkdir(parents=True, exist_ok=True)
             where = aside / f"{step}-{time.strftime('%Y%m%d-%H%M%S')}"
-            os.replace(src, where)
+            _move(src, where)
         sync(f"set_aside:{self.directory}:{step}")
         self._manager.reload()
         return where
@@ -276,18 +325,36 @@ class TrainCheckpoints:
 
 class WorkdirLock:
     """An exclusive lock on a workdir for one run (process 0): a second run in the same workdir is
-    refused with a message naming the holder. The operating system releases it when the process
-    exits, however it exits, so a lock is never stale."""
+    refused with a message naming the holder.
+
+    Local workdir: ``flock`` on ``<workdir>/.lock``. The operating system releases it when the
+    process exits, however it exits, so a lock is never stale.
+
+    Remote workdir (``gs://``): an object store has no ``flock``, so the lock is a *lease*: a JSON
+    file naming host, process and start time, whose ``heartbeat`` a background thread refreshes
+    every ``heartbeat_s`` seconds and which ``release`` deletes. A lease refreshed less than
+    ``stale_after_s`` ago refuses the new run; an older one (its run died without releasing it,
+    e.g. a preempted TPU VM) is taken over with a warning, as is one held by a process of this host
+    that no longer exists. Deleting the file by hand overrides it. Best effort: it keeps a second
+    run from being started by mistake, not two started within the same second.
+    """
 
     FILE = ".lock"
 
-    def __init__(self, workdir: str | os.PathLike):
-        self.path = pathlib.Path(workdir) / self.FILE
+    def __init__(self, workdir: str | os.PathLike, *, heartbeat_s: float = 60.0,
+                 stale_after_s: float = 600.0):
+        self.path = as_path(workdir) / self.FILE
+        self.heartbeat_s, self.stale_after_s = heartbeat_s, stale_after_s
         self._fd: Optional[int] = None
+        self._lease: Optional[dict] = None
+        self._stop = threading.Event()
+        self._thread: Optional[threading.Thread] = None
 
     def acquire(self) -> "WorkdirLock":
         if not is_writer():
             return self
+        if is_remote(self.path):
+            return self._acquire_lease()
         import fcntl
         import socket
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
@@ -304,12 +371,78 @@ class WorkdirLock:
         self._fd = fd
         return self
 
+    # ---- Remote: a lease with a heartbeat --------------------------------------------------
+    def _acquire_lease(self) -> "WorkdirLock":
+        import socket
+        import uuid
+        held = self._read_lease()
+        if held is not None:
+            age = time.time() - float(held.get("heartbeat", 0.0))
+            holder = f"process {held.get('pid')} on {held.get('host')} since {held.get('since')}"
+            if self._alive(held) and age < self.stale_after_s:
+                raise UserError(
+                    f"{self.path.parent} is in use by {holder} (lock {self.path}, refreshed {age:.0f} s "
+                    f"ago); wait for that run to finish or stop it, or use another --workdir. If that "
+                    f"run is gone (e.g. a preempted VM), its lease expires {self.stale_after_s - age:.0f} s "
+                    f"from now, or delete {self.path} to take the workdir at once")
+            log.warning("taking over the lock %s of %s (last refreshed %.0f s ago): that run is gone",
+                        self.path, holder, age)
+        self._lease = {"host": socket.gethostname(), "pid": os.getpid(),
+                       "since": time.strftime("%Y-%m-%d %H:%M:%S"), "token": uuid.uuid4().hex}
+        self._write_lease()
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._heartbeat, name="workdir-lock-heartbeat",
+                                        daemon=True)
+        self._thread.start()
+        return self
+
+    def _read_lease(self) -> Optional[dict]:
+        try:
+            lease = json.loads(self.path.read_text())
+        except FileNotFoundError:
+            return None
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            log.warning("lock %s is not a lease this code wrote; treating it as stale", self.path)
+            return {}
+        return lease if isinstance(lease, dict) else {}
+
+    @staticmethod
+    def _alive(lease: dict) -> bool:
+        """False when the lease's process was on this host and no longer exists."""
+        import socket
+        if lease.get("host") != socket.gethostname() or not isinstance(lease.get("pid"), int):
+            return True
+        try:
+            os.kill(lease["pid"], 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True
+        return True
+
+    def _write_lease(self) -> None:
+        self.path.write_text(json.dumps({**self._lease, "heartbeat": time.time()}))
+
+    def _heartbeat(self) -> None:
+        while not self._stop.wait(self.heartbeat_s):
+            try:
+                self._write_lease()
+            except Exception as e:  # noqa: BLE001 - a missed heartbeat is retried at the next one
+                log.warning("could not refresh the lock %s: %s", self.path, e)
+
     def release(self) -> None:
         if self._fd is not None:
             import fcntl
             fcntl.flock(self._fd, fcntl.LOCK_UN)
             os.close(self._fd)
             self._fd = None
+        if self._lease is not None:
+            self._stop.set()
+            self._thread.join()
+            held = self._read_lease()
+            if held and held.get("token") == self._lease["token"]:  # never another run's lease
+                self.path.unlink(missing_ok=True)
+            self._lease = None
 
     def __enter__(self) -> "WorkdirLock":
         return self.acquire()
@@ -318,29 +451,80 @@ class WorkdirLock:
         self.release()
 
 
-class MetricWriter:
-    """Writes scalars to ``metrics.jsonl`` and TensorBoard (tensorboardX), on process 0 only."""
+# tensorboardX writes ``gs://`` and ``s3://`` event files itself, with these client libraries.
+_TENSORBOARD_REMOTE_CLIENTS = {"gs": "google.cloud.storage", "s3": "boto3"}
 
-    def __init__(self, workdir: str | os.PathLike):
+
+def _summary_writer(directory: epath.Path):
+    """A tensorboardX SummaryWriter for ``directory``, or None (with a warning) for a remote
+    directory whose client library is not installed: the run goes on, ``metrics.jsonl`` holds
+    the same scalars."""
+    import importlib.util
+    if is_remote(directory):
+        scheme = os.fspath(directory).split("://", 1)[0]
+        client = _TENSORBOARD_REMOTE_CLIENTS.get(scheme)
+        try:
+            found = client is not None and importlib.util.find_spec(client) is not None
+        except ModuleNotFoundError:  # a missing parent package (google.cloud)
+            found = False
+        if not found:
+            log.warning("no TensorBoard events in %s: tensorboardX writes %s:// only with %s "
+                        "installed; the scalars are in metrics.jsonl", directory, scheme,
+                        client or "(no client: unsupported scheme)")
+            return None
+    from tensorboardX import SummaryWriter
+    return SummaryWriter(os.fspath(directory))
+
+
+class MetricWriter:
+    """Writes scalars to ``metrics.jsonl`` and TensorBoard (tensorboardX), on process 0 only.
+
+    On a remote workdir, where objects cannot be appended to, the log is kept in memory and the
+    whole ``metrics.jsonl`` uploaded again at most every ``upload_every_s`` seconds and on close
+    (a run that dies loses at most that much of its log, none of its checkpoints).
+    """
+
+    def __init__(self, workdir: str | os.PathLike, upload_every_s: float = 60.0):
         self._active = is_writer()
         if not self._active:
             return
-        workdir = pathlib.Path(workdir)
-        self._jsonl = open(workdir / "metrics.jsonl", "a")
-        from tensorboardX import SummaryWriter
-        self._tb = SummaryWriter(str(workdir / "tb"))
+        workdir = as_path(workdir)
+        self._path = workdir / "metrics.jsonl"
+        self._remote = is_remote(workdir)
+        self._upload_every_s = upload_every_s
+        if self._remote:
+            self._text = self._path.read_text() if self._path.exists() else ""
+            self._uploaded = time.monotonic()
+        else:
+            self._jsonl = self._path.open("a")
+        self._tb = _summary_writer(workdir / "tb")
 
     def write(self, phase: str, step: int, scalars: dict) -> None:
         if not self._active:
             return
         clean = {k: float(v) for k, v in scalars.items()}
-        self._jsonl.write(json.dumps({"phase": phase, "step": step, **clean}) + "\n")
-        self._jsonl.flush()
-        for k, v in clean.items():
-            self._tb.add_scalar(f"{phase}/{k}", v, step)
+        line = json.dumps({"phase": phase, "step": step, **clean}) + "\n"
+        if self._remote:
+            self._text += line
+            if time.monotonic() - self._uploaded >= self._upload_every_s:
+                self._upload()
+        else:
+            self._jsonl.write(line)
+            self._jsonl.flush()
+        if self._tb is not None:
+            for k, v in clean.items():
+                self._tb.add_scalar(f"{phase}/{k}", v, step)
+
+    def _upload(self) -> None:
+        self._path.write_text(self._text)
+        self._uploaded = time.monotonic()
 
     def close(self) -> None:
         if self._active:
-            self._jsonl.close()
-            self._tb.close()
+            if self._remote:
+                self._upload()
+            else:
+                self._jsonl.close()
+            if self._tb is not None:
+                self._tb.close()
             self._active = False

@@ -46,7 +46,6 @@ import dataclasses
 import functools
 import itertools
 import os
-import pathlib
 from typing import Any, Iterable, Mapping, Optional
 
 import jax
@@ -262,7 +261,7 @@ def make_half_width_checkpoint(teacher_dir: str | os.PathLike, out_dir: str | os
       ``stage='prune'``, the ``source``, ``width``, the kept ``heads`` and ``neurons`` per layer,
       the head scores, that summary, and the source's info as ``source_info``.
     """
-    src = pathlib.Path(teacher_dir).absolute()
+    src = checkpoints.absolute(teacher_dir)
     params, spec, src_info = checkpoints.load_model(src)
     check_full_precision(spec)
     used = 0

@@ -119,7 +119,8 @@ def load_predictor(path: str | os.PathLike) -> Predictor:
       export.PackedFormatError: a file that is not a readable packed model of a supported version.
       ValueError: a checkpoint of another format or version.
     """
-    path = pathlib.Path(path)
+    # A checkpoint directory may be in a remote workdir (gs://...); packed files are local.
+    path = checkpoints.as_path(path) if checkpoints.is_remote(path) else pathlib.Path(path)
     if path.is_file() and bitwise.is_bitwise_file(path):
         params, spec, info = bitwise.load_bitwise(path)
         spec = spec.without_axis()

@@ -24,11 +24,12 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import pathlib
+import os
 from typing import Optional
 
 import ml_collections
 import numpy as np
+from etils import epath
 
 from binarybert_jax import adaptive, checkpoints, evaluate, flops, halfwidth, metrics, resolve, size, train, tws
 from binarybert_jax.data import batching, tasks
@@ -124,7 +125,7 @@ class _Interrupted(Exception):
     pass
 
 
-def _train(config, workdir: pathlib.Path, name: str, outputs: dict, context: dict) -> StageResult:
+def _train(config, workdir: epath.Path, name: str, outputs: dict, context: dict) -> StageResult:
     """Trains stage ``name`` (or takes its given checkpoint). ``context`` fills placeholders of its
     description, e.g. ``{budget_mb:.2f}`` after an adaptive split."""
     section = config.stages[name]
@@ -158,7 +159,7 @@ def _batches(config, task, count: int, batch_size: int, seed_offset: int) -> lis
     return out
 
 
-def _prune(config, workdir: pathlib.Path, name: str, outputs: dict, task) -> None:
+def _prune(config, workdir: epath.Path, name: str, outputs: dict, task) -> None:
     section, out = config.stages[name], workdir / name
     if not checkpoints.is_model_checkpoint(out):
         halfwidth.make_half_width_checkpoint(outputs[section.source], out,
@@ -166,7 +167,7 @@ def _prune(config, workdir: pathlib.Path, name: str, outputs: dict, task) -> Non
                                              width=section.width)
 
 
-def _split(config, workdir: pathlib.Path, name: str, outputs: dict) -> None:
+def _split(config, workdir: epath.Path, name: str, outputs: dict) -> None:
     out = workdir / name
     if not checkpoints.is_model_checkpoint(out):
         tws.split_checkpoint(outputs[config.stages[name].source], out)
@@ -180,7 +181,7 @@ def run_pipeline(config, workdir) -> dict:
       "stage": name}`` when a training stage stopped early (``stop_after_steps``).
     """
     check_config(config)
-    workdir = pathlib.Path(workdir)
+    workdir = checkpoints.as_path(workdir)
     if workdir.exists() and not workdir.is_dir():
         raise UserError(f"--workdir {workdir} is a file, not a directory: pick another path")
     recorded = workdir / "pipeline_config.json"
@@ -194,7 +195,7 @@ def run_pipeline(config, workdir) -> dict:
         return _run_stages(config, workdir)
 
 
-def _run_stages(config, workdir: pathlib.Path) -> dict:
+def _run_stages(config, workdir: epath.Path) -> dict:
     task = tasks.get_task(config.task)
     rows: list[StageResult] = []
     outputs: dict[str, str] = {}  # stage -> the model checkpoint later stages refer to
@@ -221,7 +222,7 @@ def _run_stages(config, workdir: pathlib.Path) -> dict:
     return write_report(workdir, task, rows, config, adaptive_info)
 
 
-def _plan_adaptive(config, workdir: pathlib.Path, name: str, outputs: dict, task) -> dict:
+def _plan_adaptive(config, workdir: epath.Path, name: str, outputs: dict, task) -> dict:
     """Plans the mixed split of the ternary model under the budget (cached in ``<name>.json``) and
     writes the mixed binary model's initial checkpoint to ``workdir/<name>``."""
     section = config.stages[name]
@@ -266,7 +267,7 @@ def _bits_label(spec: ModelSpec) -> str:
     return f"{q.weight_bits}-{q.embed_bits}-{q.act_bits}"
 
 
-def write_report(workdir: pathlib.Path, task, rows: list[StageResult], config, adaptive_info) -> dict:
+def write_report(workdir: epath.Path, task, rows: list[StageResult], config, adaptive_info) -> dict:
     """Writes results.json, results.md and training_curves.png; returns the report dict."""
     seq = config.max_seq_length or task.max_seq_length
     main = metrics.main_metric(task)
@@ -315,12 +316,12 @@ def write_report(workdir: pathlib.Path, task, rows: list[StageResult], config, a
     return out
 
 
-def training_curves(workdir: str | pathlib.Path, main: str) -> dict[str, dict[str, list]]:
+def training_curves(workdir: str | os.PathLike, main: str) -> dict[str, dict[str, list]]:
     """Per phase of a training run, from its ``metrics.jsonl``: ``loss`` ``[(step, total loss)]``
     as logged (means over the logging window) and ``dev`` ``[(step, dev main metric)]`` at each
     evaluation. A resumed run logs some steps twice; the last value of a step wins."""
     curves: dict[str, dict[str, dict]] = {}
-    for line in (pathlib.Path(workdir) / "metrics.jsonl").read_text().splitlines():
+    for line in (checkpoints.as_path(workdir) / "metrics.jsonl").read_text().splitlines():
         m = json.loads(line)
         phase = curves.setdefault(m["phase"], {"loss": {}, "dev": {}})
         if "total" in m:
@@ -330,7 +331,7 @@ def training_curves(workdir: str | pathlib.Path, main: str) -> dict[str, dict[st
     return {p: {k: sorted(v.items()) for k, v in c.items()} for p, c in curves.items()}
 
 
-def plot_training_curves(path: pathlib.Path, rows: list[StageResult], main: str) -> None:
+def plot_training_curves(path: epath.Path, rows: list[StageResult], main: str) -> None:
     """The paper's training curves: the training loss of every quantized model (TWN 0.5×, TWS 1×,
     BWN, ...) over its steps, one panel per KD phase (stage 1: intermediate-layer distillation,
     stage 2: prediction-layer), with the dev metric at each evaluation on a second axis (stage 1
@@ -341,7 +342,7 @@ def plot_training_curves(path: pathlib.Path, rows: list[StageResult], main: str)
     import matplotlib.pyplot as plt
     runs = [(r, training_curves(r.workdir, main)) for r in rows
             if r.workdir and r.spec.quant.weight_bits < 32
-            and (pathlib.Path(r.workdir) / "metrics.jsonl").is_file()]
+            and (checkpoints.as_path(r.workdir) / "metrics.jsonl").is_file()]
     phases = sorted({p for _, curves in runs for p in curves}) or ["(no quantized training runs)"]
     fig, axes = plt.subplots(1, len(phases), figsize=(6 * len(phases), 4.5), squeeze=False)
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]

@@ -14,6 +14,7 @@ else the pretrained Hugging Face weights.
 from __future__ import annotations
 
 import dataclasses
+import os
 import pathlib
 from typing import Any, Optional
 
@@ -153,7 +154,7 @@ def check_resume(recorded: dict, config, workdir) -> None:
     if changed:
         raise ConfigError(f"{workdir} holds a run with another config ({'; '.join(changed)}): resuming "
                           "would mix two runs. Use a new --workdir, or the recorded settings "
-                          f"({pathlib.Path(workdir) / 'config.json'})")
+                          f"({checkpoints.as_path(workdir) / 'config.json'})")
 
 
 def recorded_task(info: dict) -> Optional[str]:
@@ -310,7 +311,7 @@ def student_spec(config, task: tasks.TaskSpec) -> ModelSpec:
     return ModelSpec(arch, _student_quant(config, start), task.head, task.num_labels)
 
 
-def load_init_params(config, init_params, previous: Optional[pathlib.Path]):
+def load_init_params(config, init_params, previous: Optional[str | os.PathLike]):
     """Student parameters for a phase's first step (see the module docstring for the order).
 
     Args:

@@ -7,7 +7,7 @@ resolves to (phases, the student's spec, its starting point, the teacher, the da
 ``resolve.py``'s; evaluation is ``evaluate.py``'s; placement on devices ``sharding.py``'s; every
 file is written through ``checkpoints.py``.
 
-Workdir layout::
+Workdir layout (local, or remote: ``gs://bucket/run``, see ``checkpoints.as_path``)::
 
     config.json                  the resolved config of the run
     <phase>/ckpt/<step>/         periodic train-state checkpoints (Orbax, atomic, last k kept)
@@ -22,7 +22,6 @@ from __future__ import annotations
 import logging
 import math
 import os
-import pathlib
 import signal
 import threading
 import time
@@ -32,6 +31,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from etils import epath
 from jax import lax
 from jax.sharding import PartitionSpec as P
 
@@ -220,9 +220,9 @@ def _schedules(config, phase: resolve.Phase, total_steps: int):
     return schedule, tx
 
 
-def train_phase(config, workdir: pathlib.Path, phase: resolve.Phase, spec: ModelSpec, task: tasks.TaskSpec,
+def train_phase(config, workdir: epath.Path, phase: resolve.Phase, spec: ModelSpec, task: tasks.TaskSpec,
                 train_arrays: dict, eval_sets: dict, teacher, mesh, writer: checkpoints.MetricWriter,
-                previous: Optional[pathlib.Path]) -> dict:
+                previous: Optional[epath.Path]) -> dict:
     """Runs (or resumes, or skips when complete) one phase; returns its results entry.
 
     SIGINT and SIGTERM are held from here on: the step in flight finishes, a checkpoint is saved
@@ -418,7 +418,7 @@ def train_and_evaluate(config, workdir: str | os.PathLike) -> dict:
     or ``{"interrupted": True, "phase", "step"}`` after ``config.stop_after_steps``."""
     # ---- Config and workdir: everything checkable is checked before anything is written ---
     resolve.validate(config)
-    workdir = pathlib.Path(workdir)
+    workdir = checkpoints.as_path(workdir)
     if workdir.exists() and not workdir.is_dir():
         raise UserError(f"--workdir {workdir} is a file, not a directory: pick another path")
     task = tasks.get_task(config.task)
@@ -437,7 +437,7 @@ def train_and_evaluate(config, workdir: str | os.PathLike) -> dict:
         return _run_phases(config, workdir, task, mesh, spec)
 
 
-def _run_phases(config, workdir: pathlib.Path, task: tasks.TaskSpec, mesh, spec: ModelSpec) -> dict:
+def _run_phases(config, workdir: epath.Path, task: tasks.TaskSpec, mesh, spec: ModelSpec) -> dict:
     # ---- Data ------------------------------------------------------------------------------
     tokenizer = load_tokenizer(resolve.tokenizer_dir(config))
     train_arrays, eval_sets = resolve.load_data(config, task, tokenizer)

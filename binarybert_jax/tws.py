@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import pathlib
 from collections.abc import Mapping
 from typing import Any, Iterable, Optional
 
@@ -278,8 +277,8 @@ def split_checkpoint(src_dir: str | os.PathLike, out_dir: str | os.PathLike, *,
       ``params_after`` (scalar counts). The checkpoint's ``info`` records ``stage='tws'``, the
       ``source`` path, the split/unsplit matrices, and the source's own info as ``source_info``.
     """
-    src = pathlib.Path(src_dir).absolute()
-    out = pathlib.Path(out_dir).absolute()
+    src = checkpoints.absolute(src_dir)
+    out = checkpoints.absolute(out_dir)
     if out == src or src in out.parents or out in src.parents:
         # save_model replaces ``out`` whole: it would destroy the ternary checkpoint.
         raise UserError(f"--out {out} overlaps the source checkpoint {src}: write the split model "

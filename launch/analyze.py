@@ -50,7 +50,8 @@ def _bits(spec) -> str:
 
 def _pipeline_rows(config) -> list[dict]:
     """The results.json rows of ``config.pipeline_models`` (each with its ``checkpoint``)."""
-    workdir = pathlib.Path(config.pipeline_workdir)
+    from binarybert_jax import checkpoints
+    workdir = checkpoints.as_path(config.pipeline_workdir)  # local or gs://
     results = workdir / "results.json"
     if not results.is_file():
         raise FileNotFoundError(f"{results} not found: is {workdir} a finished pipeline workdir?")

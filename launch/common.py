@@ -104,7 +104,7 @@ def provenance(workdir, argv: Sequence[str]):
         outcome = f"failed: {type(e).__name__}"
         raise
     finally:
-        path = pathlib.Path(workdir) / PROVENANCE_FILE
+        path = checkpoints.as_path(workdir) / PROVENANCE_FILE
         if path.parent.is_dir():
             previous = checkpoints.read_json(path) if path.is_file() else []
             checkpoints.write_json(path, previous + [

@@ -40,12 +40,12 @@ RECORD_FILE = "record.json"
 DEFAULT_RESULTS = common.REPO_ROOT / "results"
 
 
-def _read_json(path: pathlib.Path):
+def _read_json(path: os.PathLike):
     from binarybert_jax import checkpoints
     return checkpoints.read_json(path)
 
 
-def _provenance(workdir: pathlib.Path, fallback: Optional[pathlib.Path] = None) -> dict:
+def _provenance(workdir: os.PathLike, fallback: Optional[os.PathLike] = None) -> dict:
     """The invocations that ran the workdir (``provenance.json``) and the commit(s) among them."""
     for d in (workdir, fallback):
         if d is not None and (d / common.PROVENANCE_FILE).is_file():
@@ -88,9 +88,9 @@ def default_test_file(config: dict, task) -> Optional[pathlib.Path]:
     return path if path.is_file() else None
 
 
-def record_run(workdir: pathlib.Path, out: pathlib.Path, name: str, setting: str, *, order: int = 0,
+def record_run(workdir: os.PathLike, out: pathlib.Path, name: str, setting: str, *, order: int = 0,
                test_file: Optional[pathlib.Path] = None, find_test_file: bool = True,
-               provenance_dir: Optional[pathlib.Path] = None) -> dict:
+               provenance_dir: Optional[os.PathLike] = None) -> dict:
     """Writes the record of one finished ``launch.train`` workdir into ``out``; returns it."""
     from binarybert_jax import checkpoints
     from binarybert_jax.data import glue
@@ -142,7 +142,8 @@ def record(workdir: str | os.PathLike, name: str, *, setting: Optional[str] = No
     """Records a train workdir as ``results_dir/name``, or a pipeline workdir as one record per
     trained stage under it; returns the records written."""
     from binarybert_jax import checkpoints
-    workdir, out = pathlib.Path(workdir), pathlib.Path(results_dir) / name
+    # The workdir may be remote (gs://...); the records go to a local checkout.
+    workdir, out = checkpoints.as_path(workdir), pathlib.Path(results_dir) / name
     test = pathlib.Path(test_file) if test_file else None
     if test is not None and not test.is_file():
         raise FileNotFoundError(f"--test-file {test}: no such file")

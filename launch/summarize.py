@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import pathlib
+import os
 import statistics
 import sys
 from typing import Optional, Sequence
@@ -22,9 +22,10 @@ from typing import Optional, Sequence
 from launch import common
 
 
-def load_run(workdir: str | pathlib.Path, which: str) -> dict:
+def load_run(workdir: str | os.PathLike, which: str) -> dict:
     """``{"run", "task", "seed", "metrics"}`` of one finished run (``which``: final or best)."""
-    workdir = pathlib.Path(workdir)
+    from binarybert_jax import checkpoints
+    workdir = checkpoints.as_path(workdir)  # local or gs://
     results_file = workdir / "results.json"
     if not results_file.is_file():
         raise ValueError(f"{workdir}: no results.json; the run has not finished (or this is not a "

