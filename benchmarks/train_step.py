@@ -51,7 +51,11 @@ similar lengths are grouped as ``train`` does), 114 steps (the remainder dropped
 does), stage-1 KD of the ``w2a8-masked`` student from a float32 teacher; every bucket's step is
 compiled before the clock starts (compile time reported apart) and the epoch is timed from the
 first step to the last result, the batches built, placed and fed as ``train.train_phase`` does.
-The reference: the authors' PyTorch code does 7.4 ex/s on this machine at 128 tokens, ~490 s.
+The reference (the authors' PyTorch code) is not run here (no torch in this project): the only
+figures quoted are those measured side by side with this benchmark on the same machine kind (Intel
+Xeon with AVX-512 BF16/VNNI, 2 cores), in the same hour, by issue 13's author: ternary W2A8 12.9 and
+14.4 ex/s, split binary W1A8 8.8 and 8.4 ex/s (torch 2.14, 2 threads). Ratios are never taken across
+machines.
 
 The compiled step is also checked for host synchronisation: no infeed/outfeed/send/recv and no
 host-callback custom calls in its optimized HLO (*host ops*, should be 0).
@@ -84,8 +88,10 @@ VARIANTS = {"integer": (True, "float32", "float32"),          # the default
             "integer+bf16-grad+bf16-teacher": (True, "bfloat16", "bfloat16")}
 DEFAULT_BUCKETS = (48, 64, 80, 112)
 MIB = 2 ** 20
-# Targets of the issue (2-core CPU, MiniLM dims, batch 32, seq 128).
-REFERENCE = {"w2a8": 7.4, "w1a8": 4.7, "mrpc_epoch_s": 490.0}
+# The authors' code on this machine kind, side by side with this benchmark (issue 13; two rounds
+# each, ex/s, MiniLM half width, batch 32 × 128, stage-1 KD, A8). Targets: issue 13.
+REFERENCE = {"w2a8": (12.9, 14.4), "w1a8": (8.8, 8.4)}
+EPOCH_TARGET_S = 60.0
 
 
 # --------------------------------------------------------------------------------------------
@@ -414,12 +420,28 @@ def epoch_text(e: dict) -> str:
     return (f"MRPC stage-1 KD epoch (ternary W2A8, per-example masked ranges, `kd.ignore_padding`): "
             f"**{e['epoch_s']:.1f} s** for {e['steps']} steps of {e['examples'] // e['steps']} "
             f"({e['examples_per_s']:.1f} ex/s, {e['model_gflops']:.0f} model GFLOP/s on the padded "
-            f"shapes), vs ~{REFERENCE['mrpc_epoch_s']:.0f} s for the reference (target ≤ 122 s). "
+            f"shapes; target ≤ {EPOCH_TARGET_S:.0f} s). "
             f"Buckets {tuple(e['buckets'])}; batches per length: {counts}; mean padded length "
             f"{e['mean_padded_length']:.1f} (real tokens {e['mean_real_length']:.1f}). Compiling the "
             f"{len(e['compile_s'])} shapes beforehand: {e['compile_s_total']:.0f} s in all. Load average "
             f"{e['loadavg_start'][0]:.1f} at the start, {e['loadavg_end'][0]:.1f} at the end; stage-1 loss "
             f"{e['loss_first']:.2f} → {e['loss_last']:.2f}, finite throughout: {e['all_finite']}.")
+
+
+def reference_ratios(rows: dict) -> str:
+    """This run's default-product steps over the authors' code's figures on this machine kind."""
+    parts = []
+    for case, figures in REFERENCE.items():
+        row = rows.get(case) or rows.get(f"{case}/integer")
+        if row:
+            lo, hi = min(figures), max(figures)
+            parts.append(f"{CASE_NAMES[case]} {row['examples_per_s']:.1f} ex/s median: "
+                         f"{row['examples_per_s'] / hi:.2f}–{row['examples_per_s'] / lo:.2f}× the "
+                         f"reference's {lo}–{hi}")
+    if not parts:
+        return ""
+    return ("Against the authors' code as issue 13 measured it on this machine kind (not rerun here): "
+            + "; ".join(parts) + ".")
 
 
 NOTES_FILE = pathlib.Path(__file__).with_name("train_step_notes.md")
@@ -448,6 +470,9 @@ def section(rows: dict, matmul: dict, epoch: Optional[dict], info: dict, command
         "in bfloat16 (`--config.matmul_precision=bfloat16`), *bf16-teacher* the teacher in bfloat16 "
         "(`--config.teacher_dtype=bfloat16`).", "",
         table(rows, matmul, args.batch), ""]
+    ratios = reference_ratios(rows)
+    if ratios:
+        parts += [ratios, ""]
     if epoch:
         parts += [epoch_text(epoch), ""]
     if NOTES_FILE.is_file():
