@@ -16,7 +16,8 @@ A record directory holds:
     metrics.jsonl   the run's measurements over training, as it logged them
     <TASK>.tsv      the GLUE submission (``index<TAB>prediction``, launch.predict) for the task's
                     test file, predicted with the run's best checkpoint; where a test file exists
-                    (``--test-file``, default ``<data_dir or $GLUE_DIR>/<TASK>/test.tsv``)
+                    (``--test-file``, default ``<data_dir or $GLUE_DIR>/<TASK>/test.tsv``);
+                    never for SQuAD (no test file to submit)
 
 Records group into README tables by ``setting`` (``launch.tables``: mean ± sample std over the
 seeds of a setting). Checkpoints stay in the workdir, out of git. Every file is written through
@@ -80,9 +81,10 @@ def portable(obj, root: pathlib.Path = common.REPO_ROOT):
 
 
 def default_test_file(config: dict, task) -> Optional[pathlib.Path]:
-    """``<data_dir or $GLUE_DIR>/<TASK>/test.tsv`` when it exists (the data the run trained on)."""
+    """``<data_dir or $GLUE_DIR>/<TASK>/test.tsv`` when it exists (the data the run trained on);
+    None for SQuAD, which has no test file to submit."""
     root = config.get("data_dir") or os.environ.get("GLUE_DIR", "")
-    if config.get("data_source", "tsv") != "tsv" or not root:
+    if task.head == "span" or config.get("data_source", "tsv") != "tsv" or not root:
         return None
     path = pathlib.Path(root) / task.directory / "test.tsv"
     return path if path.is_file() else None
@@ -93,7 +95,7 @@ def record_run(workdir: os.PathLike, out: pathlib.Path, name: str, setting: str,
                provenance_dir: Optional[os.PathLike] = None) -> dict:
     """Writes the record of one finished ``launch.train`` workdir into ``out``; returns it."""
     from binarybert_jax import checkpoints
-    from binarybert_jax.data import glue
+    from binarybert_jax.data import tasks
     from launch import predict
     results_file = workdir / "results.json"
     if not results_file.is_file():
@@ -103,7 +105,10 @@ def record_run(workdir: os.PathLike, out: pathlib.Path, name: str, setting: str,
     if results.get("interrupted") or "phases" not in results:
         raise UserError(f"{results_file}: not a finished run's results (no phases)")
     config = _read_json(workdir / "config.json")
-    task = glue.get_task(results["task"])
+    task = tasks.get_task(results["task"])
+    if test_file is not None and task.head == "span":
+        raise UserError(f"--test-file {test_file}: {task.name} has no GLUE submission to write; "
+                        "record SQuAD runs with --no-test (or without --test-file)")
     if find_test_file and test_file is None:
         test_file = default_test_file(config, task)
     provenance = _provenance(workdir, provenance_dir)

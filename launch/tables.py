@@ -72,10 +72,10 @@ def _cell(values: list[float], per_seed: bool) -> str:
 def render_table(records: list[dict], which: str = "best", metrics: Optional[Sequence[str]] = None,
                  per_seed: bool = False, wall: bool = False) -> list[str]:
     """The Markdown lines of one table: one row per setting, mean ± sample std over its records."""
-    from binarybert_jax.data import glue
+    from binarybert_jax.data import tasks as task_specs
     tasks = sorted({r["task"] for r in records})
     if metrics is None:
-        metrics = [m for m in glue.get_task(tasks[0]).metric_names
+        metrics = [m for m in task_specs.get_task(tasks[0]).metric_names
                    if all(m in r[which] for r in records)] if len(tasks) == 1 else []
         metrics = metrics or sorted(set.intersection(*(set(k for k in r[which] if "/" not in k)
                                                        for r in records)))

@@ -12,6 +12,7 @@ from configs import finetune as finetune_config
 from configs import pipeline as pipeline_config
 from launch import export as export_main
 from launch import predict as predict_main
+from launch import record, tables
 
 CITIES = [("France", "Paris"), ("Italy", "Rome"), ("Spain", "Madrid"), ("Japan", "Tokyo"),
           ("Egypt", "Cairo"), ("Peru", "Lima"), ("Kenya", "Nairobi"), ("Chile", "Santiago")]
@@ -115,3 +116,24 @@ def test_squad2_finetune_reports_no_answer_splits_and_writes_na_probs(tmp_path, 
                               "squad2", "--input", str(dev), "--out", str(out), "--max-length", "128"]) == 0
     na = json.loads((tmp_path / "p" / "na_probs.json").read_text())
     assert set(na) == set(json.loads(out.read_text())) and len(na) == 64
+
+    # Recorded under results/ and tabulated in a README section: EM/F1 and the HasAns/NoAns splits.
+    results = tmp_path / "results"
+    assert record.main([str(tmp_path / "run"), "--name", "sq2/teacher", "--setting", "full precision",
+                        "--results-dir", str(results)]) == 0
+    rec = json.loads((results / "sq2" / "teacher" / "record.json").read_text())
+    assert rec["task"] == "squad2" and rec["best"] == result["best"] and rec["submission"] is None
+    with pytest.raises(ValueError, match="squad2 has no GLUE submission"):
+        record.main([str(tmp_path / "run"), "--name", "sq2/x", "--results-dir", str(results),
+                     "--test-file", str(dev)])
+    readme = tmp_path / "README.md"
+    readme.write_text("<!-- results:sq2 -->\n<!-- /results -->\n")
+    assert tables.main(["--readme", str(readme), "--results-dir", str(results)]) == 0
+    lines = readme.read_text().splitlines()
+    header = [c.strip() for c in lines[1].strip("|").split("|")]
+    assert header == ["setting", "n", "exact_match (best)", "f1 (best)", "HasAns_exact (best)",
+                      "HasAns_f1 (best)", "NoAns_exact (best)", "NoAns_f1 (best)"]
+    row = [c.strip() for c in lines[3].strip("|").split("|")]
+    assert row[:2] == ["full precision", "1"]
+    assert row[2:] == [f"{100 * result['best'][m]:.1f}" for m in
+                       ("exact_match", "f1", "HasAns_exact", "HasAns_f1", "NoAns_exact", "NoAns_f1")]
