@@ -176,8 +176,13 @@ def device_batches(batches: Sequence[Mapping[str, Any]]) -> tuple[dict, ...]:
 def task_loss(spec: ModelSpec, params: Any, batches: Sequence[Mapping[str, Any]]) -> jax.Array:
     """Eval-mode task loss over ``batches``: per-batch means over real examples, averaged with
     the batches' real-example counts as weights (so it is the mean over all real examples).
-    Cross-entropy against ``labels``, MSE for a one-output (regression) head."""
-    model = spec.build()
+    Cross-entropy against ``labels``, MSE for a one-output (regression) head.
+
+    The quantized products are the float32 products of the values: the loss is differentiated
+    twice (Hessian-vector products), and the integer-domain products' backward rebuilds each
+    activation from its integer codes, which carry no derivative of their own (their forward
+    values agree to a rounding)."""
+    model = spec.build(integer_products=False)
     total, count = 0.0, 0.0
     for batch in batches:
         logits = model.apply({"params": params}, *[batch[k] for k in MODEL_INPUTS],

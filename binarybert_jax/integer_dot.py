@@ -241,12 +241,15 @@ def quantized_dot_general(a_values: jax.Array, a: Optional[QuantizedCodes], b_va
       grad_dtype: the dtype of the backward products (float32 or bfloat16).
     Returns:
       float32: the integer-domain product where ``is_exact`` holds, else the float product of
-      the values (``float_dot_general``), as before.
+      the values (``float_dot_general``), as before; float64 values always take the float product.
     """
     dims = tuple(tuple(tuple(int(d) for d in side) for side in pair) for pair in dimension_numbers)
     if a is not None and b is not None:
         a, b = centred(a), centred(b)
-    if a is None or b is None or not is_exact(a, b, dims, groups):
+    # A float64 forward (a reference computation) gains nothing from codes: its float products
+    # are already exact beyond what float32 scalings could return.
+    wide = jnp.float64 in (jnp.dtype(a_values.dtype), jnp.dtype(b_values.dtype))
+    if a is None or b is None or wide or not is_exact(a, b, dims, groups):
         return float_dot_general(a_values, b_values, dims)
     return _integer_dot(dims, groups, jnp.dtype(grad_dtype), a_values, b_values, a.codes, a.scale,
                         a.zero, b.codes, b.scale, b.zero)

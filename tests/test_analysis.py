@@ -200,7 +200,9 @@ def test_top_eigenvalues_through_activation_quantizers():
     spec, params = analysis.quantize_without_training(spec, params, "bwn", act_bits=8)
     results = analysis.top_eigenvalues(spec, params, _batches(num=1), iterations=4, tol=0.0)
     assert list(results) == [(p, layer) for layer in range(2) for p in analysis.PARTS]
-    assert all(np.isfinite(r.value) and r.iterations == 4 for r in results.values())
+    # Four iterations, or fewer where two successive estimates agreed exactly (converged at tol 0).
+    assert all(np.isfinite(r.value) and r.value != 0 and (r.iterations == 4 or r.converged)
+               for r in results.values())
     with pytest.raises(ValueError, match="out of range"):
         analysis.top_eigenvalues(spec, params, _batches(num=1), layers=[2])
     with pytest.raises(ValueError, match="unknown Transformer part"):
