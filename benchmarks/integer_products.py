@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import datetime
+import functools
 import pathlib
 import platform
 
@@ -61,13 +62,18 @@ def mrpc_batch(tokenizer, examples: int, glue_dir, max_length: int = 128) -> dic
             "attention_mask": enc["attention_mask"]}
 
 
+@functools.lru_cache(maxsize=2)
+def _minilm(path: str):
+    return hf_import.load_hf_checkpoint(path)
+
+
 def pretrained_model(spec_quant: QuantConfig, split: bool, batch: dict, minilm=None):
     """MiniLM's weights under ``spec_quant`` (split by TWS when asked), with LSQ steps calibrated
     on ``batch``; returns ``(spec, params)``."""
-    config, imported = hf_import.load_hf_checkpoint(minilm or assets.minilm_dir())
+    config, imported = _minilm(str(minilm or assets.minilm_dir()))
     spec = ModelSpec(config, spec_quant)
     model = spec.build()
-    init = model.init(jax.random.key(0), batch["input_ids"][:1])["params"]
+    init = jax.jit(model.init)(jax.random.key(0), batch["input_ids"][:1])["params"]
     params = hf_import.merge_pretrained(init, imported)
     if split:
         params, spec = tws.split_params(params, spec)
@@ -112,31 +118,46 @@ def _values64(codes: quant.QuantizedCodes) -> np.ndarray:
 
 def dense_product_errors(spec: ModelSpec, params, batch: dict, integer: bool) -> dict:
     """Every dense layer of one float32 forward against the float64 product of its own quantized
-    operands (the same codes and scales, so no code flips): ``{"max": .., "rms": .., "count": ..}``
-    over all their outputs (eager, layer by layer)."""
+    operands (the same codes and scales, so no code flips): ``{"max": .., "rms": .., "layers": ..}``
+    over all their outputs. One jitted forward returns each dense layer's output and operands."""
     model = spec.build(jnp.float32, integer_products=integer)
-    sq_sum, count, worst, layers = 0.0, 0, 0.0, 0
 
-    def interceptor(next_fun, args, kwargs, context):
-        nonlocal sq_sum, count, worst, layers
-        out = next_fun(*args, **kwargs)
-        if (isinstance(context.module, QuantDense) and context.method_name == "__call__"
-                and context.module.quantized and not kwargs.get("return_operands")):
-            layer = context.module
-            products, bias = layer.clone(parent=None).apply(layer.variables, *args, **kwargs,
-                                                            return_operands=True)
-            ref = np.asarray(bias, np.float64)
-            for _, x_codes, _, w_codes, groups in products:
-                w = _values64(w_codes)
-                ref = ref + np.asarray(_values64(x_codes) @ (w.sum(0) if groups else w))
-            diff = np.asarray(out, np.float64) - ref
-            sq_sum, count = sq_sum + float(np.sum(diff ** 2)), count + diff.size
-            worst, layers = max(worst, float(np.abs(diff).max())), layers + 1
-        return out
+    def forward(params, batch):
+        records = []
 
-    with nn.intercept_methods(interceptor):
-        model.apply({"params": params}, **batch)
-    return {"max": worst, "rms": float(np.sqrt(sq_sum / max(count, 1))), "layers": layers}
+        def interceptor(next_fun, args, kwargs, context):
+            out = next_fun(*args, **kwargs)
+            if (isinstance(context.module, QuantDense) and context.method_name == "__call__"
+                    and context.module.quantized and not kwargs.get("return_operands")):
+                layer = context.module
+                products, bias = layer.clone(parent=None).apply(layer.variables, *args, **kwargs,
+                                                                return_operands=True)
+                records.append((out, [(x, w, groups) for _, x, _, w, groups in products], bias))
+            return out
+
+        with nn.intercept_methods(interceptor):
+            model.apply({"params": params}, **batch)
+        return records
+
+    # ``groups`` is a Python bool: kept out of the traced outputs.
+    flags = []
+
+    def traced(params, batch):
+        records = forward(params, batch)
+        flags[:] = [[g for _, _, g in products] for _, products, _ in records]
+        return [(out, [(x, w) for x, w, _ in products], bias) for out, products, bias in records]
+
+    records = jax.jit(traced)(params, batch)
+    sq_sum, count, worst = 0.0, 0, 0.0
+    for (out, products, bias), groups in zip(records, flags):
+        ref = np.asarray(bias, np.float64)
+        for (x_codes, w_codes), grouped in zip(products, groups):
+            w = _values64(w_codes)
+            ref = ref + np.asarray(_values64(x_codes) @ (w.sum(0) if grouped else w))
+        diff = np.asarray(out, np.float64) - ref
+        sq_sum, count = sq_sum + float(np.sum(diff ** 2)), count + diff.size
+        worst = max(worst, float(np.abs(diff).max()))
+    return {"max": worst, "rms": float(np.sqrt(sq_sum / max(count, 1))), "layers": len(records)}
 
 
 def teacher_bf16_shift(params, config, batch: dict) -> dict:

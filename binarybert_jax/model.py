@@ -752,8 +752,9 @@ def calibrate_lsq_steps(model: BertModel, params, input_ids, token_type_ids=None
     """
     if model.quant_cfg.act_method != "lsq" or not model.quant_cfg.quantizes_acts:
         return params
-    _, state = model.apply({"params": params}, input_ids, token_type_ids, attention_mask,
-                           mutable=["lsq_init"])
+    # Jitted: one compilation instead of the whole forward dispatched op by op.
+    _, state = jax.jit(lambda p, *inputs: model.apply({"params": p}, *inputs, mutable=["lsq_init"]))(
+        params, input_ids, token_type_ids, attention_mask)
     sown = state["lsq_init"]
 
     def merge(p, s):
