@@ -29,6 +29,8 @@ import datetime
 import functools
 import pathlib
 import platform
+import shlex
+import sys
 
 import flax.linen as nn
 import jax
@@ -139,21 +141,13 @@ def dense_product_errors(spec: ModelSpec, params, batch: dict, integer: bool) ->
             model.apply({"params": params}, **batch)
         return records
 
-    # ``groups`` is a Python bool: kept out of the traced outputs.
-    flags = []
-
-    def traced(params, batch):
-        records = forward(params, batch)
-        flags[:] = [[g for _, _, g in products] for _, products, _ in records]
-        return [(out, [(x, w) for x, w, _ in products], bias) for out, products, bias in records]
-
-    records = jax.jit(traced)(params, batch)
+    records = jax.jit(forward)(params, batch)
     sq_sum, count, worst = 0.0, 0, 0.0
-    for (out, products, bias), groups in zip(records, flags):
+    for out, products, bias in records:
         ref = np.asarray(bias, np.float64)
-        for (x_codes, w_codes), grouped in zip(products, groups):
+        for x_codes, w_codes, grouped in products:  # ``grouped``: a traced flag, now concrete
             w = _values64(w_codes)
-            ref = ref + np.asarray(_values64(x_codes) @ (w.sum(0) if grouped else w))
+            ref = ref + np.asarray(_values64(x_codes) @ (w.sum(0) if bool(grouped) else w))
         diff = np.asarray(out, np.float64) - ref
         sq_sum, count = sq_sum + float(np.sum(diff ** 2)), count + diff.size
         worst = max(worst, float(np.abs(diff).max()))
@@ -217,7 +211,8 @@ def _fmt(x: float) -> str:
     return f"{x:.2e}"
 
 
-def report(examples: int, glue_dir=DEFAULT_GLUE_DIR) -> str:
+def report(examples: int, glue_dir=DEFAULT_GLUE_DIR,
+           command: str = "PYTHONPATH=. python -m benchmarks.integer_products --out BENCHMARKS.md") -> str:
     tokenizer = load_tokenizer(assets.minilm_dir())
     batch = mrpc_batch(tokenizer, examples, glue_dir)
     lines = [HEADING, "",
@@ -225,7 +220,7 @@ def report(examples: int, glue_dir=DEFAULT_GLUE_DIR) -> str:
              "the default) and as float32 products of the quantized values (before), each against "
              "the same model in float64; how each figure is taken: the docstring of "
              "`benchmarks/integer_products.py`.", "",
-             "```", "PYTHONPATH=. python -m benchmarks.integer_products --out BENCHMARKS.md", "```", "",
+             "```", command, "```", "",
              f"Measured {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC on "
              f"{platform.processor() or platform.machine()}, jax {jax.__version__}; real "
              f"all-MiniLM-L6-v2 weights (6 layers, hidden 384), the first {examples} MRPC dev pairs "
@@ -268,7 +263,9 @@ def main(argv=None) -> None:
     parser.add_argument("--task", default="mrpc", help="the checkpoints' GLUE task")
     parser.add_argument("--out", default="", help="Markdown file to write the section into")
     args = parser.parse_args(argv)
-    text = report(args.examples, args.glue_dir)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    command = "PYTHONPATH=. python -m benchmarks.integer_products " + " ".join(map(shlex.quote, argv))
+    text = report(args.examples, args.glue_dir, command)
     if args.checkpoint:
         text += checkpoint_section(args.checkpoint, args.task, args.glue_dir)
     publish(text, args.out, HEADING)

@@ -40,7 +40,6 @@ from binarybert_jax.quant import QuantizedCodes
 # exact in float32 below 2^24.
 BF16_EXACT_INTEGER = 256
 FLOAT32_EXACT_INTEGER = 2 ** 24
-GRAD_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
 DimensionNumbers = tuple[tuple[Sequence[int], Sequence[int]], tuple[Sequence[int], Sequence[int]]]
 
@@ -153,22 +152,19 @@ def _values(codes, scale, zero):
     return out if zero is None else out + zero
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1, 2))
-def _integer_dot(dims, groups, grad_dtype, a_values, b_values, a_codes, a_scale, a_zero,
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1, 2, 3))
+def _integer_dot(dims, groups, grad_dtype, a_dtype, a_values, b_values, a_codes, a_scale, a_zero,
                  b_codes, b_scale, b_zero):
     del a_values, b_values  # only their cotangents are defined here
     return _integer_forward(dims, groups, a_codes, a_scale, a_zero, b_codes, b_scale, b_zero)
 
 
-def _integer_dot_fwd(dims, groups, grad_dtype, a_values, b_values, a_codes, a_scale, a_zero,
-                     b_codes, b_scale, b_zero):
+def _integer_dot_fwd(dims, groups, grad_dtype, a_dtype, a_values, b_values, a_codes, a_scale,
+                     a_zero, b_codes, b_scale, b_zero):
     out = _integer_forward(dims, groups, a_codes, a_scale, a_zero, b_codes, b_scale, b_zero)
     # The activation side is kept as its codes (bfloat16: half the bytes of its float32 values)
     # and rebuilt in the backward pass; the weight side (small) as its values.
-    # (An empty array carries the activation's dtype for its cotangent.)
-    residuals = (a_codes.astype(jnp.bfloat16), a_scale, a_zero, b_values,
-                 jnp.zeros((0,), a_values.dtype))
-    return out, residuals
+    return out, (a_codes.astype(jnp.bfloat16), a_scale, a_zero, b_values)
 
 
 def _ranges_like(*lists):
@@ -197,9 +193,8 @@ def _cotangent_lhs(g, x_ndim, y, dims, swap_ans=False):
     return jnp.transpose(product, out_axes)
 
 
-def _integer_dot_bwd(dims, groups, grad_dtype, residuals, g):
-    a_codes, a_scale, a_zero, b_values, a_dtype_marker = residuals
-    a_dtype = a_dtype_marker.dtype
+def _integer_dot_bwd(dims, groups, grad_dtype, a_dtype, residuals, g):
+    a_codes, a_scale, a_zero, b_values = residuals
     a_values = _values(a_codes.astype(a_scale.dtype), a_scale, a_zero)
     # The straight-through gradient: that of the values' product, its two products taking
     # ``grad_dtype`` operands and accumulating in float32.
@@ -251,12 +246,5 @@ def quantized_dot_general(a_values: jax.Array, a: Optional[QuantizedCodes], b_va
     wide = jnp.float64 in (jnp.dtype(a_values.dtype), jnp.dtype(b_values.dtype))
     if a is None or b is None or wide or not is_exact(a, b, dims, groups):
         return float_dot_general(a_values, b_values, dims)
-    return _integer_dot(dims, groups, jnp.dtype(grad_dtype), a_values, b_values, a.codes, a.scale,
-                        a.zero, b.codes, b.scale, b.zero)
-
-
-def grad_dtype_of(name: str):
-    """The dtype of a ``matmul_precision`` setting."""
-    if name not in GRAD_DTYPES:
-        raise ValueError(f"matmul precision {name!r}; allowed: {sorted(GRAD_DTYPES)}")
-    return GRAD_DTYPES[name]
+    return _integer_dot(dims, groups, jnp.dtype(grad_dtype), jnp.dtype(a_values.dtype), a_values,
+                        b_values, a.codes, a.scale, a.zero, b.codes, b.scale, b.zero)

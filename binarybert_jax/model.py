@@ -322,17 +322,17 @@ class _ActQuantMixin:
         """The quantized values of ``x`` (a list of ``stacked`` of them for per-half quantizers);
         with ``with_codes``, ``(values, codes)`` pairs: codes (``quant.QuantizedCodes``) for the
         integer-domain products, None where nothing is quantized."""
-        def out(pair):
-            pairs = [pair] * stacked if stacked else pair
+        def out(pairs):  # one (values, codes) pair, or a list of ``stacked`` of them
             if with_codes:
                 return pairs
             return [v for v, _ in pairs] if stacked else pairs[0]
 
         if not quant_cfg.quantizes_acts:
-            return out((x, None))
+            return out([(x, None)] * stacked if stacked else (x, None))
         if quant_cfg.act_method == "sign":  # no parameter, no range
             codes = quant.act_quant_codes(x, None, "sign", 1, True) if with_codes else None
-            return out((quant.sign_act(x), codes))
+            pair = (quant.sign_act(x), codes)
+            return out([pair] * stacked if stacked else pair)
         cfg = quant_cfg
         shape = (stacked,) if stacked else ()
         if cfg.act_method == "uniform":
@@ -356,10 +356,7 @@ class _ActQuantMixin:
                                               mask, cfg.act_axis_name)
             return values, codes
 
-        pairs = [apply(param[i]) for i in range(stacked)] if stacked else apply(param)
-        if with_codes:
-            return pairs
-        return [v for v, _ in pairs] if stacked else pairs[0]
+        return out([apply(param[i]) for i in range(stacked)] if stacked else apply(param))
 
 
 class QuantDense(nn.Module, _ActQuantMixin):

@@ -20,7 +20,7 @@ from typing import Any, Optional
 
 import jax.numpy as jnp
 
-from binarybert_jax import assets, checkpoints, hf_import, integer_dot, kd
+from binarybert_jax import assets, checkpoints, hf_import, kd
 from binarybert_jax.data import loading, squad, tasks
 from binarybert_jax.errors import ConfigError, UserError
 from binarybert_jax.model import ACTIVATIONS, BertConfig, BertModel, ModelSpec, QuantConfig
@@ -55,7 +55,7 @@ _RANGES = (
     ("adam_eps", lambda v: v > 0, "> 0"),
     ("dtype", lambda v: v in DTYPES, f"one of {tuple(DTYPES)}"),
     ("teacher_dtype", lambda v: v in ("",) + tuple(DTYPES), f"one of {('',) + tuple(DTYPES)} ('': dtype)"),
-    ("matmul_precision", lambda v: v in integer_dot.GRAD_DTYPES, f"one of {tuple(integer_dot.GRAD_DTYPES)}"),
+    ("matmul_precision", lambda v: v in DTYPES, f"one of {tuple(DTYPES)}"),
     ("eval_every_steps", lambda v: v >= 0, "≥ 0 (0: once per epoch)"),
     ("checkpoint_every_steps", lambda v: v >= 0, "≥ 0 (0: no periodic checkpoints, only the final one)"),
     ("log_every_steps", lambda v: v >= 1, "≥ 1 (losses are checked for NaN and logged this often)"),
@@ -218,11 +218,11 @@ def build_student(spec: ModelSpec, config):
     """The student as the run computes it: ``config.dtype``, the quantized products on integer
     codes unless ``config.integer_products`` is False, their backward in
     ``config.matmul_precision``."""
-    if config.matmul_precision not in integer_dot.GRAD_DTYPES:
+    if config.matmul_precision not in DTYPES:
         raise ConfigError(f"config.matmul_precision={config.matmul_precision!r}; allowed: "
-                          f"{sorted(integer_dot.GRAD_DTYPES)}")
+                          f"{sorted(DTYPES)}")
     return spec.build(dtype(config), integer_products=bool(config.integer_products),
-                      grad_dtype=integer_dot.GRAD_DTYPES[config.matmul_precision])
+                      grad_dtype=DTYPES[config.matmul_precision])
 
 
 def teacher_dtype(config):
