@@ -65,6 +65,7 @@ PARTS: dict[str, tuple[str, ...]] = {
 QUANTIZATIONS = {"fp": ("twn", quant.FULL_PRECISION_BITS), "twn": ("twn", 2), "bwn": ("bwn", 1)}
 DEFAULT_LANDSCAPE_MATRICES = ("encoder/layer_0/attention/value", "encoder/layer_1/attention/value")
 EIGEN_METHODS = ("lanczos", "power")
+ANALYSES = ("landscape", "hessian", "clipping")  # what launch.analyze can run (``analyses``)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -194,6 +195,67 @@ def task_loss(spec: ModelSpec, params: Any, batches: Sequence[Mapping[str, Any]]
         n = jnp.sum(batch["example_mask"])
         total, count = total + n * loss, count + n
     return total / count
+
+
+# ---------------------------------------------------------------------------------------------
+# Activation clipping: how much of each quantized activation the uniform quantizer's clip cuts.
+# ---------------------------------------------------------------------------------------------
+def activation_clipping(spec: ModelSpec, params: Any,
+                        batches: Sequence[Mapping[str, Any]]) -> dict[str, dict[str, float]]:
+    """Per uniform activation quantizer (the path of its clip parameter, e.g.
+    ``encoder/layer_0/attention/query/input_clip``; ``…#1`` for a split layer's second half), ``quant.clip_statistics`` summed over the
+    eval-mode forward passes of ``batches`` (``absmax`` their maximum), real tokens only.
+
+    With the clips a model was trained with, this is how much training let them cut; on a
+    full-precision model quantized without training (``quantize_without_training``), how much
+    the initial ±``clip_init`` would cut of what the backbone produces."""
+    if spec.quant.act_method != "uniform" or not spec.quant.quantizes_acts:
+        raise ValueError(f"activation clipping needs uniform activation quantizers; this model has "
+                         f"act_method {spec.quant.act_method!r} at {spec.quant.act_bits} bits")
+    model = spec.build(integer_products=False)
+    forward = jax.jit(lambda p, *inputs: model.apply(
+        {"params": p}, *inputs, deterministic=True, mutable=["act_clipping"])[1]["act_clipping"])
+    totals: dict[str, dict[str, float]] = {}
+    for batch in device_batches(batches):
+        sown = jax.device_get(forward(params, *[batch[k] for k in MODEL_INPUTS]))
+        for path, stats in _sown_clip_statistics(sown):
+            total = totals.setdefault(path, dict.fromkeys(quant.CLIP_STATISTICS, 0.0))
+            for key in quant.CLIP_STATISTICS:
+                value = float(stats[key])
+                total[key] = max(total[key], value) if key == "absmax" else total[key] + value
+    return totals
+
+
+def _sown_clip_statistics(tree: Mapping, prefix: str = ""):
+    """(path, statistics) of every quantizer in a sown ``act_clipping`` collection; sow keeps a
+    tuple per name (two for a split layer's per-half quantizers)."""
+    for key, value in tree.items():
+        if isinstance(value, tuple):
+            for i, stats in enumerate(value):
+                yield f"{prefix}{key}" + (f"#{i}" if i else ""), stats
+        else:
+            yield from _sown_clip_statistics(value, f"{prefix}{key}/")
+
+
+def clipping_by_site(totals: Mapping[str, Mapping[str, float]]) -> dict[str, dict[str, float]]:
+    """``activation_clipping``'s totals pooled over layers per quantizer site (the path without
+    ``layer_<i>/``, ``_clip`` and the half index, e.g. ``encoder/attention/query/input``), as
+    shares: ``values`` (fraction of values outside the clip), ``energy`` (fraction of Σx² those
+    values carry), ``removed`` (Σ(x − clip(x))² / Σx², the energy clipping takes away),
+    ``absmax`` and ``quantizers`` (how many were pooled)."""
+    pooled: dict[str, dict[str, float]] = {}
+    for path, stats in totals.items():
+        site = "/".join(p for p in path.split("#")[0].removesuffix("_clip").split("/")
+                        if not p.startswith("layer_"))
+        agg = pooled.setdefault(site, {**dict.fromkeys(quant.CLIP_STATISTICS, 0.0), "quantizers": 0})
+        for key in quant.CLIP_STATISTICS:
+            agg[key] = max(agg[key], stats[key]) if key == "absmax" else agg[key] + stats[key]
+        agg["quantizers"] += 1
+    return {site: {"values": a["clipped"] / max(a["count"], 1.0),
+                   "energy": a["clipped_energy"] / max(a["energy"], 1e-30),
+                   "removed": a["clip_error"] / max(a["energy"], 1e-30),
+                   "absmax": a["absmax"], "quantizers": a["quantizers"]}
+            for site, a in sorted(pooled.items())}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -522,28 +584,60 @@ def landscape_summary(land: Landscape) -> dict:
 
 
 def markdown_report(report: Mapping[str, Any]) -> str:
-    """``analysis.md``: the landscape summary and the eigenvalue tables from a report dict (as
-    ``launch.analyze`` writes to ``analysis.json``)."""
+    """``analysis.md``: the landscape summary, the eigenvalue tables and the clipping table, each
+    where the report has it, from a report dict (as ``launch.analyze`` writes to ``analysis.json``)."""
     models = report["models"]
     names = [m["name"] for m in models]
     labels = {m["name"]: m["label"] for m in models}
     base, others = names[0], names[1:]
-    lines = [f"# Loss landscape and sharpness: {report['task']}", "", report["protocol"], "",
+    lines = [f"# Analysis: {report['task']}", "", report["protocol"], "",
              f"Data: {report['data']['description']}. Wall time {report['timing']['total_s']:.0f} s "
-             f"({report['timing']['description']}).", "",
-             "## Loss landscape", "",
-             f"Perturbation W + x·mean|W| of `{report['landscape_matrices'][0]}` (x) and "
-             f"`{report['landscape_matrices'][1]}` (y), x, y ∈ {report['landscape_coords']}; "
-             "the quantizers see the perturbed latent weights. Border rise: the mean loss over "
-             "the grid's outer ring minus the centre's.", "",
-             "![loss landscapes](landscape.png)", "",
-             "| model | loss at centre | min | max | border rise |", "|---|---|---|---|---|"]
-    for name in names:
-        s = report["landscape"][name]["summary"]
-        lines.append(f"| {labels[name]} | {s['centre']:.4f} | {s['min']:.4f} | {s['max']:.4f} | "
-                     f"{s['border_rise']:.4f} |")
+             f"({report['timing']['description']})."]
+    if "landscape" in report:
+        lines += ["", "## Loss landscape", "",
+                  f"Perturbation W + x·mean|W| of `{report['landscape_matrices'][0]}` (x) and "
+                  f"`{report['landscape_matrices'][1]}` (y), x, y ∈ {report['landscape_coords']}; "
+                  "the quantizers see the perturbed latent weights. Border rise: the mean loss over "
+                  "the grid's outer ring minus the centre's.", "",
+                  "![loss landscapes](landscape.png)", "",
+                  "| model | loss at centre | min | max | border rise |", "|---|---|---|---|---|"]
+        for name in names:
+            s = report["landscape"][name]["summary"]
+            lines.append(f"| {labels[name]} | {s['centre']:.4f} | {s['min']:.4f} | {s['max']:.4f} | "
+                         f"{s['border_rise']:.4f} |")
+    if "eigenvalues" in report:
+        lines += _eigenvalue_sections(report, names, labels, base, others)
+    if "clipping" in report:
+        lines += _clipping_section(report["clipping"], labels)
+    return "\n".join(lines) + "\n"
+
+
+def _clipping_section(clipping: Mapping[str, Any], labels: Mapping[str, str]) -> list[str]:
+    names = list(clipping)
+    sites = list(dict.fromkeys(site for n in names for site in clipping[n]["by_site"]))
+    lines = ["", "## Activation clipping", "",
+             "Per quantized activation, pooled over layers (real tokens only): the share of values "
+             "outside the quantizer's clip [lower, upper], the share of the activation's energy Σx² "
+             "those values carry, and the share clipping removes, Σ(x − clip(x))² / Σx²; max |x| "
+             "beside it. Each cell: values / energy / removed, in %.", "",
+             "| activation (input of) | " + " | ".join(f"{labels[n]}" for n in names)
+             + " | " + " | ".join(f"max abs {labels[n]}" for n in names) + " |",
+             "|" + "---|" * (1 + 2 * len(names))]
+    for site in sites:
+        cells = [f"`{site}`"]
+        for n in names:
+            r = clipping[n]["by_site"].get(site)
+            cells.append("–" if r is None else
+                         f"{100 * r['values']:.2f} / {100 * r['energy']:.1f} / {100 * r['removed']:.2f}")
+        cells += ["–" if site not in clipping[n]["by_site"] else f"{clipping[n]['by_site'][site]['absmax']:.3g}"
+                  for n in names]
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
+def _eigenvalue_sections(report, names, labels, base, others) -> list[str]:
     rows = report["eigenvalues"]
-    lines += ["", "## Top Hessian eigenvalue per Transformer part", "",
+    lines = ["", "## Top Hessian eigenvalue per Transformer part", "",
               "λ_max of the Hessian of the task loss with respect to the part's quantized kernels ŵ "
               f"({report['eigen_method']}); ‖w − ŵ‖² is the bound's other factor "
               "(ℓ(ŵ) − ℓ(w) ≈ εᵀHε ≤ λ_max‖ε‖²). Mean over layers:", ""]
@@ -570,4 +664,4 @@ def markdown_report(report: Mapping[str, Any]) -> str:
             cells.append(f"{e['lambda_max']:.4g} ({e['iterations']}{'' if e['converged'] else '*'})")
         cells += [f"{r[n]['quant_error']:.4g}" for n in others]
         lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
+    return lines

@@ -312,6 +312,8 @@ class Dropout(nn.Dropout):
 class _ActQuantMixin:
     """Creates and applies one activation quantizer inside a compact method.
 
+    Under a mutable ``act_clipping`` collection, a uniform quantizer also records how much of its
+    input the clip cuts (``quant.clip_statistics``; ``analysis.activation_clipping`` reads them).
     Under a mutable ``lsq_init`` collection (the calibration pass), an LSQ quantizer sets its step
     from the data it sees (the released code's first-batch initialisation), quantizes with it, and
     records it there; ``init_lsq_steps`` then writes those values into the parameters.
@@ -342,9 +344,14 @@ class _ActQuantMixin:
         else:
             param = self.param(f"{name}_step", lambda _: jnp.ones(shape, jnp.float32))
         axes = quant.scope_axes(cfg.act_scope, x.ndim, token_axes)
-        mask = mask if cfg.act_ignore_padding else None
+        real_tokens, mask = mask, (mask if cfg.act_ignore_padding else None)
 
         def apply(p):
+            if (cfg.act_method == "uniform" and self.is_mutable_collection("act_clipping")
+                    and not self.is_initializing()):
+                # Diagnostics (analysis.activation_clipping): how much the clip cuts, real tokens
+                # only; named as the clip parameter (a plain ``name`` can be a submodule's).
+                self.sow("act_clipping", f"{name}_clip", quant.clip_statistics(x, p, real_tokens))
             if cfg.act_method == "lsq" and self.is_mutable_collection("lsq_init"):
                 p = quant.lsq_init_step(x, cfg.act_bits, symmetric, mask, cfg.act_axis_name)
                 self.sow("lsq_init", f"{name}_step", p)

@@ -587,6 +587,28 @@ def lsq_init_step(x: jax.Array, bits: int, symmetric: bool = True,
     return (2.0 if symmetric else 4.0) * mean_abs / math.sqrt(qp)
 
 
+CLIP_STATISTICS = ("count", "clipped", "energy", "clipped_energy", "clip_error", "absmax")
+
+
+def clip_statistics(x: jax.Array, clip: jax.Array, mask: Optional[jax.Array] = None) -> dict:
+    """How much of ``x`` a uniform quantizer's clip ``[lower, upper]`` cuts (issue 11's question:
+    does the released code's ±2.5 clip lose what this backbone's activations carry?). Sums over
+    the unmasked elements, so that batches and layers add up (``CLIP_STATISTICS``): ``count``
+    values, ``clipped`` of them outside the clip, ``energy`` Σx², ``clipped_energy`` Σx² of the
+    values outside, ``clip_error`` Σ(x − clip(x))² (the energy clipping removes), ``absmax``."""
+    x = lax.stop_gradient(x).astype(jnp.float32)
+    lower, upper = (lax.stop_gradient(clip[..., i]).astype(jnp.float32) for i in (0, 1))
+    real = jnp.ones(x.shape, bool) if mask is None else jnp.broadcast_to(mask, x.shape).astype(bool)
+    outside = real & ((x < lower) | (x > upper))
+    square = jnp.where(real, x * x, 0.0)
+    return {"count": jnp.sum(real, dtype=jnp.float32),
+            "clipped": jnp.sum(outside, dtype=jnp.float32),
+            "energy": jnp.sum(square),
+            "clipped_energy": jnp.sum(jnp.where(outside, square, 0.0)),
+            "clip_error": jnp.sum(jnp.where(real, jnp.square(x - jnp.clip(x, lower, upper)), 0.0)),
+            "absmax": jnp.max(jnp.where(real, jnp.abs(x), 0.0))}
+
+
 # --------------------------------------------------------------------------------------------
 # 1-bit activations (BiBERT): no scale, no range, clipped straight-through gradients.
 # --------------------------------------------------------------------------------------------

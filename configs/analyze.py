@@ -1,5 +1,6 @@
 """The paper's §2 analysis (binarybert_jax/analysis.py): loss landscapes and top Hessian
-eigenvalues of a full-precision, a ternary and a binary model.
+eigenvalues of a full-precision, a ternary and a binary model; and how much of each quantized
+activation the uniform quantizers' clips cut (``analyses`` picks the parts).
 
 A fine-tuned full-precision model quantized without training (the paper's §2 protocol: the same
 latent weights as FP, TWN W-E 2-2 and BWN W-E 1-1, activations at the model's bits)::
@@ -48,6 +49,9 @@ def get_config(arg=None):
     c.hessian_batches = 1         # the first N of the same batches for the Hessian
     c.hessian_examples = 8        # >0: instead, only the first N examples of the first batch
     c.seed = 0                    # which training batches (shuffle seed), Lanczos start vectors
+    c.analyses = ("landscape", "hessian")  # the parts to run, of analysis.ANALYSES (+ "clipping")
+    c.clipping_batches = 8        # training batches for the clipping statistics (models with
+                                  # uniform activation quantizers: act_bits=8, or trained W-A8 ones)
 
     c.landscape = ml_collections.ConfigDict()
     c.landscape.matrices = ("encoder/layer_0/attention/value", "encoder/layer_1/attention/value")
@@ -67,7 +71,7 @@ def get_config(arg=None):
         c.max_seq_length = 32
         c.bucket_lengths = (16, 32)
         c.batch_size = 4
-        c.landscape_batches = c.hessian_batches = 1
+        c.landscape_batches = c.hessian_batches = c.clipping_batches = 1
         c.hessian_examples = 0
         c.landscape.steps = 1
         c.landscape.step = 0.5

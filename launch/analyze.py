@@ -1,14 +1,18 @@
-"""Loss landscapes and top Hessian eigenvalues of FP, ternary and binary models (the paper's §2).
+"""Loss landscapes and top Hessian eigenvalues of FP, ternary and binary models (the paper's §2),
+and how much of each quantized activation the quantizers' clips cut.
 
     python -m launch.analyze --config configs/analyze.py:task=mrpc \
         --config.checkpoint=runs/mrpc_teacher/finetune/best --config.data_dir=$GLUE_DIR \
         --out results/analysis_mrpc
+    python -m launch.analyze --config configs/analyze.py:task=mrpc \
+        --config.pipeline_workdir=runs/mrpc_w1a8 --config.data_dir=$GLUE_DIR \
+        "--config.analyses=('clipping',)" --out results/clipping_mrpc
 
-configs/analyze.py has the keys and the pipeline-workdir form. Writes to ``--out``:
+configs/analyze.py has the keys (``analyses`` picks the parts). Writes to ``--out``:
 ``analysis.md`` (the tables), ``analysis.json`` (everything, with the config, the git commit and
-the wall time), ``landscape.png`` (all three models), ``landscape_<model>.png``,
-``landscape_<model>.csv`` and ``landscape.json`` (the grids). The logic lives in
-``binarybert_jax.analysis``.
+the wall time) and, with the landscape, ``landscape.png`` (all three models),
+``landscape_<model>.png``, ``landscape_<model>.csv`` and ``landscape.json`` (the grids). The logic
+lives in ``binarybert_jax.analysis``.
 """
 
 from __future__ import annotations
@@ -73,7 +77,7 @@ def _tokenizer_dir(config) -> str:
     return config.tokenizer or named or config.pretrained or str(assets.minilm_dir())
 
 
-def _models(config, first_batch):
+def _models(config, first_batch, analyses):
     """[(name, label, spec, params)] and a sentence saying where they come from."""
     from binarybert_jax import analysis, checkpoints
     if config.checkpoint:
@@ -92,7 +96,8 @@ def _models(config, first_batch):
     models = []
     for row in _pipeline_rows(config):
         params, spec, _ = checkpoints.load_model(row["checkpoint"])
-        analysis.check_unsplit(spec)
+        if set(analyses) - {"clipping"}:  # the landscape and the Hessian need one latent matrix
+            analysis.check_unsplit(spec)
         models.append((row["model"], f"{row['description']} {_bits(spec)}", spec, params))
     protocol = (f"The trained models of the pipeline workdir `{config.pipeline_workdir}` "
                 f"({', '.join(config.pipeline_models)}), each at its own bits.")
@@ -124,7 +129,13 @@ def main(argv):
     arrays = encode.load_encoded_split(tokenizer, task, "train", data_dir=data_dir, max_length=max_len,
                                        cache_dir=assets.cache_dir() / "tokenized",
                                        limit=config.train_limit or None)
-    wanted = max(config.landscape_batches, config.hessian_batches)
+    analyses = tuple(config.analyses)
+    unknown = sorted(set(analyses) - set(analysis.ANALYSES))
+    if unknown or not analyses:
+        raise ValueError(f"--config.analyses {analyses}: allowed (one or more) {analysis.ANALYSES}")
+    wanted = max([config.landscape_batches] * ("landscape" in analyses)
+                 + [config.hessian_batches] * ("hessian" in analyses)
+                 + [config.clipping_batches] * ("clipping" in analyses))
     batches = list(itertools.islice(batching.iterate_batches(
         arrays, config.batch_size, shuffle=True, seed=config.seed,
         bucket_lengths=tuple(config.bucket_lengths) or None), wanted))
@@ -132,6 +143,7 @@ def main(argv):
         raise ValueError(f"{len(arrays['labels'])} training examples make {len(batches)} batches of "
                          f"{config.batch_size}; the analysis asks for {wanted}")
     landscape_batches, hessian_batches = batches[:config.landscape_batches], batches[:config.hessian_batches]
+    clipping_batches = batches[:config.clipping_batches]
     if config.hessian_examples:
         # The first rows of the first batch: a Hessian-vector product costs far more than a loss.
         hessian_batches = [{k: v[:config.hessian_examples] for k, v in batches[0].items()}]
@@ -141,64 +153,93 @@ def main(argv):
                 f"{[b['input_ids'].shape[1] for b in bs]}")
 
     # ---- Models ----
-    models, protocol = _models(config, batches[0])
+    models, protocol = _models(config, batches[0], analyses)
+    labels = {name: label for name, label, _, _ in models}
+    data = []
+    if "landscape" in analyses:
+        data.append(f"landscape on {describe(landscape_batches)}")
+    if "hessian" in analyses:
+        data.append(f"Hessian on {describe(hessian_batches)} (the first of the same)")
+    if "clipping" in analyses:
+        data.append(f"clipping on {describe(clipping_batches)}")
+    report = {
+        "task": task.name, "protocol": protocol, "git_commit": _git_commit(), "analyses": list(analyses),
+        "models": [{"name": n, "label": l, "spec": s.to_dict()} for n, l, s, _ in models],
+        "data": {"description": f"{'; '.join(data)}; training batches, shuffle seed {config.seed}; "
+                                "eval mode"},
+    }
+    timing = {}
 
     # ---- Landscape and eigenvalues, model by model ----
-    matrices = tuple(config.landscape.matrices)
-    coords = analysis.grid_coords(config.landscape.steps, config.landscape.step)
-    parts = tuple(config.hessian.parts)
-    layers = tuple(config.hessian.layers) or None
-    landscapes, eigen, timing = {}, {}, {"landscape_s": {}, "hessian_s": {}}
-    for name, label, spec, params in models:
-        t = time.perf_counter()
-        landscapes[name] = analysis.landscape_grid(spec, params, landscape_batches, matrices, coords,
-                                                   progress=config.progress_bar,
-                                                   desc=f"landscape {name}")
-        timing["landscape_s"][name] = round(time.perf_counter() - t, 1)
-        t = time.perf_counter()
-        eigen[name] = analysis.top_eigenvalues(
-            spec, params, hessian_batches, layers=layers, parts=parts, method=config.hessian.method,
-            iterations=config.hessian.iterations, tol=config.hessian.tol, seed=config.seed,
-            progress=config.progress_bar, desc=f"hessian {name}")
-        timing["hessian_s"][name] = round(time.perf_counter() - t, 1)
+    if "landscape" in analyses:
+        matrices = tuple(config.landscape.matrices)
+        coords = analysis.grid_coords(config.landscape.steps, config.landscape.step)
+        landscapes, timing["landscape_s"] = {}, {}
+        for name, label, spec, params in models:
+            t = time.perf_counter()
+            landscapes[name] = analysis.landscape_grid(spec, params, landscape_batches, matrices, coords,
+                                                       progress=config.progress_bar,
+                                                       desc=f"landscape {name}")
+            timing["landscape_s"][name] = round(time.perf_counter() - t, 1)
+        analysis.plot_landscapes(out / "landscape.png", {labels[n]: l for n, l in landscapes.items()})
+        for name, land in landscapes.items():
+            analysis.plot_landscapes(out / f"landscape_{name}.png", {labels[name]: land}, dpi=45)
+            checkpoints.write_text(out / f"landscape_{name}.csv", analysis.landscape_csv(land))
+        checkpoints.write_text(out / "landscape.json",
+                               json.dumps({n: l.to_dict() for n, l in landscapes.items()}))
+        report.update({
+            "landscape_matrices": list(matrices), "landscape_coords": [float(c) for c in coords],
+            "landscape": {n: {"summary": analysis.landscape_summary(l), "scales": list(l.scales)}
+                          for n, l in landscapes.items()}})
+    if "hessian" in analyses:
+        parts = tuple(config.hessian.parts)
+        layers = tuple(config.hessian.layers) or None
+        eigen, timing["hessian_s"] = {}, {}
+        for name, label, spec, params in models:
+            t = time.perf_counter()
+            eigen[name] = analysis.top_eigenvalues(
+                spec, params, hessian_batches, layers=layers, parts=parts, method=config.hessian.method,
+                iterations=config.hessian.iterations, tol=config.hessian.tol, seed=config.seed,
+                progress=config.progress_bar, desc=f"hessian {name}")
+            timing["hessian_s"][name] = round(time.perf_counter() - t, 1)
+        rows = []
+        for part, layer in eigen[models[0][0]]:
+            row = {"part": part, "layer": layer}
+            for name, _, spec, params in models:
+                e = eigen[name][(part, layer)]
+                row[name] = {"lambda_max": e.value, "iterations": e.iterations, "converged": e.converged,
+                             "history": e.history,
+                             "quant_error": analysis.quantization_error(
+                                 spec, params, analysis.part_kernels(part, layer))}
+            rows.append(row)
+        report.update({
+            "eigen_method": f"{config.hessian.method}, at most {config.hessian.iterations} "
+                            f"Hessian-vector products, relative tolerance {config.hessian.tol:g}",
+            "eigenvalues": rows})
+    if "clipping" in analyses:
+        # Models without uniform activation quantizers (full precision at 32 bits) have no clip.
+        clipping, timing["clipping_s"] = {}, {}
+        for name, label, spec, params in models:
+            if spec.quant.act_method != "uniform" or not spec.quant.quantizes_acts:
+                continue
+            t = time.perf_counter()
+            totals = analysis.activation_clipping(spec, params, clipping_batches)
+            clipping[name] = {"by_site": analysis.clipping_by_site(totals), "per_quantizer": totals}
+            timing["clipping_s"][name] = round(time.perf_counter() - t, 1)
+        if not clipping:
+            raise ValueError("--config.analyses has clipping, but no model has uniform activation "
+                             "quantizers: set --config.act_bits=8 (a checkpoint quantized without "
+                             "training), or analyse trained W-A8 models")
+        report["clipping"] = clipping
 
-    rows = []
-    for part, layer in eigen[models[0][0]]:
-        row = {"part": part, "layer": layer}
-        for name, _, spec, params in models:
-            e = eigen[name][(part, layer)]
-            row[name] = {"lambda_max": e.value, "iterations": e.iterations, "converged": e.converged,
-                         "history": e.history,
-                         "quant_error": analysis.quantization_error(
-                             spec, params, analysis.part_kernels(part, layer))}
-        rows.append(row)
-
-    # ---- Outputs ----
-    labels = {name: label for name, label, _, _ in models}
-    analysis.plot_landscapes(out / "landscape.png", {labels[n]: l for n, l in landscapes.items()})
-    for name, land in landscapes.items():
-        analysis.plot_landscapes(out / f"landscape_{name}.png", {labels[name]: land}, dpi=45)
-        checkpoints.write_text(out / f"landscape_{name}.csv", analysis.landscape_csv(land))
-    checkpoints.write_text(out / "landscape.json", json.dumps({n: l.to_dict() for n, l in landscapes.items()}))
     total = time.perf_counter() - start
     import jax
-    report = {
-        "task": task.name, "protocol": protocol, "git_commit": _git_commit(),
-        "models": [{"name": n, "label": l, "spec": s.to_dict()} for n, l, s, _ in models],
-        "data": {"description": f"landscape on {describe(landscape_batches)}; Hessian on "
-                                f"{describe(hessian_batches)} (the first of the same; shuffle seed "
-                                f"{config.seed}); eval-mode loss"},
-        "landscape_matrices": list(matrices), "landscape_coords": [float(c) for c in coords],
-        "landscape": {n: {"summary": analysis.landscape_summary(l), "scales": list(l.scales)}
-                      for n, l in landscapes.items()},
-        "eigen_method": f"{config.hessian.method}, at most {config.hessian.iterations} "
-                        f"Hessian-vector products, relative tolerance {config.hessian.tol:g}",
-        "eigenvalues": rows,
+    report.update({
         "timing": {**timing, "total_s": round(total, 1),
                    "description": f"{jax.device_count()} {jax.devices()[0].platform} device(s), "
                                   f"including compilation and data loading"},
         "config": json.loads(config.to_json_best_effort()),
-    }
+    })
     checkpoints.write_json(out / "analysis.json", report)
     checkpoints.write_text(out / "config.json", config.to_json_best_effort(indent=2, sort_keys=True))
     checkpoints.write_text(out / "analysis.md", analysis.markdown_report(report))

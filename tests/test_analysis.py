@@ -248,6 +248,64 @@ def test_split_models_are_refused():
 
 
 # ---------------------------------------------------------------------------------------------
+# Activation clipping.
+# ---------------------------------------------------------------------------------------------
+def test_clip_statistics_on_hand_made_values():
+    x = jnp.array([[-3.0, -1.0, 0.0, 2.0, 4.0], [9.0, 9.0, 9.0, 9.0, 9.0]])
+    mask = jnp.array([[True], [False]])  # the second row is padding: never counted
+    stats = quant.clip_statistics(x, jnp.array([-2.5, 2.5]), mask)
+    assert float(stats["count"]) == 5 and float(stats["clipped"]) == 2
+    assert float(stats["energy"]) == pytest.approx(9 + 1 + 0 + 4 + 16)
+    assert float(stats["clipped_energy"]) == pytest.approx(9 + 16)
+    assert float(stats["clip_error"]) == pytest.approx(0.5 ** 2 + 1.5 ** 2)
+    assert float(stats["absmax"]) == 4.0
+    # An asymmetric clip [0, 1] cuts the negatives too.
+    stats = quant.clip_statistics(x[:1], jnp.array([0.0, 1.0]))
+    assert float(stats["clipped"]) == 4 and float(stats["clip_error"]) == pytest.approx(9 + 1 + 1 + 9)
+
+
+def test_activation_clipping_counts_what_the_quantizer_sees():
+    spec, params = _tiny()
+    spec8, params8 = analysis.quantize_without_training(spec, params, "fp", act_bits=8)
+    # Narrow the first layer's query-input clip so that it cuts a visible share.
+    flat = flatten(params8)
+    flat["encoder/layer_0/attention/query/input_clip"] = jnp.array([-0.5, 0.5])
+    params8 = unflatten(flat)
+    batches = _batches(2)
+    totals = analysis.activation_clipping(spec8, params8, batches)
+    # Dense inputs, attention Q/K/V and probabilities, FFN inputs and the pooler: every quantizer.
+    assert len(totals) == 2 * 10 + 1
+    # The first query input is the embedding output (hidden state 0) at the real tokens.
+    model = spec8.build(integer_products=False)
+    embedded, real = [], []
+    for b in batches:
+        out = model.apply({"params": params8}, *[jnp.asarray(b[k]) for k in analysis.MODEL_INPUTS],
+                          deterministic=True)
+        embedded.append(np.asarray(out["hidden_states"][0]).reshape(-1, spec.config.hidden_size))
+        real.append(np.asarray(b["attention_mask"]).reshape(-1).astype(bool))
+    h = np.concatenate(embedded)[np.concatenate(real)]
+    first = totals["encoder/layer_0/attention/query/input_clip"]
+    outside = np.abs(h) > 0.5
+    assert first["count"] == h.size and first["clipped"] == outside.sum() > 0
+    assert first["energy"] == pytest.approx(np.sum(h ** 2), rel=1e-5)
+    assert first["clipped_energy"] == pytest.approx(np.sum(h[outside] ** 2), rel=1e-5)
+    assert first["clip_error"] == pytest.approx(np.sum((h - np.clip(h, -0.5, 0.5)) ** 2), rel=1e-5)
+    # Pooled per site: layer 0's narrow clip and layer 1's ±2.5 add up.
+    site = analysis.clipping_by_site(totals)["encoder/attention/query/input"]
+    second = totals["encoder/layer_1/attention/query/input_clip"]
+    assert site["quantizers"] == 2
+    assert site["values"] == pytest.approx((first["clipped"] + second["clipped"])
+                                           / (first["count"] + second["count"]))
+    assert 0 <= site["removed"] <= site["energy"] <= 1
+
+
+def test_activation_clipping_needs_uniform_quantizers():
+    spec, params = _tiny()
+    with pytest.raises(ValueError, match="uniform activation quantizers"):
+        analysis.activation_clipping(spec, params, _batches(1))
+
+
+# ---------------------------------------------------------------------------------------------
 # The command.
 # ---------------------------------------------------------------------------------------------
 def test_analyze_command_on_a_tiny_checkpoint(tmp_path, tiny_pretrained, glue_dir):
@@ -266,7 +324,8 @@ def test_analyze_command_on_a_tiny_checkpoint(tmp_path, tiny_pretrained, glue_di
     run = subprocess.run([sys.executable, "-m", "launch.analyze", "--config",
                           "configs/analyze.py:task=mrpc,tiny", f"--config.checkpoint={ckpt}",
                           f"--config.data_dir={glue_dir}", "--config.act_bits=8",
-                          "--config.hessian.parts=('MHA-O','FFN-Out')", f"--out={out}"],
+                          "--config.hessian.parts=('MHA-O','FFN-Out')",
+                          "--config.analyses=('landscape','hessian','clipping')", f"--out={out}"],
                          cwd=repo, env=env, capture_output=True, text=True, timeout=900)
     assert run.returncode == 0, run.stderr[-3000:]
     for name in ("analysis.md", "analysis.json", "landscape.json", "landscape.png", "config.json",
@@ -285,3 +344,9 @@ def test_analyze_command_on_a_tiny_checkpoint(tmp_path, tiny_pretrained, glue_di
     md = (out / "analysis.md").read_text()
     assert "| FFN-Out | 1 |" in md and "![loss landscapes](landscape.png)" in md
     assert "without training" in md and "activations at 8 bits" in md
+    clipping = report["clipping"]
+    assert sorted(clipping) == ["bwn", "fp", "twn"]
+    for model in clipping.values():
+        assert all(0 <= r["removed"] <= r["energy"] <= 1 and 0 <= r["values"] <= 1
+                   for r in model["by_site"].values())
+    assert "## Activation clipping" in md and "| `encoder/attention/query/input` |" in md
