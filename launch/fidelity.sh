@@ -1,0 +1,106 @@
+#!/usr/bin/env bash
+# Issue 11: the seed tables (part 2) and the quantization ablation (part 1), from ONE teacher and ONE
+# half-width model, every finished run recorded under results/ (launch.record) so that README's tables
+# (launch.tables) are rebuilt from them. Parts, in the order they run (PARTS picks and orders them):
+#
+#   seeds     the pipeline's ternary and binary rows per seed: TWN 0.5x, split, TWS 1x, BWN 0.5x
+#             (-> results/<task>_w1a<bits>_seeds/{ternary,tws,bwn}/s<seed>)
+#   ablation  TWN 0.5x with one thing varied (-> results/<task>_quant_ablation/<setting>/s<seed>):
+#               both          W2A8, the pipeline's ternary stage as it is (the seeds part's run)
+#               weights_only  W2A32: ternary weights, full-precision activations
+#               acts_only     W32A8: full-precision weights, quantized activations
+#   half      the full-precision 0.5x row over seeds: the half-width model's KD from the teacher
+#             (-> results/<task>_w1a<bits>_seeds/half/s<seed>)
+#   adaptive  the adaptive split at the first seed (-> results/<task>_w1a<bits>_seeds/adaptive/s<seed>)
+#
+#   bash launch/fidelity.sh GLUE_DIR                  # MRPC W1A8, 1 epoch a KD stage, seeds 1 2 3
+#   ACT_BITS=4 EPOCHS=0.5 bash launch/fidelity.sh GLUE_DIR
+#   PARTS=ablation SEEDS="4 5" bash launch/fidelity.sh GLUE_DIR
+#   TASK=sst-2 BASE="configs/pipeline.py:task=sst-2,tiny" SEEDS=1 TAG=smoke \
+#       bash launch/fidelity.sh data/glue_slice       # a minutes-long smoke run
+#
+# Environment: TASK (mrpc), ACT_BITS (8), EPOCHS (1, per KD stage; the released scripts use 2),
+# SEEDS ("1 2 3"), PARTS ("seeds ablation half adaptive"), ROOT (runs/fidelity_<task>_a<bits>),
+# TAG (the records' prefix, default <task>), RESULTS (results), PYTHON (.venv/bin/python), BASE (the
+# pipeline config and arg; default the released scripts' hyperparameters on the whole task).
+# Rerunning resumes: finished stages are skipped, finished runs recorded again (the same records).
+set -euo pipefail
+GLUE_DIR=${1:?usage: bash launch/fidelity.sh GLUE_DIR}
+TASK=${TASK:-mrpc}
+ACT_BITS=${ACT_BITS:-8}
+EPOCHS=${EPOCHS:-1}
+SEEDS=${SEEDS:-1 2 3}
+PARTS=${PARTS:-seeds ablation half adaptive}
+ROOT=${ROOT:-runs/fidelity_${TASK}_a${ACT_BITS}}
+TAG=${TAG:-${TASK}}
+RESULTS=${RESULTS:-results}
+PY=${PYTHON:-.venv/bin/python}
+BASE=${BASE:-configs/pipeline.py:task=${TASK},full,act_bits=${ACT_BITS},epochs=${EPOCHS},bwn=False,adaptive=False}
+SEED_TABLE="${TAG}_w1a${ACT_BITS}_seeds"
+ABLATION_TABLE="${TAG}_quant_ablation"
+
+pipeline() {  # pipeline WORKDIR STAGES [OVERRIDES...]: the base config from the shared teacher/half
+  local workdir=$1 stages=$2
+  shift 2
+  "$PY" -m launch.pipeline --config "$BASE" --config.data_dir="$GLUE_DIR" --workdir "$workdir" \
+      "--config.pipeline.stages=$stages" \
+      --config.stages.teacher.checkpoint="$ROOT/base/teacher/$teacher" \
+      --config.stages.half.checkpoint="$ROOT/base/half/$half" --config.stages.half.init= "$@"
+}
+record() {  # record STAGE_DIR NAME [SETTING]
+  if [ $# -gt 2 ]; then
+    "$PY" -m launch.record "$1" --name "$2" --setting "$3" --results-dir "$RESULTS"
+  else
+    "$PY" -m launch.record "$1" --name "$2" --results-dir "$RESULTS"
+  fi
+}
+best() { "$PY" -c 'import json,sys; print(json.load(open(sys.argv[1]))["best_checkpoint"])' "$1/results.json"; }
+
+# The teacher and the half-width model, once (the pipeline's first three stages, its own seed).
+"$PY" -m launch.pipeline --config "$BASE" --config.data_dir="$GLUE_DIR" --workdir "$ROOT/base" \
+    '--config.pipeline.stages=("teacher","half_pruned","half")'
+teacher=$(best "$ROOT/base/teacher")
+half=$(best "$ROOT/base/half")
+first_seed=${SEEDS%% *}
+
+for part in $PARTS; do
+  for seed in $SEEDS; do
+    case $part in
+      seeds)
+        run="$ROOT/w1a${ACT_BITS}_s$seed"
+        pipeline "$run" '("teacher","half","ternary","tws_init","tws","bwn")' --config.seed="$seed"
+        for stage in ternary tws bwn; do record "$run/$stage" "$SEED_TABLE/$stage/s$seed"; done ;;
+      ablation)
+        run="$ROOT/w1a${ACT_BITS}_s$seed"  # "both" is the seeds part's ternary stage
+        # (run alone only when that part has not: a pipeline rewrites its report for the stages named)
+        [ -f "$run/ternary/results.json" ] || pipeline "$run" '("teacher","half","ternary")' --config.seed="$seed"
+        record "$run/ternary" "$ABLATION_TABLE/both/s$seed" "TWN 0.5× W2A${ACT_BITS} (weights and activations)"
+        run="$ROOT/weights_only_s$seed"
+        pipeline "$run" '("teacher","half","ternary")' --config.seed="$seed" \
+            --config.stages.ternary.student.quant.act_bits=32
+        record "$run/ternary" "$ABLATION_TABLE/weights_only/s$seed" "TWN 0.5× W2A32 (weights only)"
+        run="$ROOT/acts_only_s$seed"
+        pipeline "$run" '("teacher","half","ternary")' --config.seed="$seed" \
+            --config.stages.ternary.student.quant.weight_bits=32 --config.stages.ternary.student.quant.embed_bits=32
+        record "$run/ternary" "$ABLATION_TABLE/acts_only/s$seed" "W32A${ACT_BITS} (activations only)" ;;
+      half)
+        run="$ROOT/half_s$seed"  # the half-width stage itself at this seed, from the same teacher
+        "$PY" -m launch.pipeline --config "$BASE" --config.data_dir="$GLUE_DIR" --workdir "$run" \
+            '--config.pipeline.stages=("teacher","half_pruned","half")' \
+            --config.stages.teacher.checkpoint="$ROOT/base/teacher/$teacher" --config.seed="$seed"
+        record "$run/half" "$SEED_TABLE/half/s$seed" ;;
+      adaptive)
+        [ "$seed" = "$first_seed" ] || continue
+        run="$ROOT/w1a${ACT_BITS}_s$seed"
+        pipeline "$run" '("teacher","half","ternary","tws_init","tws","bwn","adaptive_init","adaptive")' \
+            --config.seed="$seed"
+        record "$run/adaptive" "$SEED_TABLE/adaptive/s$seed" ;;
+      *) echo "unknown part $part (seeds, ablation, half, adaptive)" >&2; exit 2 ;;
+    esac
+  done
+done
+if [ "$RESULTS" = results ]; then
+  "$PY" -m launch.tables   # README's sections, <!-- results:$SEED_TABLE per_seed --> among them
+else
+  echo "records in $RESULTS/$SEED_TABLE and $RESULTS/$ABLATION_TABLE; README's tables read results/"
+fi
