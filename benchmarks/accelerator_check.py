@@ -75,16 +75,17 @@ def time_step(student, teacher, objective: str, masked: bool, mesh, batch: int, 
     ids = jnp.ones((1, seq), jnp.int32)
     params = jax.jit(student.without_axis().build().init)(jax.random.key(0), ids)["params"]
     state = sharding.replicate(train.TrainState(jnp.zeros((), jnp.int32), params, tx.init(params)), mesh)
-    teacher_params = sharding.replicate(jax.jit(teacher.build().init)(jax.random.key(1), ids)["params"], mesh)
+    teacher_variables = sharding.replicate(
+        {"params": jax.jit(teacher.build().init)(jax.random.key(1), ids)["params"]}, mesh)
     data = sharding.shard_batch(train_step.synthetic_batch(batch, seq, student.config.vocab_size), mesh)
     rng = jax.random.key(0)
     start = time.perf_counter()
-    compiled = step.lower(state, teacher_params, data, rng).compile()
+    compiled = step.lower(state, teacher_variables, data, rng).compile()
     compile_s = time.perf_counter() - start
     for _ in range(2):
-        state, measured = compiled(state, teacher_params, data, rng)
+        state, measured = compiled(state, teacher_variables, data, rng)
     jax.block_until_ready(state)
-    times, state = train_step.time_steps(compiled, state, teacher_params, data, rng, steps)
+    times, state = train_step.time_steps(compiled, state, teacher_variables, data, rng, steps)
     median = statistics.median(times)
     per_example = flops.kd_step_flops(student.config, teacher.config, seq)
     return {"compile_s": compile_s, "step_s_median": median, "examples_per_s": batch / median,

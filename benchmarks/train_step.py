@@ -154,21 +154,21 @@ def init_state(student_spec, teacher_spec, tx, mesh, seq: int):
     params = jax.jit(student_spec.without_axis().build().init)(jax.random.key(0), ids)["params"]
     state = train.TrainState(jnp.zeros((), jnp.int32), params, tx.init(params))
     state = sharding.replicate(state, mesh)
-    teacher_params = None
+    teacher_variables = None  # what the train step's teacher.apply takes
     if teacher_spec is not None:
-        teacher_params = sharding.replicate(
-            jax.jit(teacher_spec.build().init)(jax.random.key(1), ids)["params"], mesh)
-    return state, teacher_params
+        teacher_variables = sharding.replicate(
+            {"params": jax.jit(teacher_spec.build().init)(jax.random.key(1), ids)["params"]}, mesh)
+    return state, teacher_variables
 
 
-def time_steps(compiled, state, teacher_params, data, rng, steps: int):
+def time_steps(compiled, state, teacher_variables, data, rng, steps: int):
     """Runs ``steps`` compiled KD steps, each timed to its result; returns ``(seconds, state)``."""
     import jax
 
     times = []
     for _ in range(steps):
         start = time.perf_counter()
-        state, measured = compiled(state, teacher_params, data, rng)
+        state, measured = compiled(state, teacher_variables, data, rng)
         jax.block_until_ready((state, measured))
         times.append(time.perf_counter() - start)
     return times, state
@@ -221,14 +221,14 @@ def measure_case(case: str, bert_base: bool, batch: int, seq: int, steps: int,
     student_spec, teacher_spec, objective, ignore_padding = case_setup(case, bert_base)
     mesh = sharding.make_mesh(1)
     step, tx = build_step(student_spec, teacher_spec, objective, ignore_padding, mesh, variant)
-    state, teacher_params = init_state(student_spec, teacher_spec, tx, mesh, seq)
+    state, teacher_variables = init_state(student_spec, teacher_spec, tx, mesh, seq)
     data = sharding.shard_batch(synthetic_batch(batch, seq, student_spec.config.vocab_size), mesh)
     rng = jax.random.key(0)
-    jax.block_until_ready((state, teacher_params, data))
+    jax.block_until_ready((state, teacher_variables, data))
     rss_before = _rss_mib()
 
     start = time.perf_counter()
-    compiled = step.lower(state, teacher_params, data, rng).compile()
+    compiled = step.lower(state, teacher_variables, data, rng).compile()
     compile_s = time.perf_counter() - start
     summary = hlo_summary(compiled)
     if hlo_dir:
@@ -236,14 +236,14 @@ def measure_case(case: str, bert_base: bool, batch: int, seq: int, steps: int,
         (pathlib.Path(hlo_dir) / f"{case}.{variant}.hlo.txt").write_text(compiled.as_text())
 
     for _ in range(2):
-        state, measured = compiled(state, teacher_params, data, rng)
+        state, measured = compiled(state, teacher_variables, data, rng)
     jax.block_until_ready((state, measured))
     probe = MatmulProbe()
     times, cpu_times, probe_rates = [], [], []
     for _ in range(steps):
         probe_rates.append(probe.rate())  # the machine's matmul rate right now (shared machine)
         start, cpu_start = time.perf_counter(), time.process_time()
-        state, measured = compiled(state, teacher_params, data, rng)
+        state, measured = compiled(state, teacher_variables, data, rng)
         jax.block_until_ready((state, measured))
         times.append(time.perf_counter() - start)
         cpu_times.append(time.process_time() - cpu_start)
@@ -321,7 +321,7 @@ def measure_epoch(bert_base: bool, batch: int, buckets: Sequence[int]) -> dict:
     student_spec, teacher_spec, objective, ignore_padding = case_setup("w2a8-masked", bert_base)
     mesh = sharding.make_mesh(1)
     step, tx = build_step(student_spec, teacher_spec, objective, ignore_padding, mesh)
-    state, teacher_params = init_state(student_spec, teacher_spec, tx, mesh, 128)
+    state, teacher_variables = init_state(student_spec, teacher_spec, tx, mesh, 128)
     rng = jax.random.key(0)
 
     def batches():
@@ -334,18 +334,18 @@ def measure_epoch(bert_base: bool, batch: int, buckets: Sequence[int]) -> dict:
     for length in sorted(set(lengths)):
         example = sharding.shard_batch(next(b for b in batches() if b["input_ids"].shape[1] == length), mesh)
         start = time.perf_counter()
-        compiled[length] = step.lower(state, teacher_params, example, rng).compile()
+        compiled[length] = step.lower(state, teacher_variables, example, rng).compile()
         compile_s[length] = time.perf_counter() - start
     # One warm-up step per shape (first-run allocations), on a copy so the timed epoch starts fresh.
     for length, fn in compiled.items():
         example = sharding.shard_batch(next(b for b in batches() if b["input_ids"].shape[1] == length), mesh)
         warm = jax.tree_util.tree_map(lambda x: x.copy(), state)
-        jax.block_until_ready(fn(warm, teacher_params, example, rng))
+        jax.block_until_ready(fn(warm, teacher_variables, example, rng))
     load_start = os.getloadavg()
     start = time.perf_counter()
     pending = []
     for b in batches():
-        state, measured = compiled[b["input_ids"].shape[1]](state, teacher_params,
+        state, measured = compiled[b["input_ids"].shape[1]](state, teacher_variables,
                                                             sharding.shard_batch(b, mesh), rng)
         pending.append(measured["total"])
     jax.block_until_ready((state, pending))

@@ -23,7 +23,8 @@ import jax.numpy as jnp
 from binarybert_jax import assets, checkpoints, hf_import, kd
 from binarybert_jax.data import loading, squad, tasks
 from binarybert_jax.errors import ConfigError, UserError
-from binarybert_jax.model import ACTIVATIONS, BertConfig, BertModel, ModelSpec, QuantConfig
+from binarybert_jax.model import (ACTIVATIONS, BertConfig, BertModel, ModelSpec, QuantConfig, model_variables,
+                                  uses_lat_diag)
 from binarybert_jax.trees import flatten
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
@@ -339,7 +340,9 @@ def load_init_params(config, init_params, previous: Optional[str | os.PathLike])
 
 
 def load_teacher(config, student: ModelSpec) -> Optional[tuple[BertModel, Any, ModelSpec]]:
-    """The frozen teacher ``(model, params, spec)`` of ``config.teacher``, or None.
+    """The frozen teacher ``(model, variables, spec)`` of ``config.teacher``, or None. ``variables``
+    are what ``model.apply`` takes: the parameters, and a LAT teacher's diagonal (the one it was
+    trained with, ``checkpoints.load_lat_diag``), so that it teaches as the model it is.
 
     Raises:
       ValueError: attention-score distillation between different head counts.
@@ -361,7 +364,9 @@ def load_teacher(config, student: ModelSpec) -> Optional[tuple[BertModel, Any, M
             f"attention-score distillation needs matching head counts: teacher {config.teacher} has "
             f"{spec.config.num_heads} heads, the student {student.config.num_heads}; use a "
             "teacher of the student's width or --config.kd.attention=False")
-    return spec.build(teacher_dtype(config), integer_products=bool(config.integer_products)), params, spec
+    lat_diag = checkpoints.load_lat_diag(config.teacher) if uses_lat_diag(spec.quant) else None
+    model = spec.build(teacher_dtype(config), integer_products=bool(config.integer_products))
+    return model, model_variables(params, lat_diag), spec
 
 
 def load_data(config, task: tasks.TaskSpec, tokenizer) -> tuple[dict, dict]:

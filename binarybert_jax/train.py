@@ -116,7 +116,7 @@ def make_train_step(student: BertModel, teacher: Optional[BertModel], tx: optax.
                     schedule: optax.Schedule, mesh, *, objective: str, is_regression: bool,
                     temperature: float = 1.0, attention: bool = True, ignore_padding: bool = False,
                     teacher_dropout: bool = False, span: bool = False) -> Callable:
-    """Builds the jitted, sharded KD train step ``(state, teacher_params, batch, rng) -> (state, metrics)``.
+    """Builds the jitted, sharded KD train step ``(state, teacher_variables, batch, rng) -> (state, metrics)``.
 
     Written as a per-device program (``jax.shard_map``) with ``lax.pmean`` over ``data``: the
     gradient all-reduce and the cross-device reduction of activation ranges
@@ -131,14 +131,14 @@ def make_train_step(student: BertModel, teacher: Optional[BertModel], tx: optax.
     lat = M.uses_lat_diag(student.quant_cfg)
     qkv = objective == "dmd"  # Q, K, V before binarization: only direction matching reads them
 
-    def per_device(state: TrainState, teacher_params, batch, rng):
+    def per_device(state: TrainState, teacher_variables, batch, rng):
         rng = jax.random.fold_in(jax.random.fold_in(rng, state.step), lax.axis_index(DATA_AXIS))
         student_rng, teacher_rng = jax.random.split(rng)
         inputs = model_inputs(batch)
         teacher_out = None
         if teacher is not None:
             teacher_out = lax.stop_gradient(teacher.apply(
-                {"params": teacher_params}, *inputs, deterministic=not teacher_dropout,
+                teacher_variables, *inputs, deterministic=not teacher_dropout,
                 rngs={"dropout": teacher_rng}, output_qkv=qkv))
         lat_diag = lat_diagonal(state) if lat else None
 
@@ -282,9 +282,9 @@ def _train_phase(config, workdir, phase, spec, task, train_arrays, eval_sets, te
     state = replicate(jax.tree_util.tree_map(jnp.asarray, state), mesh)
 
     # ---- Compiled steps --------------------------------------------------------------------
-    teacher_model, teacher_params = teacher if teacher is not None else (None, None)
+    teacher_model, teacher_variables = teacher if teacher is not None else (None, None)
     if phase.objective == "supervised":
-        teacher_model, teacher_params = None, None
+        teacher_model, teacher_variables = None, None
     elif teacher_model is None:
         ckpts.close()
         raise ConfigError(f"kd.mode {config.kd.mode!r} distils from a teacher: set --config.teacher=CKPT "
@@ -320,7 +320,7 @@ def _train_phase(config, workdir, phase, spec, task, train_arrays, eval_sets, te
             for batch in _epoch_batches(train_arrays, config, epoch, start):
                 if step >= total_steps:
                     break
-                state, measured = train_step(state, teacher_params, shard_batch(model_batch(batch), mesh), rng)
+                state, measured = train_step(state, teacher_variables, shard_batch(model_batch(batch), mesh), rng)
                 pending.append((step, measured))
                 step += 1
                 run_steps += 1

@@ -208,6 +208,15 @@ def test_lat_model_is_scored_saved_predicted_and_exported_as_trained(tmp_path, t
     unscaled = evaluate.predict(step, replicated, dev["dev"], cfg.eval_batch_size, mesh)
     np.testing.assert_allclose(from_ckpt, loop, rtol=0, atol=1e-6)
     assert np.abs(unscaled - loop).max() > 1e-3
+    # As a teacher it teaches as trained: its variables carry the diagonal, which moves its logits.
+    teacher_cfg = _config(tiny_pretrained, glue_dir, task="sts-b")
+    teacher_cfg.teacher = str(ckpt)
+    teacher_model, variables, _ = resolve.load_teacher(teacher_cfg, spec)
+    taught = hf_import.flatten(variables[M.LAT_DIAG])
+    assert sorted(taught) == sorted(saved) and all(np.array_equal(taught[k], saved[k]) for k in saved)
+    ids = jnp.asarray(np.random.default_rng(0).integers(1000, 3000, (2, 8)), jnp.int32)
+    assert np.abs(teacher_model.apply(variables, ids)["logits"]
+                  - teacher_model.apply({"params": params}, ids)["logits"]).max() > 1e-4
     plain, _, _ = export.load_packed(export.export_packed(params, spec, tmp_path / "plain.safetensors").path)
     assert not np.array_equal(hf_import.flatten(plain)["encoder/layer_0/ffn/intermediate/kernel"],
                               hf_import.flatten(export.load_packed(tmp_path / "lat.safetensors")[0])[
