@@ -7,8 +7,12 @@
 #             (-> results/<task>_w1a<bits>_seeds/{ternary,tws,bwn}/s<seed>)
 #   ablation  TWN 0.5x with one thing varied (-> results/<task>_quant_ablation/<setting>/s<seed>):
 #               both          W2A8, the pipeline's ternary stage as it is (the seeds part's run)
-#               weights_only  W2A32: ternary weights, full-precision activations
+#               no_clip       W2A8 without the released code's ±2.5 activation clip: clip_init 1e4,
+#                             which no activation reaches (max |x| < 30 on MiniLM), so the ranges
+#                             are min-max (TernaryBERT's choice)
 #               acts_only     W32A8: full-precision weights, quantized activations
+#               weights_only  W2A32: ternary weights, full-precision activations
+#             (ABLATIONS picks and orders the settings other than both)
 #   half      the full-precision 0.5x row over seeds: the half-width model's KD from the teacher
 #             (-> results/<task>_w1a<bits>_seeds/half/s<seed>)
 #   adaptive  the adaptive split at the first seed (-> results/<task>_w1a<bits>_seeds/adaptive/s<seed>)
@@ -20,7 +24,7 @@
 #       bash launch/fidelity.sh data/glue_slice       # a minutes-long smoke run
 #
 # Environment: TASK (mrpc), ACT_BITS (8), EPOCHS (1, per KD stage; the released scripts use 2),
-# SEEDS ("1 2 3"), PARTS ("seeds ablation half adaptive"), ROOT (runs/fidelity_<task>_a<bits>),
+# SEEDS ("1 2 3"), PARTS ("seeds ablation half adaptive"), ABLATIONS ("no_clip acts_only weights_only"), ROOT (runs/fidelity_<task>_a<bits>),
 # TAG (the records' prefix, default <task>), RESULTS (results), PYTHON (.venv/bin/python), BASE (the
 # pipeline config and arg; default the released scripts' hyperparameters on the whole task).
 # Rerunning resumes: finished stages are skipped, finished runs recorded again (the same records).
@@ -31,6 +35,7 @@ ACT_BITS=${ACT_BITS:-8}
 EPOCHS=${EPOCHS:-1}
 SEEDS=${SEEDS:-1 2 3}
 PARTS=${PARTS:-seeds ablation half adaptive}
+ABLATIONS=${ABLATIONS:-no_clip acts_only weights_only}
 ROOT=${ROOT:-runs/fidelity_${TASK}_a${ACT_BITS}}
 TAG=${TAG:-${TASK}}
 RESULTS=${RESULTS:-results}
@@ -75,14 +80,19 @@ for part in $PARTS; do
         # (run alone only when that part has not: a pipeline rewrites its report for the stages named)
         [ -f "$run/ternary/results.json" ] || pipeline "$run" '("teacher","half","ternary")' --config.seed="$seed"
         record "$run/ternary" "$ABLATION_TABLE/both/s$seed" "TWN 0.5× W2A${ACT_BITS} (weights and activations)"
-        run="$ROOT/weights_only_s$seed"
-        pipeline "$run" '("teacher","half","ternary")' --config.seed="$seed" \
-            --config.stages.ternary.student.quant.act_bits=32
-        record "$run/ternary" "$ABLATION_TABLE/weights_only/s$seed" "TWN 0.5× W2A32 (weights only)"
-        run="$ROOT/acts_only_s$seed"
-        pipeline "$run" '("teacher","half","ternary")' --config.seed="$seed" \
-            --config.stages.ternary.student.quant.weight_bits=32 --config.stages.ternary.student.quant.embed_bits=32
-        record "$run/ternary" "$ABLATION_TABLE/acts_only/s$seed" "W32A${ACT_BITS} (activations only)" ;;
+        q=--config.stages.ternary.student.quant
+        for key in $ABLATIONS; do
+          case $key in
+            no_clip) label="TWN 0.5× W2A${ACT_BITS}, no activation clip (min-max)"; overrides="$q.clip_init=1e4" ;;
+            acts_only) label="W32A${ACT_BITS} (activations only)"; overrides="$q.weight_bits=32 $q.embed_bits=32" ;;
+            weights_only) label="TWN 0.5× W2A32 (weights only)"; overrides="$q.act_bits=32" ;;
+            *) echo "unknown ablation $key (no_clip, acts_only, weights_only)" >&2; exit 2 ;;
+          esac
+          run="$ROOT/${key}_s$seed"
+          # shellcheck disable=SC2086  # the overrides are separate words
+          pipeline "$run" '("teacher","half","ternary")' --config.seed="$seed" $overrides
+          record "$run/ternary" "$ABLATION_TABLE/$key/s$seed" "$label"
+        done ;;
       half)
         run="$ROOT/half_s$seed"  # the half-width stage itself at this seed, from the same teacher
         "$PY" -m launch.pipeline --config "$BASE" --config.data_dir="$GLUE_DIR" --workdir "$run" \
