@@ -613,14 +613,20 @@ def markdown_report(report: Mapping[str, Any]) -> str:
 
 
 def _clipping_section(clipping: Mapping[str, Any], labels: Mapping[str, str]) -> list[str]:
-    names = list(clipping)
-    sites = list(dict.fromkeys(site for n in names for site in clipping[n]["by_site"]))
-    lines = ["", "## Activation clipping", "",
+    return (["", "## Activation clipping", "",
              "Per quantized activation, pooled over layers (real tokens only): the share of values "
              "outside the quantizer's clip [lower, upper], the share of the activation's energy Σx² "
              "those values carry, and the share clipping removes, Σ(x − clip(x))² / Σx²; max |x| "
-             "beside it. Each cell: values / energy / removed, in %.", "",
-             "| activation (input of) | " + " | ".join(f"{labels[n]}" for n in names)
+             "beside it. Each cell: values / energy / removed, in %.", ""]
+            + clipping_table(clipping, labels))
+
+
+def clipping_table(clipping: Mapping[str, Any], labels: Mapping[str, str]) -> list[str]:
+    """The Markdown table of a report's ``clipping`` part: one row per quantized activation, per
+    model the values / energy / removed shares in % and max |x|."""
+    names = list(clipping)
+    sites = list(dict.fromkeys(site for n in names for site in clipping[n]["by_site"]))
+    lines = ["| activation (input of) | " + " | ".join(f"{labels[n]}" for n in names)
              + " | " + " | ".join(f"max abs {labels[n]}" for n in names) + " |",
              "|" + "---|" * (1 + 2 * len(names))]
     for site in sites:

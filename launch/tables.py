@@ -8,6 +8,8 @@ A marked section is everything between a line ``<!-- results:NAME [options] -->`
 ``<!-- /results -->`` line; the command replaces it with what the records say:
 
 * ``NAME`` = ``parity``: the sentence of ``results/parity/parity.json`` (``launch.parity``).
+* ``NAME`` a directory with ``analysis.json`` (``launch.analyze --out results/NAME`` with the
+  ``clipping`` analysis): its activation-clipping table.
 * any other ``NAME``: a table of every record under ``results/NAME/`` (``launch.record``), one row
   per ``setting`` (in the records' order), one column per metric: the mean ± the sample standard
   deviation over the setting's records (its seeds), ×100, and ``n``; one record shows its value
@@ -111,6 +113,18 @@ def render_parity(results_dir: pathlib.Path) -> list[str]:
             f"pooler output."]
 
 
+def render_clipping(results_dir: pathlib.Path, name: str) -> list[str]:
+    """The activation-clipping table of ``results/NAME/analysis.json`` (``launch.analyze`` with
+    ``--config.analyses`` naming ``clipping``, ``--out results/NAME``)."""
+    from binarybert_jax import analysis, checkpoints
+    report = checkpoints.read_json(results_dir / name / "analysis.json")
+    if "clipping" not in report:
+        raise UserError(f"README names results:{name}, but {results_dir / name / 'analysis.json'} has no "
+                        "clipping statistics: rerun launch.analyze with --config.analyses=('clipping',)")
+    labels = {m["name"]: m["label"] for m in report["models"]}
+    return analysis.clipping_table(report["clipping"], labels)
+
+
 def rebuild(text: str, results_dir: pathlib.Path, per_seed: bool = False, where: str = "README") -> str:
     """``text`` with every marked section re-rendered from ``results_dir``."""
     lines, out, i = text.split("\n"), [], 0
@@ -132,6 +146,8 @@ def rebuild(text: str, results_dir: pathlib.Path, per_seed: bool = False, where:
         options = _parse_options(m["options"], f"{where}:{start}")
         if name == "parity":
             body = render_parity(results_dir)
+        elif (results_dir / name / "analysis.json").is_file():
+            body = render_clipping(results_dir, name)
         else:
             metrics = options["metrics"].split(",") if isinstance(options.get("metrics"), str) else None
             body = render_table(load_records(results_dir, name), options.get("which", "best"), metrics,

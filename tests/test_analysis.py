@@ -350,3 +350,11 @@ def test_analyze_command_on_a_tiny_checkpoint(tmp_path, tiny_pretrained, glue_di
         assert all(0 <= r["removed"] <= r["energy"] <= 1 and 0 <= r["values"] <= 1
                    for r in model["by_site"].values())
     assert "## Activation clipping" in md and "| `encoder/attention/query/input` |" in md
+    # README's sections render it from the record directory (launch.tables).
+    from launch import tables
+    readme = tmp_path / "README.md"
+    readme.write_text("<!-- results:analysis -->\nold\n<!-- /results -->\n")
+    assert tables.main(["--readme", str(readme), "--results-dir", str(tmp_path)]) == 0
+    rendered = readme.read_text()
+    assert "old" not in rendered and "| `encoder/ffn/intermediate/input` |" in rendered
+    assert rendered.count("\n| ") == 1 + len(report["clipping"]["fp"]["by_site"])  # header, rows
