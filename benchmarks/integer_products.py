@@ -40,7 +40,7 @@ import numpy as np
 from benchmarks.markdown import publish
 from binarybert_jax import assets, hf_import, quant, tws
 from binarybert_jax.data import glue
-from binarybert_jax.model import BertModel, ModelSpec, QuantConfig, QuantDense, calibrate_lsq_steps
+from binarybert_jax.model import BertModel, ModelSpec, QuantConfig, QuantDense, calibrate_act_quantizers
 from binarybert_jax.tokenizer import load_tokenizer
 
 HEADING = "## Integer-domain products: distance to a float64 forward"
@@ -80,7 +80,7 @@ def pretrained_model(spec_quant: QuantConfig, split: bool, batch: dict, minilm=N
     if split:
         params, spec = tws.split_params(params, spec)
     if spec.quant.act_method == "lsq":
-        params = calibrate_lsq_steps(spec.build(), params, batch["input_ids"], batch["token_type_ids"],
+        params = calibrate_act_quantizers(spec.build(), params, batch["input_ids"], batch["token_type_ids"],
                                      batch["attention_mask"])
     return spec, params
 

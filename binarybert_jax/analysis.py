@@ -46,7 +46,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from binarybert_jax import checkpoints, export, hf_import, kd, quant, size
-from binarybert_jax.model import ModelSpec, calibrate_lsq_steps
+from binarybert_jax.model import ModelSpec, calibrate_act_quantizers
 from binarybert_jax.trees import flatten, unflatten
 
 MODEL_INPUTS = ("input_ids", "token_type_ids", "attention_mask")
@@ -81,8 +81,9 @@ def quantize_without_training(spec: ModelSpec, params: Any, method: str,
       spec, params: a model (usually a fine-tuned full-precision one).
       method: ``fp`` (32-bit weights), ``twn`` (W-E 2-2) or ``bwn`` (W-E 1-1), see ``QUANTIZATIONS``.
       act_bits: activation bits; None keeps ``spec``'s. Activation quantizer parameters that
-        ``params`` lacks start as a fresh model's (clips at ±``clip_init``); LSQ steps are
-        calibrated on ``calibration_batch`` (then required), as training does on its first batch.
+        ``params`` lacks start as a fresh model's (clips at ±``clip_init``); LSQ steps and
+        percentile clips are calibrated on ``calibration_batch`` (then required), as training
+        does on its first batch.
       calibration_batch: model inputs (``input_ids``, ``token_type_ids``, ``attention_mask``).
     Returns:
       ``(spec, params)`` of the quantized model, its latent weights those of ``params``.
@@ -103,13 +104,15 @@ def quantize_without_training(spec: ModelSpec, params: Any, method: str,
     imported = {k: v for k, v in source.items()
                 if k in target or not k.endswith(("_clip", "_step"))}
     merged = hf_import.merge_pretrained(init, imported, f"the {method} model")
-    calibrate = any(k.endswith("_step") and k not in source for k in target)
+    calibrate = q.calibrates_acts and any(k.endswith(("_step", "_clip")) and k not in source
+                                          for k in target)
     if calibrate:
         if calibration_batch is None:
-            raise ValueError("the model has LSQ activation quantizers without trained steps: pass "
-                             "a calibration_batch to initialise them")
-        merged = calibrate_lsq_steps(model, merged,
-                                     *[jnp.asarray(calibration_batch[k]) for k in MODEL_INPUTS])
+            raise ValueError("the model has activation quantizers that start from the data (LSQ "
+                             "steps, percentile clips) and none trained: pass a calibration_batch "
+                             "to initialise them")
+        merged = calibrate_act_quantizers(model, merged,
+                                          *[jnp.asarray(calibration_batch[k]) for k in MODEL_INPUTS])
     return new, jax.tree_util.tree_map(jnp.asarray, merged)
 
 

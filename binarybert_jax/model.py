@@ -49,6 +49,7 @@ from binarybert_jax.trees import flatten, unflatten
 
 # The variable collection that holds LAT's diagonal (the optimizer's second moments) per kernel.
 LAT_DIAG = "lat_diag"
+CALIBRATION = "calibration"  # the collection the calibration pass sows into
 
 # The released code's additive mask constant (Hugging Face uses the dtype's minimum instead).
 MASK_VALUE = -10000.0
@@ -127,6 +128,11 @@ class QuantConfig:
         ``token``. ``act_ignore_padding`` leaves padding out of the ranges.
       act_axis_name: mapped axis (e.g. ``data``) over which dynamic ranges are reduced, so several
         devices agree; None keeps each device's own ranges (the released code's behaviour on DDP).
+      clip_init: the uniform quantizers' clips start at ±clip_init (the released code: 2.5; a
+        value no activation reaches, e.g. 1e4, leaves min-max ranges, TernaryBERT's choice).
+      clip_percentile: 0 keeps ``clip_init``; p in (50, 100] starts every clip from the data
+        instead, at the p-th percentile of the quantizer's input on the first training batch
+        (``quant.percentile_clip``; calibrated as LSQ steps are, ``calibrate_act_quantizers``).
       sym_qkvo / sym_ffn_attn: symmetric quantization for Q/K/V/dense inputs, and for the attention
         probabilities and second FFN input (asymmetric by default).
       split: ternary-weight-split model: each quantized matrix (and the word embedding) holds two
@@ -148,6 +154,7 @@ class QuantConfig:
     act_ignore_padding: bool = False
     act_axis_name: Optional[str] = None
     clip_init: float = 2.5
+    clip_percentile: float = 0.0
     sym_qkvo: bool = True
     sym_ffn_attn: bool = False
     quantize_pooler: bool = True
@@ -175,6 +182,9 @@ class QuantConfig:
         for field in ("weight_granularity", "embed_granularity"):
             if getattr(self, field) not in ("layer", "row"):
                 raise ValueError(f"{field} must be 'layer' or 'row', got {getattr(self, field)!r}")
+        if not (self.clip_percentile == 0 or 50 < self.clip_percentile <= 100):
+            raise ValueError(f"clip_percentile must be 0 (clips start at ±clip_init) or in (50, 100], "
+                             f"got {self.clip_percentile}")
         if self.act_scope not in ("tensor", "example", "token"):
             raise ValueError(f"act_scope must be tensor, example or token, got {self.act_scope!r}")
         object.__setattr__(self, "unsplit", tuple(self.unsplit))
@@ -182,6 +192,13 @@ class QuantConfig:
     @property
     def quantizes_acts(self) -> bool:
         return self.act_bits < quant.FULL_PRECISION_BITS
+
+    @property
+    def calibrates_acts(self) -> bool:
+        """Whether the activation quantizers start from the data (``calibrate_act_quantizers``):
+        LSQ steps, or uniform clips at ``clip_percentile``."""
+        return self.quantizes_acts and (self.act_method == "lsq" or (
+            self.act_method == "uniform" and self.clip_percentile > 0))
 
     def is_split(self, path: str) -> bool:
         return self.split and path not in self.unsplit
@@ -314,9 +331,10 @@ class _ActQuantMixin:
 
     Under a mutable ``act_clipping`` collection, a uniform quantizer also records how much of its
     input the clip cuts (``quant.clip_statistics``; ``analysis.activation_clipping`` reads them).
-    Under a mutable ``lsq_init`` collection (the calibration pass), an LSQ quantizer sets its step
-    from the data it sees (the released code's first-batch initialisation), quantizes with it, and
-    records it there; ``init_lsq_steps`` then writes those values into the parameters.
+    Under a mutable ``calibration`` collection (the calibration pass), an LSQ quantizer sets its
+    step from the data it sees (the released code's first-batch initialisation), a uniform one with
+    ``clip_percentile`` its clip, quantizes with it, and records it there;
+    ``calibrate_act_quantizers`` then writes those values into the parameters.
     """
 
     def act_quant(self, name: str, x, quant_cfg: QuantConfig, symmetric: bool, token_axes,
@@ -352,9 +370,14 @@ class _ActQuantMixin:
                 # Diagnostics (analysis.activation_clipping): how much the clip cuts, real tokens
                 # only; named as the clip parameter (a plain ``name`` can be a submodule's).
                 self.sow("act_clipping", f"{name}_clip", quant.clip_statistics(x, p, real_tokens))
-            if cfg.act_method == "lsq" and self.is_mutable_collection("lsq_init"):
-                p = quant.lsq_init_step(x, cfg.act_bits, symmetric, mask, cfg.act_axis_name)
-                self.sow("lsq_init", f"{name}_step", p)
+            if self.is_mutable_collection(CALIBRATION) and not self.is_initializing():
+                if cfg.act_method == "lsq":
+                    p = quant.lsq_init_step(x, cfg.act_bits, symmetric, mask, cfg.act_axis_name)
+                    self.sow(CALIBRATION, f"{name}_step", p)
+                elif cfg.clip_percentile:
+                    p = quant.percentile_clip(x, cfg.clip_percentile, symmetric, real_tokens,
+                                              cfg.act_axis_name)
+                    self.sow(CALIBRATION, f"{name}_clip", p)
             values = quant.quantize_act(x, p, cfg.act_method, cfg.act_bits, symmetric, axes, mask,
                                         cfg.act_axis_name)
             codes = None
@@ -746,26 +769,29 @@ def model_variables(params, lat_diag: Optional[dict] = None) -> dict:
     return {"params": params} if lat_diag is None else {"params": params, LAT_DIAG: lat_diag}
 
 
-def calibrate_lsq_steps(model: BertModel, params, input_ids, token_type_ids=None, attention_mask=None):
-    """Initialises every LSQ step size from one batch, as the released code does on its first
-    forward pass (2·mean|x|/√Qp symmetric, 4·mean|x|/√Qp asymmetric; each quantizer sees inputs
-    already quantized with the steps initialised before it).
+def calibrate_act_quantizers(model: BertModel, params, input_ids, token_type_ids=None,
+                             attention_mask=None):
+    """Initialises the activation quantizers that start from the data (``QuantConfig.
+    calibrates_acts``) on one batch, as the released code does on its first forward pass: LSQ
+    steps at 2·mean|x|/√Qp (symmetric) or 4·mean|x|/√Qp (asymmetric), uniform clips at the
+    ``clip_percentile``-th percentile (``quant.percentile_clip``); each quantizer sees inputs
+    already quantized with the values initialised before it.
 
     Returns:
-      ``params`` with each ``*_step`` replaced; unchanged when the model has no LSQ quantizer.
+      ``params`` with each such ``*_step`` / ``*_clip`` replaced; unchanged when there is none.
     """
-    if model.quant_cfg.act_method != "lsq" or not model.quant_cfg.quantizes_acts:
+    if not model.quant_cfg.calibrates_acts:
         return params
     # Jitted: one compilation instead of the whole forward dispatched op by op.
-    _, state = jax.jit(lambda p, *inputs: model.apply({"params": p}, *inputs, mutable=["lsq_init"]))(
+    _, state = jax.jit(lambda p, *inputs: model.apply({"params": p}, *inputs, mutable=[CALIBRATION]))(
         params, input_ids, token_type_ids, attention_mask)
-    sown = state["lsq_init"]
+    sown = state[CALIBRATION]
 
     def merge(p, s):
         out = dict(p)
         for k, v in s.items():
-            if isinstance(v, tuple):  # sow stores a tuple of the values recorded
-                out[k] = jnp.reshape(v[0], jnp.shape(p[k])).astype(jnp.float32)
+            if isinstance(v, tuple):  # sow keeps a tuple of the values recorded: one per half
+                out[k] = jnp.reshape(jnp.stack(v), jnp.shape(p[k])).astype(jnp.float32)
             else:
                 out[k] = merge(p[k], v)
         return out

@@ -587,6 +587,26 @@ def lsq_init_step(x: jax.Array, bits: int, symmetric: bool = True,
     return (2.0 if symmetric else 4.0) * mean_abs / math.sqrt(qp)
 
 
+def percentile_clip(x: jax.Array, percentile: float, symmetric: bool = True,
+                    mask: Optional[jax.Array] = None, axis_name: Optional[str] = None) -> jax.Array:
+    """A clip ``[lower, upper]`` initialised from the data: ±(the ``percentile``-th percentile of
+    |x|) when ``symmetric``, else [the (100 − ``percentile``)-th, the ``percentile``-th percentile of
+    x], over the unmasked elements (the mean over the devices of ``axis_name``). Where the released
+    code's fixed ±2.5 cuts a third of the energy of some activations (issue 11's measurement), a
+    high percentile keeps the outliers' scale and still leaves the bulk its resolution."""
+    x = lax.stop_gradient(x).astype(jnp.float32)
+    if mask is not None:
+        x = jnp.where(jnp.broadcast_to(mask, x.shape), x, jnp.nan)
+    if symmetric:
+        upper = jnp.nanpercentile(jnp.abs(x), percentile)
+        clip = jnp.stack([-upper, upper])
+    else:
+        clip = jnp.stack([jnp.nanpercentile(x, 100.0 - percentile), jnp.nanpercentile(x, percentile)])
+    if axis_name is not None:
+        clip = lax.pmean(clip, axis_name)
+    return clip
+
+
 CLIP_STATISTICS = ("count", "clipped", "energy", "clipped_energy", "clip_error", "absmax")
 
 

@@ -38,7 +38,7 @@ from jax.sharding import PartitionSpec as P
 from binarybert_jax import checkpoints, evaluate, kd, metrics, model as M, optim, resolve
 from binarybert_jax.data import batching, tasks
 from binarybert_jax.errors import ConfigError, UserError
-from binarybert_jax.model import BertModel, ModelSpec, calibrate_lsq_steps
+from binarybert_jax.model import BertModel, ModelSpec, calibrate_act_quantizers
 from binarybert_jax.sharding import (DATA_AXIS, make_mesh, model_batch, model_inputs, replicate,
                                      shard_batch)
 from binarybert_jax.tokenizer import load_tokenizer
@@ -276,8 +276,8 @@ def _train_phase(config, workdir, phase, spec, task, train_arrays, eval_sets, te
         elapsed_before = 0.0
         params, source, has_quant = resolve.load_init_params(config, init_params, previous)
         log.info("phase %s: student initialised from %s", phase.name, source)
-        if spec.quant.act_method == "lsq" and spec.quant.quantizes_acts and not has_quant:
-            params = calibrate_lsq_steps(host_model, params, *[jnp.asarray(x) for x in model_inputs(first)])
+        if spec.quant.calibrates_acts and not has_quant:
+            params = calibrate_act_quantizers(host_model, params, *[jnp.asarray(x) for x in model_inputs(first)])
         state = TrainState(jnp.zeros((), jnp.int32), params, tx.init(params))
     state = replicate(jax.tree_util.tree_map(jnp.asarray, state), mesh)
 

@@ -41,7 +41,8 @@ def quant_config(weight_bits=32, embed_bits=32, act_bits=32, weight_method="twn"
     q = dict(weight_bits=weight_bits, embed_bits=embed_bits, act_bits=act_bits,
              weight_method=weight_method, embed_method=embed_method, act_method=act_method,
              weight_granularity="layer", embed_granularity="row", act_scope="tensor",
-             act_ignore_padding=False, act_axis_name="", clip_init=2.5, sym_qkvo=True,
+             act_ignore_padding=False, act_axis_name="", clip_init=2.5, clip_percentile=0.0,
+             sym_qkvo=True,
              sym_ffn_attn=False, quantize_pooler=True, split=False, unsplit=(),
              split_shared_act=True, attention="softmax")
     q.update(overrides)

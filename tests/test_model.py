@@ -170,13 +170,38 @@ def test_lsq_calibration_sets_steps_from_data():
     model = M.BertModel(relu, q)
     p = _init(model)
     ids, types, mask = _batch()
-    p2 = M.calibrate_lsq_steps(model, p, ids, types, mask)
+    p2 = M.calibrate_act_quantizers(model, p, ids, types, mask)
     steps = [leaf for key, leaf in _flat(p2) if key.endswith("_step")]
     assert steps and all(float(s) != 1.0 and float(s) > 0 for s in steps)
     # The very first quantizer (query input = embedding output) sees the embedding output.
     emb = _apply(model, p, ids, types, mask)["hidden_states"][0]
     np.testing.assert_allclose(p2["encoder"]["layer_0"]["attention"]["query"]["input_step"],
                                quant.lsq_init_step(emb, 4, True), rtol=1e-6)
+
+
+def test_percentile_clips_start_from_the_data():
+    q = M.QuantConfig(2, 2, 8, clip_percentile=99.0)
+    model = M.BertModel(TINY, q)
+    p = _init(model)
+    ids, types, mask = _batch()
+    p2 = M.calibrate_act_quantizers(model, p, ids, types, mask)
+    clips = {key: leaf for key, leaf in _flat(p2) if key.endswith("_clip")}
+    assert clips and all(not np.array_equal(c, [-2.5, 2.5]) for c in clips.values())
+    # The first quantizer (query input, symmetric) sees the embedding output, real tokens only.
+    emb = np.asarray(_apply(model, p, ids, types, mask)["hidden_states"][0])
+    real = np.broadcast_to(np.asarray(mask, bool)[..., None], emb.shape)
+    upper = np.percentile(np.abs(emb[real]), 99.0)
+    np.testing.assert_allclose(p2["encoder"]["layer_0"]["attention"]["query"]["input_clip"],
+                               [-upper, upper], rtol=1e-5)
+    # Asymmetric quantizers (the attention probabilities) get the two tails' percentiles.
+    lower, upper = np.asarray(p2["encoder"]["layer_0"]["attention"]["probs_clip"])
+    assert 0 <= lower < upper <= 1
+    # The released code's fixed clips calibrate nothing.
+    fixed = M.BertModel(TINY, M.QuantConfig(2, 2, 8))
+    p_fixed = _init(fixed)
+    assert M.calibrate_act_quantizers(fixed, p_fixed, ids, types, mask) is p_fixed
+    with pytest.raises(ValueError, match="clip_percentile"):
+        M.QuantConfig(2, 2, 8, clip_percentile=30.0)
 
 
 def test_padding_independent_ranges_make_outputs_padding_invariant():

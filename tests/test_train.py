@@ -159,6 +159,19 @@ def test_two_stage_kd_from_teacher_with_lsq_student(tmp_path, tiny_pretrained, g
     assert steps and all(float(s) != 1.0 for s in steps)  # calibrated from data, then trained
 
 
+def test_percentile_clips_are_calibrated_before_training(tmp_path, tiny_pretrained, glue_dir):
+    cfg = _config(tiny_pretrained, glue_dir, **{"stage2.epochs": 0.25, "quant_learning_rate": 0.0})
+    cfg.student.quant = common.quant_config(2, 2, 8, clip_percentile=99.9)
+    result = train.train_and_evaluate(cfg, tmp_path / "run")
+    params, spec, _ = checkpoints.load_model(tmp_path / "run" / result["final_checkpoint"])
+    assert spec.quant.clip_percentile == 99.9
+    clips = {k: np.asarray(v) for k, v in hf_import.flatten(params).items() if k.endswith("_clip")}
+    query = clips["encoder/layer_0/attention/query/input_clip"]
+    # From the first batch's embedding output (no learning rate on clips: as calibrated).
+    assert query[0] == -query[1] and 0 < query[1] != 2.5
+    assert all(not np.allclose(c, [-2.5, 2.5]) for c in clips.values())
+
+
 def test_lat_model_is_scored_saved_predicted_and_exported_as_trained(tmp_path, tiny_pretrained, glue_dir):
     """LAT quantizes with the optimizer's second moments in training; the scores of the loop, the
     saved checkpoint, the predictor and the packed file must all be that model's, not the
