@@ -10,6 +10,8 @@
 #               no_clip       W2A8 without the released code's ±2.5 activation clip: clip_init 1e4,
 #                             which no activation reaches (max |x| < 30 on MiniLM), so the ranges
 #                             are min-max (TernaryBERT's choice)
+#               percentile    W2A8 with each clip started at the 99.9th percentile of its input
+#                             on the first training batch (clip_percentile), then learned
 #               acts_only     W32A8: full-precision weights, quantized activations
 #               weights_only  W2A32: ternary weights, full-precision activations
 #             (ABLATIONS picks and orders the settings other than both)
@@ -84,9 +86,11 @@ for part in $PARTS; do
         for key in $ABLATIONS; do
           case $key in
             no_clip) label="TWN 0.5× W2A${ACT_BITS}, no activation clip (min-max)"; overrides="$q.clip_init=1e4" ;;
+            percentile) label="TWN 0.5× W2A${ACT_BITS}, clips from the data (99.9th percentile)"
+                        overrides="$q.clip_percentile=99.9" ;;
             acts_only) label="W32A${ACT_BITS} (activations only)"; overrides="$q.weight_bits=32 $q.embed_bits=32" ;;
             weights_only) label="TWN 0.5× W2A32 (weights only)"; overrides="$q.act_bits=32" ;;
-            *) echo "unknown ablation $key (no_clip, acts_only, weights_only)" >&2; exit 2 ;;
+            *) echo "unknown ablation $key (no_clip, percentile, acts_only, weights_only)" >&2; exit 2 ;;
           esac
           run="$ROOT/${key}_s$seed"
           # shellcheck disable=SC2086  # the overrides are separate words
