@@ -88,9 +88,10 @@ def git_state(root: pathlib.Path = REPO_ROOT) -> dict:
 
 @contextlib.contextmanager
 def provenance(workdir, argv: Sequence[str]):
-    """Appends this invocation (command, commit, start, wall seconds, outcome) to the workdir's
-    ``provenance.json`` when the block ends, however it ends, if the workdir exists by then: what
-    ``launch.record`` reads to say which code produced a run and how long it took."""
+    """Appends this invocation (command, commit, start, wall seconds, outcome: finished,
+    interrupted, refused, failed or exit N) to the workdir's ``provenance.json`` when the block
+    ends, however it ends, if the workdir exists by then: what ``launch.record`` reads to say which
+    code produced a run and how long it took."""
     from binarybert_jax import checkpoints
     started, outcome = time.time(), "interrupted"
     entry = {"argv": list(argv), **git_state(), "started": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(started))}
@@ -98,7 +99,10 @@ def provenance(workdir, argv: Sequence[str]):
         yield
         outcome = "finished"
     except SystemExit as e:
-        outcome = "finished" if not e.code else f"exit {e.code}"
+        # Bad input (a changed config on resume, a held lock, a missing file) ends a run before it
+        # changes the workdir: "refused", which launch.record does not count among the commits.
+        outcome = ("finished" if not e.code else "refused" if e.code == EXIT_USER_ERROR
+                   else f"exit {e.code}")
         raise
     except BaseException as e:
         outcome = f"failed: {type(e).__name__}"

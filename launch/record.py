@@ -51,8 +51,9 @@ def _provenance(workdir: os.PathLike, fallback: Optional[os.PathLike] = None) ->
     for d in (workdir, fallback):
         if d is not None and (d / common.PROVENANCE_FILE).is_file():
             runs = _read_json(d / common.PROVENANCE_FILE)
-            commits = sorted({r.get("git_commit") for r in runs if r.get("git_commit")})
-            return {"commits": commits, "dirty": any(r.get("git_dirty") for r in runs),
+            worked = [r for r in runs if r.get("outcome") != "refused"]  # refused: changed nothing
+            commits = sorted({r.get("git_commit") for r in worked if r.get("git_commit")})
+            return {"commits": commits, "dirty": any(r.get("git_dirty") for r in worked),
                     "source": str(d / common.PROVENANCE_FILE), "invocations": runs}
     now = common.git_state()
     return {"commits": [now["git_commit"]] if now["git_commit"] else [], "dirty": now["git_dirty"],

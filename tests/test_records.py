@@ -59,6 +59,15 @@ def test_record_holds_what_outlives_the_run(runs, results):
     if now["git_commit"]:
         assert rec["git_commits"] == [now["git_commit"]]
     assert rec["provenance"]["invocations"][0]["outcome"] == "finished"
+    # A refused invocation (bad input, exit 2) from other code is listed but not among the commits.
+    with pytest.raises(SystemExit):
+        with common.provenance(root / "s1", ["launch.train", "refused"]):
+            common.fail("a changed config")
+    invocations = json.loads((root / "s1" / common.PROVENANCE_FILE).read_text())
+    assert invocations[-1]["outcome"] == "refused"
+    invocations[-1]["git_commit"] = "0" * 40
+    (root / "s1" / common.PROVENANCE_FILE).write_text(json.dumps(invocations))
+    assert "0" * 40 not in record._provenance(root / "s1")["commits"]
     logged = (root / "s1" / "metrics.jsonl").read_text()
     assert (results / "tiny" / "fp" / "s1" / "metrics.jsonl").read_text() == logged
     assert any("eval/accuracy" in json.loads(line) for line in logged.splitlines())
