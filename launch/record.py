@@ -170,10 +170,29 @@ def record(workdir: str | os.PathLike, name: str, *, setting: Optional[str] = No
                                       provenance_dir=workdir))
         checkpoints.write_json(out / "pipeline.json", portable(report))
         return written
-    # A pipeline's stage: its invocations are in the pipeline's provenance.json.
+    # A pipeline's stage: its invocations are in the pipeline's provenance.json, its setting is
+    # the stage's description (as the pipeline's report gives it) and its row the stage's order.
     parent = workdir.parent if (workdir.parent / "pipeline_config.json").is_file() else None
-    return [record_run(workdir, out, name, setting or name, test_file=test,
+    order = 0
+    if parent is not None:
+        description, order = _stage_description(parent, workdir.name)
+        setting = setting or description
+    return [record_run(workdir, out, name, setting or name, order=order, test_file=test,
                        find_test_file=find_test_file, provenance_dir=parent)]
+
+
+def _stage_description(pipeline_dir, stage: str) -> tuple[Optional[str], int]:
+    """A pipeline stage's description and position: its row of the pipeline's report when there
+    is one (descriptions filled in, e.g. the adaptive budget), else its config section."""
+    config = _read_json(pipeline_dir / "pipeline_config.json")
+    stages = list(config.get("pipeline", {}).get("stages", []))
+    order = stages.index(stage) if stage in stages else 0
+    report = pipeline_dir / "results.json"
+    if report.is_file():
+        for row in _read_json(report).get("rows", []):
+            if row.get("model") == stage:
+                return row.get("description"), order
+    return config.get("stages", {}).get(stage, {}).get("description"), order
 
 
 def build_parser() -> argparse.ArgumentParser:

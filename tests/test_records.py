@@ -119,6 +119,27 @@ def test_parity_prints_and_records_the_readme_figures(fixtures_dir, tmp_path, ca
     assert f"  Max abs error {errors['hidden_states']:.1e} over every hidden state" in readme.read_text()
 
 
+def test_a_pipeline_stage_is_recorded_under_its_description(runs, tmp_path):
+    import shutil
+    root, _, test = runs
+    pipe = tmp_path / "pipe"
+    shutil.copytree(root / "s1", pipe / "adaptive")
+    (pipe / "pipeline_config.json").write_text(json.dumps({
+        "pipeline": {"stages": ["teacher", "ternary", "adaptive"]},
+        "stages": {"adaptive": {"description": "adaptive split at {budget_mb:.2f} MiB"}}}))
+    out = tmp_path / "results"
+    rec = record.record(pipe / "adaptive", "t/adaptive/s1", results_dir=out, test_file=str(test))[0]
+    assert (rec["setting"], rec["order"]) == ("adaptive split at {budget_mb:.2f} MiB", 2)
+    # The pipeline's report fills the description in; an explicit --setting still wins.
+    (pipe / "results.json").write_text(json.dumps({"rows": [
+        {"model": "adaptive", "description": "adaptive split at 3.40 MiB"}]}))
+    rec = record.record(pipe / "adaptive", "t/adaptive/s1", results_dir=out, test_file=str(test))[0]
+    assert rec["setting"] == "adaptive split at 3.40 MiB"
+    rec = record.record(pipe / "adaptive", "t/adaptive/s1", setting="mine", results_dir=out,
+                        test_file=str(test))[0]
+    assert rec["setting"] == "mine"
+
+
 def test_records_name_no_path_of_the_machine(tmp_path):
     root = tmp_path / "checkout"
     rec = {"workdir": str(root / "runs" / "x"), "config": {"data_dir": str(tmp_path / "shared" / "glue"),
