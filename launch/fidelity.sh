@@ -10,11 +10,20 @@
 #               no_clip       W2A8 without the released code's ±2.5 activation clip: clip_init 1e4,
 #                             which no activation reaches (max |x| < 30 on MiniLM), so the ranges
 #                             are min-max (TernaryBERT's choice)
+#               per_token     W2A8 with min-max ranges per token instead of per example (no clip)
 #               percentile    W2A8 with each clip started at the 99.9th percentile of its input
 #                             on the first training batch (clip_percentile), then learned
 #               acts_only     W32A8: full-precision weights, quantized activations
 #               weights_only  W2A32: ternary weights, full-precision activations
-#             (ABLATIONS picks and orders the settings other than both)
+#               hidden_only   stage 1 distils hidden states only (no attention scores)
+#               full_teacher  the full-width teacher instead of the half-width model (hidden
+#                             states only: attention scores cannot pair 12 heads with 6)
+#               joint         one joint KD stage (hidden states, attention, logits) for the two
+#                             stages' epochs together, at stage 1's learning rate
+#               epochs2       twice the epochs in each KD stage
+#               lat           LAT (loss-aware) ternary weights instead of TWN
+#             (ABLATIONS picks and orders the settings other than both; default
+#             "no_clip percentile acts_only weights_only", what README's table ran)
 #   half      the full-precision 0.5x row over seeds: the half-width model's KD from the teacher
 #             (-> results/<task>_w1a<bits>_seeds/half/s<seed>)
 #   adaptive  the adaptive split at the first seed (-> results/<task>_w1a<bits>_seeds/adaptive/s<seed>)
@@ -26,7 +35,7 @@
 #       bash launch/fidelity.sh data/glue_slice       # a minutes-long smoke run
 #
 # Environment: TASK (mrpc), ACT_BITS (8), EPOCHS (1, per KD stage; the released scripts use 2),
-# SEEDS ("1 2 3"), PARTS ("seeds ablation half adaptive"), ABLATIONS ("no_clip acts_only weights_only"), ROOT (runs/fidelity_<task>_a<bits>),
+# SEEDS ("1 2 3"), PARTS ("seeds ablation half adaptive"), ROOT (runs/fidelity_<task>_a<bits>),
 # TAG (the records' prefix, default <task>), RESULTS (results), PYTHON (.venv/bin/python), BASE (the
 # pipeline config and arg; default the released scripts' hyperparameters on the whole task).
 # Rerunning resumes: finished stages are skipped, finished runs recorded again (the same records).
@@ -37,7 +46,7 @@ ACT_BITS=${ACT_BITS:-8}
 EPOCHS=${EPOCHS:-1}
 SEEDS=${SEEDS:-1 2 3}
 PARTS=${PARTS:-seeds ablation half adaptive}
-ABLATIONS=${ABLATIONS:-no_clip acts_only weights_only}
+ABLATIONS=${ABLATIONS:-no_clip percentile acts_only weights_only}
 ROOT=${ROOT:-runs/fidelity_${TASK}_a${ACT_BITS}}
 TAG=${TAG:-${TASK}}
 RESULTS=${RESULTS:-results}
@@ -61,6 +70,12 @@ record() {  # record STAGE_DIR NAME [SETTING]
     "$PY" -m launch.record "$1" --name "$2" --results-dir "$RESULTS"
   fi
 }
+ternary() {  # ternary EXPR: EXPR of the base config's ternary stage (e1, e2 epochs; lr1, lr2)
+  "$PY" -c 'import json, sys; t = json.load(open(sys.argv[1]))["stages"]["ternary"]
+print(eval(sys.argv[2], {"e1": t["stage1"]["epochs"], "e2": t["stage2"]["epochs"],
+                         "lr1": t["stage1"]["learning_rate"], "lr2": t["stage2"]["learning_rate"]}))' \
+      "$ROOT/base/pipeline_config.json" "$1"
+}
 best() { "$PY" -c 'import json,sys; print(json.load(open(sys.argv[1]))["best_checkpoint"])' "$1/results.json"; }
 
 # The teacher and the half-width model, once (the pipeline's first three stages, its own seed).
@@ -82,15 +97,28 @@ for part in $PARTS; do
         # (run alone only when that part has not: a pipeline rewrites its report for the stages named)
         [ -f "$run/ternary/results.json" ] || pipeline "$run" '("teacher","half","ternary")' --config.seed="$seed"
         record "$run/ternary" "$ABLATION_TABLE/both/s$seed" "TWN 0.5× W2A${ACT_BITS} (weights and activations)"
-        q=--config.stages.ternary.student.quant
+        t=--config.stages.ternary
+        q=$t.student.quant
         for key in $ABLATIONS; do
           case $key in
             no_clip) label="TWN 0.5× W2A${ACT_BITS}, no activation clip (min-max)"; overrides="$q.clip_init=1e4" ;;
+            per_token) label="TWN 0.5× W2A${ACT_BITS}, per-token min-max ranges (no clip)"
+                       overrides="$q.clip_init=1e4 $q.act_scope=token" ;;
             percentile) label="TWN 0.5× W2A${ACT_BITS}, clips from the data (99.9th percentile)"
                         overrides="$q.clip_percentile=99.9" ;;
             acts_only) label="W32A${ACT_BITS} (activations only)"; overrides="$q.weight_bits=32 $q.embed_bits=32" ;;
             weights_only) label="TWN 0.5× W2A32 (weights only)"; overrides="$q.act_bits=32" ;;
-            *) echo "unknown ablation $key (no_clip, percentile, acts_only, weights_only)" >&2; exit 2 ;;
+            hidden_only) label="TWN 0.5× W2A${ACT_BITS}, stage 1 on hidden states only"
+                         overrides="$t.kd.attention=False" ;;
+            full_teacher) label="TWN 0.5× W2A${ACT_BITS}, full-width teacher (hidden states only)"
+                          overrides="$t.teacher=teacher $t.kd.attention=False" ;;
+            joint) label="TWN 0.5× W2A${ACT_BITS}, one joint KD stage"
+                   overrides="$t.kd.mode=joint $t.stage2.epochs=$(ternary 'e1 + e2') $t.stage2.learning_rate=$(ternary lr1)" ;;
+            epochs2) label="TWN 0.5× W2A${ACT_BITS}, twice the epochs a KD stage"
+                     overrides="$t.stage1.epochs=$(ternary '2 * e1') $t.stage2.epochs=$(ternary '2 * e2')" ;;
+            lat) label="LAT 0.5× W2A${ACT_BITS} (loss-aware ternary weights)"; overrides="$q.weight_method=lat" ;;
+            *) echo "unknown ablation $key (no_clip, per_token, percentile, acts_only, weights_only," \
+                    "hidden_only, full_teacher, joint, epochs2, lat)" >&2; exit 2 ;;
           esac
           run="$ROOT/${key}_s$seed"
           # shellcheck disable=SC2086  # the overrides are separate words
