@@ -16,7 +16,10 @@ A marked section is everything between a line ``<!-- results:NAME [options] -->`
   alone (no spread to show). Options: ``which=best|final`` (the best periodic evaluation on dev, the
   default, or the final checkpoint's), ``metrics=accuracy,f1`` (default: the task's metrics),
   ``per_seed`` (every seed's value after each mean, in the order of the seeds listed in the
-  ``seeds`` column; ``--per-seed`` turns it on everywhere), ``wall`` (a column with the mean wall minutes).
+  ``seeds`` column; ``--per-seed`` turns it on everywhere), ``wall`` (a column with the mean wall minutes),
+  ``curves=SEED`` (instead of a table: the paper's training curves of the quantized records of
+  that seed, drawn from their ``metrics.jsonl`` into ``results/NAME/training_curves_s<SEED>.png``,
+  and the image link).
 
 A marker naming records that do not exist is an error naming it: a table is never left stale.
 """
@@ -24,6 +27,7 @@ A marker naming records that do not exist is an error naming it: a table is neve
 from __future__ import annotations
 
 import argparse
+import os
 import pathlib
 import re
 import statistics
@@ -37,7 +41,7 @@ DEFAULT_RESULTS = common.REPO_ROOT / "results"
 DEFAULT_README = common.REPO_ROOT / "README.md"
 BEGIN = re.compile(r"^(?P<indent>[ \t]*)<!-- results:(?P<name>[\w./-]+)(?P<options>[^>]*?)\s*-->\s*$")
 END = re.compile(r"^[ \t]*<!-- /results -->\s*$")
-OPTIONS = ("which", "metrics", "per_seed", "wall")
+OPTIONS = ("which", "metrics", "per_seed", "wall", "curves")
 
 
 def load_records(results_dir: pathlib.Path, name: str) -> list[dict]:
@@ -102,6 +106,27 @@ def render_table(records: list[dict], which: str = "best", metrics: Optional[Seq
     return lines
 
 
+def render_curves(results_dir: pathlib.Path, name: str, records: list[dict], seed: str,
+                  readme_dir: pathlib.Path, draw: bool = True) -> list[str]:
+    """Draws (with ``draw``) the training curves of the quantized records of ``seed`` under
+    ``results/NAME`` (the pipeline's figure: ``pipeline.plot_training_curves``, one panel per KD
+    stage) into ``results/NAME/training_curves_s<seed>.png``; returns the Markdown image line, the
+    path relative to ``readme_dir``."""
+    from binarybert_jax import pipeline
+    from binarybert_jax.model import ModelSpec
+    chosen = [r for r in records if str(r["seed"]) == seed and r["spec"]["quant"]["weight_bits"] < 32]
+    if not chosen:
+        raise UserError(f"results:{name} curves={seed}: no quantized record of seed {seed}")
+    rows = [pipeline.StageResult(r["name"], r["setting"], "", "", r["best"], r["final"],
+                                 ModelSpec.from_dict(r["spec"]), str(results_dir / r["name"]))
+            for r in chosen]
+    figure = results_dir / name / f"training_curves_s{seed}.png"
+    if draw:
+        pipeline.plot_training_curves(figure, rows, chosen[0]["main_metric"])
+    link = pathlib.Path(os.path.relpath(figure.resolve(), readme_dir.resolve())).as_posix()
+    return [f"![training curves, seed {seed}]({link})"]
+
+
 def render_parity(results_dir: pathlib.Path) -> list[str]:
     from binarybert_jax import checkpoints
     path = results_dir / "parity" / "parity.json"
@@ -125,8 +150,10 @@ def render_clipping(results_dir: pathlib.Path, name: str) -> list[str]:
     return analysis.clipping_table(report["clipping"], labels)
 
 
-def rebuild(text: str, results_dir: pathlib.Path, per_seed: bool = False, where: str = "README") -> str:
-    """``text`` with every marked section re-rendered from ``results_dir``."""
+def rebuild(text: str, results_dir: pathlib.Path, per_seed: bool = False, where: str = "README",
+            readme_dir: Optional[pathlib.Path] = None, draw: bool = True) -> str:
+    """``text`` with every marked section re-rendered from ``results_dir`` (figures drawn only with
+    ``draw``; their links relative to ``readme_dir``, default the checkout)."""
     lines, out, i = text.split("\n"), [], 0
     while i < len(lines):
         m = BEGIN.match(lines[i])
@@ -148,6 +175,9 @@ def rebuild(text: str, results_dir: pathlib.Path, per_seed: bool = False, where:
             body = render_parity(results_dir)
         elif (results_dir / name / "analysis.json").is_file():
             body = render_clipping(results_dir, name)
+        elif isinstance(options.get("curves"), str):
+            body = render_curves(results_dir, name, load_records(results_dir, name), options["curves"],
+                                 readme_dir or common.REPO_ROOT, draw)
         else:
             metrics = options["metrics"].split(",") if isinstance(options.get("metrics"), str) else None
             body = render_table(load_records(results_dir, name), options.get("which", "best"), metrics,
@@ -175,7 +205,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     readme = pathlib.Path(args.readme)
     text = readme.read_text(encoding="utf-8")
-    new = rebuild(text, pathlib.Path(args.results_dir), args.per_seed, str(readme))
+    new = rebuild(text, pathlib.Path(args.results_dir), args.per_seed, str(readme), readme.parent,
+                  draw=not args.check)
     sections = sum(1 for line in text.split("\n") if BEGIN.match(line))
     if args.check:
         if new != text:

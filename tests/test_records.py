@@ -105,6 +105,29 @@ def test_tables_rebuild_marked_sections_from_records(runs, results, tmp_path, ca
         tables.main(["--readme", str(readme), "--results-dir", str(results)])
 
 
+def test_tables_draw_the_training_curves_of_a_seed(results, tmp_path):
+    import shutil
+    # A quantized record of seed 1: the tiny full-precision one with a ternary spec.
+    copy = tmp_path / "results"
+    shutil.copytree(results / "tiny" / "fp" / "s1", copy / "q" / "twn" / "s1")
+    rec_file = copy / "q" / "twn" / "s1" / "record.json"
+    rec = json.loads(rec_file.read_text())
+    rec["spec"]["quant"].update(weight_bits=2, embed_bits=2)
+    rec["name"] = "q/twn/s1"
+    rec_file.write_text(json.dumps(rec))
+    readme = tmp_path / "README.md"
+    readme.write_text("<!-- results:q curves=1 -->\n<!-- /results -->\n")
+    assert tables.main(["--readme", str(readme), "--results-dir", str(copy), "--check"]) == 1
+    assert not (copy / "q" / "training_curves_s1.png").exists()  # --check draws nothing
+    assert tables.main(["--readme", str(readme), "--results-dir", str(copy)]) == 0
+    figure = copy / "q" / "training_curves_s1.png"
+    assert figure.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "![training curves, seed 1](results/q/training_curves_s1.png)" in readme.read_text()
+    readme.write_text("<!-- results:q curves=7 -->\n<!-- /results -->\n")
+    with pytest.raises(SystemExit):  # no record of seed 7: an error naming it
+        common.run_guarded(tables.main, ["--readme", str(readme), "--results-dir", str(copy)])
+
+
 def test_parity_prints_and_records_the_readme_figures(fixtures_dir, tmp_path, capsys):
     out = tmp_path / "parity" / "parity.json"
     assert parity.main(["--fixture", str(fixtures_dir / "minilm_hf_parity.npz"), "--out", str(out)]) == 0
