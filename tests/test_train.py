@@ -53,9 +53,9 @@ def _step_outputs(num_devices, quant_cfg, objective):
     tx = optim.bert_adam(sched, sched)
     state = sharding.replicate(train.TrainState(jnp.zeros((), jnp.int32), s_params, tx.init(s_params)), mesh)
     step = train.make_train_step(student, teacher, tx, sched, mesh, objective=objective, is_regression=False)
+    teacher_variables = sharding.replicate({"params": t_params}, mesh)
     for _ in range(2):
-        state, measured = step(state, sharding.replicate(t_params, mesh), sharding.shard_batch(batch, mesh),
-                               jax.random.key(3))
+        state, measured = step(state, teacher_variables, sharding.shard_batch(batch, mesh), jax.random.key(3))
     return jax.device_get(state.params), jax.device_get(measured)
 
 
