@@ -31,7 +31,10 @@ hyperparameters: batch 16; ternary lr 2.5e-5 / 1e-5, binary 1.25e-4 / 5e-5, 2 ep
 the full-width BWN row); ``bwn``, ``bwn_full``, ``adaptive``, ``bibert`` (include those stages;
 ``bwn`` and ``adaptive`` on by default; ``bibert`` is BiBERT's W1-E1-A1 with Bi-Attention, distilled
 by direction matching from the full-width teacher in one stage, a 1-1-1 row beside TWS and BWN); ``epochs`` (epochs per KD stage of every ternary and binary stage,
-e.g. ``epochs=1`` where CPU time is short; 0 keeps the recipe's); ``tiny`` (a 1-layer-sized smoke run: data slice, short stages).
+e.g. ``epochs=1`` where CPU time is short; 0 keeps the recipe's); ``clip`` (the 8-bit activation
+clips: ``released``, the released code's learnable ±2.5, default; ``none``, min-max ranges;
+``percentile``, started at the 99.9th percentile of the first batch; ``CLIPS``); ``tiny`` (a
+1-layer-sized smoke run: data slice, short stages).
 """
 
 import pathlib
@@ -41,6 +44,13 @@ import ml_collections
 from configs import common
 
 SLICE = pathlib.Path(__file__).resolve().parents[1] / "data" / "glue_slice"
+
+
+# The activation clip of the ternary and binary stages' 8-bit quantizers (``clip`` arg): the
+# released code's learnable ±2.5; none (a clip no activation reaches: min-max ranges, TernaryBERT's
+# choice); or each clip started at the 99.9th percentile of its input on the first batch. README
+# ("Where the quantized students lose their points") has what each costs on MRPC.
+CLIPS = {"released": {}, "none": {"clip_init": 1e4}, "percentile": {"clip_percentile": 99.9}}
 
 
 def _train_stage(c, description, *, teacher, init, mode, quant, hyper, attention=True):
@@ -60,12 +70,18 @@ def _train_stage(c, description, *, teacher, init, mode, quant, hyper, attention
 
 def get_config(arg=None):
     a = common.parse_arg(arg, task="sst-2", act_bits=8, full=False, bwn=True, bwn_full=False,
-                         adaptive=True, bibert=False, epochs=0.0, tiny=False)
+                         adaptive=True, bibert=False, epochs=0.0, clip="released", tiny=False)
     c = common.base_config(a.task)
     act = dict(act_bits=a.act_bits, act_method="lsq" if a.act_bits <= 4 else "uniform",
                # Bucketed batches carry little padding; ranges and losses ignore what there is, so
                # results do not depend on the bucket a batch falls in.
                act_scope="example", act_ignore_padding=True)
+    if a.clip not in CLIPS:
+        raise ValueError(f"config argument clip={a.clip!r}; allowed: {sorted(CLIPS)}")
+    if a.clip != "released" and act["act_method"] != "uniform":
+        raise ValueError(f"config argument clip={a.clip!r} sets the uniform quantizers' clips; "
+                         f"act_bits={a.act_bits} quantizes with LSQ, which has none")
+    act.update(CLIPS[a.clip])
     c.kd.ignore_padding = True
     squad = "squad" in c
     if squad:  # SQuAD: static 384-token windows (data from data_dir or $SQUAD_DIR, never the slice)

@@ -90,6 +90,20 @@ def test_every_stage_setting_takes_effect_or_is_refused():
         pipeline.check_config(c)
 
 
+def test_clip_presets_set_every_quantized_stage():
+    released = pipeline_config.get_config("task=sst-2")
+    for preset, key, value in (("none", "clip_init", 1e4), ("percentile", "clip_percentile", 99.9)):
+        c = pipeline_config.get_config(f"task=sst-2,clip={preset}")
+        for stage in ("ternary", "tws", "bwn", "adaptive"):
+            assert c.stages[stage].student.quant[key] == value
+            assert released.stages[stage].student.quant[key] == {"clip_init": 2.5, "clip_percentile": 0.0}[key]
+        assert c.stages.half.student.quant.act_bits == 32  # full precision: nothing to clip
+    with pytest.raises(ValueError, match="clip='wide'; allowed"):
+        pipeline_config.get_config("task=sst-2,clip=wide")
+    with pytest.raises(ValueError, match="LSQ"):
+        pipeline_config.get_config("task=sst-2,act_bits=4,clip=none")
+
+
 def test_bibert_stage_is_a_1_1_1_row_off_by_default():
     assert "bibert" not in pipeline_config.get_config("task=sst-2").pipeline.stages
     on = pipeline_config.get_config("task=sst-2,bibert")
