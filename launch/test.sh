@@ -1,9 +1,13 @@
 #!/usr/bin/env bash
-# Runs the test suite on the CPU (two virtual devices for the sharded-step tests), in .venv.
+# Runs the test suite on the CPU (two virtual devices for the sharded-step tests), in .venv, in
+# TEST_WORKERS processes (default 2, pytest-xdist; TEST_WORKERS=0 runs in this process). Tests
+# are compile-bound (XLA compiles on one thread), so two workers on two cores take about half the
+# time of one. Extra arguments go to pytest: bash launch/test.sh -k bitwise
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export JAX_PLATFORMS=cpu
-export XLA_FLAGS="${XLA_FLAGS:---xla_force_host_platform_device_count=2}"
+# The optimisation level: see tests/conftest.py.
+export XLA_FLAGS="${XLA_FLAGS:---xla_force_host_platform_device_count=2 --xla_backend_optimization_level=0}"
 py=python
 [ -x .venv/bin/python ] && py=.venv/bin/python
-exec "$py" -m pytest tests -q -p no:cacheprovider "$@"
+exec "$py" -m pytest tests -q -p no:cacheprovider --numprocesses="${TEST_WORKERS:-2}" "$@"

@@ -20,6 +20,7 @@ import numpy as np
 import pytest
 
 from binarybert_jax import checkpoints
+from conftest import FAST_COMPILE
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 SLICE = ROOT / "data" / "glue_slice"
@@ -44,7 +45,7 @@ def _env(devices: int) -> dict:
     # The test session's compilation cache (conftest.py) serves the processes too: the pair and
     # the rerun compile nothing the first run compiled.
     return dict(os.environ, JAX_PLATFORMS="cpu", PYTHONUNBUFFERED="1",
-                XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
+                XLA_FLAGS=f"--xla_force_host_platform_device_count={devices} {FAST_COMPILE}",
                 JAX_COMPILATION_CACHE_DIR=jax.config.jax_compilation_cache_dir or "",
                 JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0.5")
 
