@@ -78,7 +78,7 @@ def products(tokens: int, reps: int, rounds: int) -> list[dict]:
         popcount = jax.jit(bitwise.binary_matmul, static_argnums=2)
         sign_dot = jax.jit(lambda x, w: jnp.dot(jnp.where(x >= 0, 1.0, -1.0), w))
         pack_popcount = jax.jit(lambda x, w: bitwise.binary_matmul(
-            bitwise.pack_signs(x >= 0, cheap_producer=True), w, k))
+            bitwise.pack_signs(x >= 0), w, k))
         expected = np.asarray(dot(signs, w_float))
         for got in (popcount(x_words, w_words, k), pack_popcount(x, w_words), sign_dot(x, w_float)):
             if not np.array_equal(np.asarray(got).astype(np.float32), expected):
@@ -142,8 +142,8 @@ def section(prod: list[dict], whole: dict, args, command: str) -> str:
              "One process, contenders interleaved, ratios of medians (how each number is taken: "
              "the docstring of `benchmarks/bitwise.py`).", "", "```", command, "```", "",
              f"Measured {date}, {os.cpu_count()} cores visible, {args.rounds} rounds × {args.reps} "
-             f"repetitions; load average at the end {load} (other jobs shared the cores: the "
-             "absolute times are loaded ones, the ratios are the result).", "",
+             f"repetitions; load average at the end {load} (the benchmark itself keeps the cores "
+             "busy; other jobs move the absolute times, which is why the ratios are the result).", "",
              "Binarized products, 4096 tokens (float32 `jnp.dot` of ±1 matrices vs "
              "`bitwise.binary_matmul` of packed words; bit-exact):", "",
              "| product | float32 ms | bitwise ms | speed-up | with binarizing the input: float32 ms | "

@@ -24,10 +24,13 @@ product (``binary_matmul``) is one loop fusion: Σ over the K/32 words of popcou
 w[j, :]) unrolled, each term one activation word broadcast against a contiguous row of weight
 words, so the inner loop runs over output units with AVX-512 ``vpopcntd`` and the accumulator
 stays in registers. The packing between products keeps them out of each other's loops
-(``pack_signs``). ``benchmarks/bitwise.py`` measures products and model against float32.
+(``pack_signs``). GELU's output only feeds a sign, so its erf is never computed: its sign comes
+from two bounds read off the backend's own GELU (``gelu_sign_bounds``). ``benchmarks/bitwise.py``
+measures products and model against float32.
 
 Exactness: every integer is exact, and the float operations are the model's own, in its order
-(the same Flax LayerNorm and Dense, ``jax.nn.gelu``, scale then bias). The logits therefore equal
+(the same Flax LayerNorm and Dense, scale then bias; GELU's sign exactly as ``jax.nn.gelu >= 0``
+gives it, every float32 checked in the tests). The logits therefore equal
 the simulated float forward's, with one place where float order could differ: the reductions
 inside LayerNorm (mean and variance over the hidden size), which XLA compiles separately in the
 two programs and could in principle sum in another order (the tests find them equal on MiniLM).
@@ -37,6 +40,7 @@ The scales are the exporter's, computed by the same jitted ``quant.weight_quant_
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import os
 import pathlib
@@ -94,44 +98,30 @@ def num_words(k: int) -> int:
     return -(-k // WORD_BITS)
 
 
-# Powers of two that turn 32 bits into the two 16-bit halves of a word: exact in float32.
-_HALF_POWERS = np.zeros((WORD_BITS, 2), np.float32)
-_HALF_POWERS[:16, 0] = _HALF_POWERS[16:, 1] = 2.0 ** np.arange(16)
-
-
-def pack_signs(positive: jax.Array, cheap_producer: bool = False) -> jax.Array:
+def pack_signs(positive: jax.Array) -> jax.Array:
     """Packs a boolean array along its last axis into uint32 words (layout: module docstring).
 
     Args:
       positive: bool ``(..., K)``, True for +1 (or for 1 of a {0, 1} tensor).
-      cheap_producer: the bits come from an array that exists anyway (a LayerNorm output):
-        pack with a reduction, into which XLA fuses the comparison. Otherwise (the bits of a
-        binary product or of GELU) pack with a matrix product, which keeps the producer a loop
-        of its own (see below).
     Returns:
       uint32 ``(..., ceil(K/32))``.
+
+    The packing is a reduction (the bits are distinct: their sum is their OR). XLA:CPU fuses the
+    comparison that makes the bits, and whatever cheap elementwise work produced them (a scaled
+    binary product plus bias, a popcount), into it, and never fuses a reduction into its
+    consumers, so every word is computed once. Measured at MiniLM's shapes (jax 0.10): packing
+    by elementwise shifts and ORs instead fused into every product reading the words (50× slower
+    attention); packing by a float32 matrix product against powers of two, which keeps the
+    producer a loop of its own, cost 11.2 ms for the FFN's 4096 × 1536 output against 6.9 ms as a
+    reduction, and 14.2 ms against 3.6 ms for the attention of a layer.
     """
     k = positive.shape[-1]
     w = num_words(k)
     if k != w * WORD_BITS:
         pad = [(0, 0)] * (positive.ndim - 1) + [(0, w * WORD_BITS - k)]
         positive = jnp.pad(positive, pad)
-    if cheap_producer:
-        # A reduction: XLA:CPU never fuses one into its consumers, so the words are computed
-        # once (elementwise shifts and ORs were fused into every product reading them and redone
-        # for each of its output units: 50× slower attention, measured). The bits are
-        # distinct: their sum is their OR.
-        planes = positive.reshape(positive.shape[:-1] + (w, WORD_BITS)).astype(jnp.uint32)
-        return jnp.sum(planes << jnp.arange(WORD_BITS, dtype=jnp.uint32), axis=-1, dtype=jnp.uint32)
-    bits = positive.reshape(positive.shape[:-1] + (w, WORD_BITS)).astype(jnp.float32)
-    # A matrix product on purpose: XLA:CPU computes a dot's operands before it and never fuses
-    # them in (and it drops optimization barriers), so whatever produced the bits (a binary
-    # product, GELU) runs once as its own vectorized loop. Packed by elementwise shifts or a
-    # reduction instead, the producer was fused into the packing and lost its vectorization
-    # (2-4× slower FFN), or the packing into each consumer and was redone per output unit
-    # (50× slower attention), measured. The halves Σ bit·2^i < 2^16 are exact in float32.
-    halves = jnp.dot(bits, _HALF_POWERS, precision=lax.Precision.HIGHEST).astype(jnp.uint32)
-    return halves[..., 0] | (halves[..., 1] << np.uint32(16))
+    planes = positive.reshape(positive.shape[:-1] + (w, WORD_BITS)).astype(jnp.uint32)
+    return jnp.sum(planes << jnp.arange(WORD_BITS, dtype=jnp.uint32), axis=-1, dtype=jnp.uint32)
 
 
 def unpack_signs(words: jax.Array, k: int) -> jax.Array:
@@ -174,6 +164,55 @@ def binary_matmul(x_words: jax.Array, w_words: jax.Array, k: int) -> jax.Array:
 def _layer_norm(x, p, eps):
     # Flax's own LayerNorm, so the float operations are the model's, op for op.
     return nn.LayerNorm(eps, dtype=jnp.float32).apply({"params": p}, x)
+
+
+# Float32 bit patterns of the two windows where exact GELU's sign flips back to "≥ 0" for negative
+# x: just below zero (x·Φ(x) flushed to −0) and deep in the tail (erf saturated at −1, x·0 = −0).
+_LOW_WINDOW = (0x80000000, 0x81800000)    # −0 ... −2^-124
+_HIGH_WINDOW = (0xC0400000, 0xC1A00000)   # −3 ... −20
+
+
+def _window_values(window: tuple[int, int]) -> np.ndarray:
+    return np.arange(*window, dtype=np.uint64).astype(np.uint32).view(np.float32)
+
+
+@functools.lru_cache(maxsize=None)
+def gelu_sign_bounds(backend: str) -> Optional[tuple[float, float]]:
+    """Where ``jax.nn.gelu(x, approximate=False) >= 0`` holds on ``backend``, as two bounds.
+
+    The binarized model only needs the sign of GELU (its output feeds a sign activation), and in
+    exact arithmetic GELU(x) ≥ 0 ⟺ x ≥ 0. In float32 two more regions give −0 (which counts as
+    ≥ 0): x just below zero, where x·Φ(x) flushes to zero, and the far tail, where erf rounds to
+    exactly −1. Both are runs of consecutive floats, so the sign is ``x >= low or −inf < x <= high``;
+    the bounds are read off this backend's own GELU inside two windows (``_LOW_WINDOW``,
+    ``_HIGH_WINDOW``; every float32 is checked in the tests on the CPU). Returns None where GELU
+    does not have that form inside the windows (the forward then computes GELU itself).
+    """
+    device = jax.devices(backend)[0]
+    found = []
+    for window, prefix in ((_LOW_WINDOW, True), (_HIGH_WINDOW, False)):
+        x = jax.device_put(_window_values(window), device)
+        nonneg = np.asarray(jax.jit(lambda v: jax.nn.gelu(v, approximate=False) >= 0)(x))
+        flips = np.flatnonzero(nonneg[1:] != nonneg[:-1])
+        if len(flips) != 1 or bool(nonneg[0]) != prefix:
+            return None
+        found.append(float(np.asarray(x)[flips[0] + (0 if prefix else 1)]))
+    return found[0], found[1]
+
+
+def hidden_act_nonnegative(x: jax.Array, hidden_act: str,
+                           gelu_bounds: Optional[tuple[float, float]] = None) -> jax.Array:
+    """``activation(x) >= 0``, bit for bit as the model computes it; for GELU with its
+    ``gelu_sign_bounds`` given, without computing erf (GELU was 5 of the FFN's 7 ms a layer at
+    MiniLM's shapes, measured)."""
+    if hidden_act == "gelu":
+        if gelu_bounds is not None:
+            low, high = gelu_bounds
+            return (x >= low) | ((x <= high) & (x > -jnp.inf))  # gelu(−inf) is NaN
+        return jax.nn.gelu(x, approximate=False) >= 0
+    if hidden_act == "gelu_tanh":
+        return jax.nn.gelu(x, approximate=True) >= 0
+    return jax.nn.relu(x) >= 0
 
 
 def _dense(x_words, p, k):
@@ -220,10 +259,11 @@ def bi_attention(q: jax.Array, k: jax.Array, v: jax.Array, key_real: jax.Array, 
     return context.transpose(0, 2, 1, 3).reshape(batch * seq, heads * d)
 
 
-def forward(params: Mapping[str, Any], spec: ModelSpec, input_ids, token_type_ids, attention_mask
-            ) -> jax.Array:
+def forward(params: Mapping[str, Any], spec: ModelSpec, input_ids, token_type_ids, attention_mask,
+            gelu_bounds: Optional[tuple[float, float]] = None) -> jax.Array:
     """Logits ``(B, num_labels)`` of the bitwise model (``load_bitwise``'s params); jit it with
-    ``spec`` static (``make_forward``)."""
+    ``spec`` and ``gelu_bounds`` (``gelu_sign_bounds`` of the backend it runs on) static
+    (``make_forward``)."""
     cfg = spec.config
     batch, seq = input_ids.shape
     hidden, heads, d = cfg.hidden_size, cfg.num_heads, cfg.head_dim
@@ -236,15 +276,15 @@ def forward(params: Mapping[str, Any], spec: ModelSpec, input_ids, token_type_id
     x = _layer_norm(x, emb["LayerNorm"], eps).reshape(batch * seq, hidden)
     for layer in params["layers"]:
         att = layer["attention"]
-        xw = pack_signs(x >= 0, cheap_producer=True)
+        xw = pack_signs(x >= 0)
         q, k, v = (_dense(xw, att[n], hidden) for n in ("query", "key", "value"))
         context = bi_attention(q, k, v, attention_mask.astype(bool), heads, d)
         out = _dense(pack_signs(context >= 0), att["output"], heads * d)
         x = _layer_norm(out + x, att["LayerNorm"], eps)
         ffn = layer["ffn"]
-        h = jax.nn.gelu(_dense(pack_signs(x >= 0, cheap_producer=True), ffn["intermediate"], hidden),
-                        approximate=False)
-        out = _dense(pack_signs(h >= 0), ffn["output"], cfg.intermediate_size)
+        h = _dense(pack_signs(x >= 0), ffn["intermediate"], hidden)
+        h_positive = hidden_act_nonnegative(h, cfg.hidden_act, gelu_bounds)  # never act(h) itself
+        out = _dense(pack_signs(h_positive), ffn["output"], cfg.intermediate_size)
         x = _layer_norm(out + x, ffn["LayerNorm"], eps)
     cls = x.reshape(batch, seq, hidden)[:, 0]
     pooled = jnp.tanh(_dense(pack_signs(cls >= 0), params["pooler"], hidden))
@@ -252,12 +292,15 @@ def forward(params: Mapping[str, Any], spec: ModelSpec, input_ids, token_type_id
 
 
 def make_forward(spec: ModelSpec):
-    """Jitted ``(params, batch) -> {"logits": ...}`` of the bitwise model, like ``evaluate.forward_fn``."""
+    """Jitted ``(params, batch) -> {"logits": ...}`` of the bitwise model, like ``evaluate.forward_fn``
+    (on the default backend, whose GELU ``gelu_sign_bounds`` reads once)."""
+    gelu_bounds = gelu_sign_bounds(jax.default_backend()) if spec.config.hidden_act == "gelu" else None
+
     @jax.jit
     def fn(params, batch, lat_diag=None):  # the Predictor's signature; a 1-1-1 model has no LAT
         del lat_diag
         return {"logits": forward(params, spec, batch["input_ids"], batch["token_type_ids"],
-                                  batch["attention_mask"])}
+                                  batch["attention_mask"], gelu_bounds)}
     return fn
 
 

@@ -26,6 +26,29 @@ def test_pack_and_binary_matmul_equal_numpy(k):
     np.testing.assert_array_equal(got, np.where(x >= 0, 1, -1) @ w.astype(np.int64))
 
 
+def test_gelu_sign_from_bounds_equals_gelu_on_every_float32():
+    # The bitwise FFN takes GELU's sign from two bounds instead of computing erf; exactness needs
+    # the two to agree on every float32 (both halves, zeros, denormals, infinities, NaNs).
+    bounds = bitwise.gelu_sign_bounds("cpu")
+    assert bounds is not None and bounds[0] < 0 and bounds[1] < -3
+    chunk = 1 << 26
+
+    @jax.jit
+    def mismatches(start):
+        x = jax.lax.bitcast_convert_type(start + jnp.arange(chunk, dtype=jnp.uint32), jnp.float32)
+        expected = jax.nn.gelu(x, approximate=False) >= 0
+        return jnp.sum(bitwise.hidden_act_nonnegative(x, "gelu", bounds) != expected)
+
+    total = sum(int(mismatches(np.uint32(start))) for start in range(0, 1 << 32, chunk))
+    assert total == 0
+    # Without bounds (another backend's GELU of another form) the sign is GELU's own.
+    x = jnp.asarray([-20.0, -13.0, -1.0, -1e-39, -0.0, 0.0, 2.0, np.inf, -np.inf, np.nan], jnp.float32)
+    np.testing.assert_array_equal(bitwise.hidden_act_nonnegative(x, "gelu"),
+                                  jax.nn.gelu(x, approximate=False) >= 0)
+    np.testing.assert_array_equal(bitwise.hidden_act_nonnegative(x, "gelu", bounds),
+                                  jax.nn.gelu(x, approximate=False) >= 0)
+
+
 def _batch(vocab, b, t, seed=0):
     rng = np.random.default_rng(seed)
     ids = rng.integers(1, vocab, (b, t)).astype(np.int32)
