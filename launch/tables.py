@@ -13,10 +13,12 @@ A marked section is everything between a line ``<!-- results:NAME [options] -->`
 * any other ``NAME``: a table of every record under ``results/NAME/`` (``launch.record``), one row
   per ``setting`` (in the records' order), one column per metric: the mean ± the sample standard
   deviation over the setting's records (its seeds), ×100, and ``n``; one record shows its value
-  alone (no spread to show). Options: ``which=best|final`` (the best periodic evaluation on dev, the
+  alone (no spread to show). ``NAME+NAME2+...`` puts the records of several folders in one table,
+  in the order named (rows of one experiment beside the baselines another recorded). Options: ``which=best|final`` (the best periodic evaluation on dev, the
   default, or the final checkpoint's), ``metrics=accuracy,f1`` (default: the task's metrics),
   ``per_seed`` (every seed's value after each mean, in the order of the seeds listed in the
   ``seeds`` column; ``--per-seed`` turns it on everywhere), ``wall`` (a column with the mean wall minutes),
+  ``bits`` (a ``W-E-A`` column: the bits of weights, word embedding and activations),
   ``curves=SEED`` (instead of a table: the paper's training curves of the quantized records of
   that seed, drawn from their ``metrics.jsonl`` into ``results/NAME/training_curves_s<SEED>.png``,
   and the image link).
@@ -39,21 +41,32 @@ from launch import common
 
 DEFAULT_RESULTS = common.REPO_ROOT / "results"
 DEFAULT_README = common.REPO_ROOT / "README.md"
-BEGIN = re.compile(r"^(?P<indent>[ \t]*)<!-- results:(?P<name>[\w./-]+)(?P<options>[^>]*?)\s*-->\s*$")
+BEGIN = re.compile(r"^(?P<indent>[ \t]*)<!-- results:(?P<name>[\w./+-]+)(?P<options>[^>]*?)\s*-->\s*$")
 END = re.compile(r"^[ \t]*<!-- /results -->\s*$")
-OPTIONS = ("which", "metrics", "per_seed", "wall", "curves")
+OPTIONS = ("which", "metrics", "per_seed", "wall", "bits", "curves")
 
 
 def load_records(results_dir: pathlib.Path, name: str) -> list[dict]:
-    """Every ``record.json`` under ``results_dir/name``, in (order, name) order."""
+    """Every ``record.json`` under ``results_dir/name``, in (order, name) order; for
+    ``NAME+NAME2+...``, each folder's records in that order, one folder after the other."""
     from binarybert_jax import checkpoints
-    root = results_dir / name
-    files = sorted(root.rglob("record.json")) if root.is_dir() else []
-    if not files:
-        raise UserError(f"README names results:{name}, but {root} holds no record.json; record runs "
-                        f"with python -m launch.record WORKDIR --name {name}/...")
-    records = [checkpoints.read_json(f) for f in files]
-    return sorted(records, key=lambda r: (r.get("order", 0), r["name"]))
+    records = []
+    for part in name.split("+"):
+        root = results_dir / part
+        files = sorted(root.rglob("record.json")) if part and root.is_dir() else []
+        if not files:
+            raise UserError(f"README names results:{name}, but {root} holds no record.json; record runs "
+                            f"with python -m launch.record WORKDIR --name {part}/...")
+        records += sorted((checkpoints.read_json(f) for f in files),
+                          key=lambda r: (r.get("order", 0), r["name"]))
+    return records
+
+
+def _bits(record: dict) -> str:
+    """``W-E-A`` of a record's model: the bits of weights, word embedding and activations."""
+    q = (record.get("spec") or {}).get("quant") or {}
+    bits = [q.get(k) for k in ("weight_bits", "embed_bits", "act_bits")]
+    return "-".join(str(b) for b in bits) if all(b is not None for b in bits) else "?"
 
 
 def _parse_options(text: str, where: str) -> dict:
@@ -76,7 +89,7 @@ def _cell(values: list[float], per_seed: bool) -> str:
 
 
 def render_table(records: list[dict], which: str = "best", metrics: Optional[Sequence[str]] = None,
-                 per_seed: bool = False, wall: bool = False) -> list[str]:
+                 per_seed: bool = False, wall: bool = False, bits: bool = False) -> list[str]:
     """The Markdown lines of one table: one row per setting, mean ± sample std over its records."""
     from binarybert_jax.data import tasks as task_specs
     tasks = sorted({r["task"] for r in records})
@@ -88,7 +101,8 @@ def render_table(records: list[dict], which: str = "best", metrics: Optional[Seq
     settings: dict[str, list[dict]] = {}
     for r in records:
         settings.setdefault(r["setting"], []).append(r)
-    header = ["setting", "seeds" if per_seed else "n"] + [f"{m} ({which})" for m in metrics]
+    header = ["setting"] + (["W-E-A"] if bits else []) + ["seeds" if per_seed else "n"]
+    header += [f"{m} ({which})" for m in metrics]
     if wall:
         header.append("wall min (mean)")
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
@@ -98,7 +112,8 @@ def render_table(records: list[dict], which: str = "best", metrics: Optional[Seq
             raise UserError(f"records without the metric: {missing}")
         runs = sorted(runs, key=lambda r: (r["seed"] is None, r["seed"]))
         seeds = ", ".join(str(r["seed"]) for r in runs)
-        cells = [setting, f"{len(runs)} ({seeds})" if per_seed else str(len(runs))]
+        cells = [setting] + (["/".join(sorted({_bits(r) for r in runs}))] if bits else [])
+        cells.append(f"{len(runs)} ({seeds})" if per_seed else str(len(runs)))
         cells += [_cell([100 * r[which][m] for r in runs], per_seed) for m in metrics]
         if wall:
             cells.append(f"{statistics.mean(r['wall_seconds'] for r in runs) / 60:.1f}")
@@ -120,7 +135,7 @@ def render_curves(results_dir: pathlib.Path, name: str, records: list[dict], see
     rows = [pipeline.StageResult(r["name"], r["setting"], "", "", r["best"], r["final"],
                                  ModelSpec.from_dict(r["spec"]), str(results_dir / r["name"]))
             for r in chosen]
-    figure = results_dir / name / f"training_curves_s{seed}.png"
+    figure = results_dir / name.split("+")[0] / f"training_curves_s{seed}.png"  # the first folder's
     if draw:
         pipeline.plot_training_curves(figure, rows, chosen[0]["main_metric"])
     link = pathlib.Path(os.path.relpath(figure.resolve(), readme_dir.resolve())).as_posix()
@@ -182,7 +197,7 @@ def rebuild(text: str, results_dir: pathlib.Path, per_seed: bool = False, where:
             metrics = options["metrics"].split(",") if isinstance(options.get("metrics"), str) else None
             body = render_table(load_records(results_dir, name), options.get("which", "best"), metrics,
                                 per_seed=per_seed or bool(options.get("per_seed")),
-                                wall=bool(options.get("wall")))
+                                wall=bool(options.get("wall")), bits=bool(options.get("bits")))
         out += [indent + b for b in body]
         out.append(lines[i])  # the end marker
         i += 1

@@ -210,13 +210,13 @@ def test_tiny_bibert_run_loss_falls(tmp_path, tiny_pretrained, glue_dir):
     assert {"query_loss", "key_loss", "value_loss", "hidden_loss", "label_loss"} <= set(rows[0])
     _, saved, _ = checkpoints.load_model(tmp_path / "run" / result["final_checkpoint"])
     assert saved.quant == BIBERT and saved.quant.attention == "bool"
-    # Its record and the README table made from it.
-    from launch import bibert_results
-    rec = bibert_results.record(tmp_path / "run", "BiBERT")
-    assert (rec["bits"], rec["attention"], rec["kd_mode"]) == ("1-1-1", "bool", "dmd")
-    out = tmp_path / "README.md"
-    (tmp_path / "r.json").write_text(json.dumps(rec))
-    assert bibert_results.main(["table", str(tmp_path / "r.json"), "--readme", str(out)]) == 0
-    row = [line for line in out.read_text().splitlines() if line.startswith("| BiBERT |")][0]
-    assert "| 1-1-1 | bibert/bibert/sign | bool | dmd | 6 | 0.001 |" in row
-    assert f"{100 * rec['best']['f1']:.1f} / {100 * rec['final']['f1']:.1f}" in row
+    # Its record (launch.record) and a README table made from it (launch.tables).
+    from launch import record, tables
+    record.main([str(tmp_path / "run"), "--name", "bibert/s42", "--setting", "BiBERT",
+                 "--results-dir", str(tmp_path / "results"), "--no-test"])
+    readme = tmp_path / "README.md"
+    readme.write_text("<!-- results:bibert bits which=final -->\n<!-- /results -->\n")
+    assert tables.main(["--readme", str(readme), "--results-dir", str(tmp_path / "results")]) == 0
+    row = [line for line in readme.read_text().splitlines() if line.startswith("| BiBERT |")][0]
+    assert row.startswith("| BiBERT | 1-1-1 | 1 |")
+    assert f"| {100 * result['final']['f1']:.1f} |" in row

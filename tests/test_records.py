@@ -97,6 +97,22 @@ def test_tables_rebuild_marked_sections_from_records(runs, results, tmp_path, ca
     assert tables.main(["--readme", str(readme), "--results-dir", str(results), "--check"]) == 0
     readme.write_text(text.replace(cells[column], "99.9 ± 0.1"))  # a number typed over the records
     assert tables.main(["--readme", str(readme), "--results-dir", str(results), "--check"]) == 1
+    # Several folders in one table, in the order named, with the W-E-A column.
+    import shutil
+    shutil.copytree(results / "tiny" / "fp" / "s1", results / "other" / "s1")
+    rec = json.loads((results / "other" / "s1" / "record.json").read_text())
+    rec.update(setting="another setting", name="other/s1")
+    (results / "other" / "s1" / "record.json").write_text(json.dumps(rec))
+    readme.write_text("<!-- results:other+tiny bits -->\n<!-- /results -->\n")
+    assert tables.main(["--readme", str(readme), "--results-dir", str(results)]) == 0
+    rows = [line for line in readme.read_text().splitlines() if line.startswith("| ")]
+    assert rows[0].startswith("| setting | W-E-A | n |")
+    assert rows[1].startswith("| another setting | 32-32-32 | 1 |"), rows
+    assert rows[2].startswith("| full precision | 32-32-32 | 2 |")
+    readme.write_text("<!-- results:tiny+missing -->\n<!-- /results -->\n")
+    with pytest.raises(ValueError, match="results:tiny\\+missing, but .*missing holds no record.json"):
+        tables.main(["--readme", str(readme), "--results-dir", str(results)])
+    shutil.rmtree(results / "other")
     readme.write_text("<!-- results:nothing_here -->\n<!-- /results -->\n")
     with pytest.raises(ValueError, match="results:nothing_here, but .* holds no record.json"):
         tables.main(["--readme", str(readme), "--results-dir", str(results)])
