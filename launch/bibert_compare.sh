@@ -24,12 +24,10 @@ TAG=${TAG:-bibert_${TASK}}
 TRAIN=${TRAIN:-"--config.bucket_lengths=(32,64,96,128)"}
 PY=${PYTHON:-.venv/bin/python}
 
-# "5 epochs (0.25 of the released 20)": the row's setting, from the released schedule.
-read -r total fraction < <("$PY" -c 'import sys; from configs import bibert
-e = bibert.RELEASED[sys.argv[1]][0]; f = float(sys.argv[2])
-print(f"{e * f:g}", f"{f:g}")' "$TASK" "$EPOCHS")
-released=$("$PY" -c 'import sys; from configs import bibert; print(bibert.RELEASED[sys.argv[1]][0])' "$TASK")
-half=$("$PY" -c 'import sys; print(f"{float(sys.argv[1]) / 2:g}")' "$total")
+# "5 epochs (0.25 of the released 20)": the rows' settings, from the released schedule.
+read -r released fraction total half < <("$PY" -c 'import sys; from configs import bibert
+e, f = bibert.RELEASED[sys.argv[1]][0], float(sys.argv[2])
+print(e, f"{f:g}", f"{e * f:g}", f"{e * f / 2:g}")' "$TASK" "$EPOCHS")
 of="($fraction of the released $released)"
 
 for recipe in bibert binarybert; do

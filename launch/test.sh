@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Runs the test suite on the CPU (two virtual devices for the sharded-step tests), in .venv, in
 # TEST_WORKERS processes (default 2, pytest-xdist; TEST_WORKERS=0 runs in this process). Tests
-# are compile-bound (XLA compiles on one thread), so two workers on two cores take about half the
-# time of one. Extra arguments go to pytest: bash launch/test.sh -k bitwise
+# are compile-bound and XLA compiles on one thread, so a second worker keeps the second core busy.
+# Extra arguments go to pytest: bash launch/test.sh -k bitwise
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export JAX_PLATFORMS=cpu
