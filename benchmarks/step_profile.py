@@ -74,7 +74,7 @@ def categorize(event_name: str, op_name: str) -> tuple[str, str]:
     else:
         phase = "outside the model"
     if _is_matmul(event_name):
-        attention = re.search(r"bhqd,bhkd|bhqk,bhkd", op_name)
+        attention = re.search(r"attention_(scores|context)", op_name)  # model.SelfAttention's scopes
         return ("attention matmuls" if attention else "dense matmuls (+ fused epilogues)"), phase
     for key, category in (("act_quant", "activation quantizers"), ("weight_quant", "weight quantizers"),
                           ("Dropout", "dropout"), ("LayerNorm", "LayerNorm"),
@@ -89,11 +89,37 @@ def categorize(event_name: str, op_name: str) -> tuple[str, str]:
 
 
 def hlo_op_names(hlo_text: str) -> dict[str, str]:
-    """Instruction name -> its ``op_name`` metadata ("" where it has none)."""
-    names = {}
-    for m in re.finditer(r"^\s*(?:ROOT )?%([\w.\-]+) = [^\n]*$", hlo_text, re.M):
-        meta = re.search(r'op_name="([^"]*)"', m.group(0))
-        names[m.group(1)] = meta.group(1) if meta else ""
+    """Instruction name -> its ``op_name`` metadata ("" where it has none). A fusion XLA built
+    without metadata (library matmul fusions often are) takes that of the computation it calls:
+    its product's, else its root's, else the first one found there; failing that (XLA rewrote the
+    product and dropped it), that of its last operand that has one."""
+    names, calls, inner, operands = {}, {}, {}, {}
+    computation = None
+    for line in hlo_text.splitlines():
+        header = re.match(r"^(?:ENTRY )?%([\w.\-]+) \(.*\{$", line)
+        if header:
+            computation = header.group(1)
+            continue
+        m = re.match(r"^\s*(ROOT )?%([\w.\-]+) = (.*)$", line)
+        if not m:
+            continue
+        meta = re.search(r'op_name="([^"]*)"', line)
+        names[m.group(2)] = meta.group(1) if meta else ""
+        called = re.search(r"calls=%([\w.\-]+)", line)
+        if called:
+            calls[m.group(2)] = called.group(1)
+            args = re.search(r"fusion\(([^)]*)\)", m.group(3))
+            operands[m.group(2)] = re.findall(r"%([\w.\-]+)", args.group(1)) if args else []
+        if meta and computation:
+            rank = 0 if re.search(r"\bdot\(", m.group(3)) else 1 if m.group(1) else 2
+            best = inner.get(computation)
+            if best is None or rank < best[0]:
+                inner[computation] = (rank, meta.group(1))
+    for name, computation in calls.items():
+        if not names[name] and computation in inner:
+            names[name] = inner[computation][1]
+        if not names[name]:
+            names[name] = next((names[o] for o in reversed(operands[name]) if names.get(o)), "")
     return names
 
 
@@ -119,13 +145,13 @@ def concurrency(ops: list[dict]) -> tuple[float, float, float]:
     return tuple(spans)
 
 
-def _warm_step(student, teacher, objective: str, ignore_padding: bool):
+def _warm_step(student, teacher, objective: str, ignore_padding: bool, variant: str):
     """The compiled KD step at batch 32 × 128 and its inputs, after two warm-up steps."""
     import jax
     from binarybert_jax import sharding
 
     mesh = sharding.make_mesh(1)
-    step, tx = train_step.build_step(student, teacher, objective, ignore_padding, mesh)
+    step, tx = train_step.build_step(student, teacher, objective, ignore_padding, mesh, variant)
     state, teacher_variables = train_step.init_state(student, teacher, tx, mesh, 128)
     data = sharding.shard_batch(train_step.synthetic_batch(32, 128, student.config.vocab_size), mesh)
     rng = jax.random.key(0)
@@ -136,10 +162,10 @@ def _warm_step(student, teacher, objective: str, ignore_padding: bool):
     return compiled, (state, teacher_variables, data, rng)
 
 
-def profile(case: str, steps: int) -> dict:
+def profile(case: str, steps: int, variant: str) -> dict:
     import jax
 
-    compiled, (state, teacher_variables, data, rng) = _warm_step(*train_step.case_setup(case, False))
+    compiled, (state, teacher_variables, data, rng) = _warm_step(*train_step.case_setup(case, False), variant)
     op_names = hlo_op_names(compiled.as_text())
     with tempfile.TemporaryDirectory() as trace_dir:
         with jax.profiler.trace(trace_dir, create_perfetto_trace=True):
@@ -174,14 +200,14 @@ def profile(case: str, steps: int) -> dict:
         last = t
     idle, one, more = concurrency(ops)
     per_step = lambda us: us / steps / 1e3  # noqa: E731  (µs over all steps -> ms per step)
-    return {"case": case, "steps": steps, "wall_ms": wall * 1e3, "ops_per_step": len(ops) / steps,
+    return {"case": case, "variant": variant, "steps": steps, "wall_ms": wall * 1e3, "ops_per_step": len(ops) / steps,
             "thread_ms": {k: per_step(v) for k, v in by_category.items()},
             "alone_ms": {k: per_step(v) for k, v in alone_by_category.items()},
             "phase_ms": {k: per_step(v) for k, v in by_phase.items()},
             "span_ms": {"no op": per_step(idle), "one op": per_step(one), "two or more": per_step(more)}}
 
 
-def ablate(case: str, changes: dict, steps: int) -> dict:
+def ablate(case: str, changes: dict, steps: int, variant: str) -> dict:
     """Best and median step seconds of ``case`` with ``changes`` applied to the student (or the
     teacher left out)."""
     from binarybert_jax.model import ModelSpec
@@ -197,7 +223,8 @@ def ablate(case: str, changes: dict, steps: int) -> dict:
     student = ModelSpec(config, quant)
     if "teacher" in changes:
         teacher, objective = None, "supervised"
-    compiled, (state, teacher_variables, data, rng) = _warm_step(student, teacher, objective, ignore_padding)
+    compiled, (state, teacher_variables, data, rng) = _warm_step(student, teacher, objective, ignore_padding,
+                                                                 variant)
     times, _ = train_step.time_steps(compiled, state, teacher_variables, data, rng, steps)
     return {"best_s": min(times), "median_s": statistics.median(times)}
 
@@ -216,7 +243,8 @@ def render(prof: dict, ablations: dict, info: dict, command: str) -> str:
              "removed at a time; how ops are classified: the docstring of `benchmarks/step_profile.py`.",
              "", "```", command, "```", "",
              f"Measured {info['date']} on {info['cpu']} ({info['cores']} cores visible), jax {info['jax']}; "
-             f"load average at the start {info['loadavg'][0]:.2f}. Case `{prof['case']}`, "
+             f"load average at the start {info['loadavg'][0]:.2f}. Case `{prof['case']}`, products "
+             f"`{prof['variant']}`, "
              f"{prof['steps']} profiled steps: {prof['wall_ms']:.0f} ms a step under the profiler, "
              f"{prof['ops_per_step']:.0f} ops executed a step. Of the span from the first op to the "
              f"last, {spans['two or more'] / window:.0%} had two or more ops running, "
@@ -243,6 +271,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.step_profile",
                                      description="Per-op profile and ablations of the KD train step.")
     parser.add_argument("--case", default="w2a8", choices=train_step.CASES)
+    parser.add_argument("--variant", default="integer", choices=tuple(train_step.VARIANTS),
+                        help="how the products are computed (benchmarks/train_step.py VARIANTS)")
     parser.add_argument("--steps", type=int, default=3, help="profiled steps")
     parser.add_argument("--ablation-steps", type=int, default=10, help="timed steps per ablation")
     parser.add_argument("--no-ablations", action="store_true")
@@ -250,19 +280,20 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child == "profile":
-        print(json.dumps(profile(args.case, args.steps)))
+        print(json.dumps(profile(args.case, args.steps, args.variant)))
         return 0
     if args.child:
-        print(json.dumps(ablate(args.case, ABLATIONS[args.child], args.ablation_steps)))
+        print(json.dumps(ablate(args.case, ABLATIONS[args.child], args.ablation_steps, args.variant)))
         return 0
     argv = sys.argv[1:] if argv is None else list(argv)
     command = "PYTHONPATH=. python -m benchmarks.step_profile " + " ".join(map(shlex.quote, argv))
     info = train_step.machine()
-    prof = _child(["--child", "profile", "--case", args.case, "--steps", str(args.steps)])
+    prof = _child(["--child", "profile", "--case", args.case, "--variant", args.variant,
+                   "--steps", str(args.steps)])
     ablations = {}
     if not args.no_ablations:
         for name in ABLATIONS:
-            ablations[name] = _child(["--child", name, "--case", args.case,
+            ablations[name] = _child(["--child", name, "--case", args.case, "--variant", args.variant,
                                       "--ablation-steps", str(args.ablation_steps)])
             print(f"{name}: {ablations[name]}", file=sys.stderr)
     markdown.publish(render(prof, ablations, info, command), args.out, SECTION)

@@ -533,7 +533,8 @@ class SelfAttention(nn.Module, _ActQuantMixin):
         q = self.act_quant("query", q_fp, qcfg, qcfg.sym_qkvo, (2,), head_tok, with_codes=True)
         k = self.act_quant("key", k_fp, qcfg, qcfg.sym_qkvo, (2,), head_tok, with_codes=True)
         # QKᵀ: "bhqd,bhkd->bhqk".
-        scores = product(q, k, (((3,), (3,)), ((0, 1), (0, 1)))).astype(self.dtype)
+        with jax.named_scope("attention_scores"):  # a name the step profile looks for
+            scores = product(q, k, (((3,), (3,)), ((0, 1), (0, 1)))).astype(self.dtype)
         scores = scores / math.sqrt(cfg.head_dim)
         if qcfg.attention == "bool":
             # Bi-Attention: no softmax. Dropout acts on the scores before Bool, as in the
@@ -558,7 +559,8 @@ class SelfAttention(nn.Module, _ActQuantMixin):
                                        with_codes=True)
         v = self.act_quant("value", v_fp, qcfg, qcfg.sym_qkvo, (2,), head_tok, with_codes=True)
         # probs·V: "bhqk,bhkd->bhqd", then heads back beside each other.
-        context = product(probs, v, (((3,), (2,)), ((0, 1), (0, 1)))).astype(self.dtype)
+        with jax.named_scope("attention_context"):
+            context = product(probs, v, (((3,), (2,)), ((0, 1), (0, 1)))).astype(self.dtype)
         context = context.transpose(0, 2, 1, 3).reshape(batch, seq, cfg.attention_size)
         out = dense("output", cfg.hidden_size)(context, tok)
         out = Dropout(cfg.hidden_dropout)(out, deterministic=deterministic)

@@ -22,6 +22,8 @@
 #                             stages' epochs together, at stage 1's learning rate
 #               epochs2       twice the epochs in each KD stage
 #               lat           LAT (loss-aware) ternary weights instead of TWN
+#               bf16          the quantized products' backward and the teacher's forward in
+#                             bfloat16 (matmul_precision, teacher_dtype; issue 13's speed options)
 #             (ABLATIONS picks and orders the settings other than both; default
 #             "no_clip percentile acts_only weights_only", what README's table ran)
 #   half      the full-precision 0.5x row over seeds: the half-width model's KD from the teacher
@@ -117,8 +119,10 @@ for part in $PARTS; do
             epochs2) label="TWN 0.5× W2A${ACT_BITS}, twice the epochs a KD stage"
                      overrides="$t.stage1.epochs=$(ternary '2 * e1') $t.stage2.epochs=$(ternary '2 * e2')" ;;
             lat) label="LAT 0.5× W2A${ACT_BITS} (loss-aware ternary weights)"; overrides="$q.weight_method=lat" ;;
+            bf16) label="TWN 0.5× W2A${ACT_BITS}, bfloat16 backward products and teacher"
+                  overrides="$t.matmul_precision=bfloat16 $t.teacher_dtype=bfloat16" ;;
             *) echo "unknown ablation $key (no_clip, per_token, percentile, acts_only, weights_only," \
-                    "hidden_only, full_teacher, joint, epochs2, lat)" >&2; exit 2 ;;
+                    "hidden_only, full_teacher, joint, epochs2, lat, bf16)" >&2; exit 2 ;;
           esac
           run="$ROOT/${key}_s$seed"
           # shellcheck disable=SC2086  # the overrides are separate words

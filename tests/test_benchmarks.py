@@ -14,7 +14,7 @@ from binarybert_jax import quant
 @pytest.mark.parametrize("event, op_name, expected", [
     ("ynn_fusion.12", "jit(per_device)/transpose(jvp(BertModel))/encoder/layer_3/ffn/output/dot_general",
      ("dense matmuls (+ fused epilogues)", "student backward")),
-    ("dot.4", "jit(per_device)/BertModel/encoder/layer_0/attention/bhqd,bhkd->bhqk/dot_general",
+    ("dot.4", "jit(per_device)/BertModel/encoder/layer_0/attention/attention_scores/dot_general",
      ("attention matmuls", "teacher forward")),
     ("multiply_select_fusion.3", "jit(per_device)/jvp(BertModel)/encoder/layer_1/attention/query/act_quant/div",
      ("activation quantizers", "student forward")),
@@ -79,3 +79,34 @@ def test_accelerator_check_runs_tiny_on_the_cpu(tmp_path):
     md = (tmp_path / "accelerator_check.md").read_text()
     assert "| ternary W2A8 (TWN) |" in md and "Sharding check over 2 devices" in md
     assert json.loads((tmp_path / "accelerator_check.json").read_text())["compute_dtype"] == "bfloat16"
+
+
+def test_hlo_op_names_of_a_fusion_without_metadata_come_from_its_product():
+    hlo = """HloModule m
+%fused_computation (param_0: f32[4,8], param_1: f32[8,3]) -> f32[4,3] {
+  %param_0 = f32[4,8]{1,0} parameter(0)
+  %param_1 = f32[8,3]{1,0} parameter(1)
+  %exp.1 = f32[4,8]{1,0} exponential(%param_0), metadata={op_name="jit(f)/BertModel/exp"}
+  ROOT %dot.2 = f32[4,3]{1,0} dot(%exp.1, %param_1), lhs_contracting_dims={1}, rhs_contracting_dims={0}, metadata={op_name="jit(f)/BertModel/layer_0/attention/dot_general"}
+}
+
+ENTRY %main (x: f32[4,8], w: f32[8,3]) -> f32[4,3] {
+  %x = f32[4,8]{1,0} parameter(0), metadata={op_name="x"}
+  %w = f32[8,3]{1,0} parameter(1)
+  %ynn_fusion = f32[4,3]{1,0} fusion(%x, %w), kind=kCustom, calls=%fused_computation
+  %k = f32[8,3]{1,0} negate(%w), metadata={op_name="jit(f)/jvp(BertModel)/layer_1/ffn/output/neg"}
+  ROOT %ynn_fusion.1 = f32[4,3]{1,0} fusion(%x, %k), kind=kCustom, calls=%fused_computation.1
+}
+
+%fused_computation.1 (param_0: f32[4,8], param_1: f32[8,3]) -> f32[4,3] {
+  %param_0.1 = f32[4,8]{1,0} parameter(0)
+  %param_1.1 = f32[8,3]{1,0} parameter(1)
+  ROOT %dot.3 = f32[4,3]{1,0} dot(%param_0.1, %param_1.1), lhs_contracting_dims={1}, rhs_contracting_dims={0}
+}
+"""
+    names = step_profile.hlo_op_names(hlo)
+    assert names["ynn_fusion.1"] == "jit(f)/jvp(BertModel)/layer_1/ffn/output/neg"
+    assert names["ynn_fusion"] == "jit(f)/BertModel/layer_0/attention/dot_general"
+    assert names["x"] == "x" and names["w"] == ""
+    assert step_profile.categorize("ynn_fusion", names["ynn_fusion"]) == \
+        ("dense matmuls (+ fused epilogues)", "teacher forward")

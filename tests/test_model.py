@@ -236,6 +236,32 @@ def test_bf16_compute_with_float32_params():
     np.testing.assert_allclose(np.asarray(out["logits"], np.float32), ref["logits"], atol=0.1)
 
 
+@pytest.mark.parametrize("quant_cfg", [
+    M.QuantConfig(2, 2, 8),
+    M.QuantConfig(2, 2, 8, act_scope="example", act_ignore_padding=True),
+    M.QuantConfig(1, 1, 8, "bwn", "bwn", split=True),
+    M.QuantConfig(2, 2, 4, "twn", "twn", "lsq"),
+], ids=["w2a8", "w2a8-masked", "w1a8-split", "w2a4-lsq"])
+def test_bfloat16_backward_runs_compiled_and_follows_float32(quant_cfg):
+    """The bfloat16 backward of the quantized products, compiled, where XLA:CPU picks each product's
+    kernel: every product runs (a bfloat16 product XLA keeps in bfloat16 but cannot lay out for its
+    kernels fails with "Unsupported element type for DotThunk") and the gradients are the float32
+    backward's to bfloat16 rounding."""
+    ids, types, mask = _batch()
+    params = _init(M.BertModel(TINY, quant_cfg))
+
+    def grads(grad_dtype):
+        model = M.BertModel(TINY, quant_cfg, grad_dtype=grad_dtype)
+        loss = lambda p: jnp.sum(model.apply({"params": p}, ids, types, mask)["hidden_states"][-1] ** 2)
+        return jax.jit(jax.grad(loss))(params)
+
+    want, got = grads(jnp.float32), grads(jnp.bfloat16)
+    for path, g in jax.tree_util.tree_flatten_with_path(got)[0]:
+        h = dict(jax.tree_util.tree_flatten_with_path(want)[0])[path]
+        assert g.dtype == jnp.float32 and bool(jnp.all(jnp.isfinite(g))), path
+        np.testing.assert_allclose(g, h, rtol=0, atol=0.05 * float(jnp.abs(h).max()) + 1e-6, err_msg=str(path))
+
+
 def test_span_head_and_dropout():
     model = M.BertModel(TINY, head="span")
     p = _init(model)
