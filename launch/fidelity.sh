@@ -120,7 +120,7 @@ for part in $PARTS; do
                      overrides="$t.stage1.epochs=$(ternary '2 * e1') $t.stage2.epochs=$(ternary '2 * e2')" ;;
             lat) label="LAT 0.5× W2A${ACT_BITS} (loss-aware ternary weights)"; overrides="$q.weight_method=lat" ;;
             bf16) label="TWN 0.5× W2A${ACT_BITS}, bfloat16 backward products and teacher"
-                  overrides="$t.matmul_precision=bfloat16 $t.teacher_dtype=bfloat16" ;;
+                  overrides="--config.matmul_precision=bfloat16 --config.teacher_dtype=bfloat16" ;;
             *) echo "unknown ablation $key (no_clip, per_token, percentile, acts_only, weights_only," \
                     "hidden_only, full_teacher, joint, epochs2, lat, bf16)" >&2; exit 2 ;;
           esac
