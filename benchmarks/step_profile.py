@@ -271,7 +271,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.step_profile",
                                      description="Per-op profile and ablations of the KD train step.")
     parser.add_argument("--case", default="w2a8", choices=train_step.CASES)
-    parser.add_argument("--variant", default="integer", choices=tuple(train_step.VARIANTS),
+    parser.add_argument("--variant", default=train_step.DEFAULT_VARIANT, choices=tuple(train_step.VARIANTS),
                         help="how the products are computed (benchmarks/train_step.py VARIANTS)")
     parser.add_argument("--steps", type=int, default=3, help="profiled steps")
     parser.add_argument("--ablation-steps", type=int, default=10, help="timed steps per ablation")

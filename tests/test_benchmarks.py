@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from benchmarks import markdown, step_profile
+from benchmarks import markdown, step_profile, train_step
 from binarybert_jax import quant
 
 
@@ -62,8 +62,6 @@ def test_write_section_replaces_only_its_own(tmp_path):
 
 
 def test_printed_command_leaves_out_the_raw_results_path():
-    from benchmarks import train_step
-
     argv = ["--cases", "w2a8", "--json", "/tmp/x.json", "--out", "B.md", "--json=/tmp/y.json"]
     assert train_step._without_json(argv) == ["--cases", "w2a8", "--out", "B.md"]
 
@@ -110,3 +108,11 @@ ENTRY %main (x: f32[4,8], w: f32[8,3]) -> f32[4,3] {
     assert names["x"] == "x" and names["w"] == ""
     assert step_profile.categorize("ynn_fusion", names["ynn_fusion"]) == \
         ("dense matmuls (+ fused epilogues)", "teacher forward")
+
+
+def test_default_variant_is_the_configs_default():
+    from configs import common
+
+    c = common.base_config()
+    integer, grad, teacher = train_step.VARIANTS[train_step.DEFAULT_VARIANT]
+    assert (c.integer_products, c.matmul_precision, c.teacher_dtype or c.dtype) == (integer, grad, teacher)
