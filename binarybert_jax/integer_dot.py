@@ -23,7 +23,7 @@ Gradients are the straight-through ones of the values' product (what the float32
 ``grad_dtype`` float32 or bfloat16 (operands and cotangent in bfloat16, float32 accumulation; the
 configs' default, ``matmul_precision``, since MRPC's TWN runs trained to the same dev metrics).
 
-On the CPU every bfloat16 product goes through ``narrow_dot_general``, which lays its operands out
+On the CPU every bfloat16 product goes through ``bf16_dot_general``, which lays its operands out
 the one way XLA:CPU's bfloat16 kernels take.
 """
 

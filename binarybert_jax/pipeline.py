@@ -302,18 +302,26 @@ def write_report(workdir: epath.Path, task, rows: list[StageResult], config, ada
         lines.append(f"| {t['description']} | {t['bits']} | {t['width']} | {t['size_mib']:.2f} | "
                      f"{t['gflops']:.2f} | " + " | ".join(cells) + " |")
     if adaptive_info:
-        lines += ["", f"Adaptive splitting: budget {adaptive_info['budget_mb']:.2f} MiB (no split "
-                      f"{adaptive_info['size_no_split_mb']:.2f}, all split {adaptive_info['size_all_split_mb']:.2f}); "
-                      f"{len(adaptive_info['chosen'])} matrices split."]
-        if adaptive_info.get("orders_right_after_split"):
-            lines += ["", "Right after splitting, before binary training (same budget):", "",
-                      f"| order | matrices split | size (MiB) | {main} |", "|---|---|---|---|"]
-            for name, b in adaptive_info["orders_right_after_split"].items():
-                lines.append(f"| {name} | {b['split']} | {b['size_mb']:.2f} | {100 * b['dev'][main]:.1f} |")
+        lines += [""] + adaptive_report(adaptive_info, main)
     checkpoints.write_text(workdir / "results.md", "\n".join(lines) + "\n")
     plot_training_curves(workdir / "training_curves.png", rows, main)
     print("\n".join(lines))
     return out
+
+
+def adaptive_report(adaptive_info: dict, main: str) -> list[str]:
+    """Markdown lines on the adaptive split (``results.json``'s ``adaptive``): the budget, and
+    the split orders' dev scores right after splitting. The pipeline's report and README's
+    tables (``launch.tables``) print it."""
+    lines = [f"Adaptive splitting: budget {adaptive_info['budget_mb']:.2f} MiB (no split "
+             f"{adaptive_info['size_no_split_mb']:.2f}, all split {adaptive_info['size_all_split_mb']:.2f}); "
+             f"{len(adaptive_info['chosen'])} matrices split."]
+    if adaptive_info.get("orders_right_after_split"):
+        lines += ["", "Right after splitting, before binary training (same budget):", "",
+                  f"| order | matrices split | size (MiB) | {main} |", "|---|---|---|---|"]
+        for name, b in adaptive_info["orders_right_after_split"].items():
+            lines.append(f"| {name} | {b['split']} | {b['size_mb']:.2f} | {100 * b['dev'][main]:.1f} |")
+    return lines
 
 
 def training_curves(workdir: str | os.PathLike, main: str) -> dict[str, dict[str, list]]:

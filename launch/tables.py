@@ -21,7 +21,9 @@ A marked section is everything between a line ``<!-- results:NAME [options] -->`
   ``bits`` (a ``W-E-A`` column: the bits of weights, word embedding and activations),
   ``curves=SEED`` (instead of a table: the paper's training curves of the quantized records of
   that seed, drawn from their ``metrics.jsonl`` into ``results/NAME/training_curves_s<SEED>.png``,
-  and the image link).
+  and the image link), ``adaptive`` (instead of a table: the adaptive split's budget and the split
+  orders' scores right after splitting, from ``results/NAME/pipeline.json``, as the pipeline's own
+  report has them).
 
 A marker naming records that do not exist is an error naming it: a table is never left stale.
 """
@@ -43,7 +45,7 @@ DEFAULT_RESULTS = common.REPO_ROOT / "results"
 DEFAULT_README = common.REPO_ROOT / "README.md"
 BEGIN = re.compile(r"^(?P<indent>[ \t]*)<!-- results:(?P<name>[\w./+-]+)(?P<options>[^>]*?)\s*-->\s*$")
 END = re.compile(r"^[ \t]*<!-- /results -->\s*$")
-OPTIONS = ("which", "metrics", "per_seed", "wall", "bits", "curves")
+OPTIONS = ("which", "metrics", "per_seed", "wall", "bits", "curves", "adaptive")
 
 
 def load_records(results_dir: pathlib.Path, name: str) -> list[dict]:
@@ -153,6 +155,18 @@ def render_parity(results_dir: pathlib.Path) -> list[str]:
             f"pooler output."]
 
 
+def render_adaptive(results_dir: pathlib.Path, name: str) -> list[str]:
+    """The adaptive split's budget and split orders of ``results/NAME/pipeline.json`` (a pipeline
+    recorded by ``launch.record``), as the pipeline's own report prints them."""
+    from binarybert_jax import checkpoints, pipeline
+    path = results_dir / name / "pipeline.json"
+    report = checkpoints.read_json(path) if path.is_file() else {}
+    if not report.get("adaptive"):
+        raise UserError(f"README names results:{name} adaptive, but {path} holds no adaptive split: "
+                        "record a pipeline run with the adaptive stages (launch.record)")
+    return pipeline.adaptive_report(report["adaptive"], report["main_metric"])
+
+
 def render_clipping(results_dir: pathlib.Path, name: str) -> list[str]:
     """The activation-clipping table of ``results/NAME/analysis.json`` (``launch.analyze`` with
     ``--config.analyses`` naming ``clipping``, ``--out results/NAME``)."""
@@ -188,6 +202,8 @@ def rebuild(text: str, results_dir: pathlib.Path, per_seed: bool = False, where:
         options = _parse_options(m["options"], f"{where}:{start}")
         if name == "parity":
             body = render_parity(results_dir)
+        elif options.get("adaptive"):
+            body = render_adaptive(results_dir, name)
         elif (results_dir / name / "analysis.json").is_file():
             body = render_clipping(results_dir, name)
         elif isinstance(options.get("curves"), str):

@@ -187,3 +187,26 @@ def test_records_name_no_path_of_the_machine(tmp_path):
     assert record.portable(rec, root) == {
         "workdir": "runs/x", "config": {"data_dir": "../shared/glue", "seed": 3, "task": "mrpc"},
         "argv": ["launch.train", "relative/path"]}
+
+
+def test_tables_print_the_adaptive_split_of_a_recorded_pipeline(tmp_path):
+    adaptive = {"budget_mb": 3.403, "size_no_split_mb": 2.891, "size_all_split_mb": 4.939,
+                "chosen": ["encoder/layer_0/ffn/output", "encoder/layer_1/ffn/output"],
+                "orders_right_after_split": {
+                    "adaptive": {"split": 2, "dev": {"accuracy": 0.774}, "size_mb": 3.401},
+                    "min": {"split": 3, "dev": {"accuracy": 0.7626}, "size_mb": 3.401}}}
+    run = tmp_path / "results" / "pipe" / "s42"
+    run.mkdir(parents=True)
+    (run / "pipeline.json").write_text(json.dumps({"task": "sst-2", "main_metric": "accuracy",
+                                                   "rows": [], "adaptive": adaptive}))
+    readme = tmp_path / "README.md"
+    readme.write_text("<!-- results:pipe/s42 adaptive -->\ntyped\n<!-- /results -->\n")
+    assert tables.main(["--readme", str(readme), "--results-dir", str(tmp_path / "results")]) == 0
+    text = readme.read_text()
+    assert "typed" not in text
+    assert "budget 3.40 MiB (no split 2.89, all split 4.94); 2 matrices split." in text
+    assert "| adaptive | 2 | 3.40 | 77.4 |" in text and "| min | 3 | 3.40 | 76.3 |" in text
+    (run / "pipeline.json").write_text(json.dumps({"task": "sst-2", "main_metric": "accuracy", "rows": [],
+                                                   "adaptive": None}))
+    with pytest.raises(ValueError, match="results:pipe/s42 adaptive, but .*pipeline.json holds no adaptive split"):
+        tables.main(["--readme", str(readme), "--results-dir", str(tmp_path / "results")])
