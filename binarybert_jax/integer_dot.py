@@ -96,8 +96,8 @@ def bf16_dot_general(a: jax.Array, b: jax.Array, dimension_numbers) -> jax.Array
     b_free = _free_axes(b.ndim, b_con, b_bat)
     a_t = _row_major(a, a_bat + a_free + a_con)
     b_t = _row_major(b, b_bat + b_con + b_free)
-    size = lambda x, axes: math.prod(x.shape[d] for d in axes)
-    batch, m, k, n = size(a, a_bat), size(a, a_free), size(a, a_con), size(b, b_free)
+    batch, m, k, n = (math.prod(x.shape[d] for d in axes)
+                      for x, axes in ((a, a_bat), (a, a_free), (a, a_con), (b, b_free)))
     out = lax.dot_general(a_t.reshape(batch, m, k), b_t.reshape(batch, k, n),
                           (((2,), (1,)), ((0,), (0,))), preferred_element_type=jnp.float32)
     return out.reshape(tuple(a.shape[d] for d in a_bat + a_free) + tuple(b.shape[d] for d in b_free))
@@ -228,7 +228,7 @@ def _cotangent_lhs(g, x_ndim, y, dims, swap_ans=False):
     x_con_by_y = [x_con[i] for i in sorted(range(len(y_con)), key=lambda i: y_con[i])]
     out_axes = [int(i) for i in sorted(range(x_ndim), key=lambda i: (list(x_bat) + x_kept + x_con_by_y)[i])]
     product = float_dot_general(g, y, ((ans_y, y_kept), (ans_batch, list(y_bat))))
-    if out_axes != sorted(out_axes) and product.dtype != g.dtype:
+    if out_axes != sorted(out_axes) and g.dtype == jnp.bfloat16 and jax.default_backend() == "cpu":
         # XLA would fold the transpose into the product, which then no longer has the layout
         # ``bf16_dot_general`` gave it (and XLA:CPU, having kept it bfloat16 for that layout,
         # fails to run it).
