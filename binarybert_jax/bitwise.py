@@ -29,7 +29,7 @@ from two bounds read off the backend's own GELU (``gelu_sign_bounds``). ``benchm
 measures products and model against float32.
 
 Exactness: every integer is exact, and the float operations are the model's own, in its order
-(the same Flax LayerNorm and Dense, scale then bias; GELU's sign exactly as ``jax.nn.gelu >= 0``
+(the same Flax LayerNorm and Dense, scale then bias; GELU's sign exactly as the model's ``activation('gelu') >= 0``
 gives it, every float32 checked in the tests). The logits therefore equal
 the simulated float forward's, with one place where float order could differ: the reductions
 inside LayerNorm (mean and variance over the hidden size), which XLA compiles separately in the
@@ -53,7 +53,7 @@ import numpy as np
 from jax import lax
 
 from binarybert_jax import export
-from binarybert_jax.model import ModelSpec
+from binarybert_jax.model import ModelSpec, activation
 
 WORD_BITS = 32
 DENSE = ("query", "key", "value", "output")
@@ -178,7 +178,8 @@ def _window_values(window: tuple[int, int]) -> np.ndarray:
 
 @functools.lru_cache(maxsize=None)
 def gelu_sign_bounds(backend: str) -> Optional[tuple[float, float]]:
-    """Where ``jax.nn.gelu(x, approximate=False) >= 0`` holds on ``backend``, as two bounds.
+    """Where the model's exact GELU (``model.activation("gelu")``) is ``>= 0`` on ``backend``, as
+    two bounds.
 
     The binarized model only needs the sign of GELU (its output feeds a sign activation), and in
     exact arithmetic GELU(x) ≥ 0 ⟺ x ≥ 0. In float32 two more regions give −0 (which counts as
@@ -192,7 +193,7 @@ def gelu_sign_bounds(backend: str) -> Optional[tuple[float, float]]:
     found = []
     for window, prefix in ((_LOW_WINDOW, True), (_HIGH_WINDOW, False)):
         x = jax.device_put(_window_values(window), device)
-        nonneg = np.asarray(jax.jit(lambda v: jax.nn.gelu(v, approximate=False) >= 0)(x))
+        nonneg = np.asarray(jax.jit(lambda v: activation("gelu")(v) >= 0)(x))
         flips = np.flatnonzero(nonneg[1:] != nonneg[:-1])
         if len(flips) != 1 or bool(nonneg[0]) != prefix:
             return None
@@ -205,14 +206,10 @@ def hidden_act_nonnegative(x: jax.Array, hidden_act: str,
     """``activation(x) >= 0``, bit for bit as the model computes it; for GELU with its
     ``gelu_sign_bounds`` given, without computing erf (GELU was 5 of the FFN's 7 ms a layer at
     MiniLM's shapes, measured)."""
-    if hidden_act == "gelu":
-        if gelu_bounds is not None:
-            low, high = gelu_bounds
-            return (x >= low) | ((x <= high) & (x > -jnp.inf))  # gelu(−inf) is NaN
-        return jax.nn.gelu(x, approximate=False) >= 0
-    if hidden_act == "gelu_tanh":
-        return jax.nn.gelu(x, approximate=True) >= 0
-    return jax.nn.relu(x) >= 0
+    if hidden_act == "gelu" and gelu_bounds is not None:
+        low, high = gelu_bounds
+        return (x >= low) | ((x <= high) & (x > -jnp.inf))  # gelu(−inf) is NaN
+    return activation(hidden_act)(x) >= 0
 
 
 def _dense(x_words, p, k):

@@ -237,7 +237,8 @@ def _at_least_f32(dtype):
     return jnp.promote_types(dtype, jnp.float32)
 
 
-def _activation(name: str):
+def activation(name: str):
+    """The FFN's activation function of ``BertConfig.hidden_act`` (one of ``ACTIVATIONS``)."""
     if name == "gelu":
         return lambda x: jax.nn.gelu(x, approximate=False)
     if name == "gelu_tanh":
@@ -584,7 +585,7 @@ class FeedForward(nn.Module):
         h = QuantDense(cfg.intermediate_size, qcfg, split=qcfg.is_split(f"{self.where}/intermediate"),
                        input_symmetric=qcfg.sym_qkvo, dtype=self.dtype, name="intermediate",
                        **products)(x, tok)
-        h = _activation(cfg.hidden_act)(h)
+        h = activation(cfg.hidden_act)(h)
         out = QuantDense(cfg.hidden_size, qcfg, split=qcfg.is_split(f"{self.where}/output"),
                          input_symmetric=qcfg.sym_ffn_attn, dtype=self.dtype, name="output",
                          **products)(h, tok)
