@@ -39,7 +39,9 @@
 # Environment: TASK (mrpc), ACT_BITS (8), EPOCHS (1, per KD stage; the released scripts use 2),
 # SEEDS ("1 2 3"), PARTS ("seeds ablation half adaptive"), ROOT (runs/fidelity_<task>_a<bits>),
 # TAG (the records' prefix, default <task>), RESULTS (results), PYTHON (.venv/bin/python), BASE (the
-# pipeline config and arg; default the released scripts' hyperparameters on the whole task).
+# pipeline config and arg; default the released scripts' hyperparameters on the whole task),
+# OVERRIDES (config overrides for every run, the base included: e.g. the float32 products that
+# README's MRPC W1A8 tables trained with, "--config.matmul_precision=float32 --config.teacher_dtype=").
 # Rerunning resumes: finished stages are skipped, finished runs recorded again (the same records).
 set -euo pipefail
 GLUE_DIR=${1:?usage: bash launch/fidelity.sh GLUE_DIR}
@@ -53,6 +55,7 @@ ROOT=${ROOT:-runs/fidelity_${TASK}_a${ACT_BITS}}
 TAG=${TAG:-${TASK}}
 RESULTS=${RESULTS:-results}
 PY=${PYTHON:-.venv/bin/python}
+OVERRIDES=${OVERRIDES:-}
 BASE=${BASE:-configs/pipeline.py:task=${TASK},full,act_bits=${ACT_BITS},epochs=${EPOCHS},bwn=False,adaptive=False}
 SEED_TABLE="${TAG}_w1a${ACT_BITS}_seeds"
 ABLATION_TABLE="${TAG}_quant_ablation"
@@ -60,7 +63,7 @@ ABLATION_TABLE="${TAG}_quant_ablation"
 pipeline() {  # pipeline WORKDIR STAGES [OVERRIDES...]: the base config from the shared teacher/half
   local workdir=$1 stages=$2
   shift 2
-  "$PY" -m launch.pipeline --config "$BASE" --config.data_dir="$GLUE_DIR" --workdir "$workdir" \
+  "$PY" -m launch.pipeline --config "$BASE" --config.data_dir="$GLUE_DIR" $OVERRIDES --workdir "$workdir" \
       "--config.pipeline.stages=$stages" \
       --config.stages.teacher.checkpoint="$ROOT/base/teacher/$teacher" \
       --config.stages.half.checkpoint="$ROOT/base/half/$half" --config.stages.half.init= "$@"
@@ -81,7 +84,7 @@ print(eval(sys.argv[2], {"e1": t["stage1"]["epochs"], "e2": t["stage2"]["epochs"
 best() { "$PY" -c 'import json,sys; print(json.load(open(sys.argv[1]))["best_checkpoint"])' "$1/results.json"; }
 
 # The teacher and the half-width model, once (the pipeline's first three stages, its own seed).
-"$PY" -m launch.pipeline --config "$BASE" --config.data_dir="$GLUE_DIR" --workdir "$ROOT/base" \
+"$PY" -m launch.pipeline --config "$BASE" --config.data_dir="$GLUE_DIR" $OVERRIDES --workdir "$ROOT/base" \
     '--config.pipeline.stages=("teacher","half_pruned","half")'
 teacher=$(best "$ROOT/base/teacher")
 half=$(best "$ROOT/base/half")
@@ -131,7 +134,7 @@ for part in $PARTS; do
         done ;;
       half)
         run="$ROOT/half_s$seed"  # the half-width stage itself at this seed, from the same teacher
-        "$PY" -m launch.pipeline --config "$BASE" --config.data_dir="$GLUE_DIR" --workdir "$run" \
+        "$PY" -m launch.pipeline --config "$BASE" --config.data_dir="$GLUE_DIR" $OVERRIDES --workdir "$run" \
             '--config.pipeline.stages=("teacher","half_pruned","half")' \
             --config.stages.teacher.checkpoint="$ROOT/base/teacher/$teacher" --config.seed="$seed"
         record "$run/half" "$SEED_TABLE/half/s$seed" ;;
