@@ -41,7 +41,11 @@
 # TAG (the records' prefix, default <task>), RESULTS (results), PYTHON (.venv/bin/python), BASE (the
 # pipeline config and arg; default the released scripts' hyperparameters on the whole task),
 # OVERRIDES (config overrides for every run, the base included: e.g. the float32 products that
-# README's MRPC W1A8 tables trained with, "--config.matmul_precision=float32 --config.teacher_dtype=").
+# README's MRPC W1A8 tables trained with, "--config.matmul_precision=float32 --config.teacher_dtype="),
+# CLIP (the pipeline's activation-clip preset for every quantized stage: released (default), none or
+# percentile; any other than released suffixes the run folders and the seed and ablation tables with
+# _clip_<CLIP>, e.g. results/mrpc_w1a8_clip_none_seeds; the half part records to the unsuffixed
+# seed table whatever CLIP is, as the full-precision half-width model has no clip).
 # Rerunning resumes: finished stages are skipped, finished runs recorded again (the same records).
 set -euo pipefail
 GLUE_DIR=${1:?usage: bash launch/fidelity.sh GLUE_DIR}
@@ -56,9 +60,16 @@ TAG=${TAG:-${TASK}}
 RESULTS=${RESULTS:-results}
 PY=${PYTHON:-.venv/bin/python}
 OVERRIDES=${OVERRIDES:-}
-BASE=${BASE:-configs/pipeline.py:task=${TASK},full,act_bits=${ACT_BITS},epochs=${EPOCHS},bwn=False,adaptive=False}
-SEED_TABLE="${TAG}_w1a${ACT_BITS}_seeds"
-ABLATION_TABLE="${TAG}_quant_ablation"
+CLIP=${CLIP:-released}
+BASE=${BASE:-configs/pipeline.py:task=${TASK},full,act_bits=${ACT_BITS},epochs=${EPOCHS},bwn=False,adaptive=False,clip=${CLIP}}
+case $CLIP in
+  released) SUFFIX= ;;
+  none|percentile) SUFFIX=_clip_$CLIP ;;
+  *) echo "unknown CLIP $CLIP (released, none, percentile)" >&2; exit 2 ;;
+esac
+HALF_TABLE="${TAG}_w1a${ACT_BITS}_seeds"
+SEED_TABLE="${TAG}_w1a${ACT_BITS}${SUFFIX}_seeds"
+ABLATION_TABLE="${TAG}${SUFFIX}_quant_ablation"
 
 pipeline() {  # pipeline WORKDIR STAGES [OVERRIDES...]: the base config from the shared teacher/half
   local workdir=$1 stages=$2
@@ -94,11 +105,11 @@ for part in $PARTS; do
   for seed in $SEEDS; do
     case $part in
       seeds)
-        run="$ROOT/w1a${ACT_BITS}_s$seed"
+        run="$ROOT/w1a${ACT_BITS}${SUFFIX}_s$seed"
         pipeline "$run" '("teacher","half","ternary","tws_init","tws","bwn")' --config.seed="$seed"
         for stage in ternary tws bwn; do record "$run/$stage" "$SEED_TABLE/$stage/s$seed"; done ;;
       ablation)
-        run="$ROOT/w1a${ACT_BITS}_s$seed"  # "both" is the seeds part's ternary stage
+        run="$ROOT/w1a${ACT_BITS}${SUFFIX}_s$seed"  # "both" is the seeds part's ternary stage
         # (run alone only when that part has not: a pipeline rewrites its report for the stages named)
         [ -f "$run/ternary/results.json" ] || pipeline "$run" '("teacher","half","ternary")' --config.seed="$seed"
         record "$run/ternary" "$ABLATION_TABLE/both/s$seed" "TWN 0.5× W2A${ACT_BITS} (weights and activations)"
@@ -127,7 +138,7 @@ for part in $PARTS; do
             *) echo "unknown ablation $key (no_clip, per_token, percentile, acts_only, weights_only," \
                     "hidden_only, full_teacher, joint, epochs2, lat, bf16)" >&2; exit 2 ;;
           esac
-          run="$ROOT/${key}_s$seed"
+          run="$ROOT/${key}${SUFFIX}_s$seed"
           # shellcheck disable=SC2086  # the overrides are separate words
           pipeline "$run" '("teacher","half","ternary")' --config.seed="$seed" $overrides
           record "$run/ternary" "$ABLATION_TABLE/$key/s$seed" "$label"
@@ -137,10 +148,10 @@ for part in $PARTS; do
         "$PY" -m launch.pipeline --config "$BASE" --config.data_dir="$GLUE_DIR" $OVERRIDES --workdir "$run" \
             '--config.pipeline.stages=("teacher","half_pruned","half")' \
             --config.stages.teacher.checkpoint="$ROOT/base/teacher/$teacher" --config.seed="$seed"
-        record "$run/half" "$SEED_TABLE/half/s$seed" ;;
+        record "$run/half" "$HALF_TABLE/half/s$seed" ;;
       adaptive)
         [ "$seed" = "$first_seed" ] || continue
-        run="$ROOT/w1a${ACT_BITS}_s$seed"
+        run="$ROOT/w1a${ACT_BITS}${SUFFIX}_s$seed"
         pipeline "$run" '("teacher","half","ternary","tws_init","tws","bwn","adaptive_init","adaptive")' \
             --config.seed="$seed"
         record "$run/adaptive" "$SEED_TABLE/adaptive/s$seed" ;;
