@@ -3,8 +3,10 @@
 # half-width model, every finished run recorded under results/ (launch.record) so that README's tables
 # (launch.tables) are rebuilt from them. Parts, in the order they run (PARTS picks and orders them):
 #
-#   seeds     the pipeline's ternary and binary rows per seed: TWN 0.5x, split, TWS 1x, BWN 0.5x
-#             (-> results/<task>_w1a<bits>_seeds/{ternary,tws,bwn}/s<seed>)
+#   seeds     the pipeline's ternary and binary rows per seed: TWN 0.5x, split, TWS 1x, BWN 0.5x,
+#             and with BWN_FULL=1 BWN 1.0x, binarized from the full-width teacher (the papers' pairing
+#             with TWS 1x; twice a BWN 0.5x run's time)
+#             (-> results/<task>_w1a<bits>_seeds/{ternary,tws,bwn,bwn_full}/s<seed>)
 #   ablation  TWN 0.5x with one thing varied (-> results/<task>_quant_ablation/<setting>/s<seed>):
 #               both          W2A8, the pipeline's ternary stage as it is (the seeds part's run)
 #               no_clip       W2A8 without the released code's ±2.5 activation clip: clip_init 1e4,
@@ -42,7 +44,7 @@
 # pipeline config and arg; default the released scripts' hyperparameters on the whole task),
 # OVERRIDES (config overrides for every run, the base included: e.g. the float32 products that
 # README's MRPC W1A8 tables trained with, "--config.matmul_precision=float32 --config.teacher_dtype="),
-# CLIP (the pipeline's activation-clip preset for every quantized stage: released (default), none or
+# BWN_FULL (0; 1 adds BWN 1.0x to the seeds part), CLIP (the pipeline's activation-clip preset for every quantized stage: released (default), none or
 # percentile; any other than released suffixes the run folders and the seed and ablation tables with
 # _clip_<CLIP>, e.g. results/mrpc_w1a8_clip_none_seeds; the half part records to the unsuffixed
 # seed table whatever CLIP is, as the full-precision half-width model has no clip).
@@ -61,6 +63,12 @@ RESULTS=${RESULTS:-results}
 PY=${PYTHON:-.venv/bin/python}
 OVERRIDES=${OVERRIDES:-}
 CLIP=${CLIP:-released}
+BWN_FULL=${BWN_FULL:-0}
+case $BWN_FULL in
+  0) BINARY='"bwn"'; BINARY_STAGES="bwn" ;;
+  1) BINARY='"bwn","bwn_full"'; BINARY_STAGES="bwn bwn_full" ;;
+  *) echo "BWN_FULL is 0 or 1, not $BWN_FULL" >&2; exit 2 ;;
+esac
 BASE=${BASE:-configs/pipeline.py:task=${TASK},full,act_bits=${ACT_BITS},epochs=${EPOCHS},bwn=False,adaptive=False,clip=${CLIP}}
 case $CLIP in
   released) SUFFIX= ;;
@@ -106,8 +114,8 @@ for part in $PARTS; do
     case $part in
       seeds)
         run="$ROOT/w1a${ACT_BITS}${SUFFIX}_s$seed"
-        pipeline "$run" '("teacher","half","ternary","tws_init","tws","bwn")' --config.seed="$seed"
-        for stage in ternary tws bwn; do record "$run/$stage" "$SEED_TABLE/$stage/s$seed"; done ;;
+        pipeline "$run" "(\"teacher\",\"half\",\"ternary\",\"tws_init\",\"tws\",$BINARY)" --config.seed="$seed"
+        for stage in ternary tws $BINARY_STAGES; do record "$run/$stage" "$SEED_TABLE/$stage/s$seed"; done ;;
       ablation)
         run="$ROOT/w1a${ACT_BITS}${SUFFIX}_s$seed"  # "both" is the seeds part's ternary stage
         # (run alone only when that part has not: a pipeline rewrites its report for the stages named)

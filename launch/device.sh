@@ -1,0 +1,87 @@
+#!/usr/bin/env bash
+# Issue 11's part 2 (the seed tables at the released schedule) on a borrowed accelerator machine: one
+# GPU, no network, a copy of this checkout plus the folders a call carries. A 2-core CPU cannot run it
+# in a session; one GPU runs a setting in minutes.
+#
+#   bash launch/device.sh pack [GLUE_DIR]   # here: .device/ (about 50 MiB) with what that machine lacks
+#   bash launch/device.sh part2 SETTING     # there, in the checkout's root, with .device carried
+#   tar xzf FETCHED/part2_SETTING.tgz -C results && .venv/bin/python -m launch.tables   # here again
+#
+# SETTING, one a call (each is sized for one 10-minute command; rerunning on a warm machine resumes):
+#   mrpc_a8   MRPC W1A8, the recommended clip=none preset
+#   mrpc_a4   MRPC W1A4 (LSQ activations, which have no clip to choose)
+#   stsb_a8   STS-B W1A8, clip=none
+#   smoke     the whole path on the embedded SST-2 slice with the tiny pipeline (seconds a stage; what
+#             tests and a CPU can check before device time is spent)
+# Each runs launch/fidelity.sh with the released schedule (EPOCHS 2 a KD stage, the scripts' learning
+# rates), the default bfloat16 products, BWN 1.0x beside BWN 0.5x, seeds 1 2 3, parts seeds, half and
+# adaptive; records go to .device/results/ and are tarred into $OUT/part2_SETTING.tgz (the device
+# tool brings back at most 8 files), the log beside them. EPOCHS, SEEDS, PARTS and PYTHON (python3)
+# override.
+#
+# pack: MiniLM's weights as float16 safetensors (the import reads them back as float32, so this
+# backbone differs from the float32 one by float16 rounding of its weights only, below 1e-3
+# relative), its config and tokenizer; the GLUE tasks above from GLUE_DIR (../shared/data/glue);
+# wheels of the two requirements that machine's Python lacks (ml-collections, tensorboardX).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+DEVICE=.device
+verb=${1:?usage: bash launch/device.sh pack [GLUE_DIR] | part2 SETTING}
+
+case $verb in
+  pack)
+    glue=${2:-../shared/data/glue}
+    PY=${PYTHON:-.venv/bin/python}
+    rm -rf "$DEVICE" && mkdir -p "$DEVICE/minilm" "$DEVICE/glue" "$DEVICE/wheels"
+    "$PY" - "$DEVICE/minilm" <<'EOF'
+import shutil, sys
+import numpy as np
+from safetensors.numpy import load_file, save_file
+from binarybert_jax import assets
+src, dst = assets.minilm_dir(), sys.argv[1]
+weights = load_file(str(src / "model.safetensors"))
+save_file({k: v.astype(np.float16) if v.dtype.kind == "f" else v for k, v in weights.items()},
+          f"{dst}/model.safetensors")
+for name in ("config.json", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
+    if (src / name).is_file():
+        shutil.copy(src / name, dst)
+EOF
+    for task in MRPC STS-B; do cp -r "$glue/$task" "$DEVICE/glue/"; done
+    "$PY" -m pip download -q --no-deps --only-binary=:all: -d "$DEVICE/wheels" \
+        "ml-collections==$("$PY" -c 'import importlib.metadata as m; print(m.version("ml-collections"))')" \
+        "tensorboardX==$("$PY" -c 'import importlib.metadata as m; print(m.version("tensorboardX"))')"
+    du -sh "$DEVICE" ;;
+
+  part2)
+    setting=${2:?give a SETTING: mrpc_a8, mrpc_a4, stsb_a8 or smoke}
+    [ -f "$DEVICE/minilm/model.safetensors" ] || { echo "$DEVICE/minilm is missing: run 'bash launch/device.sh pack' here and carry $DEVICE" >&2; exit 2; }
+    out=${OUT:?OUT: the folder whose files come back}
+    if ! "${PYTHON:-python3}" -c 'import ml_collections, tensorboardX' 2>/dev/null; then
+      "${PYTHON:-python3}" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir \
+          --target /tmp/site "$DEVICE"/wheels/*.whl
+      export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
+    fi
+    export PYTHON=${PYTHON:-python3} RESULTS=$DEVICE/results BWN_FULL=1
+    export EPOCHS=${EPOCHS:-2} SEEDS=${SEEDS:-1 2 3} PARTS=${PARTS:-seeds half adaptive}
+    export OVERRIDES="--config.pretrained=$DEVICE/minilm"
+    glue=$DEVICE/glue
+    case $setting in
+      mrpc_a8) export TASK=mrpc ACT_BITS=8 CLIP=none ;;
+      mrpc_a4) export TASK=mrpc ACT_BITS=4 CLIP=released ;;
+      stsb_a8) export TASK=sts-b ACT_BITS=8 CLIP=none ;;
+      smoke) export TASK=sst-2 ACT_BITS=8 CLIP=none TAG=smoke SEEDS=1 EPOCHS=0 \
+                    BASE="configs/pipeline.py:task=sst-2,tiny,adaptive=False,clip=none"
+             glue=data/glue_slice ;;
+      *) echo "unknown SETTING $setting (mrpc_a8, mrpc_a4, stsb_a8, smoke)" >&2; exit 2 ;;
+    esac
+    export ROOT=runs/device_${setting}
+    set +e
+    bash launch/fidelity.sh "$glue" 2>&1 | tee "$out/part2_$setting.log"
+    status=${PIPESTATUS[0]}
+    set -e
+    # The records made so far come back even when a run failed (rerun to resume the rest).
+    [ -d "$RESULTS" ] && tar czf "$out/part2_$setting.tgz" -C "$RESULTS" .
+    exit "$status" ;;
+
+  *) echo "unknown verb $verb (pack, part2)" >&2; exit 2 ;;
+esac
