@@ -7,7 +7,9 @@
 #   bash launch/device.sh part2 SETTING     # there, in the checkout's root, with .device carried
 #   tar xzf FETCHED/part2_SETTING.tgz -C results && .venv/bin/python -m launch.tables   # here again
 #
-# SETTING, one a call (each is sized for one 10-minute command; rerunning on a warm machine resumes):
+# SETTING, one a call, in the order of the targets (not yet timed on a GPU: a call stopped at
+# its 10-minute limit keeps what it finished, and rerunning on the still-warm machine resumes; the
+# persistent compilation cache, ~/.cache/binarybert_jax/jax there, spares the second call most compiling):
 #   mrpc_a8   MRPC W1A8, the recommended clip=none preset
 #   mrpc_a4   MRPC W1A4 (LSQ activations, which have no clip to choose)
 #   stsb_a8   STS-B W1A8, clip=none
