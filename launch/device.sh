@@ -18,8 +18,8 @@
 # Each runs launch/fidelity.sh with the released schedule (EPOCHS 2 a KD stage, the scripts' learning
 # rates), the default bfloat16 products, BWN 1.0x beside BWN 0.5x, seeds 1 2 3, parts seeds, half and
 # adaptive; records go to .device/results/ and are tarred into $OUT/part2_SETTING.tgz (the device
-# tool brings back at most 8 files), the log beside them. EPOCHS, SEEDS, PARTS and PYTHON (python3)
-# override.
+# tool brings back at most 8 files), the log beside them. EPOCHS, SEEDS, PARTS, PYTHON (python3) and
+# LIMIT (540 seconds, after which the run is stopped resumably) override.
 #
 # pack: MiniLM's weights as float16 safetensors (the import reads them back as float32, so this
 # backbone differs from the float32 one by float16 rounding of its weights only, below 1e-3
@@ -77,12 +77,25 @@ EOF
       *) echo "unknown SETTING $setting (mrpc_a8, mrpc_a4, stsb_a8, smoke)" >&2; exit 2 ;;
     esac
     export ROOT=runs/device_${setting}
-    set +e
-    bash launch/fidelity.sh "$glue" 2>&1 | tee "$out/part2_$setting.log"
-    status=${PIPESTATUS[0]}
-    set -e
-    # The records made so far come back even when a run failed (rerun to resume the rest).
-    [ -d "$RESULTS" ] && tar czf "$out/part2_$setting.tgz" -C "$RESULTS" .
+    log=$out/part2_$setting.log
+    # In its own process group, so that at LIMIT seconds (540: inside the device tool's 600-second
+    # command) SIGINT reaches the training process, which saves a checkpoint and stops (resumable),
+    # and this script still packs what finished before the tool's limit kills everything.
+    set -m
+    bash launch/fidelity.sh "$glue" > "$log" 2>&1 &
+    job=$!
+    set +m
+    deadline=$((SECONDS + ${LIMIT:-540}))
+    while kill -0 "$job" 2>/dev/null && (( SECONDS < deadline )); do sleep 2; done
+    if kill -0 "$job" 2>/dev/null; then
+      echo "part2 $setting: stopping at the ${LIMIT:-540}-second limit (rerun to resume)" | tee -a "$log"
+      kill -INT -- "-$job"
+    fi
+    status=0
+    wait "$job" || status=$?
+    tail -n 40 "$log"
+    # The records made so far come back even when a run failed or was stopped.
+    if [ -d "$RESULTS" ]; then tar czf "$out/part2_$setting.tgz" -C "$RESULTS" .; fi
     exit "$status" ;;
 
   *) echo "unknown verb $verb (pack, part2)" >&2; exit 2 ;;
