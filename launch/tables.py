@@ -19,6 +19,8 @@ A marked section is everything between a line ``<!-- results:NAME [options] -->`
   ``per_seed`` (every seed's value after each mean, in the order of the seeds listed in the
   ``seeds`` column; ``--per-seed`` turns it on everywhere), ``wall`` (a column with the mean wall minutes),
   ``bits`` (a ``W-E-A`` column: the bits of weights, word embedding and activations),
+  ``order=FOLDER,FOLDER,...`` (the rows of the settings recorded in those folders, the ones holding
+  each seed's record as in ``NAME/FOLDER/s<seed>``, first and in that order; the rest after them),
   ``curves=SEED`` (instead of a table: the paper's training curves of the quantized records of
   that seed, drawn from their ``metrics.jsonl`` into ``results/NAME/training_curves_s<SEED>.png``,
   and the image link), ``adaptive`` (instead of a table: the adaptive split's budget and the split
@@ -45,7 +47,7 @@ DEFAULT_RESULTS = common.REPO_ROOT / "results"
 DEFAULT_README = common.REPO_ROOT / "README.md"
 BEGIN = re.compile(r"^(?P<indent>[ \t]*)<!-- results:(?P<name>[\w./+-]+)(?P<options>[^>]*?)\s*-->\s*$")
 END = re.compile(r"^[ \t]*<!-- /results -->\s*$")
-OPTIONS = ("which", "metrics", "per_seed", "wall", "bits", "curves", "adaptive")
+OPTIONS = ("which", "metrics", "per_seed", "wall", "bits", "order", "curves", "adaptive")
 
 
 def load_records(results_dir: pathlib.Path, name: str) -> list[dict]:
@@ -62,6 +64,23 @@ def load_records(results_dir: pathlib.Path, name: str) -> list[dict]:
         records += sorted((checkpoints.read_json(f) for f in files),
                           key=lambda r: (r.get("order", 0), r["name"]))
     return records
+
+
+def order_records(records: list[dict], folders: Sequence[str], where: str) -> list[dict]:
+    """``records`` with those whose record folder (the one holding ``s<seed>``: ``both`` of
+    ``mrpc_quant_ablation/both/s1``) is in ``folders`` first, in that order, the rest after them in
+    their order. A folder that holds none of the records is an error naming it (a typo would
+    otherwise leave a row out of place silently)."""
+    def folder(r: dict) -> str:
+        parts = r["name"].split("/")
+        return parts[-2] if len(parts) >= 2 else ""
+    present = {folder(r) for r in records}
+    missing = [f for f in folders if f not in present]
+    if missing:
+        raise UserError(f"{where}: order names {missing}, which hold none of the table's records; "
+                        f"its folders: {sorted(present)}")
+    rank = {f: i for i, f in enumerate(folders)}
+    return sorted(records, key=lambda r: rank.get(folder(r), len(folders)))  # stable: the rest keep their order
 
 
 def _bits(record: dict) -> str:
@@ -211,7 +230,10 @@ def rebuild(text: str, results_dir: pathlib.Path, per_seed: bool = False, where:
                                  readme_dir or common.REPO_ROOT, draw)
         else:
             metrics = options["metrics"].split(",") if isinstance(options.get("metrics"), str) else None
-            body = render_table(load_records(results_dir, name), options.get("which", "best"), metrics,
+            records = load_records(results_dir, name)
+            if isinstance(options.get("order"), str):
+                records = order_records(records, options["order"].split(","), f"{where}:{start}")
+            body = render_table(records, options.get("which", "best"), metrics,
                                 per_seed=per_seed or bool(options.get("per_seed")),
                                 wall=bool(options.get("wall")), bits=bool(options.get("bits")))
         out += [indent + b for b in body]

@@ -109,6 +109,14 @@ def test_tables_rebuild_marked_sections_from_records(runs, results, tmp_path, ca
     assert rows[0].startswith("| setting | W-E-A | n |")
     assert rows[1].startswith("| another setting | 32-32-32 | 1 |"), rows
     assert rows[2].startswith("| full precision | 32-32-32 | 2 |")
+    # order= puts the named record folders' rows first; a folder holding no record is an error.
+    readme.write_text("<!-- results:other+tiny order=fp -->\n<!-- /results -->\n")
+    assert tables.main(["--readme", str(readme), "--results-dir", str(results)]) == 0
+    rows = [line for line in readme.read_text().splitlines() if line.startswith("| ")]
+    assert rows[1].startswith("| full precision | 2 |") and rows[2].startswith("| another setting | 1 |"), rows
+    readme.write_text("<!-- results:other+tiny order=fp,typo -->\n<!-- /results -->\n")
+    with pytest.raises(ValueError, match="order names \\['typo'\\], which hold none"):
+        tables.main(["--readme", str(readme), "--results-dir", str(results)])
     readme.write_text("<!-- results:tiny+missing -->\n<!-- /results -->\n")
     with pytest.raises(ValueError, match="results:tiny\\+missing, but .*missing holds no record.json"):
         tables.main(["--readme", str(readme), "--results-dir", str(results)])
