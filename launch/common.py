@@ -73,13 +73,21 @@ REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 PROVENANCE_FILE = "provenance.json"
 
 
+# What a run writes into the checkout itself (records, README's rebuilt tables), which says nothing
+# about the code that ran: left out of "dirty", or every run of a sweep after the first that
+# recorded would count as run from modified code.
+NOT_CODE = (":(exclude)results", ":(exclude)*.md")
+
+
 def git_state(root: pathlib.Path = REPO_ROOT) -> dict:
     """``{"git_commit": sha, "git_dirty": bool}`` of the code at ``root`` (dirty: tracked files
-    differ from the commit); both None where ``root`` is not a git checkout or git is missing."""
+    other than ``NOT_CODE``'s differ from the commit); both None where ``root`` is not a git
+    checkout or git is missing."""
     try:
         commit = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True,
                                 text=True, check=True, timeout=30).stdout.strip()
-        status = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+        status = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no",
+                                 "--", ".", *NOT_CODE],
                                 capture_output=True, text=True, check=True, timeout=30).stdout
     except (OSError, subprocess.SubprocessError):
         return {"git_commit": None, "git_dirty": None}

@@ -187,6 +187,25 @@ def test_a_pipeline_stage_is_recorded_under_its_description(runs, tmp_path):
     assert rec["setting"] == "mine"
 
 
+def test_git_state_is_dirty_for_code_not_for_records_or_readme(tmp_path):
+    import subprocess
+    def git(*args):
+        subprocess.run(["git", "-C", str(tmp_path), *args], check=True, capture_output=True)
+    (tmp_path / "results" / "t").mkdir(parents=True)
+    for name in ("code.py", "README.md", "results/t/record.json"):
+        (tmp_path / name).write_text("0\n")
+    git("init", "-q")
+    git("add", ".")
+    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "c")
+    assert common.git_state(tmp_path)["git_dirty"] is False
+    (tmp_path / "README.md").write_text("rebuilt\n")  # what a sweep writes between its runs
+    (tmp_path / "results" / "t" / "record.json").write_text("re-recorded\n")
+    (tmp_path / "untracked.py").write_text("x\n")
+    assert common.git_state(tmp_path)["git_dirty"] is False
+    (tmp_path / "code.py").write_text("1\n")
+    assert common.git_state(tmp_path)["git_dirty"] is True
+
+
 def test_records_name_no_path_of_the_machine(tmp_path):
     root = tmp_path / "checkout"
     rec = {"workdir": str(root / "runs" / "x"), "config": {"data_dir": str(tmp_path / "shared" / "glue"),
