@@ -56,13 +56,6 @@ EOF
 
   part2)
     setting=${2:?give a SETTING: mrpc_a8, mrpc_a4, stsb_a8 or smoke}
-    [ -f "$DEVICE/minilm/model.safetensors" ] || { echo "$DEVICE/minilm is missing: run 'bash launch/device.sh pack' here and carry $DEVICE" >&2; exit 2; }
-    out=${OUT:?OUT: the folder whose files come back}
-    if ! "${PYTHON:-python3}" -c 'import ml_collections, tensorboardX' 2>/dev/null; then
-      "${PYTHON:-python3}" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir \
-          --target /tmp/site "$DEVICE"/wheels/*.whl
-      export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
-    fi
     export PYTHON=${PYTHON:-python3} RESULTS=$DEVICE/results BWN_FULL=1
     export EPOCHS=${EPOCHS:-2} SEEDS=${SEEDS:-1 2 3} PARTS=${PARTS:-seeds half adaptive}
     export OVERRIDES="--config.pretrained=$DEVICE/minilm"
@@ -76,6 +69,13 @@ EOF
              glue=data/glue_slice ;;
       *) echo "unknown SETTING $setting (mrpc_a8, mrpc_a4, stsb_a8, smoke)" >&2; exit 2 ;;
     esac
+    [ -f "$DEVICE/minilm/model.safetensors" ] || { echo "$DEVICE/minilm is missing: run 'bash launch/device.sh pack' here and carry $DEVICE" >&2; exit 2; }
+    out=${OUT:?OUT: the folder whose files come back}
+    if ! "${PYTHON:-python3}" -c 'import ml_collections, tensorboardX' 2>/dev/null; then
+      "${PYTHON:-python3}" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir \
+          --target /tmp/site "$DEVICE"/wheels/*.whl
+      export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
+    fi
     export ROOT=runs/device_${setting}
     log=$out/part2_$setting.log
     # In its own process group, so that at LIMIT seconds (540: inside the device tool's 600-second

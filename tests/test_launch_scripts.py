@@ -53,6 +53,8 @@ def test_tpu_every_worker():
     ("gpu.sh", ["--bogus"], "gpu.sh: unknown option --bogus"),
     ("gpu.sh", ["--main", "x", "--", "a"], "gpu.sh: --main is train or pipeline"),
     ("tpu.sh", ["--tpu", "t", "--", "a"], "tpu.sh: --tpu and --zone are required"),
+    ("device.sh", ["unpack"], "unknown verb unpack (pack, part2)"),
+    ("device.sh", ["part2", "qnli_a8"], "unknown SETTING qnli_a8 (mrpc_a8, mrpc_a4, stsb_a8, smoke)"),
 ])
 def test_bad_options_are_refused(script, args, message):
     run = subprocess.run(["bash", f"launch/{script}", *args], cwd=ROOT, capture_output=True, text=True)
