@@ -44,10 +44,12 @@
 # pipeline config and arg; default the released scripts' hyperparameters on the whole task),
 # OVERRIDES (config overrides for every run, the base included: e.g. the float32 products that
 # README's MRPC W1A8 tables trained with, "--config.matmul_precision=float32 --config.teacher_dtype="),
-# BWN_FULL (0; 1 adds BWN 1.0x to the seeds part), CLIP (the pipeline's activation-clip preset for every quantized stage: released (default), none or
-# percentile; any other than released suffixes the run folders and the seed and ablation tables with
-# _clip_<CLIP>, e.g. results/mrpc_w1a8_clip_none_seeds; the half part records to the unsuffixed
-# seed table whatever CLIP is, as the full-precision half-width model has no clip).
+# BWN_FULL (0; 1 adds BWN 1.0x to the seeds part), CLIP (the pipeline's activation-clip preset for
+# every quantized stage: released (default), none or percentile; any other than released suffixes
+# the run folders and the seed and ablation tables with _clip_<CLIP>, e.g.
+# results/mrpc_w1a8_clip_none_seeds; the half part records to the unsuffixed seed table whatever
+# CLIP is, as the full-precision half-width model has no clip). launch/device.sh runs this script
+# on a GPU machine at the released schedule.
 # Rerunning resumes: finished stages are skipped, finished runs recorded again (the same records).
 set -euo pipefail
 GLUE_DIR=${1:?usage: bash launch/fidelity.sh GLUE_DIR}
