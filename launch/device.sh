@@ -71,8 +71,8 @@ EOF
     esac
     [ -f "$DEVICE/minilm/model.safetensors" ] || { echo "$DEVICE/minilm is missing: run 'bash launch/device.sh pack' here and carry $DEVICE" >&2; exit 2; }
     out=${OUT:?OUT: the folder whose files come back}
-    if ! "${PYTHON:-python3}" -c 'import ml_collections, tensorboardX' 2>/dev/null; then
-      "${PYTHON:-python3}" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir \
+    if ! "$PYTHON" -c 'import ml_collections, tensorboardX' 2>/dev/null; then
+      "$PYTHON" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir \
           --target /tmp/site "$DEVICE"/wheels/*.whl
       export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
     fi
