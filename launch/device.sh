@@ -56,7 +56,7 @@ EOF
 
   part2)
     setting=${2:?give a SETTING: mrpc_a8, mrpc_a4, stsb_a8 or smoke}
-    export PYTHON=${PYTHON:-python3} RESULTS=$DEVICE/results BWN_FULL=1
+    export PYTHON=${PYTHON:-python3} RESULTS=$DEVICE/results BINARY="bwn bwn_full"
     export EPOCHS=${EPOCHS:-2} SEEDS=${SEEDS:-1 2 3} PARTS=${PARTS:-seeds half adaptive}
     export OVERRIDES="--config.pretrained=$DEVICE/minilm"
     glue=$DEVICE/glue

@@ -3,9 +3,9 @@
 # half-width model, every finished run recorded under results/ (launch.record) so that README's tables
 # (launch.tables) are rebuilt from them. Parts, in the order they run (PARTS picks and orders them):
 #
-#   seeds     the pipeline's ternary and binary rows per seed: TWN 0.5x, split, TWS 1x, BWN 0.5x,
-#             and with BWN_FULL=1 BWN 1.0x, binarized from the full-width teacher (the papers' pairing
-#             with TWS 1x; twice a BWN 0.5x run's time)
+#   seeds     the pipeline's ternary and binary rows per seed: TWN 0.5x, split, TWS 1x, and the
+#             binary baselines BINARY names: BWN 0.5x (bwn) and/or BWN 1.0x (bwn_full), binarized
+#             from the full-width teacher (the papers' pairing with TWS 1x)
 #             (-> results/<task>_w1a<bits>_seeds/{ternary,tws,bwn,bwn_full}/s<seed>)
 #   ablation  TWN 0.5x with one thing varied (-> results/<task>_quant_ablation/<setting>/s<seed>):
 #               both          W2A8, the pipeline's ternary stage as it is (the seeds part's run)
@@ -44,7 +44,10 @@
 # pipeline config and arg; default the released scripts' hyperparameters on the whole task),
 # OVERRIDES (config overrides for every run, the base included: e.g. the float32 products that
 # README's MRPC W1A8 tables trained with, "--config.matmul_precision=float32 --config.teacher_dtype="),
-# BWN_FULL (0; 1 adds BWN 1.0x to the seeds part), CLIP (the pipeline's activation-clip preset for
+# BINARY ("bwn"; the seeds part's binary baselines, words among bwn and bwn_full), BASE_DIR (the
+# finished teacher and half-width model to start from, default ROOT/base, trained here when missing;
+# another root's base is only read, e.g. a float32 base under bfloat16 runs: the full-precision
+# stages' products do not use matmul_precision), CLIP (the pipeline's activation-clip preset for
 # every quantized stage: released (default), none or percentile; any other than released suffixes
 # the run folders and the seed and ablation tables with _clip_<CLIP>, e.g.
 # results/mrpc_w1a8_clip_none_seeds; the half part records to the unsuffixed seed table whatever
@@ -65,12 +68,15 @@ RESULTS=${RESULTS:-results}
 PY=${PYTHON:-.venv/bin/python}
 OVERRIDES=${OVERRIDES:-}
 CLIP=${CLIP:-released}
-BWN_FULL=${BWN_FULL:-0}
-case $BWN_FULL in
-  0) BINARY='"bwn"'; BINARY_STAGES="bwn" ;;
-  1) BINARY='"bwn","bwn_full"'; BINARY_STAGES="bwn bwn_full" ;;
-  *) echo "BWN_FULL is 0 or 1, not $BWN_FULL" >&2; exit 2 ;;
-esac
+BINARY=${BINARY:-bwn}
+binary_stages=""  # BINARY as the pipeline's tuple items: "bwn","bwn_full"
+for stage in $BINARY; do
+  case $stage in
+    bwn|bwn_full) binary_stages="$binary_stages,\"$stage\"" ;;
+    *) echo "unknown BINARY stage $stage (bwn, bwn_full)" >&2; exit 2 ;;
+  esac
+done
+BASE_DIR=${BASE_DIR:-$ROOT/base}
 BASE=${BASE:-configs/pipeline.py:task=${TASK},full,act_bits=${ACT_BITS},epochs=${EPOCHS},bwn=False,adaptive=False,clip=${CLIP}}
 case $CLIP in
   released) SUFFIX= ;;
@@ -86,8 +92,8 @@ pipeline() {  # pipeline WORKDIR STAGES [OVERRIDES...]: the base config from the
   shift 2
   "$PY" -m launch.pipeline --config "$BASE" --config.data_dir="$GLUE_DIR" $OVERRIDES --workdir "$workdir" \
       "--config.pipeline.stages=$stages" \
-      --config.stages.teacher.checkpoint="$ROOT/base/teacher/$teacher" \
-      --config.stages.half.checkpoint="$ROOT/base/half/$half" --config.stages.half.init= "$@"
+      --config.stages.teacher.checkpoint="$BASE_DIR/teacher/$teacher" \
+      --config.stages.half.checkpoint="$BASE_DIR/half/$half" --config.stages.half.init= "$@"
 }
 record() {  # record STAGE_DIR NAME [SETTING]
   if [ $# -gt 2 ]; then
@@ -100,15 +106,21 @@ ternary() {  # ternary EXPR: EXPR of the base config's ternary stage (e1, e2 epo
   "$PY" -c 'import json, sys; t = json.load(open(sys.argv[1]))["stages"]["ternary"]
 print(eval(sys.argv[2], {"e1": t["stage1"]["epochs"], "e2": t["stage2"]["epochs"],
                          "lr1": t["stage1"]["learning_rate"], "lr2": t["stage2"]["learning_rate"]}))' \
-      "$ROOT/base/pipeline_config.json" "$1"
+      "$BASE_DIR/pipeline_config.json" "$1"
 }
 best() { "$PY" -c 'import json,sys; print(json.load(open(sys.argv[1]))["best_checkpoint"])' "$1/results.json"; }
 
 # The teacher and the half-width model, once (the pipeline's first three stages, its own seed).
-"$PY" -m launch.pipeline --config "$BASE" --config.data_dir="$GLUE_DIR" $OVERRIDES --workdir "$ROOT/base" \
-    '--config.pipeline.stages=("teacher","half_pruned","half")'
-teacher=$(best "$ROOT/base/teacher")
-half=$(best "$ROOT/base/half")
+if [ "$BASE_DIR" = "$ROOT/base" ]; then
+  "$PY" -m launch.pipeline --config "$BASE" --config.data_dir="$GLUE_DIR" $OVERRIDES --workdir "$BASE_DIR" \
+      '--config.pipeline.stages=("teacher","half_pruned","half")'
+elif [ ! -f "$BASE_DIR/half/results.json" ]; then
+  echo "BASE_DIR $BASE_DIR holds no finished half-width model (half/results.json); train it with" \
+       "the ROOT it belongs to, or leave BASE_DIR unset" >&2
+  exit 2
+fi
+teacher=$(best "$BASE_DIR/teacher")
+half=$(best "$BASE_DIR/half")
 first_seed=${SEEDS%% *}
 
 for part in $PARTS; do
@@ -116,8 +128,8 @@ for part in $PARTS; do
     case $part in
       seeds)
         run="$ROOT/w1a${ACT_BITS}${SUFFIX}_s$seed"
-        pipeline "$run" "(\"teacher\",\"half\",\"ternary\",\"tws_init\",\"tws\",$BINARY)" --config.seed="$seed"
-        for stage in ternary tws $BINARY_STAGES; do record "$run/$stage" "$SEED_TABLE/$stage/s$seed"; done ;;
+        pipeline "$run" "(\"teacher\",\"half\",\"ternary\",\"tws_init\",\"tws\"$binary_stages)" --config.seed="$seed"
+        for stage in ternary tws $BINARY; do record "$run/$stage" "$SEED_TABLE/$stage/s$seed"; done ;;
       ablation)
         run="$ROOT/w1a${ACT_BITS}${SUFFIX}_s$seed"  # "both" is the seeds part's ternary stage
         # (run alone only when that part has not: a pipeline rewrites its report for the stages named)
@@ -157,7 +169,7 @@ for part in $PARTS; do
         run="$ROOT/half_s$seed"  # the half-width stage itself at this seed, from the same teacher
         "$PY" -m launch.pipeline --config "$BASE" --config.data_dir="$GLUE_DIR" $OVERRIDES --workdir "$run" \
             '--config.pipeline.stages=("teacher","half_pruned","half")' \
-            --config.stages.teacher.checkpoint="$ROOT/base/teacher/$teacher" --config.seed="$seed"
+            --config.stages.teacher.checkpoint="$BASE_DIR/teacher/$teacher" --config.seed="$seed"
         record "$run/half" "$HALF_TABLE/half/s$seed" ;;
       adaptive)
         [ "$seed" = "$first_seed" ] || continue
