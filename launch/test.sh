@@ -2,10 +2,15 @@
 # Runs the test suite on the CPU (XLA_FLAGS, unless set: tests/conftest.py's), in .venv, in
 # TEST_WORKERS processes (default 2, pytest-xdist; TEST_WORKERS=0 runs in this process). Tests
 # are compile-bound and XLA compiles on one thread, so a second worker keeps the second core busy.
-# Extra arguments go to pytest: bash launch/test.sh -k bitwise
+# Extra arguments go to pytest: bash launch/test.sh -k bitwise; naming test files or folders runs
+# just those (bash launch/test.sh tests/test_records.py), otherwise the whole of tests/.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export JAX_PLATFORMS=cpu
 py=python
 [ -x .venv/bin/python ] && py=.venv/bin/python
-exec "$py" -m pytest tests -q -p no:cacheprovider --numprocesses="${TEST_WORKERS:-2}" "$@"
+paths=tests
+for arg in "$@"; do
+  case $arg in tests|tests/*) paths= ;; esac
+done
+exec "$py" -m pytest $paths -q -p no:cacheprovider --numprocesses="${TEST_WORKERS:-2}" "$@"
