@@ -44,7 +44,8 @@
 # pipeline config and arg; default the released scripts' hyperparameters on the whole task),
 # OVERRIDES (config overrides for every run, the base included: e.g. the float32 products that
 # README's MRPC W1A8 tables trained with, "--config.matmul_precision=float32 --config.teacher_dtype="),
-# BINARY ("bwn"; the seeds part's binary baselines, words among bwn and bwn_full), BASE_DIR (the
+# BINARY ("bwn"; the seeds part's binary baselines, words among bwn and bwn_full; empty: none, TWN
+# and TWS only), BASE_DIR (the
 # finished teacher and half-width model to start from, default ROOT/base, trained here when missing;
 # another root's base is only read, e.g. a float32 base under bfloat16 runs: the full-precision
 # stages' products do not use matmul_precision), CLIP (the pipeline's activation-clip preset for
@@ -68,7 +69,7 @@ RESULTS=${RESULTS:-results}
 PY=${PYTHON:-.venv/bin/python}
 OVERRIDES=${OVERRIDES:-}
 CLIP=${CLIP:-released}
-BINARY=${BINARY:-bwn}
+BINARY=${BINARY-bwn}  # set but empty: no binary baseline
 binary_stages=""  # BINARY as the pipeline's tuple items: "bwn","bwn_full"
 for stage in $BINARY; do
   case $stage in
