@@ -76,7 +76,12 @@ class Interrupted(Exception):
 
 class _StopSignals:
     """While active, the first SIGINT/SIGTERM only sets ``received`` (the loop checkpoints and
-    stops at the end of the step); a second SIGINT exits at once."""
+    stops at the end of the step); a second SIGINT exits at once.
+
+    "At once" is the default SIGINT action, delivered again: not a KeyboardInterrupt, which Python
+    swallows when the handler happens to run inside a callback (e.g. XLA's gc callback while a
+    compile is in flight) and which ``except`` clauses can catch. Nothing written is lost by it:
+    checkpoints are committed by a rename, and the workdir lock is an ``flock`` the OS releases."""
 
     def __init__(self):
         self.received: Optional[int] = None
@@ -85,7 +90,8 @@ class _StopSignals:
     def _handle(self, signum, frame):
         if self.received is not None and signum == signal.SIGINT:
             signal.signal(signal.SIGINT, signal.SIG_DFL)
-            raise KeyboardInterrupt
+            os.kill(os.getpid(), signal.SIGINT)
+            return
         self.received = signum
         log.warning("%s received: saving a checkpoint after this step (Ctrl-C again to exit at once)",
                     signal.Signals(signum).name)

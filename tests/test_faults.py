@@ -211,6 +211,29 @@ def test_sigint_saves_a_checkpoint_and_exits_130_then_the_rerun_resumes(tmp_path
     assert not (tmp_path / "finetune" / "final").exists()
 
 
+def test_a_second_sigint_exits_at_once_even_where_keyboardinterrupt_would_be_caught():
+    # A KeyboardInterrupt raised by the handler can be swallowed (a handler running inside XLA's gc
+    # callback during a compile, an ``except`` in library code): the second Ctrl-C must not be.
+    code = """if True:
+        import os, signal, sys
+        from binarybert_jax import train
+        with train._StopSignals() as stop:
+            os.kill(os.getpid(), signal.SIGINT)
+            assert stop.received == signal.SIGINT, stop.received  # the first one is only recorded
+            try:
+                os.kill(os.getpid(), signal.SIGINT)
+                sum(range(1000))
+            except KeyboardInterrupt:
+                print("caught")
+        print("survived")
+    """
+    env = dict(os.environ, JAX_PLATFORMS="cpu")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == -signal.SIGINT, (proc.returncode, proc.stdout, proc.stderr)
+    assert "caught" not in proc.stdout and "survived" not in proc.stdout
+
+
 def test_an_sts_b_score_outside_0_to_5_names_the_row(tmp_path):
     from binarybert_jax.data import glue
     rows = ["index\tgenre\tfilename\tyear\told_index\tsource1\tsource2\tsentence1\tsentence2\tscore",
