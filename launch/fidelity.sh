@@ -45,10 +45,9 @@
 # OVERRIDES (config overrides for every run, the base included: e.g. the float32 products that
 # README's MRPC W1A8 tables trained with, "--config.matmul_precision=float32 --config.teacher_dtype="),
 # BINARY ("bwn"; the seeds part's binary baselines, words among bwn and bwn_full; empty: none, TWN
-# and TWS only), BASE_DIR (the
-# finished teacher and half-width model to start from, default ROOT/base, trained here when missing;
-# another root's base is only read, e.g. a float32 base under bfloat16 runs: the full-precision
-# stages' products do not use matmul_precision), CLIP (the pipeline's activation-clip preset for
+# and TWS only), BASE_DIR (the finished teacher and half-width model to start from, default
+# ROOT/base, trained here when missing; another root's base is only read, e.g. a float32 base under
+# bfloat16 runs: the full-precision stages' products do not use matmul_precision), CLIP (the pipeline's activation-clip preset for
 # every quantized stage: released (default), none or percentile; any other than released suffixes
 # the run folders and the seed and ablation tables with _clip_<CLIP>, e.g.
 # results/mrpc_w1a8_clip_none_seeds; the half part records to the unsuffixed seed table whatever
@@ -103,11 +102,12 @@ record() {  # record STAGE_DIR NAME [SETTING]
     "$PY" -m launch.record "$1" --name "$2" --results-dir "$RESULTS"
   fi
 }
-ternary() {  # ternary EXPR: EXPR of the base config's ternary stage (e1, e2 epochs; lr1, lr2)
+ternary() {  # ternary EXPR: EXPR of the "both" run's ternary stage (e1, e2 epochs; lr1, lr2), i.e.
+  # of this script's BASE and OVERRIDES (not of BASE_DIR's config, which may be another root's)
   "$PY" -c 'import json, sys; t = json.load(open(sys.argv[1]))["stages"]["ternary"]
 print(eval(sys.argv[2], {"e1": t["stage1"]["epochs"], "e2": t["stage2"]["epochs"],
                          "lr1": t["stage1"]["learning_rate"], "lr2": t["stage2"]["learning_rate"]}))' \
-      "$BASE_DIR/pipeline_config.json" "$1"
+      "$both/pipeline_config.json" "$1"
 }
 best() { "$PY" -c 'import json,sys; print(json.load(open(sys.argv[1]))["best_checkpoint"])' "$1/results.json"; }
 
@@ -132,10 +132,10 @@ for part in $PARTS; do
         pipeline "$run" "(\"teacher\",\"half\",\"ternary\",\"tws_init\",\"tws\"$binary_stages)" --config.seed="$seed"
         for stage in ternary tws $BINARY; do record "$run/$stage" "$SEED_TABLE/$stage/s$seed"; done ;;
       ablation)
-        run="$ROOT/w1a${ACT_BITS}${SUFFIX}_s$seed"  # "both" is the seeds part's ternary stage
+        both="$ROOT/w1a${ACT_BITS}${SUFFIX}_s$seed"  # "both" is the seeds part's ternary stage
         # (run alone only when that part has not: a pipeline rewrites its report for the stages named)
-        [ -f "$run/ternary/results.json" ] || pipeline "$run" '("teacher","half","ternary")' --config.seed="$seed"
-        record "$run/ternary" "$ABLATION_TABLE/both/s$seed" "TWN 0.5× W2A${ACT_BITS} (weights and activations)"
+        [ -f "$both/ternary/results.json" ] || pipeline "$both" '("teacher","half","ternary")' --config.seed="$seed"
+        record "$both/ternary" "$ABLATION_TABLE/both/s$seed" "TWN 0.5× W2A${ACT_BITS} (weights and activations)"
         t=--config.stages.ternary
         q=$t.student.quant
         for key in $ABLATIONS; do
