@@ -47,12 +47,12 @@
 # BINARY ("bwn"; the seeds part's binary baselines, words among bwn and bwn_full; empty: none, TWN
 # and TWS only), BASE_DIR (the finished teacher and half-width model to start from, default
 # ROOT/base, trained here when missing; another root's base is only read, e.g. a float32 base under
-# bfloat16 runs: the full-precision stages' products do not use matmul_precision), CLIP (the pipeline's activation-clip preset for
-# every quantized stage: released (default), none or percentile; any other than released suffixes
-# the run folders and the seed and ablation tables with _clip_<CLIP>, e.g.
-# results/mrpc_w1a8_clip_none_seeds; the half part records to the unsuffixed seed table whatever
-# CLIP is, as the full-precision half-width model has no clip). launch/device.sh runs this script
-# on a GPU machine at the released schedule.
+# bfloat16 runs: the full-precision stages' products do not use matmul_precision), CLIP (the
+# pipeline's activation-clip preset for every quantized stage: released (default), none or
+# percentile; any other than released suffixes the run folders and the seed and ablation tables
+# with _clip_<CLIP>, e.g. results/mrpc_w1a8_clip_none_seeds; the half part records to the
+# unsuffixed seed table whatever CLIP is, as the full-precision half-width model has no clip).
+# launch/device.sh runs this script on a GPU machine at the released schedule.
 # Rerunning resumes: finished stages are skipped, finished runs recorded again (the same records).
 set -euo pipefail
 GLUE_DIR=${1:?usage: bash launch/fidelity.sh GLUE_DIR}
