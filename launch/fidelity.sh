@@ -50,7 +50,8 @@
 # bfloat16 runs: the full-precision stages' products do not use matmul_precision), CLIP (the
 # pipeline's activation-clip preset for every quantized stage: released (default), none or
 # percentile; any other than released suffixes the run folders and the seed and ablation tables
-# with _clip_<CLIP>, e.g. results/mrpc_w1a8_clip_none_seeds; the half part records to the
+# with _clip_<CLIP>, e.g. results/mrpc_w1a8_clip_none_seeds, and names the preset in the ablation
+# rows' settings, which a table can then set beside the released clip's; the half part records to the
 # unsuffixed seed table whatever CLIP is, as the full-precision half-width model has no clip).
 # launch/device.sh runs this script on a GPU machine at the released schedule.
 # Rerunning resumes: finished stages are skipped, finished runs recorded again (the same records).
@@ -76,11 +77,13 @@ for stage in $BINARY; do
     *) echo "unknown BINARY stage $stage (bwn, bwn_full)" >&2; exit 2 ;;
   esac
 done
+# The seeds part's stages, as the pipeline's tuple items (the adaptive part runs them before its own)
+seed_stages="\"teacher\",\"half\",\"ternary\",\"tws_init\",\"tws\"$binary_stages"
 BASE_DIR=${BASE_DIR:-$ROOT/base}
 BASE=${BASE:-configs/pipeline.py:task=${TASK},full,act_bits=${ACT_BITS},epochs=${EPOCHS},bwn=False,adaptive=False,clip=${CLIP}}
 case $CLIP in
-  released) SUFFIX= ;;
-  none|percentile) SUFFIX=_clip_$CLIP ;;
+  released) SUFFIX= CLIP_LABEL= ;;
+  none|percentile) SUFFIX=_clip_$CLIP CLIP_LABEL=", on the clip=$CLIP preset" ;;
   *) echo "unknown CLIP $CLIP (released, none, percentile)" >&2; exit 2 ;;
 esac
 HALF_TABLE="${TAG}_w1a${ACT_BITS}_seeds"
@@ -129,13 +132,13 @@ for part in $PARTS; do
     case $part in
       seeds)
         run="$ROOT/w1a${ACT_BITS}${SUFFIX}_s$seed"
-        pipeline "$run" "(\"teacher\",\"half\",\"ternary\",\"tws_init\",\"tws\"$binary_stages)" --config.seed="$seed"
+        pipeline "$run" "($seed_stages)" --config.seed="$seed"
         for stage in ternary tws $BINARY; do record "$run/$stage" "$SEED_TABLE/$stage/s$seed"; done ;;
       ablation)
         both="$ROOT/w1a${ACT_BITS}${SUFFIX}_s$seed"  # "both" is the seeds part's ternary stage
         # (run alone only when that part has not: a pipeline rewrites its report for the stages named)
         [ -f "$both/ternary/results.json" ] || pipeline "$both" '("teacher","half","ternary")' --config.seed="$seed"
-        record "$both/ternary" "$ABLATION_TABLE/both/s$seed" "TWN 0.5× W2A${ACT_BITS} (weights and activations)"
+        record "$both/ternary" "$ABLATION_TABLE/both/s$seed" "TWN 0.5× W2A${ACT_BITS} (weights and activations)$CLIP_LABEL"
         t=--config.stages.ternary
         q=$t.student.quant
         for key in $ABLATIONS; do
@@ -164,7 +167,7 @@ for part in $PARTS; do
           run="$ROOT/${key}${SUFFIX}_s$seed"
           # shellcheck disable=SC2086  # the overrides are separate words
           pipeline "$run" '("teacher","half","ternary")' --config.seed="$seed" $overrides
-          record "$run/ternary" "$ABLATION_TABLE/$key/s$seed" "$label"
+          record "$run/ternary" "$ABLATION_TABLE/$key/s$seed" "$label$CLIP_LABEL"
         done ;;
       half)
         run="$ROOT/half_s$seed"  # the half-width stage itself at this seed, from the same teacher
@@ -175,8 +178,8 @@ for part in $PARTS; do
       adaptive)
         [ "$seed" = "$first_seed" ] || continue
         run="$ROOT/w1a${ACT_BITS}${SUFFIX}_s$seed"
-        pipeline "$run" '("teacher","half","ternary","tws_init","tws","bwn","adaptive_init","adaptive")' \
-            --config.seed="$seed"
+        # the seeds part's stages (finished there, so skipped), then the adaptive split
+        pipeline "$run" "(${seed_stages},\"adaptive_init\",\"adaptive\")" --config.seed="$seed"
         record "$run/adaptive" "$SEED_TABLE/adaptive/s$seed" ;;
       *) echo "unknown part $part (seeds, ablation, half, adaptive)" >&2; exit 2 ;;
     esac
