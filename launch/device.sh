@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Issue 11's part 2 (the seed tables at the released schedule) on a borrowed accelerator machine: one
-# GPU, no network, a copy of this checkout plus the folders a call carries. A 2-core CPU cannot run it
-# in a session; one GPU runs a setting in minutes.
+# GPU, no network, a copy of this checkout plus the folders a call carries. A 2-core CPU takes half an
+# hour or more a seed (README's MRPC tables at 2 epochs); one GPU should run a setting in minutes.
 #
 #   bash launch/device.sh pack [GLUE_DIR]   # here: .device/ (about 50 MiB) with what that machine lacks
 #   bash launch/device.sh part2 SETTING     # there, in the checkout's root, with .device carried
@@ -10,14 +10,16 @@
 # SETTING, one a call, in the order of the issue's targets (not yet timed on a GPU: a call stopped at
 # its 10-minute limit keeps what it finished, and rerunning on the still-warm machine resumes; the
 # persistent compilation cache, ~/.cache/binarybert_jax/jax there, spares the second call most compiling):
-#   mrpc_a8   MRPC W1A8, the recommended clip=none preset
+#   mrpc_a8   MRPC W1A8, the released clip (at 2 epochs a stage clip=none gains nothing: README's
+#             clip x epochs table)
 #   mrpc_a4   MRPC W1A4 (LSQ activations, which have no clip to choose)
-#   stsb_a8   STS-B W1A8, clip=none
+#   stsb_a8   STS-B W1A8, the released clip
 #   smoke     the whole path on the embedded SST-2 slice with the tiny pipeline (seconds a stage; what
 #             tests and a CPU can check before device time is spent)
 # Each runs launch/fidelity.sh with the released schedule (EPOCHS 2 a KD stage, the scripts' learning
 # rates), the default bfloat16 products, BWN 1.0x beside BWN 0.5x, seeds 1 2 3, parts seeds, half and
-# adaptive; records go to .device/results/ and are tarred into $OUT/part2_SETTING.tgz (the device
+# adaptive; records go to .device/results/<task>_device_e<EPOCHS>_... (their own tables: these runs
+# train their own teacher and half-width model) and are tarred into $OUT/part2_SETTING.tgz (the device
 # tool brings back at most 8 files), the log beside them. EPOCHS, SEEDS, PARTS, PYTHON (python3) and
 # LIMIT (540 seconds, after which the run is stopped resumably) override.
 #
@@ -61,14 +63,15 @@ EOF
     export OVERRIDES="--config.pretrained=$DEVICE/minilm"
     glue=$DEVICE/glue
     case $setting in
-      mrpc_a8) export TASK=mrpc ACT_BITS=8 CLIP=none ;;
+      mrpc_a8) export TASK=mrpc ACT_BITS=8 CLIP=released ;;
       mrpc_a4) export TASK=mrpc ACT_BITS=4 CLIP=released ;;
-      stsb_a8) export TASK=sts-b ACT_BITS=8 CLIP=none ;;
+      stsb_a8) export TASK=sts-b ACT_BITS=8 CLIP=released ;;
       smoke) export TASK=sst-2 ACT_BITS=8 CLIP=none TAG=smoke SEEDS=1 EPOCHS=0 \
                     BASE="configs/pipeline.py:task=sst-2,tiny,adaptive=False,clip=none"
              glue=data/glue_slice ;;
       *) echo "unknown SETTING $setting (mrpc_a8, mrpc_a4, stsb_a8, smoke)" >&2; exit 2 ;;
     esac
+    export TAG=${TAG:-${TASK}_device_e${EPOCHS}}  # not the CPU tables' folders (another teacher)
     [ -f "$DEVICE/minilm/model.safetensors" ] || { echo "$DEVICE/minilm is missing: run 'bash launch/device.sh pack' here and carry $DEVICE" >&2; exit 2; }
     out=${OUT:?OUT: the folder whose files come back}
     if ! "$PYTHON" -c 'import ml_collections, tensorboardX' 2>/dev/null; then
