@@ -30,7 +30,7 @@ measures products and model against float32.
 
 Exactness: every integer is exact, and the float operations are the model's own, in its order
 (the same Flax LayerNorm and Dense, scale then bias; GELU's sign exactly as the model's ``activation('gelu') >= 0``
-gives it, every float32 checked in the tests). The logits therefore equal
+gives it, every negative float32 checked in the tests). The logits therefore equal
 the simulated float forward's, with one place where float order could differ: the reductions
 inside LayerNorm (mean and variance over the hidden size), which XLA compiles separately in the
 two programs and could in principle sum in another order (the tests find them equal on MiniLM).
@@ -186,8 +186,9 @@ def gelu_sign_bounds(backend: str) -> Optional[tuple[float, float]]:
     ≥ 0): x just below zero, where x·Φ(x) flushes to zero, and the far tail, where erf rounds to
     exactly −1. Both are runs of consecutive floats, so the sign is ``x >= low or −inf < x <= high``;
     the bounds are read off this backend's own GELU inside two windows (``_LOW_WINDOW``,
-    ``_HIGH_WINDOW``; every float32 is checked in the tests on the CPU). Returns None where GELU
-    does not have that form inside the windows (the forward then computes GELU itself).
+    ``_HIGH_WINDOW``; the tests check every negative float32 on the CPU, and a sample of the
+    positive ones, where GELU is x·Φ(x) ≥ 0). Returns None where GELU does not have that form
+    inside the windows (the forward then computes GELU itself).
     """
     device = jax.devices(backend)[0]
     found = []

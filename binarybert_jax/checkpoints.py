@@ -23,10 +23,14 @@ A *model checkpoint* is a directory::
                        second moments of its kernels, ``model.LAT_DIAG``); ``load_lat_diag``
     <dir>/model.json   {"format": "binarybert-jax/model", "version": 1, "spec": ModelSpec, "info": {...}}
 
-written to a temporary sibling and renamed into place, so a crash never leaves a half-written
-checkpoint under the final name. On a remote workdir, where a directory "rename" copies every
-object, it is written in place with ``model.json`` last: a checkpoint without it is incomplete and
-is neither loaded nor taken for a finished phase.
+written complete, ``model.json`` last, to the sibling ``<dir>.tmp`` and then put in place of the
+old one (locally two renames, the old one through ``<dir>.old``; on a remote workdir, where a
+directory "rename" copies every object, the old one is removed and the new one copied, again
+``model.json`` last). A directory without ``model.json`` is incomplete. So a crash at any point of
+a save leaves one complete checkpoint: ``<dir>`` itself, or, in the moments when it is missing or
+half-copied, ``<dir>.tmp`` (the new one) or ``<dir>.old`` (the one it replaces). Readers take the
+first of the three that is complete (``complete_copy``), and the next save of ``<dir>`` puts it back
+in place before it writes, so a crashed run's best model is never lost.
 """
 
 from __future__ import annotations
@@ -146,15 +150,44 @@ def write_figure(path: str | os.PathLike, fig, dpi: int = 120) -> None:
         _atomic_write(path, buf.getvalue())
 
 
+def _siblings(final: epath.Path) -> tuple[epath.Path, epath.Path]:
+    """A model checkpoint's save sibling (the new copy being written) and its old copy."""
+    return final.with_name(final.name + ".tmp"), final.with_name(final.name + ".old")
+
+
+def complete_copy(directory: str | os.PathLike) -> Optional[epath.Path]:
+    """Where the model checkpoint ``directory`` is complete: ``directory`` itself or, when a save
+    was interrupted while it was missing or half-copied, the copy that save left (``<dir>.tmp``, the
+    newer, then ``<dir>.old``); None when there is none."""
+    final = as_path(directory)
+    tmp, old = _siblings(final)
+    for candidate in (final, tmp, old):
+        if (candidate / "model.json").is_file():
+            return candidate
+    return None
+
+
+def _restore_interrupted_save(final: epath.Path) -> None:
+    """Puts the complete copy an interrupted save left back at ``final`` (process 0)."""
+    copy = complete_copy(final)
+    if copy is None or copy == final:
+        return
+    log.warning("model checkpoint %s was left incomplete by an interrupted save; restoring it from %s",
+                final, copy)
+    if final.exists():
+        final.rmtree()
+    _move(copy, final)
+
+
 def save_model(directory: str | os.PathLike, params: Any, spec: ModelSpec,
                info: Optional[dict] = None, lat_diag: Optional[Any] = None) -> epath.Path:
-    """Writes a model checkpoint atomically; replaces an existing one at ``directory``.
+    """Writes a model checkpoint; replaces an existing one at ``directory`` with no moment in
+    which a crash leaves neither (the module docstring says how).
 
     Call it on every process with the same arguments (Orbax's save is collective).
 
     Args:
-      directory: target directory, local or remote (``gs://...``: written in place, ``model.json``
-        last, see the module docstring).
+      directory: target directory, local or remote (``gs://...``).
       params: the model's ``params`` tree.
       spec: how to rebuild the model.
       info: free-form JSON metadata (stage, task, metrics, source checkpoint...).
@@ -162,14 +195,12 @@ def save_model(directory: str | os.PathLike, params: Any, spec: ModelSpec,
         that evaluation, prediction and export quantize as training did; None for other models.
     """
     final = absolute(directory)
-    remote = is_remote(final)
-    target = final if remote else final.with_name(final.name + ".tmp")
+    target, old = _siblings(final)
     if is_writer():
-        if remote and final.exists():
-            (final / "model.json").unlink(missing_ok=True)  # first: what is left is incomplete
-            final.rmtree()
-        elif target.exists():
-            target.rmtree()  # a save that died before its rename; never the checkpoint itself
+        _restore_interrupted_save(final)  # before its siblings, which may hold the only copy, go
+        for leftover in (target, old):
+            if leftover.exists():
+                leftover.rmtree()
         target.mkdir(parents=True, exist_ok=True)
     sync(f"save_model:start:{final}")
     save_params(target / "params", params)
@@ -179,24 +210,33 @@ def save_model(directory: str | os.PathLike, params: Any, spec: ModelSpec,
         meta = {"format": MODEL_FORMAT, "version": MODEL_FORMAT_VERSION, "spec": spec.to_dict(),
                 "info": info or {}}
         (target / "model.json").write_text(json.dumps(meta, indent=2, sort_keys=True))
-        if not remote and final.exists():
-            old = final.with_name(final.name + ".old")
+        if is_remote(final):
+            if final.exists():
+                (final / "model.json").unlink(missing_ok=True)  # first: what is left is incomplete
+                final.rmtree()
+            _move(target, final)  # model.json last: complete only once every file is in place
+        else:
+            if final.exists():
+                final.replace(old)
+            target.replace(final)
             if old.exists():
                 old.rmtree()
-            final.replace(old)
-            target.replace(final)
-            old.rmtree()
-        elif not remote:
-            target.replace(final)
     sync(f"save_model:done:{final}")
     return final
 
 
+def _readable(directory: str | os.PathLike) -> epath.Path:
+    """The complete copy of model checkpoint ``directory``; FileNotFoundError naming it if none."""
+    copy = complete_copy(directory)
+    if copy is None:
+        raise FileNotFoundError(f"{as_path(directory) / 'model.json'} not found: {directory} is not a "
+                                "binarybert-jax model checkpoint")
+    return copy
+
+
 def read_model_meta(directory: str | os.PathLike) -> dict:
     """Reads and validates ``model.json`` of a model checkpoint."""
-    path = as_path(directory) / "model.json"
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} not found: {directory} is not a binarybert-jax model checkpoint")
+    path = _readable(directory) / "model.json"
     meta = read_json(path)
     if not isinstance(meta, dict) or meta.get("format") != MODEL_FORMAT:
         raise UserError(f"{path}: format {meta.get('format') if isinstance(meta, dict) else None!r} "
@@ -210,14 +250,14 @@ def read_model_meta(directory: str | os.PathLike) -> dict:
 def load_model(directory: str | os.PathLike) -> tuple[Any, ModelSpec, dict]:
     """Loads a model checkpoint: (params, spec, info)."""
     meta = read_model_meta(directory)
-    params = restore_params(as_path(directory) / "params")
+    params = restore_params(_readable(directory) / "params")
     return params, ModelSpec.from_dict(meta["spec"]), meta.get("info", {})
 
 
 def load_lat_diag(directory: str | os.PathLike) -> Optional[Any]:
     """The LAT diagonal saved with a model checkpoint, or None when it has none (not a LAT model,
     or a LAT checkpoint written before diagonals were saved: it then quantizes with the identity)."""
-    path = as_path(directory) / LAT_DIAG_DIR
+    path = _readable(directory) / LAT_DIAG_DIR
     return restore_params(path) if path.is_dir() else None
 
 
@@ -227,7 +267,8 @@ def load_model_spec(directory: str | os.PathLike) -> ModelSpec:
 
 
 def is_model_checkpoint(directory: str | os.PathLike) -> bool:
-    return (as_path(directory) / "model.json").is_file()
+    """Whether ``directory`` holds a complete model checkpoint (``complete_copy``)."""
+    return complete_copy(directory) is not None
 
 
 def _move(src: epath.Path, dst: epath.Path) -> None:
@@ -237,10 +278,11 @@ def _move(src: epath.Path, dst: epath.Path) -> None:
     if not is_remote(src):
         src.rename(dst)
         return
-    for root, _, files in src.walk():
-        for name in files:
-            (dst / (root / name).relative_to(src)).parent.mkdir(parents=True, exist_ok=True)
-            (root / name).copy(dst / (root / name).relative_to(src))
+    files = [(root / name).relative_to(src) for root, _, names in src.walk() for name in names]
+    # A model checkpoint's model.json last: the copy is complete only once everything is there.
+    for rel in sorted(files, key=lambda rel: str(rel) == "model.json"):
+        (dst / rel).parent.mkdir(parents=True, exist_ok=True)
+        (src / rel).copy(dst / rel)
     src.rmtree()
 
 

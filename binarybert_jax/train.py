@@ -242,6 +242,24 @@ def train_phase(config, workdir: epath.Path, phase: resolve.Phase, spec: ModelSp
                             writer, previous, signals)
 
 
+def _best_on_disk(best_dir: epath.Path, meta: dict, main_metric: str) -> dict:
+    """A resumed phase's best so far: the train checkpoint's record of it, unless the best model
+    on disk scores higher. That one was saved after the checkpoint the run resumes from, and a
+    replay that is not bit for bit the same (GPU reductions) may not save it again; taking it keeps
+    ``results.json``'s best the model that ``best/`` holds."""
+    if not checkpoints.is_model_checkpoint(best_dir):
+        return meta
+    info = checkpoints.read_model_meta(best_dir).get("info", {})
+    dev, step = info.get("dev") or {}, info.get("step")
+    if step is None or main_metric not in dev:
+        return meta
+    if meta["best"] is None or dev[main_metric] > meta["best"][main_metric]:
+        log.info("best model on disk (step %s, %s %.4f) is newer than the checkpoint's record; "
+                 "keeping it as the best so far", step, main_metric, dev[main_metric])
+        return {**meta, "best": dev, "best_step": step}
+    return meta
+
+
 def _train_phase(config, workdir, phase, spec, task, train_arrays, eval_sets, teacher, mesh, writer,
                  previous, signals: _StopSignals) -> dict:
     phase_dir = workdir / phase.name
@@ -311,6 +329,8 @@ def _train_phase(config, workdir, phase, spec, task, train_arrays, eval_sets, te
     main_metric = metrics.main_metric(task)
     evaluates = phase.objective != "intermediate"  # stage 1 trains no logits worth scoring
     record = {"phase": phase.name, "task": task.name, "tokenizer": resolve.tokenizer_dir(config)}
+    if latest is not None:
+        meta = _best_on_disk(best_dir, meta, main_metric)
 
     # ---- Loop ------------------------------------------------------------------------------
     step = int(jax.device_get(state.step))

@@ -28,6 +28,42 @@ def test_model_roundtrip_and_replace(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt"]  # no temporary left behind
 
 
+def test_a_save_cut_short_between_its_renames_loses_nothing(tmp_path, monkeypatch):
+    """Locally the new model is written to ``ckpt.tmp``, the old one renamed to ``ckpt.old``, then
+    the new one to ``ckpt``. A crash between the renames leaves no ``ckpt``: readers take the new
+    copy, and the next save puts it back before replacing it."""
+    spec = M.ModelSpec(TINY, num_labels=2)
+    p0, p1, p2 = (_params(spec, seed) for seed in range(3))
+    target = tmp_path / "best"
+    checkpoints.save_model(target, p0, spec, {"step": 0})
+    path_type = type(checkpoints.absolute(target))
+    replace = path_type.replace
+
+    def crash_before_the_second_rename(self, dst):
+        if self.name == "best.tmp":
+            raise KeyboardInterrupt("killed between the renames")
+        return replace(self, dst)
+
+    monkeypatch.setattr(path_type, "replace", crash_before_the_second_rename)
+    with pytest.raises(KeyboardInterrupt):
+        checkpoints.save_model(target, p1, spec, {"step": 1})
+    monkeypatch.setattr(path_type, "replace", replace)
+    assert not target.exists() and sorted(p.name for p in tmp_path.iterdir()) == ["best.old", "best.tmp"]
+    assert checkpoints.is_model_checkpoint(target)
+    params, _, info = checkpoints.load_model(target)
+    assert info == {"step": 1}  # the newer of the two complete copies
+    jax.tree_util.tree_map(np.testing.assert_array_equal, params, jax.tree_util.tree_map(np.asarray, p1))
+
+    checkpoints.save_model(target, p2, spec, {"step": 2})
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["best"]
+    assert checkpoints.load_model(target)[2] == {"step": 2}
+    # Only a copy left behind as .old (the rename of the new one never began) is read too.
+    (tmp_path / "best").rename(tmp_path / "best.old")
+    assert checkpoints.read_model_meta(target)["info"] == {"step": 2}
+    with pytest.raises(FileNotFoundError, match="not a binarybert-jax model checkpoint"):
+        checkpoints.read_model_meta(tmp_path / "other")
+
+
 def test_params_roundtrip(tmp_path):
     p = _params(M.ModelSpec(TINY))
     checkpoints.save_params(tmp_path / "p", p)

@@ -30,9 +30,9 @@ SLICE = pathlib.Path(__file__).resolve().parents[1] / "data" / "glue_slice"
 
 
 @contextlib.contextmanager
-def fake_gcs(root: pathlib.Path):
+def fake_gcs(root: pathlib.Path, copy_fails=lambda src: False):
     """Serves ``gs://BUCKET/...`` from ``root/BUCKET/...`` for every ``epath`` call; local paths
-    pass through unchanged."""
+    pass through unchanged. ``copy_fails(src)`` True makes that object's copy raise (a crash)."""
     prefix = "gs://"
 
     def local(p):
@@ -49,6 +49,11 @@ def fake_gcs(root: pathlib.Path):
     def two(orig, p, dst, *a, **k):
         return orig(local(p), local(dst), *a, **k)
 
+    def copy(orig, p, dst, *a, **k):
+        if copy_fails(os.fspath(p)):
+            raise OSError(f"connection lost copying {p}")
+        return two(orig, p, dst, *a, **k)
+
     def open_(orig, p, mode):
         if "r" not in mode:  # an object store needs no parent "directory" to write an object
             os.makedirs(os.path.dirname(local(p)), exist_ok=True)
@@ -63,7 +68,7 @@ def fake_gcs(root: pathlib.Path):
 
     with epath.testing.mock_epath(open=open_, exists=one, isdir=one, listdir=one, makedirs=one,
                                   mkdir=one, remove=one, rmtree=one, stat=one, glob=glob,
-                                  walk=walk, rename=two, replace=two, copy=two):
+                                  walk=walk, rename=two, replace=two, copy=copy):
         yield
 
 
@@ -156,6 +161,37 @@ def test_model_meta_and_set_aside_on_gs(tmp_path):
     assert not (tmp_path / "bucket/run/ckpt/4").exists()
     aside = tmp_path / "bucket/run/ckpt_unreadable/4-x"
     assert (aside / "state/a").read_text() == "A" and (aside / "meta/b").read_text() == "B"
+
+
+def test_a_save_cut_short_on_gs_leaves_a_complete_model(tmp_path):
+    """On an object store a save removes the old checkpoint and copies the new one from its
+    sibling ``.tmp``, model.json last; cut short there, the checkpoint reads from ``.tmp`` and the
+    next save puts that copy in place: the run's best model is never lost."""
+    spec = M.ModelSpec(tiny_config(1), num_labels=2)
+
+    def write(where, step):
+        checkpoints.write_text(f"{where}/params/weights", f"weights of step {step}")
+        checkpoints.write_json(f"{where}/model.json", {
+            "format": checkpoints.MODEL_FORMAT, "version": checkpoints.MODEL_FORMAT_VERSION,
+            "spec": spec.to_dict(), "info": {"step": step}})
+
+    best = "gs://bucket/run/stage2/best"
+    with fake_gcs(tmp_path, copy_fails=lambda src: src.endswith("params/weights")):
+        write(best, 1)
+        write(best + ".tmp", 2)  # the new model, complete: what save_model writes first
+        checkpoints.as_path(best).rmtree()  # what it does next on gs, then the copy, cut short
+        with pytest.raises(OSError, match="connection lost"):
+            checkpoints._move(checkpoints.as_path(best + ".tmp"), checkpoints.as_path(best))
+    local_best = tmp_path / "bucket/run/stage2/best"
+    assert not (local_best / "model.json").exists()  # model.json is copied last, so not yet
+    with fake_gcs(tmp_path):
+        assert checkpoints.is_model_checkpoint(best)
+        assert checkpoints.read_model_meta(best)["info"] == {"step": 2}
+        assert str(checkpoints.complete_copy(best)) == best + ".tmp"
+        checkpoints._restore_interrupted_save(checkpoints.as_path(best))  # the next save's first act
+        assert checkpoints.complete_copy(best) == checkpoints.as_path(best)
+    assert (local_best / "params/weights").read_text() == "weights of step 2"
+    assert sorted(p.name for p in local_best.parent.iterdir()) == ["best"]
 
 
 def test_remote_lock_is_a_lease(tmp_path, caplog):

@@ -141,6 +141,23 @@ def test_interrupted_run_resumes_to_the_same_parameters(tmp_path, tiny_pretraine
     assert again["final"] == straight["final"]
 
 
+def test_a_resumed_phase_keeps_the_best_model_saved_after_its_checkpoint(tmp_path):
+    # A best saved after the train checkpoint a run resumes from may not be saved again by a
+    # replay that is not bit for bit the same; results.json must still describe what best/ holds.
+    spec = M.ModelSpec(TINY, num_labels=2)
+    params = spec.build().init(jax.random.key(0), np.ones((1, 8), np.int32))["params"]
+    best = tmp_path / "stage2" / "best"
+    recorded = {"best": {"accuracy": 0.7, "f1": 0.8}, "best_step": 50}
+    assert train._best_on_disk(best, recorded, "accuracy") == recorded  # nothing on disk
+    checkpoints.save_model(best, params, spec, {"step": 120, "dev": {"accuracy": 0.75, "f1": 0.7}})
+    assert train._best_on_disk(best, recorded, "accuracy") == {
+        "best": {"accuracy": 0.75, "f1": 0.7}, "best_step": 120}  # the main metric decides
+    assert train._best_on_disk(best, {"best": None, "best_step": None}, "accuracy")["best_step"] == 120
+    higher = {"best": {"accuracy": 0.8, "f1": 0.8}, "best_step": 50}
+    assert train._best_on_disk(best, higher, "accuracy") == higher
+    assert train._best_on_disk(best, recorded, "pearson") == recorded  # scored on another metric
+
+
 def test_two_stage_kd_from_teacher_with_lsq_student(tmp_path, tiny_pretrained, glue_dir):
     teacher = train.train_and_evaluate(_config(tiny_pretrained, glue_dir, **{"stage2.epochs": 0.5}),
                                        tmp_path / "teacher")
