@@ -105,12 +105,12 @@ record() {  # record STAGE_DIR NAME [SETTING]
     "$PY" -m launch.record "$1" --name "$2" --results-dir "$RESULTS"
   fi
 }
-ternary() {  # ternary EXPR: EXPR of the "both" run's ternary stage (e1, e2 epochs; lr1, lr2), i.e.
-  # of this script's BASE and OVERRIDES (not of BASE_DIR's config, which may be another root's)
+ternary() {  # ternary RUN EXPR: EXPR of RUN's ternary stage (e1, e2 epochs; lr1, lr2): RUN is the
+  # "both" run, i.e. this script's BASE and OVERRIDES (not BASE_DIR's config, maybe another root's)
   "$PY" -c 'import json, sys; t = json.load(open(sys.argv[1]))["stages"]["ternary"]
 print(eval(sys.argv[2], {"e1": t["stage1"]["epochs"], "e2": t["stage2"]["epochs"],
                          "lr1": t["stage1"]["learning_rate"], "lr2": t["stage2"]["learning_rate"]}))' \
-      "$both/pipeline_config.json" "$1"
+      "$1/pipeline_config.json" "$2"
 }
 best() { "$PY" -c 'import json,sys; print(json.load(open(sys.argv[1]))["best_checkpoint"])' "$1/results.json"; }
 
@@ -155,9 +155,9 @@ for part in $PARTS; do
             full_teacher) label="TWN 0.5× W2A${ACT_BITS}, full-width teacher (hidden states only)"
                           overrides="$t.teacher=teacher $t.kd.attention=False" ;;
             joint) label="TWN 0.5× W2A${ACT_BITS}, one joint KD stage"
-                   overrides="$t.kd.mode=joint $t.stage2.epochs=$(ternary 'e1 + e2') $t.stage2.learning_rate=$(ternary lr1)" ;;
+                   overrides="$t.kd.mode=joint $t.stage2.epochs=$(ternary "$both" 'e1 + e2') $t.stage2.learning_rate=$(ternary "$both" lr1)" ;;
             epochs2) label="TWN 0.5× W2A${ACT_BITS}, twice the epochs a KD stage"
-                     overrides="$t.stage1.epochs=$(ternary '2 * e1') $t.stage2.epochs=$(ternary '2 * e2')" ;;
+                     overrides="$t.stage1.epochs=$(ternary "$both" '2 * e1') $t.stage2.epochs=$(ternary "$both" '2 * e2')" ;;
             lat) label="LAT 0.5× W2A${ACT_BITS} (loss-aware ternary weights)"; overrides="$q.weight_method=lat" ;;
             bf16) label="TWN 0.5× W2A${ACT_BITS}, bfloat16 backward products and teacher"
                   overrides="--config.matmul_precision=bfloat16 --config.teacher_dtype=bfloat16" ;;
