@@ -236,7 +236,12 @@ def _readable(directory: str | os.PathLike) -> epath.Path:
 
 def read_model_meta(directory: str | os.PathLike) -> dict:
     """Reads and validates ``model.json`` of a model checkpoint."""
-    path = _readable(directory) / "model.json"
+    return _read_meta(_readable(directory))
+
+
+def _read_meta(copy: epath.Path) -> dict:
+    """``model.json`` of the complete copy ``copy`` (a ``_readable`` result), validated."""
+    path = copy / "model.json"
     meta = read_json(path)
     if not isinstance(meta, dict) or meta.get("format") != MODEL_FORMAT:
         raise UserError(f"{path}: format {meta.get('format') if isinstance(meta, dict) else None!r} "
@@ -249,8 +254,11 @@ def read_model_meta(directory: str | os.PathLike) -> dict:
 
 def load_model(directory: str | os.PathLike) -> tuple[Any, ModelSpec, dict]:
     """Loads a model checkpoint: (params, spec, info)."""
-    meta = read_model_meta(directory)
-    params = restore_params(_readable(directory) / "params")
+    # One resolution for both reads: the metadata and the parameters come from the same copy even
+    # if a save swaps the copies in between, and an object store is asked once, not twice.
+    copy = _readable(directory)
+    meta = _read_meta(copy)
+    params = restore_params(copy / "params")
     return params, ModelSpec.from_dict(meta["spec"]), meta.get("info", {})
 
 

@@ -50,7 +50,12 @@ def test_a_save_cut_short_between_its_renames_loses_nothing(tmp_path, monkeypatc
     monkeypatch.setattr(path_type, "replace", replace)
     assert not target.exists() and sorted(p.name for p in tmp_path.iterdir()) == ["best.old", "best.tmp"]
     assert checkpoints.is_model_checkpoint(target)
+    resolved = []  # load_model resolves the copy once: metadata and parameters come from one copy
+    resolve = checkpoints.complete_copy
+    monkeypatch.setattr(checkpoints, "complete_copy", lambda d: resolved.append(d) or resolve(d))
     params, _, info = checkpoints.load_model(target)
+    monkeypatch.setattr(checkpoints, "complete_copy", resolve)
+    assert len(resolved) == 1
     assert info == {"step": 1}  # the newer of the two complete copies
     jax.tree_util.tree_map(np.testing.assert_array_equal, params, jax.tree_util.tree_map(np.asarray, p1))
 
