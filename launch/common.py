@@ -99,10 +99,31 @@ def provenance(workdir, argv: Sequence[str]):
     """Appends this invocation (command, commit, start, wall seconds, outcome: finished,
     interrupted, refused, failed or exit N) to the workdir's ``provenance.json`` when the block
     ends, however it ends, if the workdir exists by then: what ``launch.record`` reads to say which
-    code produced a run and how long it took."""
+    code produced a run and how long it took.
+
+    A process killed outright (SIGKILL, a machine taken away) runs no ``finally``, so an invocation
+    that finds the workdir already there is written at its start too, as ``running``, and replaced
+    at its end; and each entry says whether the workdir existed when it started
+    (``workdir_existed``), so that a first entry saying so tells that the invocation which created
+    the workdir left no entry, and its commit is unknown (``launch.record`` says so)."""
     from binarybert_jax import checkpoints
     started, outcome = time.time(), "interrupted"
-    entry = {"argv": list(argv), **git_state(), "started": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(started))}
+    path = checkpoints.as_path(workdir) / PROVENANCE_FILE
+    entry = {"argv": list(argv), **git_state(),
+             "started": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(started)),
+             "workdir_existed": path.parent.is_dir()}
+
+    def write(outcome: str) -> None:
+        if not path.parent.is_dir():
+            return
+        # Re-read: the entry of a concurrent invocation (refused on the workdir's lock) stays.
+        others = [e for e in (checkpoints.read_json(path) if path.is_file() else [])
+                  if not (e.get("started") == entry["started"] and e.get("argv") == entry["argv"]
+                          and e.get("outcome") == "running")]
+        checkpoints.write_json(path, others + [
+            dict(entry, wall_seconds=round(time.time() - started, 1), outcome=outcome)])
+
+    write("running")
     try:
         yield
         outcome = "finished"
@@ -116,11 +137,7 @@ def provenance(workdir, argv: Sequence[str]):
         outcome = f"failed: {type(e).__name__}"
         raise
     finally:
-        path = checkpoints.as_path(workdir) / PROVENANCE_FILE
-        if path.parent.is_dir():
-            previous = checkpoints.read_json(path) if path.is_file() else []
-            checkpoints.write_json(path, previous + [
-                dict(entry, wall_seconds=round(time.time() - started, 1), outcome=outcome)])
+        write(outcome)
 
 
 COMPILATION_CACHE_ENV = "BINARYBERT_JAX_CACHE"

@@ -53,8 +53,13 @@ def _provenance(workdir: os.PathLike, fallback: Optional[os.PathLike] = None) ->
             runs = _read_json(d / common.PROVENANCE_FILE)
             worked = [r for r in runs if r.get("outcome") != "refused"]  # refused: changed nothing
             commits = sorted({r.get("git_commit") for r in worked if r.get("git_commit")})
-            return {"commits": commits, "dirty": any(r.get("git_dirty") for r in worked),
-                    "source": str(d / common.PROVENANCE_FILE), "invocations": runs}
+            found = {"commits": commits, "dirty": any(r.get("git_dirty") for r in worked),
+                     "source": str(d / common.PROVENANCE_FILE), "invocations": runs}
+            if runs and runs[0].get("workdir_existed"):  # (entries before the flag have no say)
+                found["unrecorded"] = ("the workdir existed before the first invocation listed: the "
+                                       "invocation(s) that created it were killed before writing an "
+                                       "entry, so the commits above may miss the code that trained it")
+            return found
     now = common.git_state()
     return {"commits": [now["git_commit"]] if now["git_commit"] else [], "dirty": now["git_dirty"],
             "source": "the checkout's commit when recorded (the workdir has no provenance.json)",

@@ -79,6 +79,32 @@ def test_record_holds_what_outlives_the_run(runs, results):
     assert {r.split("\t")[1] for r in rows[1:]} <= {"0", "1"}
 
 
+def test_provenance_survives_a_killed_invocation(tmp_path):
+    """An invocation killed outright leaves its ``running`` entry when the workdir existed at its
+    start; one that created the workdir leaves none, and the next entry's ``workdir_existed`` lets
+    the record say that its commits may miss the code that trained the run."""
+    workdir, path = tmp_path / "run", tmp_path / "run" / common.PROVENANCE_FILE
+    with common.provenance(workdir, ["launch.train", "first"]):
+        assert not path.exists()  # no workdir yet: nothing to write into
+        workdir.mkdir()
+    (first,) = json.loads(path.read_text())
+    assert first["outcome"] == "finished" and first["workdir_existed"] is False
+    assert "unrecorded" not in record._provenance(workdir)
+    with common.provenance(workdir, ["launch.train", "resumed"]):
+        during = json.loads(path.read_text())  # what a SIGKILL here would leave
+        assert [e["outcome"] for e in during] == ["finished", "running"]
+        assert during[1]["workdir_existed"] is True
+    assert [e["outcome"] for e in json.loads(path.read_text())] == ["finished", "finished"]
+    # The invocation that created this workdir was killed before writing: the first entry found
+    # the workdir there.
+    killed = tmp_path / "killed"
+    killed.mkdir()
+    with common.provenance(killed, ["launch.train", "resumed"]):
+        pass
+    found = record._provenance(killed)
+    assert found["invocations"][0]["workdir_existed"] is True and "killed" in found["unrecorded"]
+
+
 def test_tables_rebuild_marked_sections_from_records(runs, results, tmp_path, capsys):
     _, out, _ = runs
     readme = tmp_path / "README.md"
