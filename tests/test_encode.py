@@ -1,6 +1,6 @@
-"""Tests for binarybert_jax.data.encode: tokenization with the real MiniLM tokenizer (SST-2 slice
-shipped in the repository; pairs, scores and unlabeled splits from the full GLUE files, skipped
-naming the file where ../shared lacks them) and the on-disk cache."""
+"""Tests for binarybert_jax.data.encode: tokenization with the real MiniLM tokenizer (the SST-2
+slice shipped in the repository, the MRPC and STS-B test slices; unlabeled splits from the full
+GLUE files, skipped naming the file where ../shared lacks them) and the on-disk cache."""
 
 import logging
 import pathlib
@@ -44,8 +44,8 @@ def test_encode_single_sentence(tokenizer):
     assert arrays["input_ids"][0, 1:arrays["lengths"][0] - 1].tolist() == pieces
 
 
-def test_encode_pairs_segments_and_truncation(tokenizer):
-    examples = glue.read_examples(shared_glue("MRPC/dev.tsv"), "mrpc", "dev")[:40]
+def test_encode_pairs_segments_and_truncation(tokenizer, glue_dir):
+    examples = glue.read_examples(glue_dir, "mrpc", "dev")[:40]
     for max_length in (128, 24):  # 24 truncates nearly every pair.
         arrays = encode.encode_examples(tokenizer, examples, max_length)
         assert arrays["input_ids"].shape == (40, max_length)
@@ -120,9 +120,8 @@ def test_corrupt_cache_is_recomputed(tokenizer, tmp_path, caplog):
     assert counting.calls == 2  # The rewritten file is good.
 
 
-def test_load_encoded_split(tokenizer, tmp_path):
-    glue_root = shared_glue("STS-B/dev.tsv")
-    arrays = encode.load_encoded_split(tokenizer, "stsb", "dev", data_dir=glue_root, limit=16,
+def test_load_encoded_split(tokenizer, tmp_path, glue_dir):
+    arrays = encode.load_encoded_split(tokenizer, "stsb", "dev", data_dir=glue_dir, limit=16,
                                        cache_dir=tmp_path)
     assert arrays["input_ids"].shape == (16, 128)  # The task's default length.
     assert arrays["labels"].dtype == np.float32
