@@ -33,6 +33,11 @@ SHARED = pathlib.Path(__file__).resolve().parents[2] / "shared"
 FIXTURES = pathlib.Path(__file__).resolve().parent / "fixtures"
 
 
+def pytest_configure(config):
+    config.addinivalue_line("markers", "slow: runs several processes or a whole pipeline; CI runs it, "
+                            "launch/test.sh --fast leaves it out")
+
+
 @pytest.fixture(scope="session")
 def shared_dir() -> pathlib.Path:
     if not SHARED.is_dir():
