@@ -64,14 +64,17 @@ def test_encode_pairs_segments_and_truncation(tokenizer, glue_dir):
         assert abs(len_a - len_b) <= 1
 
 
-def test_encode_unlabeled_and_regression(tokenizer):
-    glue_root = shared_glue("STS-B/test.tsv", "STS-B/dev.tsv", "CoLA/test.tsv")
+def test_encode_regression(tokenizer, glue_dir):
+    stsb_dev = glue.read_examples(glue_dir, "sts-b", "dev")[:10]
+    labels = encode.encode_examples(tokenizer, stsb_dev, 32)["labels"]
+    assert labels.dtype == np.float32 and labels[0] == 5.0
+
+
+def test_encode_unlabeled(tokenizer):
+    glue_root = shared_glue("STS-B/test.tsv", "CoLA/test.tsv")
     stsb_test = glue.read_examples(glue_root, "sts-b", "test")[:10]
     labels = encode.encode_examples(tokenizer, stsb_test, 32, is_regression=True)["labels"]
     assert labels.dtype == np.float32 and np.isnan(labels).all()
-    stsb_dev = glue.read_examples(glue_root, "sts-b", "dev")[:10]
-    labels = encode.encode_examples(tokenizer, stsb_dev, 32)["labels"]
-    assert labels.dtype == np.float32 and labels[0] == 5.0
     cola_test = glue.read_examples(glue_root, "cola", "test")[:10]
     labels = encode.encode_examples(tokenizer, cola_test, 32)["labels"]
     assert labels.dtype == np.int32 and (labels == -1).all()
