@@ -144,7 +144,8 @@ def _write_tiny(directory, config, minilm_dir):
     import jax.numpy as jnp
     from binarybert_jax import hf_import
     from binarybert_jax.model import BertModel
-    params = BertModel(config, head="none").init(jax.random.key(0), jnp.ones((1, 8), jnp.int32))["params"]
+    init = jax.jit(BertModel(config, head="none").init)  # one program, not one per op
+    params = init(jax.random.key(0), jnp.ones((1, 8), jnp.int32))["params"]
     return hf_import.write_hf_checkpoint(directory, params, config, minilm_dir)
 
 
