@@ -120,6 +120,11 @@ def test_lat_step_uses_second_moment():
 
 # ---- the loop ---------------------------------------------------------------------------------
 
+def _init(spec):
+    """Random parameters of ``spec``'s model, initialised under jit: one program, not one per op."""
+    return jax.jit(spec.build().init)(jax.random.key(0), jnp.ones((1, 8), jnp.int32))["params"]
+
+
 def _final_params(workdir, phase):
     return checkpoints.load_model(pathlib.Path(workdir) / phase / "final")[0]
 
@@ -147,7 +152,7 @@ def test_a_resumed_phase_keeps_the_best_model_saved_after_its_checkpoint(tmp_pat
     # A best saved after the train checkpoint a run resumes from may not be saved again by a
     # replay that is not bit for bit the same; results.json must still describe what best/ holds.
     spec = M.ModelSpec(TINY, num_labels=2)
-    params = spec.build().init(jax.random.key(0), np.ones((1, 8), np.int32))["params"]
+    params = _init(spec)
     best = tmp_path / "stage2" / "best"
     recorded = {"best": {"accuracy": 0.7, "f1": 0.8}, "best_step": 50}
     assert train._best_on_disk(best, recorded, "accuracy") == recorded  # nothing on disk
@@ -257,12 +262,12 @@ def test_lat_model_is_scored_saved_predicted_and_exported_as_trained(tmp_path, t
 
 def test_head_mismatch_for_attention_distillation_is_clear(tmp_path, tiny_pretrained, glue_dir):
     spec = M.ModelSpec(TINY)
-    params = spec.build().init(jax.random.key(0), jnp.ones((1, 8), jnp.int32))["params"]
+    params = _init(spec)
     checkpoints.save_model(tmp_path / "teacher", params, spec)
     cfg = _config(tiny_pretrained, glue_dir, **{"kd.mode": "two_stage"})
     cfg.teacher = str(tmp_path / "teacher")
     half = M.ModelSpec(TINY.with_width(0.5))
-    checkpoints.save_model(tmp_path / "half", half.build().init(jax.random.key(0), jnp.ones((1, 8), jnp.int32))["params"], half)
+    checkpoints.save_model(tmp_path / "half", _init(half), half)
     cfg.init_checkpoint = str(tmp_path / "half")
     with pytest.raises(ValueError, match="matching head counts: teacher .* has 4 heads, the student 2"):
         train.train_and_evaluate(cfg, tmp_path / "run")
