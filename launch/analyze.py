@@ -1,12 +1,8 @@
 """Loss landscapes and top Hessian eigenvalues of FP, ternary and binary models (the paper's §2),
 and how much of each quantized activation the quantizers' clips cut.
 
-    python -m launch.analyze --config configs/analyze.py:task=mrpc \
-        --config.checkpoint=runs/mrpc_teacher/finetune/best --config.data_dir=$GLUE_DIR \
-        --out results/analysis_mrpc
-    python -m launch.analyze --config configs/analyze.py:task=mrpc \
-        --config.pipeline_workdir=runs/mrpc_w1a8 --config.data_dir=$GLUE_DIR \
-        "--config.analyses=('clipping',)" --out results/clipping_mrpc
+    python -m launch.analyze --config configs/analyze.py:task=mrpc --config.checkpoint=runs/mrpc_teacher/finetune/best --config.data_dir=$GLUE_DIR --out results/analysis_mrpc
+    python -m launch.analyze --config configs/analyze.py:task=mrpc --config.pipeline_workdir=runs/mrpc_w1a8 --config.data_dir=$GLUE_DIR "--config.analyses=('clipping',)" --out results/clipping_mrpc
 
 configs/analyze.py has the keys (``analyses`` picks the parts). Writes to ``--out``:
 ``analysis.md`` (the tables), ``analysis.json`` (everything, with the config, the git commit and

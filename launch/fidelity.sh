@@ -100,9 +100,9 @@ pipeline() {  # pipeline WORKDIR STAGES [OVERRIDES...]: the base config from the
 }
 record() {  # record STAGE_DIR NAME [SETTING]
   if [ $# -gt 2 ]; then
-    "$PY" -m launch.record "$1" --name "$2" --setting "$3" --results-dir "$RESULTS"
+    "$PY" -m launch.record "$1" --name "$2" --setting "$3" --results_dir "$RESULTS"
   else
-    "$PY" -m launch.record "$1" --name "$2" --results-dir "$RESULTS"
+    "$PY" -m launch.record "$1" --name "$2" --results_dir "$RESULTS"
   fi
 }
 ternary() {  # ternary RUN EXPR: EXPR of RUN's ternary stage (e1, e2 epochs; lr1, lr2): RUN is the

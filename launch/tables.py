@@ -1,7 +1,7 @@
 """Rebuilds README's results tables from the records under ``results/``: numbers are regenerated, never typed.
 
     python -m launch.tables                 # rewrite every marked section of README.md
-    python -m launch.tables --per-seed      # ... with each seed's values beside the mean
+    python -m launch.tables --per_seed      # ... with each seed's values beside the mean
     python -m launch.tables --check         # exit 1 if README.md differs from what results/ gives
 
 A marked section is everything between a line ``<!-- results:NAME [options] -->`` and the next
@@ -17,7 +17,7 @@ A marked section is everything between a line ``<!-- results:NAME [options] -->`
   in the order named (rows of one experiment beside the baselines another recorded). Options: ``which=best|final`` (the best periodic evaluation on dev, the
   default, or the final checkpoint's), ``metrics=accuracy,f1`` (default: the task's metrics),
   ``per_seed`` (every seed's value after each mean, in the order of the seeds listed in the
-  ``seeds`` column; ``--per-seed`` turns it on everywhere), ``wall`` (a column with the mean wall minutes),
+  ``seeds`` column; ``--per_seed`` turns it on everywhere), ``wall`` (a column with the mean wall minutes),
   ``bits`` (a ``W-E-A`` column: the bits of weights, word embedding and activations),
   ``order=FOLDER,FOLDER,...`` (the rows of the settings recorded in those folders, the ones holding
   each seed's record as in ``NAME/FOLDER/s<seed>``, first and in that order; the rest after them),
@@ -41,7 +41,7 @@ import sys
 from typing import Optional, Sequence
 
 from binarybert_jax.errors import UserError
-from launch import common
+from launch import arguments, common
 
 DEFAULT_RESULTS = common.REPO_ROOT / "results"
 DEFAULT_README = common.REPO_ROOT / "README.md"
@@ -243,11 +243,11 @@ def rebuild(text: str, results_dir: pathlib.Path, per_seed: bool = False, where:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m launch.tables",
+    parser = arguments.ArgumentParser(prog="python -m launch.tables", epilog=arguments.examples_from(__doc__),
                                      description="README's results tables from results/.")
     parser.add_argument("--readme", default=str(DEFAULT_README))
-    parser.add_argument("--results-dir", default=str(DEFAULT_RESULTS))
-    parser.add_argument("--per-seed", action="store_true", help="each seed's value in every table")
+    parser.add_argument("--results_dir", default=str(DEFAULT_RESULTS))
+    parser.add_argument("--per_seed", action="store_true", help="each seed's value in every table")
     parser.add_argument("--check", action="store_true",
                         help="change nothing; exit 1 when the README differs from what results/ gives")
     return parser
