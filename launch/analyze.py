@@ -6,9 +6,9 @@ and how much of each quantized activation the quantizers' clips cut.
 
 configs/analyze.py has the keys (``analyses`` picks the parts). Writes to ``--out``:
 ``analysis.md`` (the tables), ``analysis.json`` (everything, with the config, the git commit and
-the wall time) and, with the landscape, ``landscape.png`` (all three models),
-``landscape_<model>.png``, ``landscape_<model>.csv`` and ``landscape.json`` (the grids). The logic
-lives in ``binarybert_jax.analysis``.
+the wall time) and, with the landscape, ``landscape.png`` (every model, on one loss scale),
+``landscape_<model>.csv`` and ``landscape.json`` (the grids). The logic lives in
+``binarybert_jax.analysis``.
 """
 
 from __future__ import annotations
@@ -179,7 +179,6 @@ def main(argv):
             timing["landscape_s"][name] = round(time.perf_counter() - t, 1)
         analysis.plot_landscapes(out / "landscape.png", {labels[n]: l for n, l in landscapes.items()})
         for name, land in landscapes.items():
-            analysis.plot_landscapes(out / f"landscape_{name}.png", {labels[name]: land}, dpi=45)
             checkpoints.write_text(out / f"landscape_{name}.csv", analysis.landscape_csv(land))
         checkpoints.write_text(out / "landscape.json",
                                json.dumps({n: l.to_dict() for n, l in landscapes.items()}))

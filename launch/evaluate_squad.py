@@ -4,9 +4,9 @@
     python -m launch.evaluate_squad dev-v2.0.json predictions.json --na_prob_file na_probs.json
 
 The same arguments (their dashed spellings too) and the same JSON keys as evaluate-v1.1.py /
-evaluate-v2.0.py (their numbers
-too: ``binarybert_jax.squad_metrics``). The version is the data file's (``version`` ``1.1`` or
-``v2.0``) unless ``--version`` says it. ``--na_prob_file`` and ``--na_prob_thresh`` are v2.0's.
+evaluate-v2.0.py (their numbers too: ``binarybert_jax.squad_metrics``). The version is the data
+file's (``version`` ``1.1`` or ``v2.0``) unless ``--version`` says it. ``--na_prob_file`` and
+``--na_prob_thresh`` are v2.0's.
 """
 
 from __future__ import annotations

@@ -145,8 +145,8 @@ def render_table(records: list[dict], which: str = "best", metrics: Optional[Seq
 def render_curves(results_dir: pathlib.Path, name: str, records: list[dict], seed: str,
                   readme_dir: pathlib.Path, draw: bool = True) -> list[str]:
     """Draws (with ``draw``) the training curves of the quantized records of ``seed`` under
-    ``results/NAME`` (the pipeline's figure: ``pipeline.plot_training_curves``, one panel per KD
-    stage) into ``results/NAME/training_curves_s<seed>.png``; returns the Markdown image line, the
+    ``results/NAME`` (the pipeline's figure: ``pipeline.plot_training_curves``, the training loss
+    per KD stage, the dev metric beneath) into ``results/NAME/training_curves_s<seed>.png``; returns the Markdown image line, the
     path relative to ``readme_dir``."""
     from binarybert_jax import pipeline
     from binarybert_jax.model import ModelSpec

