@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Issue 15's comparison: BiBERT 1-1-1 and BinaryBERT's recipe forced to 1-1-1, one seed each, from
+# The 1-1-1 comparison: BiBERT 1-1-1 and BinaryBERT's recipe forced to 1-1-1, one seed each, from
 # one full-precision teacher, every run recorded under results/ (launch.record) for README's table
 # (launch.tables: results:<...>+bibert_<task>).
 #

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Issue 11's part 2 (the seed tables at the released schedule) on a borrowed accelerator machine: one
+# The seed tables at the released schedule on a borrowed accelerator machine: one
 # GPU, no network, a copy of this checkout plus the folders a call carries. A 2-core CPU takes half an
 # hour or more a seed (README's MRPC tables at 2 epochs); one GPU should run a setting in minutes.
 #

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Issue 11: the seed tables (part 2) and the quantization ablation (part 1), from ONE teacher and ONE
+# The seed tables (part 2) and the quantization ablation (part 1), from ONE teacher and ONE
 # half-width model, every finished run recorded under results/ (launch.record) so that README's tables
 # (launch.tables) are rebuilt from them. Parts, in the order they run (PARTS picks and orders them):
 #
@@ -25,7 +25,7 @@
 #               epochs2       twice the epochs in each KD stage
 #               lat           LAT (loss-aware) ternary weights instead of TWN
 #               bf16          the quantized products' backward and the teacher's forward in
-#                             bfloat16 (matmul_precision, teacher_dtype; issue 13's speed options)
+#                             bfloat16 (matmul_precision, teacher_dtype; the speed options of BENCHMARKS.md)
 #             (ABLATIONS picks and orders the settings other than both; default
 #             "no_clip percentile acts_only weights_only", what README's table ran)
 #   half      the full-precision 0.5x row over seeds: the half-width model's KD from the teacher
