@@ -60,6 +60,10 @@ def test_fidelity_settings_name_their_tables_and_derive_their_overrides():
     assert runs["ablation/epochs2/s4"].overrides["stages.ternary.stage1.epochs"] == 2.0
     assert joint.overrides["matmul_precision"] == "float32" and joint.overrides["teacher_dtype"] == ""
     assert runs["ablation/bf16/s4"].overrides["matmul_precision"] == "bfloat16"  # its own setting wins
+    rerun = sweep.load_sweep("fidelity:parts=half,record_base,base_table=mrpc_w1a8_rerun,base_note=retrained")[0]
+    assert [(r.name, r.setting) for r in rerun.records] == [
+        ("mrpc_w1a8_rerun/teacher", "full precision, retrained"),
+        ("mrpc_w1a8_rerun/half", "full precision 0.5×, retrained")]
     # Another root's base is only read: no base run, nothing needs one.
     other = sweep.load_sweep("fidelity:root=runs/r2,base_dir=runs/r1/base,parts=half,seeds=1")
     assert [r.name for r in other] == ["half/s1"] and other[0].needs == ()
@@ -116,16 +120,18 @@ def test_dry_run_lists_every_run_and_record(tmp_path, capsys):
     # CoLA's BWN 1.0x row has not been run yet.
     ("fidelity:root=runs/fidelity_cola_a8_e2,task=cola,epochs=2,tag=cola_e2,binary=bwn_full,parts=seeds,"
      "seeds=1,record_base", {"base", "seeds/s1"}),
+    ("fidelity:float32,parts=half,record_base,base_table=mrpc_w1a8_rerun,base_note=retrained", {"base", "half/s3"}),
     ("bibert_compare:epochs=0.25,teacher=runs/fidelity_mrpc_a8/base/teacher/finetune/best", set()),
     ("bibert_compare:task=sst-2,epochs=0.2,max_length=64,teacher=runs/pipeline_default/teacher/finetune/best,"
      "data_dir=data/glue_slice", set()),
     ("squad", set()),
+    ("embedded_default", set()),
 ])
 def test_the_committed_records_are_the_sweeps_records(spec, pending):
     """README's commands as sweeps name the records results/ holds: rerun, they would rewrite
     those records, and only the runs that never finished are pending."""
     runs = sweep.load_sweep(spec)
-    recorded = [n for n in _records(runs) if (RESULTS / n / "record.json").is_file()]
+    recorded = [rec for run in runs for rec in run.records if sweep.is_recorded(rec, RESULTS)]
     assert recorded, spec
     assert {r.name for r in sweep.plan(runs, (), RESULTS)} == pending
 

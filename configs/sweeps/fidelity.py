@@ -22,7 +22,7 @@ Parts, in the order they run (``parts`` picks and orders them); the runs are nam
                        -> results/<tag>_w1a<bits>_seeds/adaptive/s<seed>
 
 and ``base``, the teacher and half-width model every other run starts from (``base_dir``; trained
-when a run needs it; recorded as results/<tag>_w1a<bits>_base/{teacher,half} with ``record_base``).
+when a run needs it; recorded with ``record_base``).
 
 ``arg`` keys: ``task`` (mrpc); ``act_bits`` (8); ``epochs`` (1, per KD stage; the released scripts
 use 2); ``seeds`` (1+2+3); ``parts`` (seeds+ablation+half+adaptive); ``ablations`` (the settings
@@ -37,7 +37,10 @@ as README's 1-epoch MRPC W1A8 tables trained: matmul_precision=float32, teacher_
 ``root`` (runs/fidelity_<task>_a<bits>); ``tag`` (the records' prefix, default the task);
 ``base_dir`` (a finished teacher and half-width model to start from, default <root>/base, trained
 there when missing; another root's base is only read, e.g. a float32 base under bfloat16 runs:
-the full-precision stages' products do not use matmul_precision); ``record_base``; ``data_dir``
+the full-precision stages' products do not use matmul_precision); ``record_base`` (record the
+base's teacher and half-width model, under ``base_table``, default <tag>_w1a<bits>_base, their
+settings the stages' descriptions, followed by ", <base_note>" when given: e.g.
+``record_base,base_table=mrpc_w1a8_rerun,base_note=retrained``); ``data_dir``
 (the GLUE root; default $GLUE_DIR, or with ``tiny`` the shipped slice); ``tiny`` (the pipeline's
 tiny variant: a smoke run of the whole sweep in minutes).
 """
@@ -89,7 +92,7 @@ def get_runs(arg=None) -> list:
     a = common.parse_arg(arg, task="mrpc", act_bits=8, epochs=1.0, seeds="1 2 3",
                          parts=" ".join(PARTS), ablations="no_clip percentile acts_only weights_only",
                          binary="bwn", clip="released", float32=False, root="", tag="", base_dir="",
-                         record_base=False, data_dir="", tiny=False)
+                         record_base=False, base_table="", base_note="", data_dir="", tiny=False)
     bits, seeds, parts, binary = a.act_bits, words(a.seeds), words(a.parts), words(a.binary)
     _check("part", parts, PARTS)
     _check("binary stage", binary, BINARY)
@@ -99,6 +102,7 @@ def get_runs(arg=None) -> list:
     root = a.root or f"runs/fidelity_{a.task}_a{bits}"
     tag = a.tag or a.task
     base_dir = a.base_dir or f"{root}/base"
+    base_table = a.base_table or f"{tag}_w1a{bits}_base"
     size = "tiny" if a.tiny else "full"
     pipeline_arg = (f"task={a.task},{size},act_bits={bits},epochs={a.epochs:g},bwn=False,adaptive=False,"
                     f"clip={a.clip}")
@@ -123,7 +127,9 @@ def get_runs(arg=None) -> list:
     if own_base:
         runs.append(Run("base", "launch.pipeline", base_dir, config,
                         {**shared, "pipeline.stages": ("teacher", "half_pruned", "half")},
-                        records=tuple(Record(f"{base_dir}/{stage}", f"{tag}_w1a{bits}_base/{stage}")
+                        records=tuple(Record(f"{base_dir}/{stage}", f"{base_table}/{stage}",
+                                             f"{base_config.stages[stage].description}, {a.base_note}"
+                                             if a.base_note else None)
                                       for stage in ("teacher", "half")) if a.record_base else (),
                         outputs=(f"{base_dir}/teacher/results.json", f"{base_dir}/half/results.json")))
     needs = ("base",) if own_base else ()
