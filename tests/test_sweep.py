@@ -110,11 +110,11 @@ def test_dry_run_lists_every_run_and_record(tmp_path, capsys):
      "full_teacher+joint+epochs2+lat+bf16", {"base", "half/s3"}),
     ("fidelity:float32,clip=none,parts=seeds", set()),
     ("fidelity:root=runs/fidelity_mrpc_a8_e2,base_dir=runs/fidelity_mrpc_a8/base,epochs=2,clip=none,tag=mrpc_e2,"
-     "binary=bwn+bwn_full,parts=seeds", set()),
+     "binary=bwn+bwn_full,parts=seeds+adaptive", set()),
     ("fidelity:root=runs/fidelity_mrpc_a8_e2,base_dir=runs/fidelity_mrpc_a8/base,epochs=2,tag=mrpc_e2,"
      "binary=bwn_full,parts=seeds", set()),
     ("fidelity:root=runs/fidelity_mrpc_a4_e2,base_dir=runs/fidelity_mrpc_a8/base,epochs=2,act_bits=4,tag=mrpc_e2,"
-     "binary=bwn_full,parts=seeds", set()),
+     "binary=bwn_full,parts=seeds+adaptive", set()),
     ("fidelity:root=runs/fidelity_sts-b_a8_e2,task=sts-b,epochs=2,tag=sts-b_e2,binary=bwn_full,"
      "parts=seeds+half+adaptive,record_base", {"base", "half/s3"}),
     # CoLA's BWN 1.0x row has not been run yet.
