@@ -24,6 +24,7 @@ import importlib
 import importlib.util
 import pathlib
 import shlex
+import signal
 import subprocess
 import sys
 from typing import Optional, Sequence
@@ -157,11 +158,24 @@ def _show(argv: Sequence[str]) -> str:
 
 
 def _call(argv: list[str], what: str) -> None:
+    """Runs one command to its end. Ctrl-C in a terminal reaches the command too, which saves a
+    checkpoint and stops (the trainers resume from it), so it is waited for, never killed; a
+    SIGTERM to the sweep is passed on to it."""
     print(f"+ {_show(argv)}", flush=True)
+    proc = subprocess.Popen(argv)
+    previous = signal.signal(signal.SIGTERM, lambda signum, frame: proc.send_signal(signal.SIGTERM))
+    interrupted = False
     try:
-        code = subprocess.call(argv)
-    except KeyboardInterrupt:  # the run itself got the signal too, saved and stopped
-        raise UserError(f"{what}: interrupted; rerun the same sweep command to resume") from None
+        while True:
+            try:
+                code = proc.wait()
+                break
+            except KeyboardInterrupt:
+                interrupted = True
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    if interrupted:
+        raise UserError(f"{what}: interrupted; rerun the same sweep command to resume")
     if code != 0:
         raise UserError(f"{what}: exited with status {code}; rerun the same sweep command to resume")
 

@@ -84,6 +84,11 @@ def test_bad_sweep_arguments_are_refused(spec, message):
         sweep.load_sweep(spec)
 
 
+def test_a_bad_override_is_refused(tmp_path):
+    with pytest.raises(UserError, match="--override 'pretrained': give KEY=VALUE"):
+        sweep.main(["fidelity", "--dry-run", "--override", "pretrained"])
+
+
 def test_only_selects_runs_and_brings_what_they_need(tmp_path):
     runs = sweep.load_sweep("fidelity")
     assert [r.name for r in sweep.select(runs, ["seeds"])] == ["seeds/s1", "seeds/s2", "seeds/s3"]
