@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import fnmatch
-import importlib
 import importlib.util
 import pathlib
 import shlex
