@@ -59,3 +59,15 @@ def tables() -> None:
 
 def parity() -> None:
     _run("parity")
+
+
+def sweep() -> None:
+    _run("sweep")
+
+
+def squad_loss_scale() -> None:
+    _run("squad_loss_scale")
+
+
+def squad_null_threshold() -> None:
+    _run("squad_null_threshold")

@@ -12,7 +12,8 @@ import pytest
 from launch import arguments, config_help
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
-ARGPARSE_MAINS = ("split", "export", "size", "predict", "evaluate_squad", "record", "summarize", "tables",
+ARGPARSE_MAINS = ("split", "export", "size", "predict", "evaluate_squad", "record", "summarize", "tables", "sweep",
+                  "squad_loss_scale", "squad_null_threshold",
                   "parity")
 
 
@@ -97,6 +98,11 @@ def test_argparse_mains_help_in_one_flag_style_with_examples(main):
     assert not [f for f in flags if "-" in f[2:]], f"dashed flags in {main}'s help: {flags}"
     examples = out.stdout.split("examples:\n", 1)[1].splitlines()
     assert examples and all(l.startswith("  ") and "python -m launch." in l for l in examples if l.strip())
+
+
+def test_every_main_under_launch_is_covered():
+    mains = {p.stem for p in (REPO / "launch").glob("*.py") if 'if __name__ == "__main__"' in p.read_text()}
+    assert mains == set(ARGPARSE_MAINS) | {"train", "pipeline", "analyze"}
 
 
 def test_the_old_dashed_spelling_still_parses():
