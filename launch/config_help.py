@@ -21,7 +21,8 @@ from typing import Iterable, Sequence
 
 HELP_FLAGS = ("--help", "-h", "--helpshort", "--helpfull", "-help", "--help=true")
 CONFIGS_DIR = pathlib.Path(__file__).resolve().parents[1] / "configs"
-
+# The flags the config-driven mains mark required (absl keeps that in validators, not on the flag).
+REQUIRED = ("config", "workdir", "out")
 
 
 def wants_help(argv: Sequence[str]) -> bool:
@@ -180,9 +181,7 @@ def config_keys_text(path: str, arg: str, shown: str | None = None) -> str:
     meanings = key_meanings(config_files(pathlib.Path(path)))
     rows = [(f"--config.{k}={_format_value(v)}", meaning_of(k, meanings)) for k, v in _flatten(config)]
     width = min(max(len(r[0]) for r in rows), 56)
-    lines = []
-    for flag, meaning in rows:
-        lines.append(f"  {flag:<{width}}  {meaning}".rstrip())
+    lines = [f"  {flag:<{width}}  {meaning}".rstrip() for flag, meaning in rows]
     doc = textwrap.dedent(module.__doc__ or "").strip()
     named = f"{shown or path}{':' + arg if arg else ''}"
     return "\n".join([f"Config {named}:", "", textwrap.indent(doc, "  "), "",
@@ -207,7 +206,7 @@ def _flags_text(flag_values, main_module: str) -> str:
         if module not in (main_module, "launch.common", sys.argv[0]):
             continue
         for flag in sorted(flags, key=lambda f: f.name):
-            required = " (required)" if flag.name in ("config", "workdir", "out") else ""
+            required = " (required)" if flag.name in REQUIRED else ""
             default = "" if flag.default in (None, False) else f" (default: {flag.default})"
             lines.append(f"  --{flag.name}: {flag.help}{required or default}")
     return "\n".join(lines)
