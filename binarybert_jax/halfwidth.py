@@ -54,7 +54,7 @@ import numpy as np
 
 from binarybert_jax import checkpoints, kd, quant
 from binarybert_jax.model import ModelSpec
-from binarybert_jax.sharding import model_batch, model_inputs
+from binarybert_jax.sharding import device_batch, model_inputs
 from binarybert_jax.trees import flatten, unflatten
 
 def check_full_precision(spec: ModelSpec) -> None:
@@ -117,12 +117,6 @@ def mask_gradient_fn(spec: ModelSpec):
     return jax.jit(fn)
 
 
-def _model_batch(batch: Mapping[str, Any]) -> dict:
-    if "labels" not in batch:
-        raise ValueError("importance scoring needs labelled batches; this one has no 'labels'")
-    return {k: jnp.asarray(v) for k, v in model_batch(batch).items()}
-
-
 def score_importance(spec: ModelSpec, params: Any, batches: Iterable[Mapping[str, Any]],
                      num_batches: Optional[int] = None) -> dict[str, np.ndarray]:
     """DynaBERT's head and neuron importance: Σ over batches of |∂L/∂m| at m = 1.
@@ -143,7 +137,7 @@ def score_importance(spec: ModelSpec, params: Any, batches: Iterable[Mapping[str
     params = jax.tree_util.tree_map(jnp.asarray, params)
     totals = None
     for batch in itertools.islice(batches, num_batches):
-        g = grad_fn(params, _model_batch(batch))
+        g = grad_fn(params, device_batch(batch, labels=True))
         # |·| per batch, then summed (DynaBERT): opposite-signed batches must not cancel.
         absolute = {k: np.abs(np.asarray(v, np.float64)) for k, v in g.items()}
         totals = absolute if totals is None else {k: totals[k] + absolute[k] for k in totals}

@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Any, Mapping, Optional
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 
@@ -50,6 +51,19 @@ def model_batch(batch: Mapping[str, Any]) -> dict:
     if missing:
         raise ValueError(f"a model batch needs {MODEL_INPUTS}; missing {missing}")
     return {k: batch[k] for k in MODEL_INPUTS + LOSS_INPUTS if k in batch}
+
+
+def device_batch(batch: Mapping[str, Any], *, labels: bool = False) -> dict:
+    """A host batch's model inputs, ``labels`` (with ``labels=True``) and ``example_mask`` (float32;
+    1 for every row where the batch has none) as arrays on the default device: the batch of a
+    single-device forward or loss outside the sharded train and predict steps (analysis, importance
+    scores, sensitivities). Bookkeeping such as ``example_index`` is left out."""
+    keys = MODEL_INPUTS + (("labels",) if labels else ())
+    missing = [k for k in keys if k not in batch]
+    if missing:
+        raise ValueError(f"a batch for the model needs {keys}; missing {missing}")
+    mask = batch.get("example_mask", np.ones(np.shape(batch["input_ids"])[0]))
+    return {**{k: jnp.asarray(batch[k]) for k in keys}, "example_mask": jnp.asarray(mask, jnp.float32)}
 
 
 def gather_to_host(x: Any) -> np.ndarray:

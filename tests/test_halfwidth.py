@@ -65,7 +65,7 @@ def test_mask_gradients_equal_explicit_masks():
 
     ones = {"heads": jnp.ones((2, 4)), "neurons": jnp.ones((2, 16))}
     explicit = jax.jit(jax.grad(masked_loss))(ones)
-    identity = halfwidth.mask_gradient_fn(SPEC)(params, halfwidth._model_batch(batch))
+    identity = halfwidth.mask_gradient_fn(SPEC)(params, sharding.device_batch(batch, labels=True))
     for key in ("heads", "neurons"):
         assert np.abs(explicit[key]).max() > 1e-4  # a non-trivial comparison
         np.testing.assert_allclose(identity[key], explicit[key], rtol=1e-4, atol=1e-7, err_msg=key)
