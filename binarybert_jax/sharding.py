@@ -15,9 +15,9 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 
+from binarybert_jax.data.batching import MODEL_INPUTS
+
 DATA_AXIS = "data"
-# The arrays a BERT forward takes, in its positional order (BertModel.__call__).
-MODEL_INPUTS = ("input_ids", "token_type_ids", "attention_mask")
 # What the loss and metrics read besides the inputs.
 LOSS_INPUTS = ("labels", "example_mask")
 

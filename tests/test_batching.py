@@ -96,7 +96,7 @@ def test_bucketing_uses_allowed_lengths_and_keeps_every_token():
         assert widths <= {16, 32, 48, 64}
         for b in batches:
             width = b["input_ids"].shape[1]
-            assert all(b[k].shape == (8, width) for k in batching.SEQUENCE_KEYS)
+            assert all(b[k].shape == (8, width) for k in batching.MODEL_INPUTS)
             assert b["lengths"].max() <= width
             assert width == min(x for x in (16, 32, 48, 64) if x >= b["lengths"].max())
             np.testing.assert_array_equal(b["attention_mask"].sum(1), b["lengths"])

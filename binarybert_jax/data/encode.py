@@ -25,13 +25,14 @@ from collections.abc import Callable, Iterable, Sequence
 import numpy as np
 
 from binarybert_jax.data import glue
+from binarybert_jax.data.batching import MODEL_INPUTS
 
 logger = logging.getLogger(__name__)
 
 # Bump when the arrays' meaning or layout changes, so old cache files are not reused.
 CACHE_FORMAT_VERSION = 1
 
-ARRAY_KEYS = ("input_ids", "token_type_ids", "attention_mask", "labels", "lengths")
+ARRAY_KEYS = MODEL_INPUTS + ("labels", "lengths")
 
 # Tokenizing in chunks bounds the memory of the Python lists the tokenizer returns (QQP's 364k
 # pairs at 128 tokens would be ~50M Python ints at once).
@@ -72,8 +73,7 @@ def encode_examples(tokenizer, examples: Sequence[glue.Example], max_length: int
         raise ValueError("Examples mix single sentences and sentence pairs.")
     is_pair = pairs == {True}
     n = len(examples)
-    out = {key: np.zeros((n, max_length), np.int32)
-           for key in ("input_ids", "token_type_ids", "attention_mask")}
+    out = {key: np.zeros((n, max_length), np.int32) for key in MODEL_INPUTS}
     for start in range(0, n, _CHUNK):
         chunk = examples[start:start + _CHUNK]
         encoded = tokenizer(
@@ -232,8 +232,7 @@ def encode_cached(tokenizer, examples: Sequence[glue.Example], max_length: int,
     n = len(examples)
 
     def shapes_ok(arrays):
-        return (all(arrays[k].shape == (n, max_length)
-                    for k in ("input_ids", "token_type_ids", "attention_mask"))
+        return (all(arrays[k].shape == (n, max_length) for k in MODEL_INPUTS)
                 and arrays["labels"].shape == (n,) and arrays["lengths"].shape == (n,))
 
     return cached_arrays(path, key, ARRAY_KEYS,

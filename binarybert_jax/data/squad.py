@@ -39,6 +39,8 @@ from typing import Optional
 
 import numpy as np
 
+from binarybert_jax.data.batching import MODEL_INPUTS
+
 SQUAD_DIR_ENV = "SQUAD_DIR"
 VERSIONS = ("1.1", "2.0")
 SPLITS = ("train", "dev")
@@ -49,7 +51,7 @@ FILE_NAMES: Mapping[tuple[str, str], str] = MappingProxyType({
 URLS: Mapping[str, str] = MappingProxyType({name: _SQUAD_URL + name for name in FILE_NAMES.values()})
 
 # The arrays of a feature set that training batches (the model's inputs, labels = (start, end)).
-TRAIN_KEYS = ("input_ids", "token_type_ids", "attention_mask", "labels", "lengths")
+TRAIN_KEYS = MODEL_INPUTS + ("labels", "lengths")
 # Per-window bookkeeping for post-processing: the example each window came from, the character
 # span of each context token ((-1, -1) elsewhere), and whether the window is the token's best.
 META_KEYS = ("feature_example", "offsets", "max_context")
@@ -373,7 +375,7 @@ class SquadEvalSet:
     @property
     def model_arrays(self) -> dict[str, np.ndarray]:
         """The arrays a forward pass reads (what ``evaluate.predict`` batches)."""
-        return {k: self.features[k] for k in ("input_ids", "token_type_ids", "attention_mask", "lengths")}
+        return {k: self.features[k] for k in MODEL_INPUTS + ("lengths",)}
 
     def __len__(self) -> int:
         return len(self.examples)
