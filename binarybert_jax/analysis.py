@@ -183,10 +183,7 @@ def task_loss(spec: ModelSpec, params: Any, batches: Sequence[Mapping[str, Any]]
     for batch in batches:
         logits = model.apply({"params": params}, *[batch[k] for k in MODEL_INPUTS],
                              deterministic=True)["logits"]
-        if spec.num_labels == 1:
-            loss = kd.regression_mse(logits, batch["labels"], batch["example_mask"])
-        else:
-            loss = kd.cross_entropy(logits, batch["labels"], batch["example_mask"])
+        loss = kd.label_loss(logits, batch["labels"], batch["example_mask"], is_regression=spec.num_labels == 1)
         n = jnp.sum(batch["example_mask"])
         total, count = total + n * loss, count + n
     return total / count

@@ -71,15 +71,6 @@ def check_full_precision(spec: ModelSpec) -> None:
 # ---------------------------------------------------------------------------------------------
 # Importance.
 # ---------------------------------------------------------------------------------------------
-def _task_loss(spec: ModelSpec, logits, batch) -> jax.Array:
-    mask = batch.get("example_mask")
-    if spec.head == "span":
-        return kd.span_cross_entropy(logits, batch["labels"], mask)
-    if spec.num_labels == 1:
-        return kd.regression_mse(logits, batch["labels"], mask)
-    return kd.cross_entropy(logits, batch["labels"], mask)
-
-
 @functools.lru_cache(maxsize=8)
 def mask_gradient_fn(spec: ModelSpec):
     """The jitted per-batch mask gradients of ``spec``'s model (one function per spec, so scoring
@@ -100,7 +91,8 @@ def mask_gradient_fn(spec: ModelSpec):
 
     def loss_fn(params, batch):
         out = model.apply({"params": params}, *model_inputs(batch), deterministic=True)
-        return _task_loss(spec, out["logits"], batch)
+        return kd.label_loss(out["logits"], batch["labels"], batch.get("example_mask"),
+                             is_regression=spec.num_labels == 1, span=spec.head == "span")
 
     def fn(params, batch):
         grads = jax.grad(loss_fn)(params, batch)

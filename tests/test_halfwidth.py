@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from binarybert_jax import checkpoints, halfwidth, sharding
+from binarybert_jax import checkpoints, halfwidth, kd, sharding
 from binarybert_jax import model as M
 from binarybert_jax.data import batching, encode
 from binarybert_jax.tokenizer import load_tokenizer
@@ -61,7 +61,8 @@ def test_mask_gradients_equal_explicit_masks():
             layer["attention"]["output"]["kernel"] = layer["attention"]["output"]["kernel"] * rows[:, None]
             layer["ffn"]["output"]["kernel"] = layer["ffn"]["output"]["kernel"] * masks["neurons"][i][:, None]
         out = model.apply({"params": p}, *[batch[k] for k in sharding.MODEL_INPUTS])
-        return halfwidth._task_loss(SPEC, out["logits"], {k: jnp.asarray(v) for k, v in batch.items()})
+        return kd.label_loss(out["logits"], jnp.asarray(batch["labels"]), jnp.asarray(batch["example_mask"]),
+                             is_regression=SPEC.num_labels == 1)
 
     ones = {"heads": jnp.ones((2, 4)), "neurons": jnp.ones((2, 16))}
     explicit = jax.jit(jax.grad(masked_loss))(ones)
