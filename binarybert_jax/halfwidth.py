@@ -60,11 +60,10 @@ from binarybert_jax.trees import flatten, unflatten
 def check_full_precision(spec: ModelSpec) -> None:
     """Raises ValueError unless ``spec`` is an unsplit full-precision model."""
     q = spec.quant
-    bits = (q.weight_bits, q.embed_bits, q.act_bits)
-    if q.split or any(b < quant.FULL_PRECISION_BITS for b in bits):
+    if q.split or any(b < quant.FULL_PRECISION_BITS for b in (q.weight_bits, q.embed_bits, q.act_bits)):
         raise ValueError(
             f"half-width pruning needs a full-precision, unsplit model (the fine-tuned teacher); this "
-            f"one has W-E-A bits {'-'.join(map(str, bits))}, split={q.split}. Prune the full-precision "
+            f"one has W-E-A bits {q.wea()}, split={q.split}. Prune the full-precision "
             f"model first, then quantize the half-width one")
 
 

@@ -110,6 +110,14 @@ class BertConfig:
         return cls(**d)
 
 
+def wea_label(weight_bits: int, embed_bits: int, act_bits: int, *, letters: bool = False) -> str:
+    """The bits of Transformer weights, word embedding and activations as the papers write them:
+    ``1-1-8``, or ``W1-E1-A8`` with ``letters``."""
+    if letters:
+        return f"W{weight_bits}-E{embed_bits}-A{act_bits}"
+    return f"{weight_bits}-{embed_bits}-{act_bits}"
+
+
 @dataclasses.dataclass(frozen=True)
 class QuantConfig:
     """Quantization, "W-E-A" bits as the papers write them: Transformer weights, word embedding,
@@ -192,6 +200,10 @@ class QuantConfig:
     @property
     def quantizes_acts(self) -> bool:
         return self.act_bits < quant.FULL_PRECISION_BITS
+
+    def wea(self, letters: bool = False) -> str:
+        """This config's bits as ``wea_label`` writes them."""
+        return wea_label(self.weight_bits, self.embed_bits, self.act_bits, letters=letters)
 
     @property
     def calibrates_acts(self) -> bool:

@@ -47,11 +47,6 @@ def _git_commit() -> str:
     return head + ("+uncommitted" if dirty else "")
 
 
-def _bits(spec) -> str:
-    q = spec.quant
-    return f"W{q.weight_bits}-E{q.embed_bits}-A{q.act_bits}"
-
-
 def _pipeline_rows(config) -> list[dict]:
     """The results.json rows of ``config.pipeline_models`` (each with its ``checkpoint``)."""
     from binarybert_jax import checkpoints
@@ -86,7 +81,7 @@ def _models(config, first_batch, analyses):
         models = []
         for method in ("fp", "twn", "bwn"):
             s, p = analysis.quantize_without_training(spec, params, method, act_bits, first_batch)
-            models.append((method, f"{QUANT_LABELS[method]} {_bits(s)}", s, p))
+            models.append((method, f"{QUANT_LABELS[method]} {s.quant.wea(letters=True)}", s, p))
         protocol = (f"The paper's §2 protocol: the fine-tuned model `{config.checkpoint}` in full "
                     f"precision and quantized *without training* to TWN (W-E 2-2) and BWN (W-E 1-1), "
                     f"activations at {models[0][2].quant.act_bits} bits"
@@ -98,7 +93,7 @@ def _models(config, first_batch, analyses):
         params, spec, _ = checkpoints.load_model(row["checkpoint"])
         if set(analyses) - {"clipping"}:  # the landscape and the Hessian need one latent matrix
             analysis.check_unsplit(spec)
-        models.append((row["model"], f"{row['description']} {_bits(spec)}", spec, params))
+        models.append((row["model"], f"{row['description']} {spec.quant.wea(letters=True)}", spec, params))
     protocol = (f"The trained models of the pipeline workdir `{config.pipeline_workdir}` "
                 f"({', '.join(config.pipeline_models)}), each at its own bits.")
     return models, protocol
