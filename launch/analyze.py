@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import json
 import pathlib
-import subprocess
 import time
 
 from absl import app, flags
@@ -32,19 +31,7 @@ config_flags.DEFINE_config_file("config", None, "Config file, optionally with :a
 flags.DEFINE_string("out", None, "Directory for the figures, tables and grids.")
 flags.mark_flags_as_required(["config", "out"])
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
 QUANT_LABELS = {"fp": "FP", "twn": "TWN", "bwn": "BWN"}
-
-
-def _git_commit() -> str:
-    try:
-        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True,
-                              text=True, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO,
-                               capture_output=True, text=True, check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-    return head + ("+uncommitted" if dirty else "")
 
 
 def _pipeline_rows(config) -> list[dict]:
@@ -158,7 +145,7 @@ def main(argv):
     if "clipping" in analyses:
         data.append(f"clipping on {describe(clipping_batches)}")
     report = {
-        "task": task.name, "protocol": protocol, "git_commit": _git_commit(), "analyses": list(analyses),
+        "task": task.name, "protocol": protocol, **common.git_state(), "analyses": list(analyses),
         "models": [{"name": n, "label": l, "spec": s.to_dict()} for n, l, s, _ in models],
         "data": {"description": f"{'; '.join(data)}; training batches, shuffle seed {config.seed}; "
                                 "eval mode"},
