@@ -113,14 +113,13 @@ def squad_answers(predict_step, params, eval_set: squad.SquadEvalSet, batch_size
                              **eval_set.answer_options)
 
 
-def evaluate(predict_step, params, task, eval_sets: Mapping[str, object], batch_size: int, mesh,
+def evaluate(predict_step, params, task: tasks.TaskSpec, eval_sets: Mapping[str, object], batch_size: int, mesh,
              bucket_lengths: Optional[Sequence[int]] = None, lat_diag=None) -> dict[str, float]:
     """The task's metrics on each evaluation split; keys ``<metric>`` for the first split and
     ``<split>/<metric>`` for the others (MNLI mismatched). GLUE splits are token arrays; a SQuAD
     split is a ``squad.SquadEvalSet``, scored by the official EM/F1 as fractions (its v2.0 answers
     use the set's ``null_threshold``). ``lat_diag``: a LAT model's diagonal (``train.lat_diagonal``),
     replicated, or None."""
-    task = tasks.get_task(task)
     results = {}
     for i, (split, data) in enumerate(eval_sets.items()):
         if task.head == "span":

@@ -265,7 +265,7 @@ def _plan_adaptive(config, workdir: epath.Path, name: str, outputs: dict, task) 
 def write_report(workdir: epath.Path, task, rows: list[StageResult], config, adaptive_info) -> dict:
     """Writes results.json, results.md and training_curves.png; returns the report dict."""
     seq = config.max_seq_length or task.max_seq_length
-    main = metrics.main_metric(task)
+    main = task.main_metric
     table = []
     for r in rows:
         report = size.model_size_bits(r.spec)

@@ -94,13 +94,13 @@ def main(argv):
     import itertools
 
     from binarybert_jax import analysis, assets, checkpoints
-    from binarybert_jax.data import batching, encode, glue
+    from binarybert_jax.data import batching, encode, glue, tasks
     from binarybert_jax.tokenizer import load_tokenizer
 
     config = FLAGS.config
     out = pathlib.Path(FLAGS.out)
     out.mkdir(parents=True, exist_ok=True)
-    task = glue.get_task(config.task)
+    task = tasks.get_glue_task(config.task)
 
     # ---- Data: a fixed list of training batches ----
     data_dir = config.data_dir or glue.glue_dir()

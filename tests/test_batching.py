@@ -6,7 +6,7 @@ import pathlib
 import numpy as np
 import pytest
 
-from binarybert_jax.data import batching, encode, glue
+from binarybert_jax.data import batching, encode, glue, tasks
 
 SLICE = pathlib.Path(__file__).resolve().parents[1] / "data" / "glue_slice"
 
@@ -151,7 +151,7 @@ def test_default_buckets_and_process_defaults():
 
 
 def test_real_pipeline_end_to_end(tokenizer):
-    examples = glue.read_examples(SLICE, "sst-2", "dev")[:40]
+    examples = glue.read_examples(SLICE, tasks.get_task("sst-2"), "dev")[:40]
     arrays = encode.encode_examples(tokenizer, examples, 64)
     batches = collect(arrays, 16, shuffle=False,
                       bucket_lengths=batching.default_bucket_lengths(64))

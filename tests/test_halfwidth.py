@@ -9,7 +9,7 @@ import pytest
 
 from binarybert_jax import checkpoints, halfwidth, kd, sharding
 from binarybert_jax import model as M
-from binarybert_jax.data import batching, encode
+from binarybert_jax.data import batching, encode, tasks
 from binarybert_jax.tokenizer import load_tokenizer
 
 # The real vocabulary (the MRPC test tokenizes with MiniLM's tokenizer) and MRPC's batch shape
@@ -141,7 +141,7 @@ def test_half_width_checkpoint_on_real_mrpc(tmp_path, glue_dir, minilm_dir):
     """End to end: a tiny full-precision teacher with the real vocabulary, real MRPC batches."""
     spec, params = SPEC, _params(6)
     checkpoints.save_model(tmp_path / "teacher", params, spec, {"stage": "finetune", "task": "mrpc"})
-    arrays = encode.load_encoded_split(load_tokenizer(minilm_dir), "mrpc", "train", data_dir=glue_dir,
+    arrays = encode.load_encoded_split(load_tokenizer(minilm_dir), tasks.get_task("mrpc"), "train", data_dir=glue_dir,
                                        max_length=32, limit=32)
     batches = batching.iterate_batches(arrays, 8, shuffle=False)
 

@@ -240,7 +240,7 @@ def encode_cached(tokenizer, examples: Sequence[glue.Example], max_length: int,
                                                  is_regression=regression), shapes_ok)
 
 
-def load_encoded_split(tokenizer, task: str | glue.TaskSpec, split: str, *,
+def load_encoded_split(tokenizer, task: glue.TaskSpec, split: str, *,
                        data_dir: str | os.PathLike | None = None, max_length: int | None = None,
                        cache_dir: str | os.PathLike | None = None, skip_malformed: bool = False,
                        limit: int | None = None) -> dict[str, np.ndarray]:
@@ -248,7 +248,7 @@ def load_encoded_split(tokenizer, task: str | glue.TaskSpec, split: str, *,
 
     Args:
       tokenizer: the checkpoint's tokenizer.
-      task: task name or spec.
+      task: the task's spec (``tasks.get_task``).
       split: split name (``train``, ``dev``, ``test``, MNLI's ``dev_mismatched`` ...).
       data_dir: the GLUE root; None means ``$GLUE_DIR``.
       max_length: padded length; None means the task's default (64 or 128).
@@ -259,15 +259,14 @@ def load_encoded_split(tokenizer, task: str | glue.TaskSpec, split: str, *,
     Returns:
       The arrays of :func:`encode_examples` (labels are float32 exactly for STS-B).
     """
-    spec = glue.get_task(task)
-    max_length = max_length or spec.max_seq_length
-    examples = glue.read_examples(data_dir, spec, split, skip_malformed=skip_malformed)
+    max_length = max_length or task.max_seq_length
+    examples = glue.read_examples(data_dir, task, split, skip_malformed=skip_malformed)
     if limit is not None:
         examples = examples[:limit]
     if cache_dir is None:
-        return encode_examples(tokenizer, examples, max_length, is_regression=spec.is_regression)
-    return encode_cached(tokenizer, examples, max_length, cache_dir, (spec.name, split),
-                         is_regression=spec.is_regression)
+        return encode_examples(tokenizer, examples, max_length, is_regression=task.is_regression)
+    return encode_cached(tokenizer, examples, max_length, cache_dir, (task.name, split),
+                         is_regression=task.is_regression)
 
 
 __all__ = ["ARRAY_KEYS", "CACHE_FORMAT_VERSION", "cache_location", "cache_path", "cached_arrays",
