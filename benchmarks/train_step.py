@@ -319,11 +319,11 @@ def measure_epoch(bert_base: bool, batch: int, buckets: Sequence[int],
     import jax
     import numpy as np
     from binarybert_jax import assets, flops, sharding
-    from binarybert_jax.data import batching, encode
+    from binarybert_jax.data import batching, encode, tasks
     from binarybert_jax.tokenizer import load_tokenizer
 
     tokenizer = load_tokenizer(assets.minilm_dir())
-    arrays = encode.load_encoded_split(tokenizer, "mrpc", "train", data_dir=glue_root(), max_length=128,
+    arrays = encode.load_encoded_split(tokenizer, tasks.get_task("mrpc"), "train", data_dir=glue_root(), max_length=128,
                                        cache_dir=assets.cache_dir() / "tokenized")
     student_spec, teacher_spec, objective, ignore_padding = case_setup("w2a8-masked", bert_base)
     mesh = sharding.make_mesh(1)

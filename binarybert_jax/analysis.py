@@ -47,9 +47,8 @@ import numpy as np
 
 from binarybert_jax import checkpoints, export, hf_import, kd, quant, size
 from binarybert_jax.model import ModelSpec, calibrate_act_quantizers
+from binarybert_jax.sharding import MODEL_INPUTS, device_batch
 from binarybert_jax.trees import flatten, unflatten
-
-MODEL_INPUTS = ("input_ids", "token_type_ids", "attention_mask")
 
 # The paper's Transformer parts: the kernels (module paths inside ``encoder/layer_<i>``) whose
 # Hessian block each eigenvalue belongs to.
@@ -163,18 +162,11 @@ def quantization_error(spec: ModelSpec, params: Any, paths: Sequence[str]) -> fl
 # The task loss on a fixed list of batches.
 # ---------------------------------------------------------------------------------------------
 def device_batches(batches: Sequence[Mapping[str, Any]]) -> tuple[dict, ...]:
-    """The model inputs, ``labels`` and ``example_mask`` of each batch as device arrays."""
-    out = []
-    for b in batches:
-        missing = [k for k in MODEL_INPUTS + ("labels",) if k not in b]
-        if missing:
-            raise ValueError(f"analysis batches need {MODEL_INPUTS + ('labels',)}; missing {missing}")
-        mask = b.get("example_mask", np.ones(np.shape(b["input_ids"])[0], np.float32))
-        out.append({**{k: jnp.asarray(b[k]) for k in MODEL_INPUTS + ("labels",)},
-                    "example_mask": jnp.asarray(mask, jnp.float32)})
+    """``sharding.device_batch`` of each batch, labels included (the analyses' loss reads them)."""
+    out = tuple(device_batch(b, labels=True) for b in batches)
     if not out:
         raise ValueError("the analysis needs at least one batch")
-    return tuple(out)
+    return out
 
 
 def task_loss(spec: ModelSpec, params: Any, batches: Sequence[Mapping[str, Any]]) -> jax.Array:
@@ -191,10 +183,7 @@ def task_loss(spec: ModelSpec, params: Any, batches: Sequence[Mapping[str, Any]]
     for batch in batches:
         logits = model.apply({"params": params}, *[batch[k] for k in MODEL_INPUTS],
                              deterministic=True)["logits"]
-        if spec.num_labels == 1:
-            loss = kd.regression_mse(logits, batch["labels"], batch["example_mask"])
-        else:
-            loss = kd.cross_entropy(logits, batch["labels"], batch["example_mask"])
+        loss = kd.label_loss(logits, batch["labels"], batch["example_mask"], is_regression=spec.num_labels == 1)
         n = jnp.sum(batch["example_mask"])
         total, count = total + n * loss, count + n
     return total / count

@@ -262,20 +262,15 @@ def _plan_adaptive(config, workdir: epath.Path, name: str, outputs: dict, task) 
 # ==============================================================================================
 # The report.
 # ==============================================================================================
-def _bits_label(spec: ModelSpec) -> str:
-    q = spec.quant
-    return f"{q.weight_bits}-{q.embed_bits}-{q.act_bits}"
-
-
 def write_report(workdir: epath.Path, task, rows: list[StageResult], config, adaptive_info) -> dict:
     """Writes results.json, results.md and training_curves.png; returns the report dict."""
     seq = config.max_seq_length or task.max_seq_length
-    main = metrics.main_metric(task)
+    main = task.main_metric
     table = []
     for r in rows:
         report = size.model_size_bits(r.spec)
         table.append({
-            "model": r.name, "description": r.description, "bits": _bits_label(r.spec),
+            "model": r.name, "description": r.description, "bits": r.spec.quant.wea(),
             "width": f"{r.spec.config.num_heads}/{rows[0].spec.config.num_heads} heads",
             "split": r.spec.quant.split,
             "size_mib": round(report.mebibytes, 3), "size_bits": report.total_bits,

@@ -326,7 +326,7 @@ def _train_phase(config, workdir, phase, spec, task, train_arrays, eval_sets, te
     buckets = tuple(config.bucket_lengths) or None
     rng = jax.random.key(config.seed + 1)
     eval_every = config.eval_every_steps or steps_per_epoch
-    main_metric = metrics.main_metric(task)
+    main_metric = task.main_metric
     evaluates = phase.objective != "intermediate"  # stage 1 trains no logits worth scoring
     record = {"phase": phase.name, "task": task.name, "tokenizer": resolve.tokenizer_dir(config)}
     if latest is not None:

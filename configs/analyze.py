@@ -22,13 +22,13 @@ Or the three trained models of a pipeline workdir (its ``half``, ``ternary`` and
 
 import ml_collections
 
-from binarybert_jax.data import glue
+from binarybert_jax.data import tasks
 from configs import common
 
 
 def get_config(arg=None):
     a = common.parse_arg(arg, task="mrpc", tiny=False)
-    task = glue.get_task(a.task)
+    task = tasks.get_glue_task(a.task)
     c = ml_collections.ConfigDict()
     c.task = task.name            # GLUE task whose training batches are analysed
     c.checkpoint = ""             # a model checkpoint, analysed as FP, TWN and BWN (not trained)

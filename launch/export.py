@@ -50,7 +50,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     def line(name, nbytes):
         print(f"  {name:<46}{nbytes:>14,} B{nbytes / MIB:>10.3f} MiB")
 
-    print(f"wrote {summary.path} (W-E-A {q.weight_bits}-{q.embed_bits}-{q.act_bits}, "
+    print(f"wrote {summary.path} (W-E-A {q.wea()}, "
           f"{q.weight_method}/{q.embed_method}{', split' if q.split else ''})")
     line("file", summary.file_bytes)
     line("  tensor payload", summary.payload_bytes)

@@ -11,7 +11,9 @@ A record directory holds:
 
     record.json     the setting, task, seed, final and best dev metrics (and step), per phase the same
                     and its wall seconds, the run's wall seconds, the git commit(s) that ran it (from
-                    the workdir's provenance.json, else the checkout's commit now, marked so), the
+                    the workdir's provenance.json, else the checkout's commit now, marked so), whether
+                    tracked files differed from it (untracked ones do not count), the commands that
+                    ran it (each invocation's argv; none known without provenance.json), the
                     resolved config and the model's spec
     metrics.jsonl   the run's measurements over training, as it logged them
     <TASK>.tsv      the GLUE submission (``index<TAB>prediction``, launch.predict) for the task's
@@ -54,6 +56,7 @@ def _provenance(workdir: os.PathLike, fallback: Optional[os.PathLike] = None) ->
             worked = [r for r in runs if r.get("outcome") != "refused"]  # refused: changed nothing
             commits = sorted({r.get("git_commit") for r in worked if r.get("git_commit")})
             found = {"commits": commits, "dirty": any(r.get("git_dirty") for r in worked),
+                     "commands": [r["argv"] for r in worked if r.get("argv")],
                      "source": str(d / common.PROVENANCE_FILE), "invocations": runs}
             if runs and runs[0].get("workdir_existed"):  # (entries before the flag have no say)
                 found["unrecorded"] = ("the workdir existed before the first invocation listed: the "
@@ -62,6 +65,7 @@ def _provenance(workdir: os.PathLike, fallback: Optional[os.PathLike] = None) ->
             return found
     now = common.git_state()
     return {"commits": [now["git_commit"]] if now["git_commit"] else [], "dirty": now["git_dirty"],
+            "commands": [],
             "source": "the checkout's commit when recorded (the workdir has no provenance.json)",
             "invocations": []}
 
@@ -128,7 +132,7 @@ def record_run(workdir: os.PathLike, out: pathlib.Path, name: str, setting: str,
         "wall_seconds": results.get("wall_seconds",
                                     sum(p.get("wall_seconds") or 0.0 for p in results["phases"])),
         "phases": phases, "git_commits": provenance["commits"], "git_dirty": provenance["dirty"],
-        "provenance": provenance, "workdir": str(workdir), "spec": results.get("spec"),
+        "commands": provenance["commands"], "provenance": provenance, "workdir": str(workdir), "spec": results.get("spec"),
         "config": config, "submission": None}
     if test_file is not None:
         submission = out / f"{task.directory}.tsv"

@@ -74,8 +74,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                                   include_act_params=args.include_act_params)
     c = spec.config
     print(f"{c.num_layers} layers, hidden {c.hidden_size}, {c.num_heads} heads x {c.head_dim}, "
-          f"FFN {c.intermediate_size}, vocab {c.vocab_size}; W-E-A {q.weight_bits}-{q.embed_bits}-"
-          f"{q.act_bits} ({q.weight_method}/{q.embed_method}){', split' if q.split else ''}")
+          f"FFN {c.intermediate_size}, vocab {c.vocab_size}; W-E-A {q.wea()} "
+          f"({q.weight_method}/{q.embed_method}){', split' if q.split else ''}")
     print(report.table())
     return 0
 

@@ -90,9 +90,10 @@ def order_records(records: list[dict], folders: Sequence[str], where: str) -> li
 
 def _bits(record: dict) -> str:
     """``W-E-A`` of a record's model: the bits of weights, word embedding and activations."""
+    from binarybert_jax.model import wea_label
     q = (record.get("spec") or {}).get("quant") or {}
     bits = [q.get(k) for k in ("weight_bits", "embed_bits", "act_bits")]
-    return "-".join(str(b) for b in bits) if all(b is not None for b in bits) else "?"
+    return wea_label(*bits) if all(b is not None for b in bits) else "?"
 
 
 def _parse_options(text: str, where: str) -> dict:

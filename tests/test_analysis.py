@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from binarybert_jax import analysis, quant
+from binarybert_jax import analysis, quant, sharding
 from binarybert_jax.model import ModelSpec, QuantConfig
 from binarybert_jax.trees import flatten, unflatten
 from conftest import tiny_config
@@ -280,7 +280,7 @@ def test_activation_clipping_counts_what_the_quantizer_sees():
     model = spec8.build(integer_products=False)
     embedded, real = [], []
     for b in batches:
-        out = model.apply({"params": params8}, *[jnp.asarray(b[k]) for k in analysis.MODEL_INPUTS],
+        out = model.apply({"params": params8}, *[jnp.asarray(b[k]) for k in sharding.MODEL_INPUTS],
                           deterministic=True)
         embedded.append(np.asarray(out["hidden_states"][0]).reshape(-1, spec.config.hidden_size))
         real.append(np.asarray(b["attention_mask"]).reshape(-1).astype(bool))

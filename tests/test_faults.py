@@ -235,14 +235,14 @@ def test_a_second_sigint_exits_at_once_even_where_keyboardinterrupt_would_be_cau
 
 
 def test_an_sts_b_score_outside_0_to_5_names_the_row(tmp_path):
-    from binarybert_jax.data import glue
+    from binarybert_jax.data import glue, tasks
     rows = ["index\tgenre\tfilename\tyear\told_index\tsource1\tsource2\tsentence1\tsentence2\tscore",
             "0\tmain-captions\tMSRvid\t2012test\t0001\tnone\tnone\tA man.\tA man.\t5.000",
             "1\tmain-captions\tMSRvid\t2012test\t0002\tnone\tnone\tA dog.\tA cat.\t7.5"]
     path = tmp_path / "dev.tsv"
     path.write_text("\n".join(rows) + "\n")
     with pytest.raises(ValueError, match=r"score '7.5' is outside sts-b's range \[0, 5\]"):
-        glue.read_tsv(path, "sts-b", "dev")
+        glue.read_tsv(path, tasks.get_task("sts-b"), "dev")
 
 
 def test_predict_refuses_a_model_of_another_task(tmp_path, tiny_pretrained):

@@ -60,6 +60,7 @@ def test_record_holds_what_outlives_the_run(runs, results):
     if now["git_commit"]:
         assert rec["git_commits"] == [now["git_commit"]]
     assert rec["provenance"]["invocations"][0]["outcome"] == "finished"
+    assert rec["commands"] == [["launch.train", "seed=1"]]  # the command that made it
     # A refused invocation (bad input, exit 2) from other code is listed but not among the commits.
     with pytest.raises(SystemExit):
         with common.provenance(root / "s1", ["launch.train", "refused"]):
@@ -280,6 +281,7 @@ def test_git_state_is_dirty_for_code_not_for_records_or_readme(tmp_path):
     (tmp_path / "README.md").write_text("rebuilt\n")  # what a sweep writes between its runs
     (tmp_path / "results" / "t" / "record.json").write_text("re-recorded\n")
     (tmp_path / "untracked.py").write_text("x\n")
+    (tmp_path / "shared").symlink_to(tmp_path / "results")  # untracked links do not count either
     assert common.git_state(tmp_path)["git_dirty"] is False
     (tmp_path / "code.py").write_text("1\n")
     assert common.git_state(tmp_path)["git_dirty"] is True

@@ -11,7 +11,7 @@ import pytest
 
 from binarybert_jax import (checkpoints, evaluate, export, hf_import, inference, kd, model as M, optim,
                             resolve, sharding, train, trees)
-from binarybert_jax.data import glue
+from binarybert_jax.data import glue, tasks
 from binarybert_jax.tokenizer import load_tokenizer
 from configs import common
 
@@ -212,7 +212,7 @@ def test_lat_model_is_scored_saved_predicted_and_exported_as_trained(tmp_path, t
         np.testing.assert_array_equal(saved[k], trained[k], err_msg=k)
 
     # Scored again from the checkpoint on the loop's path: the loop's final scores exactly.
-    task = glue.get_task("sts-b")
+    task = tasks.get_task("sts-b")
     _, dev = resolve.load_data(cfg, task, load_tokenizer(resolve.tokenizer_dir(cfg)))
     mesh = sharding.make_mesh()
     rescored = evaluate.evaluate_model(spec, params, task, dev, cfg.eval_batch_size, mesh, None, diag)

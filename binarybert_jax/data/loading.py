@@ -52,10 +52,9 @@ def resolve_data_dir(data_dir: str | os.PathLike) -> pathlib.Path:
     return pathlib.Path(d)
 
 
-def eval_splits(task: str | glue.TaskSpec) -> tuple[str, ...]:
+def eval_splits(task: glue.TaskSpec) -> tuple[str, ...]:
     """The splits a run evaluates on: MNLI's matched and mismatched dev sets, else ``dev``."""
-    spec = glue.get_task(task)
-    return ("dev_matched", "dev_mismatched") if spec.name == "mnli" else ("dev",)
+    return ("dev_matched", "dev_mismatched") if task.name == "mnli" else ("dev",)
 
 
 def check_source(source: str, task=None) -> None:
@@ -71,10 +70,9 @@ def check_source(source: str, task=None) -> None:
         raise ValueError(f"unknown data source {source!r}; expected one of "
                          f"{', '.join(repr(s) for s in SOURCES)}")
     if task is not None:
-        spec = tasks.get_task(task)
-        allowed = _TASK_SOURCES[spec.head]
+        allowed = _TASK_SOURCES[task.head]
         if source not in allowed:
-            raise ValueError(f"{spec.name} reads data source {' or '.join(map(repr, allowed))}, "
+            raise ValueError(f"{task.name} reads data source {' or '.join(map(repr, allowed))}, "
                              f"not {source!r}")
     if source == "tfds":
         missing = [pip for module, pip in _TFDS_PACKAGES
@@ -106,7 +104,7 @@ def _load_split(spec: glue.TaskSpec, split: str, tokenizer, source: str, data_di
                                 ("tfds", spec.name, split), is_regression=spec.is_regression)
 
 
-def load_task_data(task: str | glue.TaskSpec, tokenizer, *, source: str = "tsv",
+def load_task_data(task: tasks.TaskSpec, tokenizer, *, source: str = "tsv",
                    data_dir: str | os.PathLike = "", max_length: int | None,
                    cache_dir: str | os.PathLike | None, train_limit: int = 0,
                    eval_limit: int = 0, squad_options=None
@@ -114,7 +112,7 @@ def load_task_data(task: str | glue.TaskSpec, tokenizer, *, source: str = "tsv",
     """A run's tokenized train split and evaluation splits.
 
     Args:
-      task: task name or spec.
+      task: the task's spec (``tasks.get_task``).
       tokenizer: the model's tokenizer (``binarybert_jax.tokenizer.load_tokenizer``).
       source: one of :data:`SOURCES`.
       data_dir: for ``tsv`` the GLUE root ("" means ``$GLUE_DIR``); for ``tfds`` tfds's data
@@ -132,25 +130,24 @@ def load_task_data(task: str | glue.TaskSpec, tokenizer, *, source: str = "tsv",
       (``input_ids``, ``token_type_ids``, ``attention_mask`` (N, L), ``labels``, ``lengths`` (N,)).
 
     Raises:
-      ValueError: unknown task or source, or (``tsv``) no data directory given.
+      ValueError: unknown source, or (``tsv``) no data directory given.
       ImportError: ``tfds`` without its packages; raised before anything is read.
       FileNotFoundError: (``tsv``) a split's file is missing; the message names it.
     """
-    spec = tasks.get_task(task)
-    check_source(source, spec)
-    if spec.head == "span":
-        return squad.load_squad_data(spec, tokenizer, data_dir=data_dir, source=source,
+    check_source(source, task)
+    if task.head == "span":
+        return squad.load_squad_data(task, tokenizer, data_dir=data_dir, source=source,
                                      max_length=max_length or 0, cache_dir=cache_dir,
                                      train_limit=train_limit, eval_limit=eval_limit,
                                      **dict(squad_options or {}))
     if source == "tsv":
         data_dir = resolve_data_dir(data_dir)
-    max_length = max_length or spec.max_seq_length
-    train = _load_split(spec, "train", tokenizer, source, data_dir, max_length, cache_dir,
+    max_length = max_length or task.max_seq_length
+    train = _load_split(task, "train", tokenizer, source, data_dir, max_length, cache_dir,
                         train_limit)
-    evals = {split: _load_split(spec, split, tokenizer, source, data_dir, max_length, cache_dir,
+    evals = {split: _load_split(task, split, tokenizer, source, data_dir, max_length, cache_dir,
                                 eval_limit)
-             for split in eval_splits(spec)}
+             for split in eval_splits(task)}
     return train, evals
 
 
