@@ -527,35 +527,63 @@ def top_eigenvalues(spec: ModelSpec, params: Any, batches: Sequence[Mapping[str,
 # ---------------------------------------------------------------------------------------------
 # Figures and the report table.
 # ---------------------------------------------------------------------------------------------
-def plot_landscapes(path, landscapes: Mapping[str, Landscape], dpi: int = 64) -> None:
+def _short_matrix(path: str) -> str:
+    """``encoder/layer_0/attention/value`` -> ``layer 0 attention value`` (axis labels)."""
+    return path.removeprefix("encoder/").replace("layer_", "layer ").replace("/", " ")
+
+
+def plot_landscapes(path, landscapes: Mapping[str, Landscape], dpi: int = 120):
     """One figure: a 3-D surface (top row) and a contour plot (bottom row) per model, columns in
-    the order of ``landscapes`` (``{label: Landscape}``), all surfaces on one z scale."""
+    the order of ``landscapes`` (``{label: Landscape}``). Every panel shares one loss scale (the
+    surfaces' z axis, the contours' levels and colours, one colour bar), so a flat landscape looks
+    flat beside a rugged one. Returns the figure (closed; for tests to inspect)."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
     n = len(landscapes)
-    fig = plt.figure(figsize=(4.2 * n, 7.6))
     lo = min(float(l.losses.min()) for l in landscapes.values())
     hi = max(float(l.losses.max()) for l in landscapes.values())
-    for col, (label, land) in enumerate(landscapes.items()):
-        x, y = np.meshgrid(land.coords, land.coords, indexing="ij")
-        ax = fig.add_subplot(2, n, col + 1, projection="3d")
-        ax.plot_surface(x, y, land.losses, cmap="viridis", vmin=lo, vmax=hi, linewidth=0)
-        ax.set_zlim(lo, hi)
-        ax.set_title(label, fontsize=10)
-        ax.set_xlabel("x / mean|W_x|", fontsize=7)
-        ax.set_ylabel("y / mean|W_y|", fontsize=7)
-        ax.tick_params(labelsize=6)
-        ax = fig.add_subplot(2, n, n + col + 1)
-        contour = ax.contourf(x, y, land.losses, levels=20, cmap="viridis")
-        fig.colorbar(contour, ax=ax, shrink=0.85).ax.tick_params(labelsize=6)
-        ax.plot([0], [0], "r+")
-        ax.set_xlabel(f"x: {land.matrices[0]}", fontsize=7)
-        ax.set_ylabel(f"y: {land.matrices[1]}", fontsize=7)
-        ax.tick_params(labelsize=6)
-    fig.tight_layout()
-    checkpoints.write_figure(path, fig, dpi=dpi)
-    plt.close(fig)
+    hi = hi if hi > lo else lo + 1e-6
+    levels = np.linspace(lo, hi, 21)
+    first = next(iter(landscapes.values()))
+    x_name, y_name = (_short_matrix(m) for m in first.matrices)
+    with plt.rc_context({"font.size": 11, "axes.titlesize": 12, "axes.labelsize": 11,
+                         "xtick.labelsize": 10, "ytick.labelsize": 10}):
+        fig = plt.figure(figsize=(3.7 * n + 1.0, 7.8))
+        grid = fig.add_gridspec(2, n + 1, width_ratios=[1] * n + [0.06], height_ratios=[1.1, 1],
+                                hspace=0.28, wspace=0.3, left=0.07, right=0.93, top=0.86, bottom=0.08)
+        contour = None
+        for col, (label, land) in enumerate(landscapes.items()):
+            x, y = np.meshgrid(land.coords, land.coords, indexing="ij")
+            ticks = [float(land.coords.min()), 0.0, float(land.coords.max())]
+            ax = fig.add_subplot(grid[0, col], projection="3d")
+            ax.plot_surface(x, y, land.losses, cmap="viridis", vmin=lo, vmax=hi, linewidth=0)
+            ax.set_zlim(lo, hi)
+            ax.set_title(f"{label}\nloss range {float(land.losses.max() - land.losses.min()):.3f}")
+            ax.set_xticks(ticks)
+            ax.set_yticks(ticks)
+            ax.zaxis.set_major_locator(MaxNLocator(4))
+            ax.set_xlabel("x (× mean|W_x|)", labelpad=2, fontsize=9)
+            ax.set_ylabel("y (× mean|W_y|)", labelpad=2, fontsize=9)
+            ax.set_zlabel("training loss", labelpad=4, fontsize=9)
+            ax.tick_params(labelsize=9, pad=0)
+            ax = fig.add_subplot(grid[1, col])
+            contour = ax.contourf(x, y, land.losses, levels=levels, cmap="viridis", vmin=lo, vmax=hi)
+            ax.plot([0], [0], "r+", markersize=12, markeredgewidth=2)
+            ax.set_xticks(ticks)
+            ax.set_yticks(ticks)
+            ax.set_xlabel("x offset (× mean|W_x|)")
+            if col == 0:
+                ax.set_ylabel("y offset (× mean|W_y|)")
+            ax.set_aspect("equal")
+        bar = fig.colorbar(contour, cax=fig.add_subplot(grid[1, n]), ticks=MaxNLocator(6))
+        bar.set_label("training loss")
+        fig.suptitle(f"Training loss with two matrices perturbed (x: {x_name}, y: {y_name})\n"
+                     "one loss scale in every panel; red +: the trained weights", fontsize=11)
+        checkpoints.write_figure(path, fig, dpi=dpi)
+        plt.close(fig)
+    return fig
 
 
 def landscape_csv(land: Landscape) -> str:

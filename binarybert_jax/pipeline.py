@@ -334,45 +334,78 @@ def training_curves(workdir: str | os.PathLike, main: str) -> dict[str, dict[str
     return {p: {k: sorted(v.items()) for k, v in c.items()} for p, c in curves.items()}
 
 
-def plot_training_curves(path: epath.Path, rows: list[StageResult], main: str) -> None:
-    """The paper's training curves: the training loss of every quantized model (TWN 0.5×, TWS 1×,
-    BWN, ...) over its steps, one panel per KD phase (stage 1: intermediate-layer distillation,
-    stage 2: prediction-layer), with the dev metric at each evaluation on a second axis (stage 1
-    trains no logits, so it has none). The paper's point, TWS reaching a lower loss than BWN,
-    reads off the panels directly."""
+PHASE_TITLES = {"stage1": "stage 1: intermediate-layer KD", "stage2": "stage 2: prediction-layer KD",
+                "joint": "joint KD", "dmd": "direction-matching KD", "finetune": "fine-tuning"}
+
+
+def plot_training_curves(path: epath.Path, rows: list[StageResult], main: str, dpi: int = 120):
+    """The papers' training curves: the training loss of every quantized model (TWS against BWN,
+    and TWN 0.5×, ...) over its steps, one panel per KD phase (stage 1: intermediate-layer
+    distillation, stage 2: prediction-layer), and below each the dev metric at every evaluation
+    in a panel of its own (stage 1 trains no logits, so it has none). One colour per model in
+    every panel; the legend sits below the panels, off the data. Returns the figure (closed; for
+    tests to inspect)."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import LogFormatter
+
+    class _PlainLogFormatter(LogFormatter):
+        """Which log ticks to label as matplotlib chooses, each as a plain number (0.3, 20)."""
+
+        def _num_to_string(self, x, vmin, vmax):
+            return f"{x:.3g}"
+
     runs = [(r, training_curves(r.workdir, main)) for r in rows
             if r.workdir and r.spec.quant.weight_bits < 32
             and (checkpoints.as_path(r.workdir) / "metrics.jsonl").is_file()]
     phases = sorted({p for _, curves in runs for p in curves}) or ["(no quantized training runs)"]
-    fig, axes = plt.subplots(1, len(phases), figsize=(6 * len(phases), 4.5), squeeze=False)
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-    for ax, phase in zip(axes[0], phases):
-        dev_ax = None
-        for i, (r, curves) in enumerate(runs):
-            if phase not in curves:
-                continue
-            color = colors[i % len(colors)]
-            if curves[phase]["loss"]:
-                steps, loss = zip(*curves[phase]["loss"])
-                ax.plot(steps, loss, color=color, label=r.description)
-            if curves[phase]["dev"]:
-                dev_ax = dev_ax or ax.twinx()
-                steps, dev = zip(*curves[phase]["dev"])
-                dev_ax.plot(steps, np.asarray(dev) * 100, color=color, linestyle="--", marker="o",
-                            label=f"{r.description}: dev {main}")
-        ax.set_title({"stage1": "stage 1: intermediate-layer KD", "stage2": "stage 2: prediction-layer KD"}
-                     .get(phase, phase))
-        ax.set_xlabel("step")
-        ax.set_ylabel("training loss (solid)")
-        ax.set_yscale("log")
-        ax.grid(alpha=0.3)
-        if runs:
-            ax.legend(fontsize=7, loc="upper right")
-        if dev_ax is not None:
-            dev_ax.set_ylabel(f"dev {main} ×100 (dashed, at each evaluation)")
-    fig.tight_layout()
-    checkpoints.write_figure(path, fig)
-    plt.close(fig)
+    with plt.rc_context({"font.size": 11, "axes.titlesize": 12, "axes.labelsize": 11,
+                         "xtick.labelsize": 10, "ytick.labelsize": 10, "legend.fontsize": 10}):
+        fig, axes = plt.subplots(2, len(phases), figsize=(5.2 * len(phases), 7.0), squeeze=False,
+                                 sharex="col", gridspec_kw={"height_ratios": [1.6, 1]})
+        for col, phase in enumerate(phases):
+            loss_ax, dev_ax = axes[0, col], axes[1, col]
+            dev_values = []
+            for i, (r, curves) in enumerate(runs):
+                if phase not in curves:
+                    continue
+                style = dict(color=colors[i % len(colors)], label=r.description)
+                if curves[phase]["loss"]:
+                    steps, loss = zip(*curves[phase]["loss"])
+                    loss_ax.plot(steps, loss, **style)
+                if curves[phase]["dev"]:
+                    steps, dev = zip(*curves[phase]["dev"])
+                    dev_values += [100 * v for v in dev]
+                    dev_ax.plot(steps, np.asarray(dev) * 100, marker="o", **style)
+            loss_ax.set_title(PHASE_TITLES.get(phase, phase))
+            loss_ax.set_ylabel("training loss (KD objective, log scale)")
+            loss_ax.set_yscale("log")
+            loss_ax.yaxis.set_major_formatter(_PlainLogFormatter(labelOnlyBase=False))
+            loss_ax.yaxis.set_minor_formatter(_PlainLogFormatter(labelOnlyBase=False, minor_thresholds=(2, 0.5)))
+            loss_ax.grid(alpha=0.3, which="both")
+            dev_ax.set_xlabel("training step")
+            if dev_values:
+                # At least a 5-point span, so a one-point difference does not fill the panel.
+                centre, span = (max(dev_values) + min(dev_values)) / 2, max(dev_values) - min(dev_values)
+                half = max(span * 0.6, 2.5)
+                dev_ax.set_ylim(centre - half, centre + half)
+                dev_ax.set_ylabel(f"dev {main} (%)")
+                dev_ax.grid(alpha=0.3)
+            else:
+                dev_ax.set_ylabel(f"dev {main} (%)")
+                dev_ax.set_yticks([])
+                dev_ax.text(0.5, 0.5, "no evaluation in this phase", transform=dev_ax.transAxes,
+                            ha="center", va="center", color="0.4")
+        handles = {}
+        for ax in axes.ravel():
+            for handle, label in zip(*ax.get_legend_handles_labels()):
+                handles.setdefault(label, handle)
+        fig.tight_layout(rect=(0, 0.06 + 0.035 * ((len(handles) - 1) // 3), 1, 1))
+        if handles:
+            fig.legend(handles.values(), handles.keys(), loc="lower center", ncol=min(3, len(handles)),
+                       frameon=False)
+        checkpoints.write_figure(path, fig, dpi=dpi)
+        plt.close(fig)
+    return fig

@@ -10,8 +10,7 @@ About 15 minutes on 2 CPU cores. Then ``results.md``, ``results.json`` and
 
 The paper's setting on a full GLUE task (hours on a CPU; use a GPU/TPU)::
 
-    python -m launch.pipeline --config configs/pipeline.py:task=mrpc,full,act_bits=4 \
-        --config.data_dir=$GLUE_DIR --workdir runs/mrpc_w1a4
+    python -m launch.pipeline --config configs/pipeline.py:task=mrpc,full,act_bits=4 --config.data_dir=$GLUE_DIR --workdir runs/mrpc_w1a4
 
 The recipe is data: ``config.pipeline.stages`` lists the stages in order, and ``config.stages.<name>``
 declares each one in the schema of a single training run (``kd``, ``student``, ``batch_size``,
@@ -62,10 +61,16 @@ def _train_stage(c, description, *, teacher, init, mode, quant, hyper, attention
     student.quant = quant
     student.hidden_act = common.student_hidden_act(quant)
     return ml_collections.ConfigDict(dict(
-        kind="train", description=description, teacher=teacher, init=init, checkpoint="",
-        kd=kd, student=student, batch_size=batch,
+        kind="train",             # train | prune | split | adaptive_split: what the stage does
+        description=description,  # the stage's row label in results.md ({budget_mb} filled in)
+        teacher=teacher,          # the earlier stage distilled from ("": supervised)
+        init=init,                # the earlier stage the student starts from ("": the pretrained backbone)
+        checkpoint="",            # a trained model to use instead of training this stage
+        kd=kd, student=student,
+        batch_size=batch,         # training examples per step, over all devices
         stage1=dict(epochs=float(e1), learning_rate=float(lr1)),
-        stage2=dict(epochs=float(e2), learning_rate=float(lr2)), eval_every_steps=eval_every))
+        stage2=dict(epochs=float(e2), learning_rate=float(lr2)),
+        eval_every_steps=eval_every))  # 0: once per epoch (and at the end)
 
 
 def get_config(arg=None):
@@ -89,7 +94,7 @@ def get_config(arg=None):
     else:
         c.max_seq_length = 64 if c.task in ("cola", "sst-2") else 128
         c.bucket_lengths = tuple(range(16, c.max_seq_length + 1, 16))
-        c.group_by_length = True  # speed: the embedded default's ~15 minutes count on it
+        c.group_by_length = True  # similar lengths batched together: the default's ~15 minutes count on it
     c.checkpoint_every_steps = 200
     width = 0.5
 
@@ -112,14 +117,20 @@ def get_config(arg=None):
     s = c.stages = ml_collections.ConfigDict()
     s.teacher = _train_stage(c, "full precision", teacher="", init="", mode="supervised", quant=fp,
                              hyper=teacher_h)
-    s.half_pruned = ml_collections.ConfigDict(dict(kind="prune", source="teacher", width=width,
-                                                   batches=16, batch_size=32))
+    s.half_pruned = ml_collections.ConfigDict(dict(
+        kind="prune",
+        source="teacher",         # the earlier stage whose heads and FFN neurons are ranked and cut
+        width=width,              # fraction of heads and FFN neurons kept per layer
+        batches=16,               # training batches for the importance scores
+        batch_size=32))           # examples per importance batch
     # Attention scores cannot be matched across head counts: hidden states and logits only.
     s.half = _train_stage(c, f"full precision {width}×", teacher="teacher", init="half_pruned",
                           mode="joint", quant=fp, hyper=half_h, attention=False)
     s.ternary = _train_stage(c, f"TWN {width}×", teacher="half", init="half", mode="two_stage",
                              quant=ternary_q, hyper=ternary_h)
-    s.tws_init = ml_collections.ConfigDict(dict(kind="split", source="ternary"))
+    s.tws_init = ml_collections.ConfigDict(dict(
+        kind="split",
+        source="ternary"))        # the ternary stage split into the equivalent binary model
     s.tws = _train_stage(c, f"TWS {2 * width:g}× (split from TWN {width}×)", teacher="half",
                          init="tws_init", mode="two_stage", quant=binary_q, hyper=binary_h)
     s.bwn = _train_stage(c, f"BWN {width}×", teacher="half", init="half", mode="two_stage",
@@ -130,11 +141,14 @@ def get_config(arg=None):
                             teacher="teacher", init="teacher", mode="dmd", quant=common.bibert_quant(),
                             hyper=bibert_h)
     s.adaptive_init = ml_collections.ConfigDict(dict(
-        kind="adaptive_split", source="ternary",
-        budget_mb=0.0,    # 0: no-split size + fraction · (all-split − no-split)
-        fraction=0.25,    # below the word embedding's cost, so the orders differ
-        sensitivity_batches=4, batch_size=32,
-        baselines=True))  # min / random / max orders at the same budget
+        kind="adaptive_split",
+        source="ternary",         # the ternary stage whose matrices are split or binarized
+        budget_mb=0.0,            # size budget in MiB; 0: no-split size + fraction · (all-split − no-split)
+        fraction=0.25,            # with budget_mb=0, the budget's place from no-split to all-split size
+                                  # (0.25: below the word embedding's cost, so the orders differ)
+        sensitivity_batches=4,    # training batches for each matrix's sensitivity
+        batch_size=32,            # examples per sensitivity batch
+        baselines=True))          # also the min / random / max orders at the same budget
     s.adaptive = _train_stage(c, "adaptive split at {budget_mb:.2f} MiB", teacher="half",
                               init="adaptive_init", mode="two_stage", quant=binary_q, hyper=binary_h)
 
@@ -145,7 +159,8 @@ def get_config(arg=None):
     order = ["teacher", "half_pruned", "half", "ternary", "tws_init", "tws"]
     order += ["bwn"] * a.bwn + ["bwn_full"] * (a.bwn_full or a.full) + ["bibert"] * a.bibert
     order += ["adaptive_init", "adaptive"] * a.adaptive
-    c.pipeline = ml_collections.ConfigDict(dict(stages=tuple(order)))
+    c.pipeline = ml_collections.ConfigDict(dict(
+        stages=tuple(order)))     # the stages run, in order (each a section of config.stages)
 
     for key in ("teacher", "init_checkpoint", "kd", "student", "batch_size", "stage1", "stage2",
                 "eval_every_steps"):

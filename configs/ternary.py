@@ -2,14 +2,12 @@
 
 TernaryBERT (W2-E2-A8, the teacher's width; the student starts from the teacher)::
 
-    python -m launch.train --config configs/ternary.py:task=mrpc --workdir runs/mrpc/ternary \
-        --config.teacher=runs/mrpc/teacher/finetune/best --config.data_dir=$GLUE_DIR
+    python -m launch.train --config configs/ternary.py:task=mrpc --workdir runs/mrpc/ternary --config.teacher=runs/mrpc/teacher/finetune/best --config.data_dir=$GLUE_DIR
 
 BinaryBERT's half-width ternary stage (``width=0.5``; the teacher and the initialisation are the
 half-width full-precision model, as in the released scripts)::
 
-    python -m launch.train --config configs/ternary.py:task=mrpc,half_width \
-        --config.teacher=HALF_FP --config.init_checkpoint=HALF_FP --workdir runs/mrpc/twn_half
+    python -m launch.train --config configs/ternary.py:task=mrpc,half_width --config.teacher=HALF_FP --config.init_checkpoint=HALF_FP --workdir runs/mrpc/twn_half
 
 ``arg`` keys: ``task``; ``act_bits`` (8: uniform with learnable clips; 4: LSQ, and the student's FFN
 activation switched to ReLU as in the released 4-bit scripts); ``weight_bits``/``embed_bits``

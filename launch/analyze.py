@@ -1,18 +1,14 @@
 """Loss landscapes and top Hessian eigenvalues of FP, ternary and binary models (the paper's §2),
 and how much of each quantized activation the quantizers' clips cut.
 
-    python -m launch.analyze --config configs/analyze.py:task=mrpc \
-        --config.checkpoint=runs/mrpc_teacher/finetune/best --config.data_dir=$GLUE_DIR \
-        --out results/analysis_mrpc
-    python -m launch.analyze --config configs/analyze.py:task=mrpc \
-        --config.pipeline_workdir=runs/mrpc_w1a8 --config.data_dir=$GLUE_DIR \
-        "--config.analyses=('clipping',)" --out results/clipping_mrpc
+    python -m launch.analyze --config configs/analyze.py:task=mrpc --config.checkpoint=runs/mrpc_teacher/finetune/best --config.data_dir=$GLUE_DIR --out results/analysis_mrpc
+    python -m launch.analyze --config configs/analyze.py:task=mrpc --config.pipeline_workdir=runs/mrpc_w1a8 --config.data_dir=$GLUE_DIR "--config.analyses=('clipping',)" --out results/clipping_mrpc
 
 configs/analyze.py has the keys (``analyses`` picks the parts). Writes to ``--out``:
 ``analysis.md`` (the tables), ``analysis.json`` (everything, with the config, the git commit and
-the wall time) and, with the landscape, ``landscape.png`` (all three models),
-``landscape_<model>.png``, ``landscape_<model>.csv`` and ``landscape.json`` (the grids). The logic
-lives in ``binarybert_jax.analysis``.
+the wall time) and, with the landscape, ``landscape.png`` (every model, on one loss scale),
+``landscape_<model>.csv`` and ``landscape.json`` (the grids). The logic lives in
+``binarybert_jax.analysis``.
 """
 
 from __future__ import annotations
@@ -165,7 +161,6 @@ def main(argv):
             timing["landscape_s"][name] = round(time.perf_counter() - t, 1)
         analysis.plot_landscapes(out / "landscape.png", {labels[n]: l for n, l in landscapes.items()})
         for name, land in landscapes.items():
-            analysis.plot_landscapes(out / f"landscape_{name}.png", {labels[name]: land}, dpi=45)
             checkpoints.write_text(out / f"landscape_{name}.csv", analysis.landscape_csv(land))
         checkpoints.write_text(out / "landscape.json",
                                json.dumps({n: l.to_dict() for n, l in landscapes.items()}))

@@ -19,13 +19,13 @@ from typing import Optional, Sequence
 
 from binarybert_jax import export, size, checkpoints
 
-from launch import common
+from launch import arguments, common
 
 MIB = size.MIB
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m launch.export",
+    parser = arguments.ArgumentParser(prog="python -m launch.export", epilog=arguments.examples_from(__doc__),
                                      description="Bit-packed export of a quantized model.")
     parser.add_argument("--ckpt", required=True, help="model checkpoint directory")
     parser.add_argument("--out", required=True, help="output .safetensors file")

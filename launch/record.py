@@ -18,7 +18,7 @@ A record directory holds:
     metrics.jsonl   the run's measurements over training, as it logged them
     <TASK>.tsv      the GLUE submission (``index<TAB>prediction``, launch.predict) for the task's
                     test file, predicted with the run's best checkpoint; where a test file exists
-                    (``--test-file``, default ``<data_dir or $GLUE_DIR>/<TASK>/test.tsv``);
+                    (``--test_file``, default ``<data_dir or $GLUE_DIR>/<TASK>/test.tsv``);
                     never for SQuAD (no test file to submit)
 
 Records group into README tables by ``setting`` (``launch.tables``: mean ± sample std over the
@@ -36,7 +36,7 @@ import sys
 from typing import Optional, Sequence
 
 from binarybert_jax.errors import UserError
-from launch import common
+from launch import arguments, common
 
 RECORD_FORMAT, RECORD_VERSION = "binarybert-jax/record", 1
 RECORD_FILE = "record.json"
@@ -117,8 +117,8 @@ def record_run(workdir: os.PathLike, out: pathlib.Path, name: str, setting: str,
     config = _read_json(workdir / "config.json")
     task = tasks.get_task(results["task"])
     if test_file is not None and task.head == "span":
-        raise UserError(f"--test-file {test_file}: {task.name} has no GLUE submission to write; "
-                        "record SQuAD runs with --no-test (or without --test-file)")
+        raise UserError(f"--test_file {test_file}: {task.name} has no GLUE submission to write; "
+                        "record SQuAD runs with --no_test (or without --test_file)")
     if find_test_file and test_file is None:
         test_file = default_test_file(config, task)
     provenance = _provenance(workdir, provenance_dir)
@@ -139,8 +139,8 @@ def record_run(workdir: os.PathLike, out: pathlib.Path, name: str, setting: str,
         best = workdir / results["best_checkpoint"]
         predict.main(["--model", str(best), "--task", task.name, "--input", str(test_file), "--split", "test",
                       "--out", str(submission),
-                      "--max-length", str(config.get("max_seq_length") or task.max_seq_length),
-                      "--batch-size", str(config.get("eval_batch_size") or 32)])
+                      "--max_length", str(config.get("max_seq_length") or task.max_seq_length),
+                      "--batch_size", str(config.get("eval_batch_size") or 32)])
         record["submission"] = {"file": submission.name, "test_file": str(test_file),
                                 "checkpoint": results["best_checkpoint"]}
     metrics_file = workdir / "metrics.jsonl"
@@ -161,7 +161,7 @@ def record(workdir: str | os.PathLike, name: str, *, setting: Optional[str] = No
     workdir, out = checkpoints.as_path(workdir), pathlib.Path(results_dir) / name
     test = pathlib.Path(test_file) if test_file else None
     if test is not None and not test.is_file():
-        raise FileNotFoundError(f"--test-file {test}: no such file")
+        raise FileNotFoundError(f"--test_file {test}: no such file")
     if (workdir / "pipeline_config.json").is_file():
         report_file = workdir / "results.json"
         if not report_file.is_file():
@@ -205,7 +205,7 @@ def _stage_description(pipeline_dir, stage: str) -> tuple[Optional[str], int]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m launch.record",
+    parser = arguments.ArgumentParser(prog="python -m launch.record", epilog=arguments.examples_from(__doc__),
                                      description="Record a finished run under results/.")
     parser.add_argument("workdir", help="a finished launch.train or launch.pipeline workdir")
     parser.add_argument("--name", required=True,
@@ -214,12 +214,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--setting", default=None,
                         help="the row this run belongs to in its table (seeds of one setting are "
                              "averaged); default the name (a pipeline: each stage's description)")
-    parser.add_argument("--results-dir", default=str(DEFAULT_RESULTS),
+    parser.add_argument("--results_dir", default=str(DEFAULT_RESULTS),
                         help="where records go (default: results/ of the checkout)")
-    parser.add_argument("--test-file", default=None,
+    parser.add_argument("--test_file", default=None,
                         help="GLUE test TSV to predict with the best checkpoint (default "
                              "<data_dir or $GLUE_DIR>/<TASK>/test.tsv when it exists)")
-    parser.add_argument("--no-test", action="store_true", help="write no GLUE submission file")
+    parser.add_argument("--no_test", action="store_true", help="write no GLUE submission file")
     return parser
 
 

@@ -16,7 +16,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from launch import common
+from launch import arguments, common
 
 BATCHES, BATCH_SIZE = 4, 16
 
@@ -62,7 +62,8 @@ def loss_scales(teacher_dir: str) -> dict:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m launch.squad_loss_scale", description=__doc__.split("\n\n")[0])
+    parser = arguments.ArgumentParser(prog="python -m launch.squad_loss_scale", description=__doc__.split("\n\n")[0],
+                                      epilog=arguments.examples_from(__doc__))
     parser.add_argument("teacher", help="the fine-tuned SQuAD v1.1 teacher's checkpoint")
     parser.add_argument("--out", required=True, help="the JSON file to write")
     args = parser.parse_args(argv)

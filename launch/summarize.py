@@ -19,7 +19,7 @@ import statistics
 import sys
 from typing import Optional, Sequence
 
-from launch import common
+from launch import arguments, common
 
 
 def load_run(workdir: str | os.PathLike, which: str) -> dict:
@@ -64,7 +64,7 @@ def summarize(runs: Sequence[dict]) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m launch.summarize",
+    parser = arguments.ArgumentParser(prog="python -m launch.summarize", epilog=arguments.examples_from(__doc__),
                                      description="Dev metrics of finished runs, with mean and spread.")
     parser.add_argument("workdirs", nargs="+", help="launch.train workdirs (each with results.json)")
     parser.add_argument("--which", choices=("final", "best"), default="final",

@@ -1,7 +1,7 @@
 """Runs a sweep: the named runs a ``configs/sweeps/<name>.py`` declares, one after the other, each
 recorded under ``results/`` as it finishes, then README's tables rebuilt from the records.
 
-    python -m launch.sweep configs/sweeps/fidelity.py --dry-run          # the runs, their commands, records
+    python -m launch.sweep configs/sweeps/fidelity.py --dry_run          # the runs, their commands, records
     python -m launch.sweep configs/sweeps/fidelity.py:act_bits=4,seeds=1+2
     python -m launch.sweep fidelity --only seeds --only 'ablation/*/s1'  # some of the runs
     bash launch/gpu.sh --main sweep -- fidelity:epochs=2                 # on a GPU host
@@ -29,7 +29,7 @@ import sys
 from typing import Optional, Sequence
 
 from binarybert_jax.errors import UserError
-from launch import common
+from launch import arguments, common
 
 DEFAULT_RESULTS = common.REPO_ROOT / "results"
 SWEEPS_DIR = common.REPO_ROOT / "configs" / "sweeps"
@@ -148,7 +148,7 @@ def command(run, overrides: Sequence[str] = (), results_dir: pathlib.Path = DEFA
 
 def record_command(record, results_dir: pathlib.Path) -> list[str]:
     argv = [sys.executable, "-m", "launch.record", record.workdir, "--name", record.name,
-            "--results-dir", str(results_dir)]
+            "--results_dir", str(results_dir)]
     return argv + (["--setting", record.setting] if record.setting else [])
 
 
@@ -216,17 +216,18 @@ def run_sweep(runs: list, patterns: Sequence[str] = (), *, results_dir: pathlib.
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m launch.sweep", description=__doc__.split("\n\n")[0])
+    parser = arguments.ArgumentParser(prog="python -m launch.sweep", description=__doc__.split("\n\n")[0],
+                                      epilog=arguments.examples_from(__doc__))
     parser.add_argument("sweep", help="configs/sweeps/NAME.py[:ARG] or NAME[:ARG]")
-    parser.add_argument("--dry-run", action="store_true", help="list the runs, commands and records; run nothing")
+    parser.add_argument("--dry_run", action="store_true", help="list the runs, commands and records; run nothing")
     parser.add_argument("--only", action="append", default=[], metavar="PATTERN",
                         help="run these runs (a glob, or a name and the runs under it); repeatable")
     parser.add_argument("--override", action="append", default=[], metavar="KEY=VALUE",
                         help="--config.KEY=VALUE for every run that takes a config; repeatable")
-    parser.add_argument("--results-dir", default=str(DEFAULT_RESULTS),
+    parser.add_argument("--results_dir", default=str(DEFAULT_RESULTS),
                         help="where records go (default: results/ of the checkout, whose tables are then rebuilt)")
     parser.add_argument("--force", action="store_true", help="run and record the selected runs again")
-    parser.add_argument("--no-tables", action="store_true", help="do not rebuild README's tables afterwards")
+    parser.add_argument("--no_tables", action="store_true", help="do not rebuild README's tables afterwards")
     return parser
 
 

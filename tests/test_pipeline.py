@@ -5,6 +5,7 @@ import json
 import pytest
 
 from binarybert_jax import pipeline, checkpoints
+from figures import assert_readable_png
 from configs import pipeline as pipeline_config
 from launch import record
 
@@ -39,7 +40,23 @@ def test_pipeline_end_to_end_and_rerun_skips(tmp_path, tiny_pretrained_1layer):
     assert params["encoder"]["layer_0"]["ffn"]["output"]["kernel"].shape[0] == 2
     md = (tmp_path / "results.md").read_text()
     assert "| TWS 1× (split from TWN 0.5×) | 1-1-8 |" in md
-    assert (tmp_path / "training_curves.png").stat().st_size > 1000
+    assert_readable_png(tmp_path / "training_curves.png")
+    # The papers' figure: per KD phase the training loss of each quantized model (TWS against the
+    # ternary model it was split from), and beneath it, apart, the dev metric at each evaluation.
+    quantized = [pipeline.StageResult(m, rows[m]["description"], rows[m]["checkpoint"], "", {}, {},
+                                      checkpoints.load_model_spec(rows[m]["checkpoint"]), str(tmp_path / m))
+                 for m in ("ternary", "tws")]
+    fig = pipeline.plot_training_curves(tmp_path / "again.png", quantized, "accuracy")
+    (loss1, loss2), (dev1, dev2) = [fig.axes[:2], fig.axes[2:4]]
+    assert len(fig.axes) == 4 and [loss1.get_title(), loss2.get_title()] == [
+        "stage 1: intermediate-layer KD", "stage 2: prediction-layer KD"]
+    assert len(loss1.get_lines()) == len(loss2.get_lines()) == 2 and loss1.get_yscale() == "log"
+    assert not dev1.get_lines() and len(dev2.get_lines()) == 2  # stage 1 trains no logits
+    assert dev2.get_ylabel() == "dev accuracy (%)" and loss2.get_xlabel() == "" and dev2.get_xlabel()
+    lo, hi = dev2.get_ylim()
+    assert hi - lo >= 5  # a one-point difference does not fill the panel
+    assert len(fig.legends) == 1 and not any(ax.get_legend() for ax in fig.axes)  # off the data
+    assert [t.get_text() for t in fig.legends[0].get_texts()] == [r.description for r in quantized]
     # What the figure draws: each quantized stage's training loss per KD phase, dev at each evaluation.
     curves = pipeline.training_curves(tmp_path / "tws", "accuracy")
     assert sorted(curves) == ["stage1", "stage2"] and curves["stage1"]["dev"] == []

@@ -9,6 +9,7 @@ import pytest
 from binarybert_jax import train
 from configs import common as config_common
 from launch import common, parity, record, tables
+from figures import assert_readable_png
 
 TEST_ROWS = 10
 
@@ -219,7 +220,7 @@ def test_tables_draw_the_training_curves_of_a_seed(results, tmp_path):
     assert not (copy / "q" / "training_curves_s1.png").exists()  # --check draws nothing
     assert tables.main(["--readme", str(readme), "--results-dir", str(copy)]) == 0
     figure = copy / "q" / "training_curves_s1.png"
-    assert figure.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert_readable_png(figure)
     assert "![training curves, seed 1](results/q/training_curves_s1.png)" in readme.read_text()
     page = tmp_path / "docs" / "results.md"  # the same marker one folder down links up to it
     page.parent.mkdir()
