@@ -80,7 +80,7 @@ def test_a_workdir_is_not_resumed_with_another_task_or_model(tmp_path, tiny_pret
     assert (workdir / "config.json").read_text() == recorded
     assert (workdir / "results.json").read_text() == results
     # A change that does not mix runs (evaluation cadence, learning rate) is a normal rerun.
-    again = train.train_and_evaluate(_config(tiny_pretrained, eval_every_steps=3), workdir)
+    again = train.train_and_evaluate(_config(tiny_pretrained, eval_every_examples=12), workdir)
     assert again["final"] == done["final"]
 
 

@@ -42,9 +42,9 @@ def test_pipeline_end_to_end_and_rerun_skips(tmp_path, tiny_pretrained_1layer):
     assert (tmp_path / "training_curves.png").stat().st_size > 1000
     # What the figure draws: each quantized stage's training loss per KD phase, dev at each evaluation.
     curves = pipeline.training_curves(tmp_path / "tws", "accuracy")
-    assert sorted(curves) == ["stage1", "stage2"] and curves["stage1"]["dev"] == []
+    assert sorted(curves) == ["stage1", "stage2"] and curves["stage1"]["eval"] == []
     assert curves["stage1"]["loss"] and all(loss > 0 for _, loss in curves["stage1"]["loss"])
-    assert [s for s, _ in curves["stage2"]["dev"]] == [2]  # two steps, evaluated at the end
+    assert [s for s, _ in curves["stage2"]["eval"]] == [2] and curves["stage2"]["split"] == "heldout"  # two steps, evaluated at the end
     # Recorded for results/: one record a trained stage, its description the setting.
     records = record.record(tmp_path, "tiny_pipeline", results_dir=tmp_path / "results",
                             find_test_file=False)
