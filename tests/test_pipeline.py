@@ -33,12 +33,24 @@ def test_pipeline_end_to_end_and_rerun_skips(tmp_path, tiny_pretrained_1layer):
     plan = report["adaptive"]
     assert plan["size_no_split_mb"] <= plan["size_mb"] <= plan["budget_mb"] <= plan["size_all_split_mb"]
     assert set(plan["orders_right_after_split"]) == {"adaptive", "min", "random", "max"}
+    # Selection never saw dev: every stage selected on the held-out slice (3 of the 32 sentences),
+    # and the adaptive split's orders were compared there too.
+    assert report["protocol"] == "heldout" and plan["orders_scored_on"] == "heldout"
+    for r in rows.values():
+        assert r["protocol"] == "heldout" and r["selection"]["split"] == "heldout"
+        assert r["dev_selected"] == r["best"] and r["dev_final"] == r["final"]
+        assert all(set(o) >= {"heldout"} and "dev" not in o for o in plan["orders_right_after_split"].values())
+    half = json.loads((tmp_path / "half" / "results.json").read_text())
+    assert len([m for m in (tmp_path / "half" / "metrics.jsonl").read_text().splitlines()
+                if "heldout/accuracy" in m]) >= 1 and half["protocol"] == "heldout"
     # The split model starts exactly where TWS says: the tws stage's init holds two binary planes.
     params, spec, info = checkpoints.load_model(tmp_path / "tws_init")
     assert spec.quant.split and info["stage"] == "tws"
     assert params["encoder"]["layer_0"]["ffn"]["output"]["kernel"].shape[0] == 2
     md = (tmp_path / "results.md").read_text()
     assert "| TWS 1× (split from TWN 0.5×) | 1-1-8 |" in md
+    assert "| held-out accuracy at selection | accuracy dev: selected / final |" in md
+    assert "| accuracy (held-out) |" in md  # the split orders' comparison
     assert (tmp_path / "training_curves.png").stat().st_size > 1000
     # What the figure draws: each quantized stage's training loss per KD phase, dev at each evaluation.
     curves = pipeline.training_curves(tmp_path / "tws", "accuracy")
