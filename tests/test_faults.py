@@ -93,6 +93,9 @@ def test_a_workdir_is_not_resumed_with_another_task_or_model(tmp_path, tiny_pret
     ("log_every_steps", 0, "≥ 1"),
     ("kd.mode", "distil", "one of"),
     ("student.quant.act_bits", 1, "act_bits must be in 2..16 or 32"),
+    ("select_on", "test", "one of ('heldout', 'dev')"),
+    ("heldout.fraction", 1.0, "in (0, 1)"),
+    ("eval_every_examples", -1, "≥ 0"),
 ])
 def test_values_out_of_range_are_refused_naming_the_key(tmp_path, tiny_pretrained, key, value, allowed):
     with pytest.raises(errors.ConfigError) as info:
