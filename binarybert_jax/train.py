@@ -394,7 +394,10 @@ def _train_phase(config, workdir, phase, spec, task, train_arrays, eval_sets, te
     last_saved = latest
     last_eval: Optional[tuple[int, dict]] = None  # (step, scores) of the latest evaluation
     stopped_early = False   # stop_after_steps or a signal: the phase resumes on a rerun
-    early_stop = False      # early_stop_evals evaluations without a better selection score: done
+    # early_stop_evals evaluations without a better selection score: the phase is done (also when
+    # a run that stopped so was killed before writing its results, and is rerun).
+    early_stop = bool(config.early_stop_evals and step < total_steps
+                      and meta.get("evals_since_best", 0) >= config.early_stop_evals)
     from tqdm.auto import tqdm
     bar = tqdm(total=total_steps, initial=step, desc=phase.name, unit="step",
                disable=not checkpoints.is_writer() or not config.progress_bar)
