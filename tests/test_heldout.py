@@ -154,6 +154,10 @@ def test_early_stopping_reads_the_heldout_slice(tmp_path, tiny_pretrained, glue_
     # It stops at the first evaluation that is not better than the best before it.
     first_worse = next(s for i, (s, v) in enumerate(held) if i and v <= max(u for _, u in held[:i]))
     assert stopped == first_worse == held[-1][0] < 14 and result["phases"][-1]["steps"] == stopped
+    # Killed before its results were written, the rerun resumes a finished phase: no step more.
+    (tmp_path / "run" / "finetune" / "results.json").unlink()
+    again = train.train_and_evaluate(cfg, tmp_path / "run")
+    assert again["phases"][-1]["steps"] == stopped and again["dev_final"] == result["dev_final"]
 
 
 def test_squad2_null_threshold_is_chosen_on_heldout_articles(tmp_path, tiny_pretrained):
