@@ -23,8 +23,11 @@ name earlier stages). Override any of it, e.g.::
     --config.stages.ternary.student.quant.weight_method=lat            # LAT instead of TWN
     --config.stages.adaptive_init.fraction=0.3
 
-Shared keys (task, data, optimizer, seed, buckets, ...) stay at the top level; training keys at the
-top level are an error (the pipeline sets them per stage).
+Shared keys (task, data, optimizer, seed, buckets, checkpoint selection, ...) stay at the top level;
+training keys at the top level are an error (the pipeline sets them per stage). Every stage selects
+its checkpoint on the same held-out slice of the training set (``--config.select_on=heldout``, the
+default; ``dev`` for the older protocol) and is evaluated every ``--config.eval_every_examples``
+training examples (``full``: 1,600; else once an epoch), so every model gets the same chances.
 ``arg`` keys: ``task`` (default sst-2); ``act_bits`` (8: uniform with learnable clips; 4: LSQ with
 ReLU students, as the released 4-bit scripts); ``full`` (the whole task and the released scripts'
 hyperparameters: batch 16; ternary lr 2.5e-5 / 1e-5, binary 1.25e-4 / 5e-5, 2 epochs per stage; adds
