@@ -138,8 +138,9 @@ class QuantConfig:
       split: ternary-weight-split model: each quantized matrix (and the word embedding) holds two
         latent halves whose quantized sum is the weight; ``unsplit`` names matrices kept single
         (adaptive splitting), e.g. ``encoder/layer_0/ffn/output``.
-      split_shared_act: both halves share one input quantizer, so the forward is one matmul with
-        the summed quantized kernel. False gives each half its own quantizer, as the released code.
+      split_shared_act: both halves share one input quantizer, so the float path is one matmul with
+        the summed quantized kernel (the integer path still multiplies each half's codes, as their
+        scales differ). False gives each half its own quantizer, as the released code.
     """
 
     weight_bits: int = 32

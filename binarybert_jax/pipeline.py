@@ -332,7 +332,7 @@ def write_report(workdir: epath.Path, task, rows: list[StageResult], config, ada
 
 def adaptive_report(adaptive_info: dict, main: str) -> list[str]:
     """Markdown lines on the adaptive split (``results.json``'s ``adaptive``): the budget, and
-    the split orders' dev scores right after splitting. The pipeline's report and README's
+    the split orders' dev scores right after splitting. The pipeline's report and the docs'
     tables (``launch.tables``) print it."""
     lines = [f"Adaptive splitting: budget {adaptive_info['budget_mb']:.2f} MiB (no split "
              f"{adaptive_info['size_no_split_mb']:.2f}, all split {adaptive_info['size_all_split_mb']:.2f}); "

@@ -9,7 +9,7 @@ latent weights as FP, TWN W-E 2-2 and BWN W-E 1-1, activations at the model's bi
         --config.checkpoint=runs/mrpc_teacher/finetune/best --config.data_dir=$GLUE_DIR \
         "--config.hessian.layers=(0,5)" --out results/analysis_mrpc
 
-That run (README, "Loss landscape and sharpness") took 1149 s on 2 heavily shared CPU cores
+That run (docs/analysis.md) took 1149 s on 2 heavily shared CPU cores
 (load average ~14): 5 minutes for the three 11×11 landscapes, 14 for the Hessians. A
 Hessian-vector product costs about ten forward passes of its batch, and each part's Lanczos run
 takes up to ``hessian.iterations`` of them, so all six layers (the default) cost about three

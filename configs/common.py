@@ -110,7 +110,7 @@ def base_config(task: str = "mrpc") -> ml_collections.ConfigDict:
     c.dtype = "float32"           # compute dtype; "bfloat16" on TPU/GPU
     # The teacher's compute dtype ("" = dtype). bfloat16 (float32 accumulation) by default: its
     # outputs are targets, which it moves by well under a percent, and MRPC's TWN runs trained to
-    # the same dev metrics as with float32 (README, the quantization ablation's bf16 row).
+    # the same dev metrics as with float32 (docs/results.md, the quantization ablation's bf16 row).
     c.teacher_dtype = "bfloat16"
     # Quantized products on the operands' integer codes (exact, bfloat16 with float32
     # accumulation; binarybert_jax/integer_dot.py); False: float32 products of the values.

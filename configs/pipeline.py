@@ -51,7 +51,7 @@ SLICE = pathlib.Path(__file__).resolve().parents[1] / "data" / "glue_slice"
 
 # The activation clip of the ternary and binary stages' 8-bit quantizers (``clip`` arg): the
 # released code's learnable ±2.5; none (a clip no activation reaches: min-max ranges, TernaryBERT's
-# choice); or each clip started at the 99.9th percentile of its input on the first batch. README
+# choice); or each clip started at the 99.9th percentile of its input on the first batch. docs/results.md
 # ("Where the quantized students lose their points") has what each costs on MRPC.
 CLIPS = {"released": {}, "none": {"clip_init": 1e4}, "percentile": {"clip_percentile": 99.9}}
 

@@ -1,15 +1,17 @@
 #!/usr/bin/env bash
 # Runs a training job with all GPUs of this host (the data mesh spans every visible GPU), alone or as
-# one process of a multi-host GPU cluster.
+# one process of a multi-host GPU cluster; or a whole sweep (launch/sweep.py) on this host, each of
+# its runs using every GPU.
 #
-#   bash launch/gpu.sh [--dry-run] [--venv DIR] [--main train|pipeline] -- --config configs/ternary.py:task=mrpc \
+#   bash launch/gpu.sh [--dry-run] [--venv DIR] [--main train|pipeline|sweep] -- --config configs/ternary.py:task=mrpc \
 #       --workdir runs/mrpc_ternary --config.dtype=bfloat16
+#   bash launch/gpu.sh --main sweep -- configs/sweeps/fidelity.py:epochs=2 --only seeds
 #
 # Several hosts: start the same command on every host, either with the coordinator given explicitly
 #   --coordinator HOST0:PORT --num-processes N --process-id I      (I = 0 on HOST0, 1.. elsewhere)
 # or under SLURM (srun, one task per host) with --slurm, where JAX reads the coordinator, the number
 # of processes and this process's id from SLURM's environment. The workdir must be a filesystem
-# every host sees.
+# every host sees. A sweep runs on one host (its runs are single-host commands).
 #
 # Creates (once) a virtualenv with requirements.txt and jax[cuda12], then runs launch/<main>.py.
 # Restrict the GPUs with CUDA_VISIBLE_DEVICES. --dry-run prints the commands instead.
@@ -30,7 +32,8 @@ while [[ $# -gt 0 ]]; do
   esac
 done
 [[ $# -gt 0 ]] || { echo "gpu.sh: give the launch/$main.py flags after --" >&2; exit 2; }
-[[ "$main" == train || "$main" == pipeline ]] || { echo "gpu.sh: --main is train or pipeline" >&2; exit 2; }
+[[ "$main" == train || "$main" == pipeline || "$main" == sweep ]] || { echo "gpu.sh: --main is train, pipeline or sweep" >&2; exit 2; }
+[[ "$main" != sweep || ${#dist[@]} -eq 0 ]] || { echo "gpu.sh: a sweep runs on one host (no --coordinator, --slurm)" >&2; exit 2; }
 cd "$(dirname "$0")/.."
 
 commands=(

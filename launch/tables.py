@@ -1,8 +1,10 @@
-"""Rebuilds README's results tables from the records under ``results/``: numbers are regenerated, never typed.
+"""Rebuilds the results tables of README.md, BENCHMARKS.md and docs/*.md from the records under
+``results/``: numbers are regenerated, never typed.
 
-    python -m launch.tables                 # rewrite every marked section of README.md
+    python -m launch.tables                 # rewrite every marked section of every such file
     python -m launch.tables --per-seed      # ... with each seed's values beside the mean
-    python -m launch.tables --check         # exit 1 if README.md differs from what results/ gives
+    python -m launch.tables --check         # exit 1 if any of them differs from what results/ gives
+    python -m launch.tables --file docs/results.md   # only the files named (repeat --file)
 
 A marked section is everything between a line ``<!-- results:NAME [options] -->`` and the next
 ``<!-- /results -->`` line; the command replaces it with what the records say:
@@ -34,6 +36,7 @@ A marked section is everything between a line ``<!-- results:NAME [options] -->`
   report has them).
 
 A marker naming records that do not exist is an error naming it: a table is never left stale.
+Figures are linked relative to the file that shows them, so a table moves between files unchanged.
 """
 
 from __future__ import annotations
@@ -50,7 +53,9 @@ from binarybert_jax.errors import UserError
 from launch import common
 
 DEFAULT_RESULTS = common.REPO_ROOT / "results"
-DEFAULT_README = common.REPO_ROOT / "README.md"
+# The files whose marked sections the command keeps in step with results/, relative to the checkout:
+# the front door, the benchmarks page and everything under docs/.
+DOCUMENTS = ("README.md", "BENCHMARKS.md", "docs/*.md")
 BEGIN = re.compile(r"^(?P<indent>[ \t]*)<!-- results:(?P<name>[\w./+-]+)(?P<options>[^>]*?)\s*-->\s*$")
 END = re.compile(r"^[ \t]*<!-- /results -->\s*$")
 OPTIONS = ("which", "metrics", "per_seed", "wall", "bits", "order", "curves", "adaptive")
@@ -69,7 +74,7 @@ def load_records(results_dir: pathlib.Path, name: str) -> list[dict]:
         root = results_dir / part
         files = sorted(root.rglob("record.json")) if part and root.is_dir() else []
         if not files:
-            raise UserError(f"README names results:{name}, but {root} holds no record.json; record runs "
+            raise UserError(f"a marker names results:{name}, but {root} holds no record.json; record runs "
                             f"with python -m launch.record WORKDIR --name {part}/...")
         records += sorted((checkpoints.read_json(f) for f in files),
                           key=lambda r: (r.get("order", 0), r["name"]))
@@ -206,7 +211,7 @@ def render_parity(results_dir: pathlib.Path) -> list[str]:
     from binarybert_jax import checkpoints
     path = results_dir / "parity" / "parity.json"
     if not path.is_file():
-        raise UserError(f"README names results:parity, but {path} does not exist: run python -m launch.parity")
+        raise UserError(f"a marker names results:parity, but {path} does not exist: run python -m launch.parity")
     e = checkpoints.read_json(path)["errors"]
     return [f"Max abs error {e['hidden_states']:.1e} over every hidden state at real tokens, "
             f"{e['attention_probs']:.1e} over attention probabilities, {e['pooler']:.1e} on the "
@@ -220,7 +225,7 @@ def render_adaptive(results_dir: pathlib.Path, name: str) -> list[str]:
     path = results_dir / name / "pipeline.json"
     report = checkpoints.read_json(path) if path.is_file() else {}
     if not report.get("adaptive"):
-        raise UserError(f"README names results:{name} adaptive, but {path} holds no adaptive split: "
+        raise UserError(f"a marker names results:{name} adaptive, but {path} holds no adaptive split: "
                         "record a pipeline run with the adaptive stages (launch.record)")
     return pipeline.adaptive_report(report["adaptive"], report["main_metric"])
 
@@ -231,7 +236,7 @@ def render_clipping(results_dir: pathlib.Path, name: str) -> list[str]:
     from binarybert_jax import analysis, checkpoints
     report = checkpoints.read_json(results_dir / name / "analysis.json")
     if "clipping" not in report:
-        raise UserError(f"README names results:{name}, but {results_dir / name / 'analysis.json'} has no "
+        raise UserError(f"a marker names results:{name}, but {results_dir / name / 'analysis.json'} has no "
                         "clipping statistics: rerun launch.analyze with --config.analyses=('clipping',)")
     labels = {m["name"]: m["label"] for m in report["models"]}
     return analysis.clipping_table(report["clipping"], labels)
@@ -281,37 +286,54 @@ def rebuild(text: str, results_dir: pathlib.Path, per_seed: bool = False, where:
     return "\n".join(out)
 
 
+def documents(root: pathlib.Path = common.REPO_ROOT) -> list[pathlib.Path]:
+    """The files of ``DOCUMENTS`` that exist under ``root``, in that order (docs/ sorted by name)."""
+    found = []
+    for pattern in DOCUMENTS:
+        found += sorted(p for p in root.glob(pattern) if p.is_file())
+    return found
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m launch.tables",
-                                     description="README's results tables from results/.")
-    parser.add_argument("--readme", default=str(DEFAULT_README))
+                                     description="The results tables of README.md, BENCHMARKS.md and "
+                                                 "docs/*.md from results/.")
+    parser.add_argument("--file", "--readme", dest="files", action="append", default=None,
+                        metavar="PATH", help="a Markdown file to rebuild (repeat for several; default: "
+                                             + ", ".join(DOCUMENTS) + ")")
     parser.add_argument("--results-dir", default=str(DEFAULT_RESULTS))
     parser.add_argument("--per-seed", action="store_true", help="each seed's value in every table")
     parser.add_argument("--check", action="store_true",
-                        help="change nothing; exit 1 when the README differs from what results/ gives")
+                        help="change nothing; exit 1 when a file differs from what results/ gives")
     return parser
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     from binarybert_jax import checkpoints
     args = build_parser().parse_args(argv)
-    readme = pathlib.Path(args.readme)
-    text = readme.read_text(encoding="utf-8")
-    new = rebuild(text, pathlib.Path(args.results_dir), args.per_seed, str(readme), readme.parent,
-                  draw=not args.check)
-    sections = sum(1 for line in text.split("\n") if BEGIN.match(line))
-    if args.check:
+    files = [pathlib.Path(f) for f in args.files] if args.files else documents()
+    missing = [str(f) for f in files if not f.is_file()]
+    if missing:
+        raise UserError(f"no such file: {', '.join(missing)} (--file names a Markdown file to rebuild)")
+    stale = []
+    for path in files:
+        text = path.read_text(encoding="utf-8")
+        new = rebuild(text, pathlib.Path(args.results_dir), args.per_seed, str(path), path.parent,
+                      draw=not args.check)
+        sections = sum(1 for line in text.split("\n") if BEGIN.match(line))
+        if args.check:
+            if new != text:
+                stale.append(path)
+                print(f"{path}: {sections} marked sections; out of date with {args.results_dir} "
+                      "(run python -m launch.tables)", file=sys.stderr)
+            else:
+                print(f"{path}: {sections} marked sections, up to date")
+            continue
         if new != text:
-            print(f"{readme}: {sections} marked sections; out of date with {args.results_dir} "
-                  "(run python -m launch.tables)", file=sys.stderr)
-            return 1
-        print(f"{readme}: {sections} marked sections, up to date")
-        return 0
-    if new != text:
-        checkpoints.write_text(readme, new)
-    print(f"{readme}: {sections} marked sections rebuilt from {args.results_dir}"
-          + ("" if new != text else " (no change)"))
-    return 0
+            checkpoints.write_text(path, new)
+        print(f"{path}: {sections} marked sections rebuilt from {args.results_dir}"
+              + ("" if new != text else " (no change)"))
+    return 1 if stale else 0
 
 
 if __name__ == "__main__":

@@ -8,7 +8,7 @@
 # 2. creates a virtualenv there with requirements.txt, jax[tpu] and the gs:// clients (skipped when present),
 # 3. starts launch/<main>.py (train by default) on all workers at once with --distributed, so each calls
 #    jax.distributed.initialize() and the data mesh spans the whole slice.
-# The workdir must be storage every worker sees: gs://BUCKET/run (README, "Remote workdirs"; the
+# The workdir must be storage every worker sees: gs://BUCKET/run (docs/usage.md, "Remote workdirs"; the
 # gs:// client libraries are installed in step 2), Filestore/NFS, or a gcsfuse mount.
 # --dry-run prints the commands instead of running them.
 set -euo pipefail

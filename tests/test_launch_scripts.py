@@ -34,6 +34,13 @@ def test_gpu_cluster_with_an_explicit_coordinator_and_under_slurm():
     assert slurm[1].endswith("-m launch.train --config c --workdir w --distributed")
 
 
+def test_gpu_runs_a_sweep():
+    assert _dry_run("gpu.sh", "--main", "sweep", "--", "configs/sweeps/fidelity.py:epochs=2", "--only", "seeds") == [
+        SETUP_GPU,
+        "XLA_PYTHON_CLIENT_PREALLOCATE=false .venv-gpu/bin/python -m launch.sweep "
+        "configs/sweeps/fidelity.py:epochs=2 --only seeds"]
+
+
 def test_tpu_every_worker():
     lines = _dry_run("tpu.sh", "--tpu", "v4-32", "--zone", "us-central2-b", "--project", "p", "--",
                      "--config", "configs/ternary.py:task=mrpc", "--workdir", "/mnt/shared/run")
@@ -51,10 +58,9 @@ def test_tpu_every_worker():
 
 @pytest.mark.parametrize("script,args,message", [
     ("gpu.sh", ["--bogus"], "gpu.sh: unknown option --bogus"),
-    ("gpu.sh", ["--main", "x", "--", "a"], "gpu.sh: --main is train or pipeline"),
+    ("gpu.sh", ["--main", "x", "--", "a"], "gpu.sh: --main is train, pipeline or sweep"),
+    ("gpu.sh", ["--main", "sweep", "--slurm", "--", "fidelity"], "gpu.sh: a sweep runs on one host"),
     ("tpu.sh", ["--tpu", "t", "--", "a"], "tpu.sh: --tpu and --zone are required"),
-    ("device.sh", ["unpack"], "unknown verb unpack (pack, part2)"),
-    ("device.sh", ["part2", "qnli_a8"], "unknown SETTING qnli_a8 (mrpc_a8, mrpc_a4, stsb_a8, smoke)"),
 ])
 def test_bad_options_are_refused(script, args, message):
     run = subprocess.run(["bash", f"launch/{script}", *args], cwd=ROOT, capture_output=True, text=True)

@@ -42,7 +42,7 @@ def _train_args(workdir, tiny_pretrained, *extra):
 
 
 def _env(devices: int) -> dict:
-    # The test session's compilation cache (conftest.py) serves the processes too: the pair and
+    # The test run's compilation cache (conftest.py) serves the processes too: the pair and
     # the rerun compile nothing the first run compiled.
     return dict(os.environ, JAX_PLATFORMS="cpu", PYTHONUNBUFFERED="1",
                 XLA_FLAGS=f"--xla_force_host_platform_device_count={devices} {FAST_COMPILE}",

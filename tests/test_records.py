@@ -1,5 +1,5 @@
-"""Records of finished runs (launch.record), README tables rebuilt from them (launch.tables), and the
-parity figures (launch.parity), on two tiny real runs."""
+"""Records of finished runs (launch.record), the tables of README, BENCHMARKS.md and docs/ rebuilt from
+them (launch.tables), and the parity figures (launch.parity), on two tiny real runs."""
 
 import json
 import statistics
@@ -186,6 +186,53 @@ def test_tables_rebuild_marked_sections_from_records(runs, results, tmp_path, ca
         tables.main(["--readme", str(readme), "--results-dir", str(results)])
 
 
+def test_tables_rebuild_every_document_and_check_each(results, tmp_path, capsys):
+    """README, BENCHMARKS.md and docs/*.md are all rebuilt, and --check names each stale file."""
+    (tmp_path / "docs").mkdir()
+    for name in ("README.md", "BENCHMARKS.md", "docs/results.md", "docs/usage.md", "docs/notes.txt"):
+        (tmp_path / name).write_text("<!-- results:tiny -->\n<!-- /results -->\n")
+    files = tables.documents(tmp_path)
+    assert [f.relative_to(tmp_path).as_posix() for f in files] == [
+        "README.md", "BENCHMARKS.md", "docs/results.md", "docs/usage.md"]
+    args = [a for f in files for a in ("--file", str(f))] + ["--results-dir", str(results)]
+    assert tables.main(args + ["--check"]) == 1  # every file still holds its empty section
+    assert tables.main(args) == 0
+    assert all("| full precision | 2 |" in f.read_text() for f in files)
+    capsys.readouterr()
+    assert tables.main(args + ["--check"]) == 0
+    docs = tmp_path / "docs" / "results.md"
+    docs.write_text(docs.read_text().replace("| full precision | 2 |", "| full precision | 3 |"))
+    assert tables.main(args + ["--check"]) == 1
+    captured = capsys.readouterr()
+    assert f"{docs}: 1 marked sections; out of date" in captured.err
+    assert f"{tmp_path / 'README.md'}: 1 marked sections, up to date" in captured.out
+    with pytest.raises(ValueError, match="no such file: .*missing.md"):
+        tables.main(["--file", str(tmp_path / "missing.md"), "--results-dir", str(results)])
+
+
+def test_tables_and_a_benchmark_section_share_one_file(results, tmp_path):
+    """BENCHMARKS.md holds sections a benchmark writes whole and a marked table launch.tables
+    rebuilds: neither writer touches the other's part."""
+    from benchmarks import markdown
+    out = tmp_path / "BENCHMARKS.md"
+    markdown.write_section(out, "## Step", "## Step\n\nmeasured 1\n")
+    out.write_text(out.read_text() + "\n## Notes\n\n<!-- results:tiny -->\n<!-- /results -->\n")
+    assert tables.main(["--file", str(out), "--results-dir", str(results)]) == 0
+    markdown.write_section(out, "## Step", "## Step\n\nmeasured 2\n")
+    text = out.read_text()
+    assert "measured 2" in text and "measured 1" not in text
+    assert tables.main(["--file", str(out), "--results-dir", str(results), "--check"]) == 0
+
+
+def test_the_repository_documents_are_in_step_with_its_records(capsys):
+    """Every marked table of README, BENCHMARKS.md and docs/ equals what results/ gives (the
+    check CI runs; a table typed over, or a record changed without rebuilding, fails here)."""
+    assert tables.main(["--check"]) == 0, capsys.readouterr().err
+    printed = capsys.readouterr().out
+    for name in ("README.md", "BENCHMARKS.md", "results.md"):
+        assert name + ":" in printed
+
+
 def test_tables_draw_the_training_curves_of_a_seed(results, tmp_path):
     import shutil
     # A quantized record of seed 1: the tiny full-precision one with a ternary spec.
@@ -204,6 +251,11 @@ def test_tables_draw_the_training_curves_of_a_seed(results, tmp_path):
     figure = copy / "q" / "training_curves_s1.png"
     assert figure.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "![training curves, seed 1](results/q/training_curves_s1.png)" in readme.read_text()
+    page = tmp_path / "docs" / "results.md"  # the same marker one folder down links up to it
+    page.parent.mkdir()
+    page.write_text("<!-- results:q curves=1 -->\n<!-- /results -->\n")
+    assert tables.main(["--file", str(page), "--results-dir", str(copy)]) == 0
+    assert "![training curves, seed 1](../results/q/training_curves_s1.png)" in page.read_text()
     readme.write_text("<!-- results:q curves=7 -->\n<!-- /results -->\n")
     with pytest.raises(SystemExit):  # no record of seed 7: an error naming it
         common.run_guarded(tables.main, ["--readme", str(readme), "--results-dir", str(copy)])

@@ -3,7 +3,7 @@
 answer is always given: what the spans are worth where the threshold of training's evaluation (0)
 answers "no answer" to every question.
 
-    PYTHONPATH=. python results/squad/v2_null_threshold.py OUT_DIR NAME=CHECKPOINT...
+    python -m launch.squad_null_threshold OUT_DIR NAME=CHECKPOINT...
 
 Evaluates each checkpoint on the questions the records were scored on (the first 500 questions of
 the held-out articles of ``$SQUAD_DIR/dev-v2.0.json`` at ``--config.squad.dev_split=0.5``),
@@ -20,7 +20,7 @@ import tempfile
 
 from binarybert_jax import checkpoints, squad_metrics
 from binarybert_jax.data import squad
-from launch import predict
+from launch import common, predict
 
 DEV_SPLIT, EVAL_LIMIT, MAX_LENGTH = 0.5, 500, 256
 ALWAYS_ANSWER = 1e9   # above every null-score difference (postprocess caps them at 1e9)
@@ -64,11 +64,11 @@ def main(argv: list[str]) -> int:
     counts = next(iter(results.values()))
     lines.append("")
     lines.append(f"{counts['total']} questions ({counts['HasAns_total']} answerable, "
-                 f"{counts['NoAns_total']} not); written by results/squad/v2_null_threshold.py.")
+                 f"{counts['NoAns_total']} not); written by launch/squad_null_threshold.py.")
     checkpoints.write_text(out_dir / "null_threshold.md", "\n".join(lines) + "\n")
     print("\n".join(lines))
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    sys.exit(common.run_guarded(main, sys.argv[1:]))
