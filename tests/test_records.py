@@ -197,11 +197,12 @@ def test_tables_rebuild_every_document_and_check_each(results, tmp_path, capsys)
     args = [a for f in files for a in ("--file", str(f))] + ["--results-dir", str(results)]
     assert tables.main(args + ["--check"]) == 1  # every file still holds its empty section
     assert tables.main(args) == 0
-    assert all("| full precision | 2 |" in f.read_text() for f in files)
+    assert all("| full precision | held-out-selected | 2 |" in f.read_text() for f in files)
     capsys.readouterr()
     assert tables.main(args + ["--check"]) == 0
     docs = tmp_path / "docs" / "results.md"
-    docs.write_text(docs.read_text().replace("| full precision | 2 |", "| full precision | 3 |"))
+    docs.write_text(docs.read_text().replace("| full precision | held-out-selected | 2 |",
+                                             "| full precision | held-out-selected | 3 |"))
     assert tables.main(args + ["--check"]) == 1
     captured = capsys.readouterr()
     assert f"{docs}: 1 marked sections; out of date" in captured.err
