@@ -253,7 +253,8 @@ def _plan_adaptive(config, workdir: epath.Path, name: str, outputs: dict, task) 
         mesh = make_mesh()
         for order, chosen in {"adaptive": plan.chosen, **plan.baselines}.items():
             split_params, split_spec = tws.split_params(params, spec, only=set(chosen))
-            scores = evaluate.evaluate_model(split_spec, split_params, task, sets, config.eval_batch_size, mesh)
+            scores = evaluate.evaluate_model(split_spec, split_params, task, sets, config.eval_batch_size,
+                                             mesh)
             baseline_scores[order] = {"split": len(chosen), scored_on: scores,
                                       "size_mb": size.model_size_bits(split_spec).mebibytes}
     info = {"budget_mb": budget, "size_no_split_mb": none, "size_all_split_mb": full,
@@ -340,9 +341,9 @@ def adaptive_report(adaptive_info: dict, main: str) -> list[str]:
     if adaptive_info.get("orders_right_after_split"):
         # Plans made before selection moved to the held-out slice scored the orders on dev.
         on = adaptive_info.get("orders_scored_on", "dev")
+        column = f"{main} (held-out)" if on == "heldout" else main
         lines += ["", "Right after splitting, before binary training (same budget):", "",
-                  f"| order | matrices split | size (MiB) | {main}{' (held-out)' if on == 'heldout' else ''} |",
-                  "|---|---|---|---|"]
+                  f"| order | matrices split | size (MiB) | {column} |", "|---|---|---|---|"]
         for name, b in adaptive_info["orders_right_after_split"].items():
             lines.append(f"| {name} | {b['split']} | {b['size_mb']:.2f} | {100 * b[on][main]:.1f} |")
     return lines

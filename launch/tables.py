@@ -179,7 +179,8 @@ def render_table(records: list[dict], which: str = "both", metrics: Optional[Seq
             held = [100 * r["selection"]["scores"][r["main_metric"]] for r in runs
                     if r.get("protocol") == "heldout"]
             cells.append(_cell(held, per_seed) if len(held) == len(runs) else "—")
-        cells += [_cell([100 * dev_scores(r, c)[m] for r in runs], per_seed) for m in metrics for c in columns]
+        cells += [_cell([100 * dev_scores(r, c)[m] for r in runs], per_seed)
+                  for m in metrics for c in columns]
         if wall:
             cells.append(f"{statistics.mean(r['wall_seconds'] for r in runs) / 60:.1f}")
         lines.append("| " + " | ".join(cells) + " |")
