@@ -24,7 +24,6 @@ the first layer's products, the rest follow from there).
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import datetime
 import functools
 import pathlib

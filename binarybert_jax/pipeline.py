@@ -4,8 +4,8 @@
 one (configs/pipeline.py has the paper's recipe). A stage is one of four kinds:
 
     train           ``train.train_and_evaluate`` with the stage's own training keys (``kd``,
-                    ``student``, ``batch_size``, ``stage1``, ``stage2``, ``eval_every_steps``) over the
-                    shared ones (task, data, optimizer, seed, ...); ``teacher`` and ``init`` name
+                    ``student``, ``batch_size``, ``stage1``, ``stage2``) over the shared ones (task,
+                    data, optimizer, seed, checkpoint selection and its cadence, ...); ``teacher`` and ``init`` name
                     earlier stages; ``checkpoint`` gives a trained model instead of training one
     prune           a half-width model of ``source``: heads and FFN neurons ranked by importance on
                     ``batches`` training batches, the top ``width`` kept (halfwidth.py)
@@ -31,7 +31,7 @@ import ml_collections
 import numpy as np
 from etils import epath
 
-from binarybert_jax import adaptive, checkpoints, evaluate, flops, halfwidth, metrics, resolve, size, train, tws
+from binarybert_jax import adaptive, checkpoints, evaluate, flops, halfwidth, resolve, size, train, tws
 from binarybert_jax.data import batching, tasks
 from binarybert_jax.errors import UserError
 from binarybert_jax.model import ModelSpec
@@ -41,7 +41,7 @@ from binarybert_jax.tokenizer import load_tokenizer
 log = logging.getLogger(__name__)
 
 # The keys of a training run that belong to each training stage, never to the pipeline as a whole.
-TRAIN_KEYS = ("kd", "student", "batch_size", "stage1", "stage2", "eval_every_steps")
+TRAIN_KEYS = ("kd", "student", "batch_size", "stage1", "stage2")
 # Top-level base-schema keys the pipeline sets per stage (from ``teacher`` / ``init`` references).
 RESOLVED_KEYS = ("teacher", "init_checkpoint")
 STAGE_KEYS = {
@@ -60,12 +60,14 @@ class StageResult:
 
     name: str
     description: str
-    checkpoint: str          # the model checkpoint the row reports (best on dev)
+    checkpoint: str          # the model checkpoint the row reports (the selected one)
     final_checkpoint: str
-    best: dict
-    final: dict
+    best: dict               # dev's scores at the selected checkpoint
+    final: dict              # dev's scores at the final checkpoint
     spec: ModelSpec
     workdir: Optional[str] = None  # the training run's workdir, for the training curves
+    selection: Optional[dict] = None  # the split, step and scores the checkpoint was selected by
+    protocol: str = "dev"    # what selected it: heldout (a slice of the training set) or dev
 
 
 class PipelineConfigError(UserError):
@@ -143,7 +145,8 @@ def _train(config, workdir: epath.Path, name: str, outputs: dict, context: dict)
     run = workdir / name
     best = run / result["best_checkpoint"]
     return StageResult(name, description, str(best), str(run / result["final_checkpoint"]),
-                       result["best"], result["final"], checkpoints.load_model_spec(best), str(run))
+                       result["best"], result["final"], checkpoints.load_model_spec(best), str(run),
+                       result.get("selection"), result.get("protocol", "dev"))
 
 
 def _batches(config, task, count: int, batch_size: int, seed_offset: int) -> list[dict]:
@@ -240,21 +243,25 @@ def _plan_adaptive(config, workdir: epath.Path, name: str, outputs: dict, task) 
     plan = adaptive.plan_adaptive_split(spec, params, batches, budget, seed=config.seed)
     tws.split_checkpoint(source, init, only=set(plan.chosen))
     baseline_scores = {}
+    scored_on = "heldout" if resolve.heldout_slice(config) is not None else "dev"
     if section.baselines:
         # The paper's min / random / max orders at the same budget, compared right after
         # splitting (before any binary training), where the choice of matrices is all that differs.
-        _, dev = resolve.load_data(config, task, load_tokenizer(resolve.tokenizer_dir(config)))
+        # Scored on the split checkpoints are selected on: a comparison that picks an order is a
+        # selection too, and dev stays unread until the models are trained.
+        _, sets = resolve.load_data(config, task, load_tokenizer(resolve.tokenizer_dir(config)))
         mesh = make_mesh()
         for order, chosen in {"adaptive": plan.chosen, **plan.baselines}.items():
             split_params, split_spec = tws.split_params(params, spec, only=set(chosen))
-            scores = evaluate.evaluate_model(split_spec, split_params, task, dev, config.eval_batch_size, mesh)
-            baseline_scores[order] = {"split": len(chosen), "dev": scores,
+            scores = evaluate.evaluate_model(split_spec, split_params, task, sets, config.eval_batch_size,
+                                             mesh)
+            baseline_scores[order] = {"split": len(chosen), scored_on: scores,
                                       "size_mb": size.model_size_bits(split_spec).mebibytes}
     info = {"budget_mb": budget, "size_no_split_mb": none, "size_all_split_mb": full,
             "chosen": sorted(plan.chosen), "size_mb": plan.size_mb,
             "sensitivities": {k: float(v) for k, v in plan.sensitivities.items()},
             "costs_bits": {k: int(v) for k, v in plan.costs.items()},
-            "orders_right_after_split": baseline_scores}
+            "orders_right_after_split": baseline_scores, "orders_scored_on": scored_on}
     checkpoints.write_json(plan_file, info)
     return info
 
@@ -275,25 +282,40 @@ def write_report(workdir: epath.Path, task, rows: list[StageResult], config, ada
             "split": r.spec.quant.split,
             "size_mib": round(report.mebibytes, 3), "size_bits": report.total_bits,
             "gflops": round(flops.forward_flops(r.spec.config, seq, r.spec.num_labels) / 1e9, 3),
+            "protocol": r.protocol, "selection": r.selection,
+            "dev_selected": r.best, "dev_final": r.final,
             "best": r.best, "final": r.final, "checkpoint": r.checkpoint})
-    out = {"task": task.name, "main_metric": main, "seq_len_for_flops": seq, "rows": table,
-           "adaptive": adaptive_info}
+    selected_on = resolve.heldout_slice(config) is not None
+    out = {"task": task.name, "main_metric": main, "seq_len_for_flops": seq,
+           "protocol": "heldout" if selected_on else "dev", "rows": table, "adaptive": adaptive_info}
     checkpoints.write_json(workdir / "results.json", out)
     names = [k for k in (rows[0].best or {}) if "/" not in k] or [main]
-    protocol = "dev"
+    dev_name = "dev"
     if "squad" in config and config.squad.dev_split:
-        protocol = (f"the dev-split protocol: the first {config.squad.dev_split:g} of the dev file's "
+        dev_name = (f"the dev-split protocol: the first {config.squad.dev_split:g} of the dev file's "
                     "articles train, the rest evaluate; not the official dev score")
-    lines = [f"# BinaryBERT pipeline on {task.name} ({protocol})", "",
+    if selected_on:
+        h = config.heldout
+        how = (f"Checkpoints selected on a held-out slice of the training set ({h.fraction:g} of it, at "
+               f"most {h.max_examples}, seed {h.seed}), never on dev; dev scored once at the selected "
+               "and once at the final checkpoint, ×100.")
+    else:
+        how = ("Checkpoints selected on dev itself (select_on=dev): the selected checkpoint's dev "
+               "score is its best periodic evaluation, which overstates unseen data; ×100.")
+    lines = [f"# BinaryBERT pipeline on {task.name} ({dev_name})", "",
              f"Sizes count 1 bit per binary weight, 2 per ternary, 32 per full-precision parameter, in "
              f"MiB (the papers' \"MB\"; see binarybert_jax/size.py). GFLOPs: matrix products of one "
-             f"example's forward at {seq} tokens. Metrics: best periodic evaluation on dev / final "
-             f"checkpoint, ×100.", "",
-             "| model | W-E-A | width | size (MiB) | GFLOPs | " + " | ".join(f"{m} best / final" for m in names) + " |",
-             "|---|---|---|---|---|" + "---|" * len(names)]
+             f"example's forward at {seq} tokens. {how}", "",
+             "| model | W-E-A | width | size (MiB) | GFLOPs | "
+             + (f"held-out {main} at selection | " if selected_on else "")
+             + " | ".join(f"{m} dev: selected / final" for m in names) + " |",
+             "|---|---|---|---|---|" + "---|" * (len(names) + selected_on)]
     for t in table:
         cells = [f"{100 * t['best'].get(m, float('nan')):.1f} / {100 * t['final'].get(m, float('nan')):.1f}"
                  for m in names]
+        if selected_on:
+            held = ((t["selection"] or {}).get("scores") or {}).get(main, float("nan"))
+            cells.insert(0, f"{100 * held:.1f}")
         lines.append(f"| {t['description']} | {t['bits']} | {t['width']} | {t['size_mib']:.2f} | "
                      f"{t['gflops']:.2f} | " + " | ".join(cells) + " |")
     if adaptive_info:
@@ -312,26 +334,34 @@ def adaptive_report(adaptive_info: dict, main: str) -> list[str]:
              f"{adaptive_info['size_no_split_mb']:.2f}, all split {adaptive_info['size_all_split_mb']:.2f}); "
              f"{len(adaptive_info['chosen'])} matrices split."]
     if adaptive_info.get("orders_right_after_split"):
+        # Plans made before selection moved to the held-out slice scored the orders on dev.
+        on = adaptive_info.get("orders_scored_on", "dev")
+        column = f"{main} (held-out)" if on == "heldout" else main
         lines += ["", "Right after splitting, before binary training (same budget):", "",
-                  f"| order | matrices split | size (MiB) | {main} |", "|---|---|---|---|"]
+                  f"| order | matrices split | size (MiB) | {column} |", "|---|---|---|---|"]
         for name, b in adaptive_info["orders_right_after_split"].items():
-            lines.append(f"| {name} | {b['split']} | {b['size_mb']:.2f} | {100 * b['dev'][main]:.1f} |")
+            lines.append(f"| {name} | {b['split']} | {b['size_mb']:.2f} | {100 * b[on][main]:.1f} |")
     return lines
 
 
 def training_curves(workdir: str | os.PathLike, main: str) -> dict[str, dict[str, list]]:
     """Per phase of a training run, from its ``metrics.jsonl``: ``loss`` ``[(step, total loss)]``
-    as logged (means over the logging window) and ``dev`` ``[(step, dev main metric)]`` at each
-    evaluation. A resumed run logs some steps twice; the last value of a step wins."""
+    as logged (means over the logging window) and ``eval`` ``[(step, main metric)]`` at each
+    periodic evaluation, on the split checkpoints were selected on (``heldout``: held-out slice,
+    logged as ``heldout/<metric>``; ``dev`` for runs selected on dev, logged as ``eval/<metric>``).
+    A resumed run logs some steps twice; the last value of a step wins."""
     curves: dict[str, dict[str, dict]] = {}
     for line in (checkpoints.as_path(workdir) / "metrics.jsonl").read_text().splitlines():
         m = json.loads(line)
-        phase = curves.setdefault(m["phase"], {"loss": {}, "dev": {}})
+        phase = curves.setdefault(m["phase"], {"loss": {}, "eval": {}, "split": "dev"})
         if "total" in m:
             phase["loss"][m["step"]] = m["total"]
-        if f"eval/{main}" in m:
-            phase["dev"][m["step"]] = m[f"eval/{main}"]
-    return {p: {k: sorted(v.items()) for k, v in c.items()} for p, c in curves.items()}
+        for prefix, split in (("heldout", "heldout"), ("eval", "dev")):
+            if f"{prefix}/{main}" in m:
+                phase["eval"][m["step"]] = m[f"{prefix}/{main}"]
+                phase["split"] = split
+    return {p: {k: (sorted(v.items()) if isinstance(v, dict) else v) for k, v in c.items()}
+            for p, c in curves.items()}
 
 
 PHASE_TITLES = {"stage1": "stage 1: intermediate-layer KD", "stage2": "stage 2: prediction-layer KD",
@@ -341,8 +371,9 @@ PHASE_TITLES = {"stage1": "stage 1: intermediate-layer KD", "stage2": "stage 2: 
 def plot_training_curves(path: epath.Path, rows: list[StageResult], main: str, dpi: int = 120):
     """The papers' training curves: the training loss of every quantized model (TWS against BWN,
     and TWN 0.5×, ...) over its steps, one panel per KD phase (stage 1: intermediate-layer
-    distillation, stage 2: prediction-layer), and below each the dev metric at every evaluation
-    in a panel of its own (stage 1 trains no logits, so it has none). One colour per model in
+    distillation, stage 2: prediction-layer), and below each the selection metric at every
+    evaluation (held-out, or dev for runs selected on dev) in a panel of its own (stage 1 trains
+    no logits, so it has none). One colour per model in
     every panel; the legend sits below the panels, off the data. Returns the figure (closed; for
     tests to inspect)."""
     import matplotlib
@@ -367,7 +398,7 @@ def plot_training_curves(path: epath.Path, rows: list[StageResult], main: str, d
                                  sharex="col", gridspec_kw={"height_ratios": [1.6, 1]})
         for col, phase in enumerate(phases):
             loss_ax, dev_ax = axes[0, col], axes[1, col]
-            dev_values = []
+            dev_values, split = [], "dev"
             for i, (r, curves) in enumerate(runs):
                 if phase not in curves:
                     continue
@@ -375,8 +406,9 @@ def plot_training_curves(path: epath.Path, rows: list[StageResult], main: str, d
                 if curves[phase]["loss"]:
                     steps, loss = zip(*curves[phase]["loss"])
                     loss_ax.plot(steps, loss, **style)
-                if curves[phase]["dev"]:
-                    steps, dev = zip(*curves[phase]["dev"])
+                if curves[phase]["eval"]:
+                    split = "held-out" if curves[phase]["split"] == "heldout" else "dev"
+                    steps, dev = zip(*curves[phase]["eval"])
                     dev_values += [100 * v for v in dev]
                     dev_ax.plot(steps, np.asarray(dev) * 100, marker="o", **style)
             loss_ax.set_title(PHASE_TITLES.get(phase, phase))
@@ -391,10 +423,10 @@ def plot_training_curves(path: epath.Path, rows: list[StageResult], main: str, d
                 centre, span = (max(dev_values) + min(dev_values)) / 2, max(dev_values) - min(dev_values)
                 half = max(span * 0.6, 2.5)
                 dev_ax.set_ylim(centre - half, centre + half)
-                dev_ax.set_ylabel(f"dev {main} (%)")
+                dev_ax.set_ylabel(f"{split} {main} (%)")
                 dev_ax.grid(alpha=0.3)
             else:
-                dev_ax.set_ylabel(f"dev {main} (%)")
+                dev_ax.set_ylabel(f"{main} (%)")
                 dev_ax.set_yticks([])
                 dev_ax.text(0.5, 0.5, "no evaluation in this phase", transform=dev_ax.transAxes,
                             ha="center", va="center", color="0.4")

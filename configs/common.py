@@ -140,7 +140,21 @@ def base_config(task: str = "mrpc") -> ml_collections.ConfigDict:
     # operands with float32 accumulation (the default, same evidence as teacher_dtype), or float32.
     c.matmul_precision = "bfloat16"
     c.seed = 42                   # parameter initialisation, dropout and data order
-    c.eval_every_steps = 0        # 0: once per epoch (and at the end)
+    # Checkpoint selection. heldout: a fixed slice of the training set (seeded, stratified by label
+    # or score bin; SQuAD: whole articles) is kept out of training, and periodic evaluation, the
+    # best checkpoint and early stopping read it; dev is scored once training ends, at the
+    # selected and at the final checkpoint. dev: select on dev (the older protocol; its best is
+    # chosen on the set it is scored on).
+    c.select_on = "heldout"
+    c.heldout = ml_collections.ConfigDict(dict(
+        fraction=0.1,             # of the training examples (SQuAD: of its questions, by article)
+        max_examples=2000,        # at most this many
+        seed=0))                  # fixes the slice, whatever the run's seed
+    # Evaluation cadence in training examples seen, so every stage and model (whatever its batch
+    # size) gets the same number of chances at selection; 0: once per epoch (and at the end).
+    c.eval_every_examples = 0
+    c.early_stop_evals = 0        # stop a phase after this many evaluations without a better
+                                  # selection score (0: never)
     c.checkpoint_every_steps = 500  # train-state checkpoint period, in steps (resumable)
     c.log_every_steps = 20        # metrics.jsonl / TensorBoard period, in steps
     c.max_to_keep = 2             # train-state checkpoints kept per phase

@@ -24,7 +24,7 @@ def get_config(arg=None):
     c.stage2.epochs = 3.0
     c.stage2.learning_rate = 5e-5
     c.batch_size = 32
-    c.eval_every_steps = 0
+    c.eval_every_examples = 0
     if a.tiny:
         common.shrink_for_local(c)
     return c

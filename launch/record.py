@@ -9,15 +9,19 @@ is one), or a ``launch.pipeline`` workdir, whose every trained stage becomes a r
 description as its setting (plus ``results/NAME/pipeline.json``, the pipeline's report).
 A record directory holds:
 
-    record.json     the setting, task, seed, final and best dev metrics (and step), per phase the same
-                    and its wall seconds, the run's wall seconds, the git commit(s) that ran it (from
-                    the workdir's provenance.json, else the checkout's commit now, marked so), whether
-                    tracked files differed from it (untracked ones do not count), the commands that
-                    ran it (each invocation's argv; none known without provenance.json), the
-                    resolved config and the model's spec
+    record.json     the setting, task, seed, the protocol (``heldout``: checkpoints selected on a
+                    held-out slice of the training set; ``dev``: on dev itself), the selection
+                    split's scores at the selected checkpoint (and its step), dev's at the selected
+                    checkpoint (``dev_selected``, also ``best``) and at the final one (``dev_final``,
+                    also ``final``), per phase the same and its wall seconds, the run's wall
+                    seconds, the git commit(s) that ran it (from the workdir's provenance.json, else
+                    the checkout's commit now, marked so), whether tracked files differed from it
+                    (untracked ones do not count), the commands that ran it (each invocation's
+                    argv; none known without provenance.json), the resolved config and the model's
+                    spec
     metrics.jsonl   the run's measurements over training, as it logged them
     <TASK>.tsv      the GLUE submission (``index<TAB>prediction``, launch.predict) for the task's
-                    test file, predicted with the run's best checkpoint; where a test file exists
+                    test file, predicted with the run's selected checkpoint; where a test file exists
                     (``--test_file``, default ``<data_dir or $GLUE_DIR>/<TASK>/test.tsv``);
                     never for SQuAD (no test file to submit)
 
@@ -122,13 +126,19 @@ def record_run(workdir: os.PathLike, out: pathlib.Path, name: str, setting: str,
     if find_test_file and test_file is None:
         test_file = default_test_file(config, task)
     provenance = _provenance(workdir, provenance_dir)
-    phases = [{k: p.get(k) for k in ("phase", "objective", "steps", "best", "best_step", "final",
+    phases = [{k: p.get(k) for k in ("phase", "objective", "steps", "protocol", "selection",
+                                       "dev_selected", "dev_final", "best", "best_step", "final",
                                        "wall_seconds")} for p in results["phases"]]
     record = {
         "format": RECORD_FORMAT, "version": RECORD_VERSION, "name": name, "setting": setting,
         "order": order, "task": task.name, "seed": config.get("seed"),
-        "main_metric": results["main_metric"], "best": results["best"],
-        "best_step": results["phases"][-1].get("best_step"), "final": results["final"],
+        "main_metric": results["main_metric"],
+        # Runs from before held-out selection have no protocol: they selected on dev.
+        "protocol": results.get("protocol", "dev"), "selection": results.get("selection"),
+        "dev_selected": results.get("dev_selected", results["best"]),
+        "dev_final": results.get("dev_final", results["final"]),
+        "best": results["best"], "best_step": results["phases"][-1].get("best_step"),
+        "final": results["final"],
         "wall_seconds": results.get("wall_seconds",
                                     sum(p.get("wall_seconds") or 0.0 for p in results["phases"])),
         "phases": phases, "git_commits": provenance["commits"], "git_dirty": provenance["dirty"],
@@ -231,8 +241,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                      test_file=None if args.no_test else args.test_file,
                      find_test_file=not args.no_test)
     for r in written:
-        best = ", ".join(f"{k} {100 * v:.1f}" for k, v in r["best"].items() if "/" not in k)
-        print(f"recorded {r['name']} ({r['setting']}, seed {r['seed']}): best {best}"
+        def scores(d):
+            return ", ".join(f"{k} {100 * v:.1f}" for k, v in d.items() if "/" not in k)
+        print(f"recorded {r['name']} ({r['setting']}, seed {r['seed']}, selected on {r['protocol']}): "
+              f"dev at the selected checkpoint {scores(r['dev_selected'])}; at the final one "
+              f"{scores(r['dev_final'])}"
               + (f"; submission {r['submission']['file']}" if r["submission"] else ""))
     print(json.dumps({"records": [r["name"] for r in written]}))
     return 0

@@ -10,7 +10,6 @@ cross-entropy on start/end; and the teacher's own span loss on the labels) as JS
 
 from __future__ import annotations
 
-import argparse
 import sys
 from typing import Optional, Sequence
 

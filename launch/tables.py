@@ -13,11 +13,17 @@ A marked section is everything between a line ``<!-- results:NAME [options] -->`
 * ``NAME`` a directory with ``analysis.json`` (``launch.analyze --out results/NAME`` with the
   ``clipping`` analysis): its activation-clipping table.
 * any other ``NAME``: a table of every record under ``results/NAME/`` (``launch.record``), one row
-  per ``setting`` (in the records' order), one column per metric: the mean ± the sample standard
-  deviation over the setting's records (its seeds), ×100, and ``n``; one record shows its value
-  alone (no spread to show). ``NAME+NAME2+...`` puts the records of several folders in one table,
-  in the order named (rows of one experiment beside the baselines another recorded). Options: ``which=best|final`` (the best periodic evaluation on dev, the
-  default, or the final checkpoint's), ``metrics=accuracy,f1`` (default: the task's metrics),
+  per ``setting`` (in the records' order): how its checkpoints were selected (``held-out-selected``:
+  on a held-out slice of the training set, dev unseen until training ended; ``dev-selected``: on
+  dev itself, as every record made before held-out selection, whose selected score is its best
+  periodic dev evaluation), then per metric dev at the selected and dev at the final checkpoint side
+  by side: the mean ± the sample standard deviation over the setting's records (its seeds), ×100,
+  and ``n``; one record shows its value alone (no spread to show). Where a record was selected on
+  the held-out slice, a column gives the main metric there at selection. ``NAME+NAME2+...`` puts
+  the records of several folders in one table, in the order named (rows of one experiment beside
+  the baselines another recorded). Options: ``which=both|selected|final`` (both dev columns, the
+  default; or only dev at the selected checkpoint, or only at the final one),
+  ``metrics=accuracy,f1`` (default: the task's metrics),
   ``per_seed`` (every seed's value after each mean, in the order of the seeds listed in the
   ``seeds`` column; ``--per_seed`` turns it on everywhere), ``wall`` (a column with the mean wall minutes),
   ``bits`` (a ``W-E-A`` column: the bits of weights, word embedding and activations),
@@ -53,6 +59,10 @@ DOCUMENTS = ("README.md", "BENCHMARKS.md", "docs/*.md")
 BEGIN = re.compile(r"^(?P<indent>[ \t]*)<!-- results:(?P<name>[\w./+-]+)(?P<options>[^>]*?)\s*-->\s*$")
 END = re.compile(r"^[ \t]*<!-- /results -->\s*$")
 OPTIONS = ("which", "metrics", "per_seed", "wall", "bits", "order", "curves", "adaptive")
+WHICH = ("both", "selected", "final")
+# How a record's checkpoint was selected, as a table labels it (records without a protocol were
+# made before held-out selection existed: they selected on dev).
+PROTOCOL_LABELS = {"heldout": "held-out-selected", "dev": "dev-selected"}
 
 
 def load_records(results_dir: pathlib.Path, name: str) -> list[dict]:
@@ -103,8 +113,8 @@ def _parse_options(text: str, where: str) -> dict:
         if key not in OPTIONS:
             raise UserError(f"{where}: unknown option {key!r}; allowed: {', '.join(OPTIONS)}")
         options[key] = value or True
-    if options.get("which", "best") not in ("best", "final"):
-        raise UserError(f"{where}: which={options['which']!r}; allowed: best, final")
+    if options.get("which", "both") not in WHICH:
+        raise UserError(f"{where}: which={options['which']!r}; allowed: {', '.join(WHICH)}")
     return options
 
 
@@ -115,33 +125,63 @@ def _cell(values: list[float], per_seed: bool) -> str:
     return cell + (" (" + ", ".join(f"{v:.1f}" for v in values) + ")" if per_seed else "")
 
 
-def render_table(records: list[dict], which: str = "best", metrics: Optional[Sequence[str]] = None,
+def dev_scores(record: dict, which: str) -> dict:
+    """A record's dev scores at its ``selected`` or ``final`` checkpoint (older records: ``best``
+    and ``final``, the selected one being their best periodic dev evaluation)."""
+    if which == "selected":
+        return record.get("dev_selected", record["best"])
+    return record.get("dev_final", record["final"])
+
+
+def protocol_label(record: dict) -> str:
+    return PROTOCOL_LABELS.get(record.get("protocol", "dev"), record.get("protocol", "dev"))
+
+
+def render_table(records: list[dict], which: str = "both", metrics: Optional[Sequence[str]] = None,
                  per_seed: bool = False, wall: bool = False, bits: bool = False) -> list[str]:
-    """The Markdown lines of one table: one row per setting, mean ± sample std over its records."""
+    """The Markdown lines of one table: one row per setting, mean ± sample std over its records;
+    dev at the selected and at the final checkpoint side by side (``which=both``), or one of them."""
     from binarybert_jax.data import tasks as task_specs
+    columns = ("selected", "final") if which == "both" else (which,)
     tasks = sorted({r["task"] for r in records})
+    first = columns[0]
     if metrics is None:
         metrics = [m for m in task_specs.get_task(tasks[0]).metric_names
-                   if all(m in r[which] for r in records)] if len(tasks) == 1 else []
-        metrics = metrics or sorted(set.intersection(*(set(k for k in r[which] if "/" not in k)
+                   if all(m in dev_scores(r, first) for r in records)] if len(tasks) == 1 else []
+        metrics = metrics or sorted(set.intersection(*(set(k for k in dev_scores(r, first) if "/" not in k)
                                                        for r in records)))
     settings: dict[str, list[dict]] = {}
     for r in records:
         settings.setdefault(r["setting"], []).append(r)
-    header = ["setting"] + (["W-E-A"] if bits else []) + ["seeds" if per_seed else "n"]
-    header += [f"{m} ({which})" for m in metrics]
+    heldout = which != "final" and any(r.get("protocol") == "heldout" for r in records)
+    header = ["setting"] + (["W-E-A"] if bits else []) + (["protocol"] if which != "final" else [])
+    header.append("seeds" if per_seed else "n")
+    if heldout:
+        mains = "/".join(sorted({r["main_metric"] for r in records}))
+        header.append(f"held-out {mains} (at selection)")
+    # which=final keeps the heading it always had: the final checkpoint involves no selection.
+    names = {"selected": "dev at selected", "final": "dev at final" if which == "both" else "final"}
+    header += [f"{m} ({names[c]})" for m in metrics for c in columns]
     if wall:
         header.append("wall min (mean)")
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for setting, runs in settings.items():
-        missing = [(r["name"], m) for r in runs for m in metrics if m not in r[which]]
+        missing = [(r["name"], c, m) for r in runs for m in metrics for c in columns
+                   if m not in dev_scores(r, c)]
         if missing:
             raise UserError(f"records without the metric: {missing}")
         runs = sorted(runs, key=lambda r: (r["seed"] is None, r["seed"]))
         seeds = ", ".join(str(r["seed"]) for r in runs)
         cells = [setting] + (["/".join(sorted({_bits(r) for r in runs}))] if bits else [])
+        if which != "final":
+            cells.append("/".join(sorted({protocol_label(r) for r in runs})))
         cells.append(f"{len(runs)} ({seeds})" if per_seed else str(len(runs)))
-        cells += [_cell([100 * r[which][m] for r in runs], per_seed) for m in metrics]
+        if heldout:
+            held = [100 * r["selection"]["scores"][r["main_metric"]] for r in runs
+                    if r.get("protocol") == "heldout"]
+            cells.append(_cell(held, per_seed) if len(held) == len(runs) else "—")
+        cells += [_cell([100 * dev_scores(r, c)[m] for r in runs], per_seed)
+                  for m in metrics for c in columns]
         if wall:
             cells.append(f"{statistics.mean(r['wall_seconds'] for r in runs) / 60:.1f}")
         lines.append("| " + " | ".join(cells) + " |")
@@ -239,7 +279,7 @@ def rebuild(text: str, results_dir: pathlib.Path, per_seed: bool = False, where:
             records = load_records(results_dir, name)
             if isinstance(options.get("order"), str):
                 records = order_records(records, options["order"].split(","), f"{where}:{start}")
-            body = render_table(records, options.get("which", "best"), metrics,
+            body = render_table(records, options.get("which", "both"), metrics,
                                 per_seed=per_seed or bool(options.get("per_seed")),
                                 wall=bool(options.get("wall")), bits=bool(options.get("bits")))
         out += [indent + b for b in body]

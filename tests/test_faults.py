@@ -1,7 +1,6 @@
 """Bad input and faults: each is refused with one readable message before doing harm, or recovered
 from, and nothing that was there is lost or overwritten."""
 
-import json
 import os
 import pathlib
 import signal
@@ -80,7 +79,7 @@ def test_a_workdir_is_not_resumed_with_another_task_or_model(tmp_path, tiny_pret
     assert (workdir / "config.json").read_text() == recorded
     assert (workdir / "results.json").read_text() == results
     # A change that does not mix runs (evaluation cadence, learning rate) is a normal rerun.
-    again = train.train_and_evaluate(_config(tiny_pretrained, eval_every_steps=3), workdir)
+    again = train.train_and_evaluate(_config(tiny_pretrained, eval_every_examples=12), workdir)
     assert again["final"] == done["final"]
 
 
@@ -93,6 +92,9 @@ def test_a_workdir_is_not_resumed_with_another_task_or_model(tmp_path, tiny_pret
     ("log_every_steps", 0, "≥ 1"),
     ("kd.mode", "distil", "one of"),
     ("student.quant.act_bits", 1, "act_bits must be in 2..16 or 32"),
+    ("select_on", "test", "one of ('heldout', 'dev')"),
+    ("heldout.fraction", 1.0, "in (0, 1)"),
+    ("eval_every_examples", -1, "≥ 0"),
 ])
 def test_values_out_of_range_are_refused_naming_the_key(tmp_path, tiny_pretrained, key, value, allowed):
     with pytest.raises(errors.ConfigError) as info:

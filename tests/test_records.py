@@ -54,6 +54,12 @@ def test_record_holds_what_outlives_the_run(runs, results):
     rec = json.loads((results / "tiny" / "fp" / "s1" / "record.json").read_text())
     assert rec["setting"] == "full precision" and rec["seed"] == 1 and rec["task"] == "mrpc"
     assert rec["best"] == out[1]["best"] and rec["final"] == out[1]["final"]
+    # Selected on the held-out slice: the record says so, with the held-out score at selection and
+    # dev at the selected and at the final checkpoint.
+    assert rec["protocol"] == "heldout" and rec["selection"] == out[1]["selection"]
+    assert rec["selection"]["split"] == "heldout" and "accuracy" in rec["selection"]["scores"]
+    assert rec["dev_selected"] == out[1]["dev_selected"] == rec["best"]
+    assert rec["dev_final"] == out[1]["dev_final"] == rec["final"]
     assert rec["config"]["seed"] == 1 and rec["config"]["train_limit"] == 16
     assert rec["wall_seconds"] > 0 and rec["phases"][0]["wall_seconds"] > 0
     now = common.git_state()
@@ -72,7 +78,7 @@ def test_record_holds_what_outlives_the_run(runs, results):
     assert "0" * 40 not in record._provenance(root / "s1")["commits"]
     logged = (root / "s1" / "metrics.jsonl").read_text()
     assert (results / "tiny" / "fp" / "s1" / "metrics.jsonl").read_text() == logged
-    assert any("eval/accuracy" in json.loads(line) for line in logged.splitlines())
+    assert any("heldout/accuracy" in json.loads(line) for line in logged.splitlines())
     # The GLUE submission of the best checkpoint: header, then index<TAB>label for every test row.
     assert rec["submission"]["file"] == "MRPC.tsv"
     rows = (results / "tiny" / "fp" / "s1" / "MRPC.tsv").read_text().splitlines()
@@ -117,11 +123,19 @@ def test_tables_rebuild_marked_sections_from_records(runs, results, tmp_path, ca
     acc = [100 * out[s]["best"]["accuracy"] for s in (1, 2)]
     row = next(line for line in text.splitlines() if line.startswith("| full precision |"))
     cells = [c.strip() for c in row.strip("|").split("|")]
-    assert cells[1] == "2 (1, 2)"  # seeds
+    assert cells[1:3] == ["held-out-selected", "2 (1, 2)"]  # protocol, seeds
     header = next(line for line in text.splitlines() if line.startswith("| setting |"))
-    column = [c.strip() for c in header.strip("|").split("|")].index("accuracy (best)")
+    names = [c.strip() for c in header.strip("|").split("|")]
+    column = names.index("accuracy (dev at selected)")
     assert cells[column] == (f"{statistics.mean(acc):.1f} ± {statistics.stdev(acc):.1f} "
                              f"({acc[0]:.1f}, {acc[1]:.1f})")
+    # Dev at the final checkpoint beside it, and the held-out score the selection was made on.
+    assert names[column + 1] == "accuracy (dev at final)"
+    final = [100 * out[s]["dev_final"]["accuracy"] for s in (1, 2)]
+    assert cells[column + 1].startswith(f"{statistics.mean(final):.1f} ± ")
+    main = out[1]["main_metric"]
+    held = [100 * out[s]["selection"]["scores"][main] for s in (1, 2)]
+    assert cells[names.index(f"held-out {main} (at selection)")].startswith(f"{statistics.mean(held):.1f} ± ")
     assert tables.main(["--readme", str(readme), "--results-dir", str(results), "--check"]) == 0
     readme.write_text(text.replace(cells[column], "99.9 ± 0.1"))  # a number typed over the records
     assert tables.main(["--readme", str(readme), "--results-dir", str(results), "--check"]) == 1
@@ -134,14 +148,31 @@ def test_tables_rebuild_marked_sections_from_records(runs, results, tmp_path, ca
     readme.write_text("<!-- results:other+tiny bits -->\n<!-- /results -->\n")
     assert tables.main(["--readme", str(readme), "--results-dir", str(results)]) == 0
     rows = [line for line in readme.read_text().splitlines() if line.startswith("| ")]
-    assert rows[0].startswith("| setting | W-E-A | n |")
-    assert rows[1].startswith("| another setting | 32-32-32 | 1 |"), rows
-    assert rows[2].startswith("| full precision | 32-32-32 | 2 |")
+    assert rows[0].startswith(f"| setting | W-E-A | protocol | n | held-out {main} (at selection) |")
+    assert rows[1].startswith("| another setting | 32-32-32 | held-out-selected | 1 |"), rows
+    assert rows[2].startswith("| full precision | 32-32-32 | held-out-selected | 2 |")
+    # A record made before held-out selection (no protocol, no dev_selected / dev_final) is
+    # tabulated as dev-selected, its best and final dev scores as dev at selected and at final.
+    for key in ("protocol", "selection", "dev_selected", "dev_final"):
+        del rec[key]
+    rec["best"], rec["final"] = {"accuracy": 0.5, "f1": 0.25}, {"accuracy": 0.375, "f1": 0.125}
+    (results / "other" / "s1" / "record.json").write_text(json.dumps(rec))
+    readme.write_text("<!-- results:other metrics=accuracy,f1 -->\n<!-- /results -->\n")
+    assert tables.main(["--readme", str(readme), "--results-dir", str(results)]) == 0
+    rows = [line for line in readme.read_text().splitlines() if line.startswith("| ")]
+    assert rows[0] == ("| setting | protocol | n | accuracy (dev at selected) | accuracy (dev at final) "
+                       "| f1 (dev at selected) | f1 (dev at final) |")
+    assert rows[1] == "| another setting | dev-selected | 1 | 50.0 | 37.5 | 25.0 | 12.5 |"
+    readme.write_text("<!-- results:other which=best -->\n<!-- /results -->\n")
+    with pytest.raises(ValueError, match="which='best'; allowed: both, selected, final"):
+        tables.main(["--readme", str(readme), "--results-dir", str(results)])
     # order= puts the named record folders' rows first; a folder holding no record is an error.
     readme.write_text("<!-- results:other+tiny order=fp -->\n<!-- /results -->\n")
     assert tables.main(["--readme", str(readme), "--results-dir", str(results)]) == 0
     rows = [line for line in readme.read_text().splitlines() if line.startswith("| ")]
-    assert rows[1].startswith("| full precision | 2 |") and rows[2].startswith("| another setting | 1 |"), rows
+    assert rows[1].startswith("| full precision | held-out-selected | 2 |"), rows
+    # Beside held-out-selected rows, the older record has no held-out score to show.
+    assert rows[2].startswith("| another setting | dev-selected | 1 | — | 25.0 | 12.5 |"), rows
     readme.write_text("<!-- results:other+tiny order=fp,typo -->\n<!-- /results -->\n")
     with pytest.raises(ValueError, match="order names \\['typo'\\], which hold none"):
         tables.main(["--readme", str(readme), "--results-dir", str(results)])
@@ -168,11 +199,12 @@ def test_tables_rebuild_every_document_and_check_each(results, tmp_path, capsys)
     args = [a for f in files for a in ("--file", str(f))] + ["--results-dir", str(results)]
     assert tables.main(args + ["--check"]) == 1  # every file still holds its empty section
     assert tables.main(args) == 0
-    assert all("| full precision | 2 |" in f.read_text() for f in files)
+    assert all("| full precision | held-out-selected | 2 |" in f.read_text() for f in files)
     capsys.readouterr()
     assert tables.main(args + ["--check"]) == 0
     docs = tmp_path / "docs" / "results.md"
-    docs.write_text(docs.read_text().replace("| full precision | 2 |", "| full precision | 3 |"))
+    docs.write_text(docs.read_text().replace("| full precision | held-out-selected | 2 |",
+                                             "| full precision | held-out-selected | 3 |"))
     assert tables.main(args + ["--check"]) == 1
     captured = capsys.readouterr()
     assert f"{docs}: 1 marked sections; out of date" in captured.err

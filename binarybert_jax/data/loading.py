@@ -26,7 +26,7 @@ import pathlib
 
 import numpy as np
 
-from binarybert_jax.data import encode, glue, squad, tasks, tfds_source
+from binarybert_jax.data import encode, glue, heldout as heldout_lib, squad, tasks, tfds_source
 
 SOURCES = ("tsv", "json", "tfds")
 # The sources each kind of task reads.
@@ -107,8 +107,9 @@ def _load_split(spec: glue.TaskSpec, split: str, tokenizer, source: str, data_di
 def load_task_data(task: tasks.TaskSpec, tokenizer, *, source: str = "tsv",
                    data_dir: str | os.PathLike = "", max_length: int | None,
                    cache_dir: str | os.PathLike | None, train_limit: int = 0,
-                   eval_limit: int = 0, squad_options=None
-                   ) -> tuple[dict[str, np.ndarray], dict]:
+                   eval_limit: int = 0, squad_options=None,
+                   heldout: heldout_lib.HeldOut | None = None, train: bool = True, dev: bool = True
+                   ) -> tuple[dict[str, np.ndarray] | None, dict]:
     """A run's tokenized train split and evaluation splits.
 
     Args:
@@ -123,11 +124,17 @@ def load_task_data(task: tasks.TaskSpec, tokenizer, *, source: str = "tsv",
       eval_limit: keep only the first ``eval_limit`` examples of each eval split (0: all).
       squad_options: for SQuAD, ``squad.load_squad_data``'s ``doc_stride``, ``max_query_length``
         and ``dev_split`` (defaults: 128, 64, 0: the official train and dev files).
+      heldout: take a held-out slice out of the training examples (after ``train_limit``;
+        :mod:`~binarybert_jax.data.heldout`): it is the first evaluation split, ``heldout``.
+      train: read the train split (False: only the dev splits; ``heldout`` must then be None).
+      dev: read the dev splits. False reads no dev file at all (while a run selects its
+        checkpoints on the held-out slice, dev stays unread until training ends).
 
     Returns:
-      ``(train, evals)``: the train split's arrays and ``{split: arrays}`` for each of
-      :func:`eval_splits`, each as :func:`encode.encode_examples` returns them
-      (``input_ids``, ``token_type_ids``, ``attention_mask`` (N, L), ``labels``, ``lengths`` (N,)).
+      ``(train, evals)``: the train split's arrays (None when not ``train``) and
+      ``{split: arrays}``: ``heldout`` first when asked for, then each of :func:`eval_splits` when
+      ``dev``, each as :func:`encode.encode_examples` returns them (``input_ids``,
+      ``token_type_ids``, ``attention_mask`` (N, L), ``labels``, ``lengths`` (N,)).
 
     Raises:
       ValueError: unknown source, or (``tsv``) no data directory given.
@@ -135,20 +142,30 @@ def load_task_data(task: tasks.TaskSpec, tokenizer, *, source: str = "tsv",
       FileNotFoundError: (``tsv``) a split's file is missing; the message names it.
     """
     check_source(source, task)
+    if heldout is not None and not train:
+        raise ValueError("a held-out slice is taken out of the train split: load it with train=True")
     if task.head == "span":
         return squad.load_squad_data(task, tokenizer, data_dir=data_dir, source=source,
                                      max_length=max_length or 0, cache_dir=cache_dir,
                                      train_limit=train_limit, eval_limit=eval_limit,
+                                     heldout=heldout, train=train, dev=dev,
                                      **dict(squad_options or {}))
     if source == "tsv":
         data_dir = resolve_data_dir(data_dir)
     max_length = max_length or task.max_seq_length
-    train = _load_split(task, "train", tokenizer, source, data_dir, max_length, cache_dir,
-                        train_limit)
-    evals = {split: _load_split(task, split, tokenizer, source, data_dir, max_length, cache_dir,
-                                eval_limit)
-             for split in eval_splits(task)}
-    return train, evals
+    train_arrays, evals = None, {}
+    if train:
+        train_arrays = _load_split(task, "train", tokenizer, source, data_dir, max_length,
+                                   cache_dir, train_limit)
+        if heldout is not None:
+            kept, held = heldout_lib.split_indices(train_arrays["labels"], task.is_regression, heldout)
+            train_arrays, evals["heldout"] = (heldout_lib.take(train_arrays, kept),
+                                              heldout_lib.take(train_arrays, held))
+    if dev:
+        evals.update({split: _load_split(task, split, tokenizer, source, data_dir, max_length,
+                                         cache_dir, eval_limit)
+                      for split in eval_splits(task)})
+    return train_arrays, evals
 
 
 __all__ = ["SOURCES", "check_source", "eval_splits", "load_task_data", "resolve_data_dir"]

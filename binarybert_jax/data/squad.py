@@ -424,7 +424,8 @@ def eval_set(version: str, data: list, tokenizer, max_length: int, doc_stride: i
 def load_squad_data(task: SquadTask, tokenizer, *, data_dir="", source: str = "json",
                     max_length: int = 0, doc_stride: int = 128, max_query_length: int = 64,
                     dev_split: float = 0.0, cache_dir=None, train_limit: int = 0,
-                    eval_limit: int = 0) -> tuple[dict[str, np.ndarray], dict[str, SquadEvalSet]]:
+                    eval_limit: int = 0, heldout=None, train: bool = True, dev: bool = True
+                    ) -> tuple[Optional[dict[str, np.ndarray]], dict[str, SquadEvalSet]]:
     """A SQuAD run's training windows and its evaluation set.
 
     Args:
@@ -438,30 +439,55 @@ def load_squad_data(task: SquadTask, tokenizer, *, data_dir="", source: str = "j
         the dev-split protocol (:func:`split_by_article` of the dev file).
       cache_dir: the tokenized-array cache (None: no cache).
       train_limit, eval_limit: keep the first N questions (0: all).
+      heldout: a ``heldout.HeldOut``: whole training articles (after ``train_limit``) kept out of
+        training, evaluated as the split ``heldout``.
+      train, dev: read the training data / the evaluation set (``dev=False`` opens no dev file
+        unless the dev-split protocol trains on it).
     Returns:
-      ``(train, {"dev": SquadEvalSet})``; ``train`` holds :data:`TRAIN_KEYS`.
+      ``(train, {"heldout": SquadEvalSet, "dev": SquadEvalSet})`` with the parts asked for;
+      ``train`` holds :data:`TRAIN_KEYS`.
     """
     max_length = max_length or task.max_seq_length
-    if source == "tfds":
-        from binarybert_jax.data import tfds_source
-        dev_data = tfds_source.read_squad_tfds(task.version, "dev", data_dir or None)
-        train_data = None if dev_split else tfds_source.read_squad_tfds(task.version, "train", data_dir or None)
-    else:
-        dev_data = read_dataset(split_path(data_dir, task.version, "dev"))[1]
-        train_data = None if dev_split else read_dataset(split_path(data_dir, task.version, "train"))[1]
+
+    def read(split):
+        if source == "tfds":
+            from binarybert_jax.data import tfds_source
+            return tfds_source.read_squad_tfds(task.version, split, data_dir or None)
+        return read_dataset(split_path(data_dir, task.version, split))[1]
+
+    # The dev file is read when it is evaluated, or when the dev-split protocol trains on part of it.
+    dev_data = read("dev") if dev or (train and dev_split) else None
+    train_data = None if dev_split or not train else read("train")
     key = (task.name,)
     if dev_split:
         train_data, dev_data = split_by_article(dev_data, dev_split)
         key = (task.name, f"devsplit{dev_split:g}")
-    train_examples = examples_from_dataset(train_data)
-    if train_limit:
-        train_examples = train_examples[:train_limit]
-    train = encode_squad_cached(tokenizer, train_examples, max_length, doc_stride, max_query_length,
-                                cache_dir, key + ("train",))
-    train = {k: train[k] for k in TRAIN_KEYS}
-    dev = eval_set(task.version, dev_data, tokenizer, max_length, doc_stride, max_query_length,
-                   cache_dir, key + ("dev", f"limit{eval_limit}"), eval_limit)
-    return train, {"dev": dev}
+    evals: dict[str, SquadEvalSet] = {}
+    train = None
+    if train_data is not None:
+        train_examples = examples_from_dataset(train_data)
+        if train_limit:
+            train_examples = train_examples[:train_limit]
+        if heldout is not None:
+            from binarybert_jax.data import heldout as heldout_lib
+            held = heldout_lib.split_articles([ex.article for ex in train_examples], heldout)
+            held_qids = {ex.qid for ex in train_examples if ex.article in held}
+            train_examples = [ex for ex in train_examples if ex.article not in held]
+            held_data = [{**a, "paragraphs": [{**p, "qas": [qa for qa in p["qas"] if qa["id"] in held_qids]}
+                                              for p in a["paragraphs"]]}
+                         for i, a in enumerate(train_data) if i in held]
+            evals["heldout"] = eval_set(task.version, held_data, tokenizer, max_length, doc_stride,
+                                        max_query_length, cache_dir,
+                                        key + ("heldout", f"limit{train_limit}", heldout.fraction,
+                                               heldout.cap, heldout.seed))
+        train = encode_squad_cached(tokenizer, train_examples, max_length, doc_stride, max_query_length,
+                                    cache_dir, key + ("train",))
+        train = {k: train[k] for k in TRAIN_KEYS}
+    if dev:
+        evals["dev"] = eval_set(task.version, dev_data, tokenizer, max_length, doc_stride,
+                                max_query_length, cache_dir, key + ("dev", f"limit{eval_limit}"),
+                                eval_limit)
+    return train, evals
 
 
 __all__ = ["FILE_NAMES", "META_KEYS", "SQUAD_DIR_ENV", "SquadEvalSet", "SquadExample", "SquadTask",
