@@ -219,8 +219,12 @@ def _unknown_override(argv: Sequence[str]) -> str | None:
 
 def parse_flags(argv: Sequence[str]):
     """absl's flag parsing, with an unknown ``--config.key`` reported in one line with close keys
-    (ml_collections raises it as a chained AttributeError deep inside its override code)."""
+    (ml_collections raises it as a chained AttributeError deep inside its override code).
+    ``--help`` prints the main's flags and its config's keys (launch.config_help), exit 0."""
     from absl import flags
+    from launch import config_help
+    if config_help.wants_help(argv):
+        config_help.print_help_and_exit(argv)
     try:
         return flags.FLAGS(argv)
     except (AttributeError, KeyError, TypeError) as e:
