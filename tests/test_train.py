@@ -346,7 +346,7 @@ def test_split_student_trains_on_summed_halves_and_is_scored_and_saved_exact(tmp
     from binarybert_jax import tws
 
     ternary = M.ModelSpec(TINY, M.QuantConfig(2, 2, 8), num_labels=2)
-    params = ternary.build().init(jax.random.key(0), jnp.ones((1, 8), jnp.int32))["params"]
+    params = jax.jit(ternary.build().init)(jax.random.key(0), jnp.ones((1, 8), jnp.int32))["params"]
     checkpoints.save_model(tmp_path / "ternary", params, ternary)
     tws.split_checkpoint(tmp_path / "ternary", tmp_path / "split")
     cfg = _config(tiny_pretrained, glue_dir, **{"stage2.epochs": 1.0})
