@@ -334,3 +334,52 @@ def test_buckets_cut_training_batches_without_regrouping_them_unless_asked():
                for g, p in zip(grouped, padded))
     with pytest.raises(ValueError, match="group_by_length=True needs --config.bucket_lengths"):
         epoch(bucket_lengths=(), group_by_length=True)
+
+
+def test_progress_line_reads_steps_rate_and_time_left():
+    assert train.progress_line("stage1", 20, 114, 32.0, 32) == \
+        "phase stage1: step 20/114 (18%), 32.0 examples/s, 1:34 left"
+    assert train.progress_line("stage2", 100, 10100, 2.5, 16).endswith("2.5 examples/s, 17:46:40 left")
+    assert train.progress_line("stage2", 7, 7, 0.0, 4).endswith("(100%), 0.0 examples/s, 0:00 left")
+
+
+def test_split_student_trains_on_summed_halves_and_is_scored_and_saved_exact(tmp_path, tiny_pretrained,
+                                                                            glue_dir, caplog):
+    """A split W1A8 student trained with ``split_forward=summed``: the run records it, its saved
+    checkpoints (what evaluation computed, what export and prediction load) hold the exact
+    forward, and the loop prints one progress line per log period, process 0 only."""
+    import logging
+    import re
+    from binarybert_jax import tws
+
+    ternary = M.ModelSpec(TINY, M.QuantConfig(2, 2, 8), num_labels=2)
+    params = jax.jit(ternary.build().init)(jax.random.key(0), jnp.ones((1, 8), jnp.int32))["params"]
+    checkpoints.save_model(tmp_path / "ternary", params, ternary)
+    tws.split_checkpoint(tmp_path / "ternary", tmp_path / "split")
+    cfg = _config(tiny_pretrained, glue_dir, **{"stage2.epochs": 1.0})
+    cfg.init_checkpoint = str(tmp_path / "split")
+    cfg.student.quant = common.quant_config(1, 1, 8, "bwn", "bwn", split_forward="summed")
+    ours = logging.getLogger("binarybert_jax")
+    ours.addHandler(caplog.handler)  # also where a main has stopped it propagating to the root
+    try:
+        with caplog.at_level(logging.INFO, logger="binarybert_jax"):
+            result = train.train_and_evaluate(cfg, tmp_path / "run")
+    finally:
+        ours.removeHandler(caplog.handler)
+    assert result["spec"]["quant"]["split"] and result["spec"]["quant"]["split_forward"] == "summed"
+    for checkpoint in (result["final_checkpoint"], result["best_checkpoint"]):
+        _, spec, _ = checkpoints.load_model(tmp_path / "run" / checkpoint)
+        assert spec.quant.split and spec.quant.split_forward == "exact"
+    assert 0 <= result["final"]["accuracy"] <= 1
+
+    pattern = re.compile(r"phase finetune: step (\d+)/(\d+) \((\d+)%\), (\d+\.\d) examples/s, "
+                         r"(\d+:\d\d(:\d\d)?) left$")
+    records = list({id(r): r for r in caplog.records}.values())  # one record reaches it twice when propagated
+    lines = [r.getMessage() for r in records if r.getMessage().startswith("phase finetune: step")]
+    matches = [pattern.match(line) for line in lines]
+    assert lines and all(matches), lines
+    total = int(matches[0].group(2))
+    steps = [int(m.group(1)) for m in matches]
+    assert steps == sorted(set(list(range(2, total + 1, 2)) + [total]))  # log_every_steps=2, and the last
+    assert all(float(m.group(4)) > 0 for m in matches)
+    assert matches[-1].group(3) == "100" and matches[-1].group(5) == "0:00"
