@@ -17,6 +17,7 @@ Workdir layout (local, or remote: ``gs://bucket/run``, see ``checkpoints.as_path
     results.json                 per phase: the protocol, the selection split's scores at the selected
                                  checkpoint, dev at the selected and at the final checkpoint,
                                  checkpoint paths, wall seconds
+    provenance.json              written by the mains (launch/): commit, command, wall time per invocation
 
 Checkpoint selection (``config.select_on``): on ``heldout``, periodic evaluation, the best
 checkpoint and early stopping read a slice of the training set kept out of training
@@ -25,7 +26,6 @@ scored once at the selected checkpoint and once at the final one. On ``dev``, th
 evaluations are dev's, and the selected checkpoint's dev score is its best one. Evaluations come
 every ``config.eval_every_examples`` training examples (every epoch when 0), the same for every
 phase and model whatever its batch size.
-    provenance.json              written by the mains (launch/): commit, command, wall time per invocation
 
 Progress: every ``config.log_every_steps`` steps, process 0 logs one line per phase with the steps
 done of the total, the examples per second of the last period and the time left at that rate
