@@ -92,8 +92,9 @@ def test_packed_and_checkpoint_predict_the_same(saved, slices, tiny_hf, tmp_path
     from_ckpt = inference.load_predictor(ckpt)
     assert (from_packed.kind, from_ckpt.kind) == ("packed", "checkpoint")
     assert from_packed.tokenizer_dir == from_ckpt.tokenizer_dir == tiny_hf
-    # The packed model runs without weight quantization; the checkpoint re-quantizes each time.
-    assert from_packed.spec.quant.weight_bits == 32 and from_ckpt.spec.quant.weight_bits == 1
+    # The packed model runs its stored codes; the checkpoint re-quantizes its weights each time.
+    assert from_packed.compute == "integer" and from_packed.weight_codes is not None
+    assert from_packed.spec == from_ckpt.spec
 
     examples = glue.read_tsv(slices["dev"], tasks.get_task("mrpc"), "dev").examples
     assert len(examples) == ROWS and all(ex.label is not None for ex in examples)
