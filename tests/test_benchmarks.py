@@ -116,3 +116,29 @@ def test_default_variant_is_the_configs_default():
     c = common.base_config()
     integer, grad, teacher = train_step.VARIANTS[train_step.DEFAULT_VARIANT]
     assert (c.integer_products, c.matmul_precision, c.teacher_dtype or c.dtype) == (integer, grad, teacher)
+
+
+def test_inference_interleaved_runs_tiny(tmp_path):
+    """benchmarks.inference --interleaved's measurement on tiny saved forms: every row measured,
+    the baseline's ratios 1, a packed 1-1-8 form's resident parameters a fraction of float32's."""
+    from benchmarks import inference as bench
+    from binarybert_jax import checkpoints, export
+    from binarybert_jax.model import ModelSpec, QuantConfig
+    from test_export import TINY, random_params
+
+    fp32 = ModelSpec(TINY)
+    bwn = ModelSpec(TINY, QuantConfig(1, 1, 8, "bwn", "bwn"))
+    checkpoints.save_model(tmp_path / "fp32", random_params(fp32), fp32)
+    export.export_packed(random_params(bwn), bwn, tmp_path / "bwn.safetensors")
+    forms = {"fp32": (str(tmp_path / "fp32"), "integer"),
+             "bwn-packed": (str(tmp_path / "bwn.safetensors"), "integer"),
+             "bwn-packed-float": (str(tmp_path / "bwn.safetensors"), "float")}
+    rows = bench.interleaved(forms, seq=8, batch=2, repeats=2)
+    assert list(rows) == list(forms)
+    assert rows["fp32"]["throughput_x"] == rows["fp32"]["latency_x"] == 1.0
+    assert rows["bwn-packed"]["compute"] == "integer" and rows["bwn-packed-float"]["compute"] == "float"
+    assert rows["bwn-packed"]["params_fraction"] < 0.25 < rows["bwn-packed-float"]["params_fraction"]
+    assert all(r["throughput_seq_s"] > 0 and r["latency_ms"] > 0 for r in rows.values())
+    table = bench.interleaved_table(rows, 2, 8)
+    assert "| bwn-packed | packed, integer |" in table and table.count("\n") == 4
+    assert set(bench.INTERLEAVED.values()) <= {(v, c) for v in bench.VARIANTS for c in ("integer", "float")}
