@@ -55,7 +55,16 @@ Why codes and scales are exact
   ``launch/export.py`` passes it on (``checkpoints.load_lat_diag``), so an exported LAT model
   holds the values it was trained and evaluated with.
 
-Loading (``load_packed``)
+Loading on codes (``load_packed_codes``, what ``inference.load_predictor`` runs by default)
+  Keeps every quantized weight as its codes: bit planes of the signed integer codes
+  (``weight_planes``: 1 bit an entry for binary, 2 for ternary or binary with exact zeros, k for
+  k bits) and the file's scales, in the model's ``WEIGHT_CODES`` collection, with the quantized
+  spec itself. The model expands one layer's planes at a time inside the forward and multiplies
+  codes as the training forward does (``integer_dot``), so the products are the same exact
+  integers as the checkpoint's; the logits differ from it only where the checkpoint's compiled
+  forward sums a scale (a float mean) in another order, an ulp of that scale.
+
+Loading on floats (``load_packed``)
   Unpacks once into float32 parameters that hold exactly the quantized values, and returns a spec
   for the NORMAL model that does not quantize weights again (``weight_bits = embed_bits = 32``;
   activation quantization and everything else unchanged; see ``inference_spec``). Quantizing the

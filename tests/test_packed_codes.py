@@ -26,9 +26,10 @@ BIT_WIDTHS = {
                                      act_bits=8),
 }
 # The largest difference allowed between the logits on codes and the checkpoint forward's. The
-# integer products are the same exact integers in both; what may differ is a scale computed
-# inside the checkpoint's larger compiled graph, an ulp from the exporter's (an ulp of a logit of
-# the tiny model is 6e-8; 1-1-8 differs by 2e-9 at the time of writing, the others not at all).
+# integer products are the same exact integers in both; what may differ is a scale the checkpoint
+# computes inside its compiled forward, a float32 mean whose sum XLA may order otherwise there
+# than the exporter's (at the time of writing: 1-1-8's row-wise embedding scales, logits 2e-9
+# apart; the other configurations bitwise).
 LOGIT_BOUND = 1e-6
 
 
