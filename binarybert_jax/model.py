@@ -368,17 +368,19 @@ class QuantDense(nn.Module, _ActQuantMixin):
         the quantized products whose sum plus ``bias`` is the output (for measurements)."""
         cfg = self.quant_cfg
         lead = (2,) if self.split else ()
-        bias = self.param("bias", nn.initializers.zeros, lead + (self.features,), jnp.float32)
         resident = (resident_codes(self, "kernel", self.features, cfg.weight_bits)
                     if self.quantized and cfg.weight_bits < quant.FULL_PRECISION_BITS else None)
+        # The kernel is created before the bias: the order in which parameters draw their
+        # initial values from the rng.
+        kernel = None if resident is not None else self.param(
+            "kernel", nn.initializers.normal(0.02), lead + (x.shape[-1], self.features), jnp.float32)
+        bias = self.param("bias", nn.initializers.zeros, lead + (self.features,), jnp.float32)
         if resident is not None:
             # A packed model's weight, resident as codes: its values are scale·codes, the
             # quantizer's own product (the codes and scales the exporter stored).
             w_codes, w = resident, resident.values()
             integer = True
         else:
-            kernel = self.param("kernel", nn.initializers.normal(0.02),
-                                lead + (x.shape[-1], self.features), jnp.float32)
             if not self.quantized:
                 return jnp.dot(x.astype(self.dtype), kernel.astype(self.dtype)) + bias.astype(self.dtype)
             diag = self.get_variable(LAT_DIAG, "kernel") if self.has_variable(LAT_DIAG, "kernel") else None
