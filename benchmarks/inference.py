@@ -184,7 +184,7 @@ def measure(path: str, seq: int, batch: int, repeats: int) -> dict:
 
     start = time.perf_counter()
     predictor = inference.load_predictor(path)
-    jax.block_until_ready(predictor.params)
+    jax.block_until_ready((predictor.params, predictor.weight_codes))
     result["load_s"] = time.perf_counter() - start
     result["rss_load_mib"] = _rss_mib()
     result["kind"] = predictor.kind

@@ -44,14 +44,13 @@ mapped axis (``ModelSpec.without_axis``), so the ranges are the whole batch's on
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 import pathlib
 from typing import Any, Callable, Mapping, NamedTuple, Optional, Sequence
 
 import jax
 import numpy as np
-
-import logging
 
 from binarybert_jax import bitwise, checkpoints, evaluate, export, resolve
 from binarybert_jax.data import encode, glue, squad
