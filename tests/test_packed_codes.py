@@ -124,3 +124,29 @@ def test_planes_refuse_codes_they_cannot_hold():
 def test_unknown_compute_is_refused(tmp_path):
     with pytest.raises(ValueError, match="compute 'fast'; allowed: integer, float"):
         inference.load_predictor(tmp_path / "x.safetensors", compute="fast")
+
+
+def test_levels_that_are_not_integer_codes_run_on_floats(tmp_path, batch, caplog):
+    """A file whose level table is not the quantizer's integer codes (LAT files written before the
+    codes came from ``quant``) cannot run on codes: the default falls back to the float path,
+    saying so. Here one weight's levels are halved and its scales doubled: the same values."""
+    from test_export import rewrite
+
+    _, _, path = _saved("twn-2-2-8", tmp_path)
+    name = "encoder/layer_0/attention/query/kernel"
+
+    def halve_levels(tensors):
+        tensors[f"{name}:levels"] = tensors[f"{name}:levels"] * np.float32(0.5)
+        tensors[f"{name}:scales"] = tensors[f"{name}:scales"] * np.float32(2)
+
+    def drop_checksum(manifest):  # the bytes changed; such a file loads unverified
+        del manifest["tensors"][name]["crc32"]
+
+    old = rewrite(path, tmp_path / "old.safetensors", halve_levels, drop_checksum)
+    with pytest.raises(export.NotOnCodes, match="not integer codes"):
+        export.load_packed_codes(old)
+    with caplog.at_level("WARNING"):
+        predictor = inference.load_predictor(old)
+    assert predictor.compute == "float" and "compute='float'" in caplog.text
+    want = inference.load_predictor(path, compute="float").logits(batch)
+    np.testing.assert_array_equal(np.asarray(predictor.logits(batch)), np.asarray(want))
