@@ -52,10 +52,11 @@ from typing import Any, Callable, Mapping, NamedTuple, Optional, Sequence
 import jax
 import numpy as np
 
-from binarybert_jax import bitwise, checkpoints, evaluate, export, resolve
-from binarybert_jax.data import encode, glue, squad
+from binarybert_jax import assets, bitwise, checkpoints, evaluate, export, resolve
+from binarybert_jax.data import encode, glue, squad, tasks
 from binarybert_jax.model import ModelSpec
 from binarybert_jax.sharding import MODEL_INPUTS
+from binarybert_jax.tokenizer import load_tokenizer
 
 log = logging.getLogger(__name__)
 
@@ -136,10 +137,6 @@ class Predictor:
           ``scores`` (softmax probabilities ``(N, num_labels)``, or the regression output
           ``(N,)``) and ``logits``.
         """
-        from binarybert_jax import assets
-        from binarybert_jax.data import tasks
-        from binarybert_jax.tokenizer import load_tokenizer
-
         if isinstance(texts_a, str) or isinstance(texts_b, str):
             raise TypeError("pass lists of sentences (a list of one for a single sentence)")
         if self.spec.head != "classification":
@@ -155,7 +152,6 @@ class Predictor:
         ids = logits.argmax(-1)
         labels = [names[i] if names else int(i) for i in ids]
         return Predictions(labels, scores, logits)
-
 
     def logits(self, batch: Mapping[str, Any]) -> jax.Array:
         """Logits of one batch (jitted; compiled once per batch shape).

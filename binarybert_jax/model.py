@@ -28,6 +28,10 @@ Parameter tree (Flax names; a *split* weight has a leading axis of 2, its two bi
     encoder/layer_<i>/attention/LayerNorm, encoder/layer_<i>/ffn/{intermediate,output}/..., ffn/LayerNorm
     pooler/dense/...,  classifier/{kernel,bias} or span/{kernel,bias}
 
+A packed file run on its codes (``export.load_packed_codes``) holds each quantized weight in the
+``weight_codes`` collection instead of ``params`` (``WEIGHT_CODES``: bit planes and scales, expanded
+a layer at a time in the forward); the rest of the tree is as above.
+
 Activation quantizer parameters are ``input_clip`` (a ``[lower, upper]`` pair, uniform) or
 ``input_step`` (a scalar, LSQ), named ``*_clip`` / ``*_step`` so the optimizer can find them.
 """
