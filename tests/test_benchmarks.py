@@ -142,3 +142,9 @@ def test_inference_interleaved_runs_tiny(tmp_path):
     table = bench.interleaved_table(rows, 2, 8)
     assert "| bwn-packed | packed, integer |" in table and table.count("\n") == 4
     assert set(bench.INTERLEAVED.values()) <= {(v, c) for v in bench.VARIANTS for c in ("integer", "float")}
+    args = bench.build_parser().parse_args(["--interleaved", "--seq", "8", "--batch", "2"])
+    section = bench.interleaved_section(rows, bench.machine(), "python -m benchmarks.inference", args)
+    out = tmp_path / "BENCHMARKS.md"
+    out.write_text("# Benchmarks\n")
+    markdown.write_section(out, bench.INTERLEAVED_SECTION, section)
+    assert out.read_text().count(bench.INTERLEAVED_SECTION) == 1 and table in out.read_text()
