@@ -44,6 +44,7 @@ mapped axis (``ModelSpec.without_axis``), so the ranges are the whole batch's on
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import os
 import pathlib
@@ -141,7 +142,7 @@ class Predictor:
             raise TypeError("pass lists of sentences (a list of one for a single sentence)")
         if self.spec.head != "classification":
             raise ValueError(f"{self.path}: a {self.spec.head} head; labels need a classification head")
-        tokenizer = load_tokenizer(self.tokenizer_dir or assets.minilm_dir())
+        tokenizer = _tokenizer(str(self.tokenizer_dir or assets.minilm_dir()))
         logits = predict_texts(self, tokenizer, texts_a, texts_b, max_length, batch_size)
         if self.num_labels == 1:
             scores = logits[:, 0]
@@ -165,6 +166,12 @@ class Predictor:
         """
         return self._apply(self.params, {k: batch[k] for k in MODEL_INPUTS}, self.lat_diag,
                            self.weight_codes)["logits"]
+
+
+@functools.lru_cache(maxsize=8)
+def _tokenizer(directory: str):
+    """The tokenizer of ``directory``, read once for every call of a ``Predictor``."""
+    return load_tokenizer(directory)
 
 
 def _find_tokenizer(candidates: Sequence[Any]) -> Optional[pathlib.Path]:
