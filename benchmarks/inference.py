@@ -9,10 +9,12 @@ with ``inference.load_predictor`` as a user would:
 * ``fp32``: the float32 model as a model checkpoint (``checkpoints.save_model``, Orbax), no
   quantization at all.
 * ``bwn-packed``: its weights quantized BWN 1-1-8 (1-bit weights and word embedding, 8-bit
-  activations) and written by ``export.export_packed``; unpacked to float32 once at load.
+  activations) and written by ``export.export_packed``; run on its integer codes (weights
+  resident as bit planes, ``weight_planes``). ``twn-packed`` (TernaryBERT's 2-2-8) and
+  ``bwn4-packed`` (1-1-4) likewise.
 * ``tws-packed``: the ternary-weight-split 1-1-8 model (``tws.split_params`` of the TWN 2-2-8
-  quantization of the same weights: two binary planes per matrix) packed likewise; it loads as a
-  plain model holding the planes' sum (``export.inference_spec``).
+  quantization of the same weights: two binary planes per matrix) packed likewise, each half's
+  codes multiplied as in training.
 * ``bwn-ckpt``: the BWN 1-1-8 model as a training checkpoint (float32 latent weights), which
   re-quantizes every weight in every forward pass, as training and evaluation do.
 * ``bibert-bitwise``: the same weights quantized to BiBERT's 1-1-1 (mean-centred sign weights
@@ -31,6 +33,18 @@ Latency is batch 1, throughput batch ``--batch``, both at ``--seq`` real tokens 
 padding). There is no device flag: JAX picks its default backend (a GPU when one is present;
 ``JAX_PLATFORMS=cpu`` forces the CPU), and on a GPU the JSON also holds the device's peak memory.
 On the 2 shared cores of the development machine a full run takes about 2-3 minutes.
+
+Packed files run on integer codes by default (``inference.load_predictor``: weights resident as
+bit planes, products on codes). ``--interleaved`` compares them with the float32 checkpoint in ONE
+process, the forms' timed calls interleaved (fp32, then each packed form, round after round), so
+that a machine's load falls on every form alike, and prints each form's ratios to fp32:
+throughput at ``--batch`` × ``--seq``, batch-1 latency, resident parameter bytes::
+
+    PYTHONPATH=. python -m benchmarks.inference --interleaved --repeats 20 --out BENCHMARKS.md
+
+Its forms: ``fp32`` (checkpoint), ``bwn-packed`` (1-1-8), ``twn-packed`` (TernaryBERT's 2-2-8),
+``bwn4-packed`` (1-1-4), ``tws-packed`` (split 1-1-8) on codes, and ``bwn-packed-float`` (the
+1-1-8 file with ``compute="float"``, weights unpacked to float32).
 """
 
 from __future__ import annotations
@@ -53,7 +67,14 @@ from typing import Optional, Sequence
 from benchmarks import child, markdown
 
 SECTION = "## Inference: packed vs full precision"
-VARIANTS = ("fp32", "bwn-packed", "tws-packed", "bwn-ckpt", "bibert-bitwise", "bibert-ckpt")
+INTERLEAVED_SECTION = "## Inference on integer codes: packed vs float32, interleaved"
+VARIANTS = ("fp32", "bwn-packed", "tws-packed", "bwn-ckpt", "bibert-bitwise", "bibert-ckpt",
+            "twn-packed", "bwn4-packed")
+# The interleaved comparison's forms: (saved form, compute) by row name; fp32 first, the baseline.
+INTERLEAVED = {"fp32": ("fp32", "integer"), "bwn-packed": ("bwn-packed", "integer"),
+               "twn-packed": ("twn-packed", "integer"), "bwn4-packed": ("bwn4-packed", "integer"),
+               "tws-packed": ("tws-packed", "integer"),
+               "bwn-packed-float": ("bwn-packed", "float")}
 MIB = 2 ** 20
 MB = 10 ** 6
 
@@ -109,8 +130,15 @@ def prepare(workdir: pathlib.Path, variants: Sequence[str]) -> dict[str, dict]:
     if "bwn-packed" in variants:
         timed("bwn-packed", workdir / "bwn.safetensors",
               lambda: export.export_packed(bwn_params, bwn, workdir / "bwn.safetensors"))
+    twn = spec_for(QuantConfig(2, 2, 8, "twn", "twn"))
+    if "twn-packed" in variants:
+        timed("twn-packed", workdir / "twn.safetensors",
+              lambda: export.export_packed(params_for(twn), twn, workdir / "twn.safetensors"))
+    if "bwn4-packed" in variants:
+        bwn4 = spec_for(QuantConfig(1, 1, 4, "bwn", "bwn"))
+        timed("bwn4-packed", workdir / "bwn4.safetensors",
+              lambda: export.export_packed(params_for(bwn4), bwn4, workdir / "bwn4.safetensors"))
     if "tws-packed" in variants:
-        twn = spec_for(QuantConfig(2, 2, 8, "twn", "twn"))
         split_params, split_spec = tws.split_params(params_for(twn), twn)
         timed("tws-packed", workdir / "tws.safetensors",
               lambda: export.export_packed(split_params, split_spec, workdir / "tws.safetensors"))
@@ -148,7 +176,6 @@ def _rss_mib() -> float:
 def measure(path: str, seq: int, batch: int, repeats: int) -> dict:
     """Load, compile, latency and throughput of one saved model, in this process."""
     import jax
-    import numpy as np
     from binarybert_jax import inference
 
     jax.block_until_ready(jax.numpy.zeros(()))  # start the backend before the baseline
@@ -157,19 +184,13 @@ def measure(path: str, seq: int, batch: int, repeats: int) -> dict:
 
     start = time.perf_counter()
     predictor = inference.load_predictor(path)
-    jax.block_until_ready(predictor.params)
+    jax.block_until_ready((predictor.params, predictor.weight_codes))
     result["load_s"] = time.perf_counter() - start
     result["rss_load_mib"] = _rss_mib()
     result["kind"] = predictor.kind
-    result["params_mib"] = sum(x.nbytes for x in jax.tree_util.tree_leaves(predictor.params)) / MIB
+    result["params_mib"] = predictor.resident_bytes / MIB
 
-    rng = np.random.default_rng(0)
-    vocab = predictor.spec.config.vocab_size
-    # Real tokens everywhere (ids past BERT's special tokens), two segments like a pair task.
-    ids = rng.integers(1000, vocab, (batch, seq)).astype(np.int32)
-    types = np.zeros_like(ids)
-    types[:, seq // 2:] = 1
-    inputs = {"input_ids": ids, "token_type_ids": types, "attention_mask": np.ones_like(ids)}
+    inputs = _inputs(predictor.spec.config.vocab_size, batch, seq)
     single = {k: jax.device_put(v[:1]) for k, v in inputs.items()}
     full = {k: jax.device_put(v) for k, v in inputs.items()}
 
@@ -195,6 +216,86 @@ def measure(path: str, seq: int, batch: int, repeats: int) -> dict:
     if stats and "peak_bytes_in_use" in stats:
         result["device_peak_mib"] = stats["peak_bytes_in_use"] / MIB
     return result
+
+
+def _inputs(vocab: int, batch: int, seq: int) -> dict:
+    """Real tokens everywhere (ids past BERT's special tokens, the first 1000, in a vocabulary
+    that has them), two segments like a pair task."""
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    ids = rng.integers(1000 if vocab > 2000 else 1, vocab, (batch, seq)).astype(np.int32)
+    types = np.zeros_like(ids)
+    types[:, seq // 2:] = 1
+    return {"input_ids": ids, "token_type_ids": types, "attention_mask": np.ones_like(ids)}
+
+
+def interleaved(forms: dict[str, tuple[str, str]], seq: int, batch: int, repeats: int) -> dict:
+    """Throughput, latency and resident parameter bytes of several saved forms in this process,
+    their timed calls interleaved, and each form's ratios to the first one's.
+
+    Args:
+      forms: row name -> (path, compute), the baseline first (``inference.load_predictor``).
+      seq, batch: the throughput batch is ``batch`` × ``seq``, the latency one 1 × ``seq``.
+      repeats: timed rounds; each round times every form once at each batch shape.
+    Returns:
+      {row name: {kind, compute, params_bytes, latency_ms, throughput_seq_s, and the ratios
+      ``throughput_x``, ``latency_x`` (baseline's latency / this one's: above 1 is faster),
+      ``params_fraction``}}.
+    """
+    import jax
+    from binarybert_jax import inference
+
+    predictors = {name: inference.load_predictor(path, compute=compute)
+                  for name, (path, compute) in forms.items()}
+    vocab = min(p.spec.config.vocab_size for p in predictors.values())
+    full = {k: jax.device_put(v) for k, v in _inputs(vocab, batch, seq).items()}
+    single = {k: v[:1] for k, v in full.items()}
+    times = {name: {"b1": [], "batch": []} for name in predictors}
+    for p in predictors.values():  # compile both shapes first, outside the timings
+        jax.block_until_ready((p.logits(single), p.logits(full)))
+    for _ in range(repeats):
+        for name, p in predictors.items():
+            for shape, inputs in (("batch", full), ("b1", single)):
+                start = time.perf_counter()
+                jax.block_until_ready(p.logits(inputs))
+                times[name][shape].append(time.perf_counter() - start)
+    rows = {}
+    for name, p in predictors.items():
+        rows[name] = {"kind": p.kind, "compute": p.compute, "params_bytes": p.resident_bytes,
+                      "latency_ms": 1000 * statistics.median(times[name]["b1"]),
+                      "throughput_seq_s": batch / statistics.median(times[name]["batch"])}
+    base = rows[next(iter(rows))]
+    for r in rows.values():
+        r["throughput_x"] = r["throughput_seq_s"] / base["throughput_seq_s"]
+        r["latency_x"] = base["latency_ms"] / r["latency_ms"]
+        r["params_fraction"] = r["params_bytes"] / base["params_bytes"]
+    return rows
+
+
+def interleaved_table(rows: dict[str, dict], batch: int, seq: int) -> str:
+    lines = [f"| form | runs as | resident params MiB (× fp32) | throughput b{batch}×{seq} seq/s "
+             f"(× fp32) | latency b1 ms (× fp32 speed) |", "|" + "---|" * 5]
+    for name, r in rows.items():
+        runs_as = r["kind"] if r["kind"] != "packed" else f"packed, {r['compute']}"
+        lines.append(f"| {name} | {runs_as} | {r['params_bytes'] / MIB:.2f} "
+                     f"({r['params_fraction']:.3f}) | {r['throughput_seq_s']:.1f} "
+                     f"({r['throughput_x']:.2f}×) | {r['latency_ms']:.1f} ({r['latency_x']:.2f}×) |")
+    return "\n".join(lines)
+
+
+def interleaved_section(rows: dict[str, dict], info: dict, command: str, args) -> str:
+    load = ", ".join(f"{x:.2f}" for x in info["loadavg"])
+    return "\n".join([
+        INTERLEAVED_SECTION, "",
+        "all-MiniLM-L6-v2 with a 2-label head: the float32 checkpoint and the packed forms "
+        "loaded by `inference.load_predictor` in one process, their timed calls interleaved "
+        "(`benchmarks/inference.py`'s docstring).", "",
+        "```", command, "```", "",
+        f"Measured {info['date']} on {info['cpu']} ({info['cores']} cores visible), jax "
+        f"{info['jax']}; load average at the start {load}. Median of {args.repeats} rounds; "
+        "ratios to fp32 measured in the same process.", "",
+        interleaved_table(rows, args.batch, args.seq), ""])
 
 
 def _subprocess(args: list[str]) -> dict:
@@ -258,13 +359,14 @@ def section(rows: dict[str, dict], info: dict, command: str, args) -> str:
         "`model.json`). *write s*: export or save time, for reference.",
         "- *runs as*: how `load_predictor` runs the saved form. *resident params*: the bytes of "
         "the parameter arrays the forward pass reads.",
-        "- *load s*: `load_predictor` (read, unpack the bit planes to float32, move to the "
-        "device). A packed 1-1-8 model is unpacked once, so it runs as a float32 model: its "
-        "resident memory and speed are those of float32 weights; the packed format saves disk "
-        "and transfer, not compute. The 1-1-1 file (`bibert-bitwise`) is the exception: its "
-        "planes become 32-bit words and every binarized product is XNOR-popcount "
-        "(`bitwise.py`); `benchmarks/bitwise.py` compares it with float32 in one process, "
-        "interleaved (the section below), which is the fairer speed comparison on a shared machine.",
+        "- *load s*: `load_predictor` (read, check, lay the codes out as resident bit planes, "
+        "move to the device). A packed model runs on its integer codes: its weights stay "
+        "resident as 1- or 2-bit planes, expanded a layer at a time in the forward, and its "
+        "products are the bfloat16 integer ones of the training forward. The 1-1-1 file "
+        "(`bibert-bitwise`) runs bitwise: its planes become 32-bit words and every binarized "
+        "product is XNOR-popcount (`bitwise.py`). `--interleaved` (and `benchmarks/bitwise.py` "
+        "for 1-1-1) compares them with float32 in one process, interleaved, the fairer speed "
+        "comparison on a shared machine.",
         "- *first call*: compilation plus one run, per batch shape; excluded from the timings.",
         "- The three 1-1-8 forms quantize activations to 8 bits (simulated in float32, "
         "ranges taken over the batch as in the released code), which `fp32` does not do; "
@@ -284,9 +386,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--workdir", default=None,
                         help="where to write the saved forms (default: a temporary directory)")
     parser.add_argument("--json", default=None, help="also write the raw results here")
+    parser.add_argument("--interleaved", action="store_true",
+                        help="packed forms on integer codes against the float32 checkpoint in "
+                             "one process, interleaved, with ratios")
     # Internal: the subprocesses' entry points.
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--prepare", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--interleaved-child", default=None, help=argparse.SUPPRESS)
     return parser
 
 
@@ -298,6 +404,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if args.prepare:
         print(json.dumps(prepare(pathlib.Path(args.prepare), args.variants)))
         return 0
+    if args.interleaved_child:
+        forms = {k: tuple(v) for k, v in json.loads(args.interleaved_child).items()}
+        print(json.dumps(interleaved(forms, args.seq, args.batch, args.repeats)))
+        return 0
     if args.repeats < 1:
         raise SystemExit("--repeats must be at least 1")
     argv = sys.argv[1:] if argv is None else list(argv)
@@ -306,6 +416,20 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         workdir = pathlib.Path(args.workdir or tmp)
         workdir.mkdir(parents=True, exist_ok=True)
+        if args.interleaved:
+            needed = sorted({form for form, _ in INTERLEAVED.values()})
+            saved = _subprocess(["--prepare", str(workdir), "--variants", *needed])
+            forms = {name: (saved[form]["path"], compute)
+                     for name, (form, compute) in INTERLEAVED.items()}
+            rows = _subprocess(["--interleaved-child", json.dumps(forms), "--seq", str(args.seq),
+                                "--batch", str(args.batch), "--repeats", str(args.repeats)])
+            print(interleaved_table(rows, args.batch, args.seq))
+            if args.json:
+                pathlib.Path(args.json).write_text(json.dumps({"info": info, "rows": rows}, indent=2))
+            if args.out:
+                markdown.write_section(pathlib.Path(args.out), INTERLEAVED_SECTION,
+                                       interleaved_section(rows, info, command, args))
+            return 0
         saved = _subprocess(["--prepare", str(workdir), "--variants", *args.variants])
         rows = {}
         for name in args.variants:

@@ -295,8 +295,8 @@ def make_forward(spec: ModelSpec):
     gelu_bounds = gelu_sign_bounds(jax.default_backend()) if spec.config.hidden_act == "gelu" else None
 
     @jax.jit
-    def fn(params, batch, lat_diag=None):  # the Predictor's signature; a 1-1-1 model has no LAT
-        del lat_diag
+    def fn(params, batch, lat_diag=None, weight_codes=None):  # the Predictor's signature; a
+        del lat_diag, weight_codes  # 1-1-1 model has no LAT, and its words are its parameters
         return {"logits": forward(params, spec, batch["input_ids"], batch["token_type_ids"],
                                   batch["attention_mask"], gelu_bounds)}
     return fn

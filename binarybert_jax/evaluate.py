@@ -28,8 +28,9 @@ FORWARD_OUTPUTS = ("logits", "hidden_states", "attention_scores", "pooled")
 
 @functools.lru_cache(maxsize=16)
 def forward_fn(spec: ModelSpec, outputs: Sequence[str] = ("logits",)) -> Callable:
-    """Jitted ``(params, batch, lat_diag=None) -> {name: array}`` of ``spec``'s model on one
-    device, eval mode (``lat_diag``: a LAT model's diagonal, ``model.model_variables``).
+    """Jitted ``(params, batch, lat_diag=None, weight_codes=None) -> {name: array}`` of ``spec``'s
+    model on one device, eval mode (``lat_diag``: a LAT model's diagonal; ``weight_codes``: a
+    packed model's weights held as codes; ``model.model_variables``).
 
     Cached per (spec, outputs): scoring several checkpoints of one architecture, or one model's
     variants (same tree, same shapes), compiles once per batch shape.
@@ -44,8 +45,9 @@ def forward_fn(spec: ModelSpec, outputs: Sequence[str] = ("logits",)) -> Callabl
     model = spec.without_axis().build()
     outputs = tuple(outputs)
 
-    def fn(params, batch, lat_diag=None):
-        out = model.apply(model_variables(params, lat_diag), *model_inputs(batch), deterministic=True)
+    def fn(params, batch, lat_diag=None, weight_codes=None):
+        out = model.apply(model_variables(params, lat_diag, weight_codes), *model_inputs(batch),
+                          deterministic=True)
         return {k: out[k] for k in outputs}
 
     return jax.jit(fn)

@@ -55,7 +55,16 @@ Why codes and scales are exact
   ``launch/export.py`` passes it on (``checkpoints.load_lat_diag``), so an exported LAT model
   holds the values it was trained and evaluated with.
 
-Loading (``load_packed``)
+Loading on codes (``load_packed_codes``, what ``inference.load_predictor`` runs by default)
+  Keeps every quantized weight as its codes: bit planes of the signed integer codes
+  (``weight_planes``: 1 bit an entry for binary, 2 for ternary or binary with exact zeros, k for
+  k bits) and the file's scales, in the model's ``WEIGHT_CODES`` collection, with the quantized
+  spec itself. The model expands one layer's planes at a time inside the forward and multiplies
+  codes as the training forward does (``integer_dot``), so the products are the same exact
+  integers as the checkpoint's; the logits differ from it only where the checkpoint's compiled
+  forward sums a scale (a float mean) in another order, an ulp of that scale.
+
+Loading on floats (``load_packed``)
   Unpacks once into float32 parameters that hold exactly the quantized values, and returns a spec
   for the NORMAL model that does not quantize weights again (``weight_bits = embed_bits = 32``;
   activation quantization and everything else unchanged; see ``inference_spec``). Quantizing the
@@ -501,24 +510,14 @@ def load_packed(path: str | os.PathLike, requantize: bool = False
     entries = manifest["tensors"]
     flat: dict[str, np.ndarray] = {}
     for name, entry in entries.items():
-        shape = tuple(entry["shape"])
         if entry["encoding"] == "fp32":
             flat[name] = raw[name]
         elif entry["encoding"] == "fp32_sum":
             # The forward pass adds the two halves: (sum, 0) adds up to the sum exactly.
             flat[name] = np.stack([raw[name], np.zeros_like(raw[name])])
         else:
-            count = math.prod(shape)
-            codes = unpack_codes(raw[f"{name}:codes"], entry["bits"], count)
-            levels = raw[f"{name}:levels"]
-            if codes.size and int(codes.max()) >= len(levels):
-                raise PackedFormatError(f"{path}: tensor {name + ':codes'!r} holds code "
-                                        f"{int(codes.max())} but only {len(levels)} levels")
-            zeros = raw.get(f"{name}:zeros")
-            if zeros is not None and zeros.size and int(zeros.max()) >= count:
-                raise PackedFormatError(f"{path}: tensor {name + ':zeros'!r} indexes entry "
-                                        f"{int(zeros.max())} of a {count}-entry weight")
-            flat[name] = dequantize(codes.reshape(shape), raw[f"{name}:scales"], levels, zeros)
+            codes, levels = _level_indices(raw, name, entry, path)
+            flat[name] = dequantize(codes, raw[f"{name}:scales"], levels, raw.get(f"{name}:zeros"))
 
     info = dict(manifest.get("info", {}))
     info["quantized_spec"] = spec.to_dict()
@@ -527,6 +526,82 @@ def load_packed(path: str | os.PathLike, requantize: bool = False
 
     inference = inference_spec(spec)
     return hf_import.unflatten(_merge_planes(flat, inference)), inference, info
+
+
+def _level_indices(raw: Mapping[str, np.ndarray], name: str, entry: Mapping[str, Any], path
+                  ) -> tuple[np.ndarray, np.ndarray]:
+    """(level indices, level table) of one quantized weight, checked against its levels."""
+    shape = tuple(entry["shape"])
+    count = math.prod(shape)
+    codes = unpack_codes(raw[f"{name}:codes"], entry["bits"], count)
+    levels = raw[f"{name}:levels"]
+    if codes.size and int(codes.max()) >= len(levels):
+        raise PackedFormatError(f"{path}: tensor {name + ':codes'!r} holds code "
+                                f"{int(codes.max())} but only {len(levels)} levels")
+    zeros = raw.get(f"{name}:zeros")
+    if zeros is not None and zeros.size and int(zeros.max()) >= count:
+        raise PackedFormatError(f"{path}: tensor {name + ':zeros'!r} indexes entry "
+                                f"{int(zeros.max())} of a {count}-entry weight")
+    return codes.reshape(shape), levels
+
+
+def integer_levels(levels: np.ndarray) -> bool:
+    """Whether a weight's level table is the quantizer's signed integer codes (every file but
+    LAT's written before the codes came from ``quant``, whose levels are j·fl(1/L))."""
+    return bool(np.all(levels == np.round(levels)) and np.all(np.abs(levels) <= 2 ** 15))
+
+
+class NotOnCodes(PackedFormatError):
+    """A packed file whose weights cannot run on integer codes (levels that are not integers)."""
+
+
+def load_packed_codes(path: str | os.PathLike
+                      ) -> tuple[dict[str, Any], dict[str, Any], ModelSpec, dict]:
+    """Loads a packed file to run on integer codes: the quantized model's own spec, its float32
+    parameters, and its quantized weights as codes kept resident (``weight_planes``).
+
+    The model (``model.QuantDense``, ``model.Embeddings``) reads a weight from the
+    ``model.WEIGHT_CODES`` collection in place of its latent parameter: ``<P>_planes`` (the bit
+    planes of its codes) and ``<P>_scale`` (the file's scales), so its values are
+    ``scale · codes``, the quantizer's own product and what ``load_packed`` decodes; its products
+    with quantized activations are the integer-domain ones of the training forward
+    (``integer_dot``), on the same codes and scales as the checkpoint's forward.
+
+    Returns:
+      (params, weight_codes, spec, info): the ``params`` tree without the quantized weights
+      (numpy float32; a split bias as (sum, 0)), the ``WEIGHT_CODES`` tree (uint8 planes, float32
+      scales), the quantized spec, and the stored info plus ``quantized_spec``.
+    Raises:
+      FileNotFoundError, PackedFormatError: as ``load_packed``; ``NotOnCodes`` for level tables
+        that are not integer codes (load those with ``load_packed``).
+    """
+    from binarybert_jax import weight_planes
+
+    raw, manifest = read_packed_tensors(path)
+    spec = ModelSpec.from_dict(manifest["spec"])
+    flat: dict[str, np.ndarray] = {}
+    codes_flat: dict[str, np.ndarray] = {}
+    for name, entry in manifest["tensors"].items():
+        if entry["encoding"] == "fp32":
+            flat[name] = raw[name]
+        elif entry["encoding"] == "fp32_sum":
+            flat[name] = np.stack([raw[name], np.zeros_like(raw[name])])
+        else:
+            index, levels = _level_indices(raw, name, entry, path)
+            if not integer_levels(levels):
+                raise NotOnCodes(f"{path}: {name!r} has levels that are not integer codes (a LAT "
+                                 "file written before codes came from the quantizer); it runs "
+                                 "on float weights only (compute='float')")
+            codes = levels.astype(np.int32)[index]
+            zeros = raw.get(f"{name}:zeros")
+            if zeros is not None and zeros.size:
+                codes.reshape(-1)[zeros] = 0
+            codes_flat[f"{name}_planes"] = weight_planes.to_planes(
+                codes, weight_planes.planes_for(codes, entry["bits"]))
+            codes_flat[f"{name}_scale"] = np.asarray(raw[f"{name}:scales"], np.float32)
+    info = dict(manifest.get("info", {}))
+    info["quantized_spec"] = spec.to_dict()
+    return hf_import.unflatten(flat), hf_import.unflatten(codes_flat), spec, info
 
 
 def parameter_checksum(arrays: Mapping[str, np.ndarray], entry: Mapping[str, Any], name: str) -> str:

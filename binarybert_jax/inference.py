@@ -3,9 +3,20 @@
 
 ``load_predictor(path)`` accepts either kind of saved model:
 
-* a bit-packed ``.safetensors`` file (``export.export_packed``): unpacked once at load into
-  float32 weights that hold exactly the quantized values, run by the normal model with weight
-  quantization off (``export.inference_spec``); activations are still quantized as in training.
+* a bit-packed ``.safetensors`` file (``export.export_packed``) runs on integer codes by default
+  (``compute="integer"``, ``export.load_packed_codes``): the quantized model itself, its weights
+  kept resident as bit planes of their codes (``weight_planes``: 1 bit an entry for a binary
+  weight, 2 for a ternary one) and expanded one layer at a time inside the forward, activations
+  quantized to their codes, every quantized product the training forward's exact integer-domain
+  one (``integer_dot``: codes in bfloat16, float32 accumulation). Its logits are the checkpoint
+  forward's (same codes, same scales, same products; bitwise in the tests' configurations or
+  within a float32 rounding of a scale). ``compute="float"`` unpacks once at load into float32
+  weights that hold exactly the quantized values instead, run by the normal model with weight
+  quantization off (``export.inference_spec``): activations are still quantized, but every
+  product is a float32 one of the values, at float32's rate and float32's resident memory, which
+  is why that path ran slower than the checkpoint forward (whose products are the bfloat16
+  integer ones) even though the checkpoint re-quantizes its weights in every call. A LAT file
+  written before codes came from the quantizer (levels that are not integers) runs on floats.
 * a packed file of a fully binarized model (W1-E1-A1, sign activations, Bi-Attention: BiBERT;
   ``bitwise.bitwise_refusal`` says what qualifies) runs bitwise instead: its 1-bit planes are
   repacked into 32-bit words once at load and every binarized product is XNOR and popcount
@@ -33,22 +44,38 @@ mapped axis (``ModelSpec.without_axis``), so the ranges are the whole batch's on
 from __future__ import annotations
 
 import dataclasses
+import functools
+import logging
 import os
 import pathlib
-from typing import Any, Callable, Mapping, Optional, Sequence
+from typing import Any, Callable, Mapping, NamedTuple, Optional, Sequence
 
 import jax
 import numpy as np
 
-from binarybert_jax import bitwise, checkpoints, evaluate, export
-from binarybert_jax.data import encode, glue, squad
+from binarybert_jax import assets, bitwise, checkpoints, evaluate, export, resolve
+from binarybert_jax.data import encode, glue, squad, tasks
 from binarybert_jax.model import ModelSpec
 from binarybert_jax.sharding import MODEL_INPUTS
+from binarybert_jax.tokenizer import load_tokenizer
+
+log = logging.getLogger(__name__)
 
 PACKED, BITWISE, CHECKPOINT = "packed", "bitwise", "checkpoint"
+# How a packed file's products are computed: on integer codes (the default) or float32 values.
+INTEGER, FLOAT = "integer", "float"
+COMPUTES = (INTEGER, FLOAT)
 # ``info`` keys that may name the tokenizer's directory (the HF checkpoint the model came from).
 TOKENIZER_INFO_KEYS = ("tokenizer_dir", "tokenizer", "pretrained")
 _TOKENIZER_FILES = ("tokenizer.json", "vocab.txt")
+
+
+class Predictions(NamedTuple):
+    """What ``Predictor.__call__`` returns, one entry per example."""
+
+    labels: list
+    scores: np.ndarray
+    logits: np.ndarray
 
 
 @dataclasses.dataclass(frozen=True)
@@ -56,11 +83,11 @@ class Predictor:
     """A loaded model, ready to run.
 
     Attributes:
-      spec: the spec of the model that runs (for a packed file, ``export.inference_spec`` of the
-        quantized spec, which ``info["quantized_spec"]`` holds; for a bitwise one, the quantized
-        spec itself).
+      spec: the spec of the model that runs (the quantized spec, which ``info["quantized_spec"]``
+        also holds; for a packed file run on floats, its ``export.inference_spec``).
       params: its parameters, float32 (bitwise: uint32 words, float32 scales and the
-        full-precision parameters), already on the default device.
+        full-precision parameters; on codes: without the quantized weights), already on the
+        default device.
       tokenizer_dir: a directory holding the model's tokenizer when the saved model names one
         (``info`` keys ``TOKENIZER_INFO_KEYS``, or tokenizer files in the checkpoint directory),
         else None.
@@ -68,6 +95,9 @@ class Predictor:
       info: the saved model's free-form info.
       path: where it was loaded from.
       lat_diag: a LAT checkpoint's diagonal (``checkpoints.load_lat_diag``), else None.
+      weight_codes: a packed file run on codes: its quantized weights as bit planes and scales
+        (``model.WEIGHT_CODES``), else None.
+      compute: ``integer`` (products on codes) or ``float`` (a packed file's float32 path).
     """
 
     spec: ModelSpec
@@ -78,10 +108,51 @@ class Predictor:
     path: pathlib.Path
     _apply: Callable = dataclasses.field(repr=False, compare=False)
     lat_diag: Optional[Any] = dataclasses.field(default=None, repr=False, compare=False)
+    weight_codes: Optional[Any] = dataclasses.field(default=None, repr=False, compare=False)
+    compute: str = INTEGER
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, compute: str = INTEGER) -> "Predictor":
+        """``load_predictor(path, compute)``: a packed file or a model checkpoint directory."""
+        return load_predictor(path, compute)
 
     @property
     def num_labels(self) -> int:
         return self.spec.num_labels
+
+    @property
+    def resident_bytes(self) -> int:
+        """Bytes of the arrays the forward pass keeps on the device: parameters, weight codes and
+        a LAT diagonal."""
+        trees = (self.params, self.weight_codes, self.lat_diag)
+        return sum(int(x.nbytes) for t in trees for x in jax.tree_util.tree_leaves(t))
+
+    def __call__(self, texts_a: Sequence[str], texts_b: Optional[Sequence[str]] = None, *,
+                 max_length: int = 128, batch_size: int = 32) -> "Predictions":
+        """Labels and scores of sentences (or sentence pairs, ``texts_b`` the second sentences)
+        with the model's tokenizer (``tokenizer_dir``, else MiniLM's).
+
+        Returns:
+          ``Predictions``: ``labels`` (the recorded task's label strings, e.g. ``"1"`` or
+          ``"entailment"``; class ids where no task is recorded; a regression model's score),
+          ``scores`` (softmax probabilities ``(N, num_labels)``, or the regression output
+          ``(N,)``) and ``logits``.
+        """
+        if isinstance(texts_a, str) or isinstance(texts_b, str):
+            raise TypeError("pass lists of sentences (a list of one for a single sentence)")
+        if self.spec.head != "classification":
+            raise ValueError(f"{self.path}: a {self.spec.head} head; labels need a classification head")
+        tokenizer = _tokenizer(str(self.tokenizer_dir or assets.minilm_dir()))
+        logits = predict_texts(self, tokenizer, texts_a, texts_b, max_length, batch_size)
+        if self.num_labels == 1:
+            scores = logits[:, 0]
+            return Predictions(list(scores.tolist()), scores, logits)
+        scores = np.asarray(jax.nn.softmax(logits, axis=-1))
+        task_name = resolve.recorded_task(self.info)
+        names = tasks.get_task(task_name).labels if task_name else None
+        ids = logits.argmax(-1)
+        labels = [names[i] if names else int(i) for i in ids]
+        return Predictions(labels, scores, logits)
 
     def logits(self, batch: Mapping[str, Any]) -> jax.Array:
         """Logits of one batch (jitted; compiled once per batch shape).
@@ -93,7 +164,14 @@ class Predictor:
           ``(B, num_labels)`` float32 logits (a span head: ``(B, T, 2)``), on the device (not
           blocked on).
         """
-        return self._apply(self.params, {k: batch[k] for k in MODEL_INPUTS}, self.lat_diag)["logits"]
+        return self._apply(self.params, {k: batch[k] for k in MODEL_INPUTS}, self.lat_diag,
+                           self.weight_codes)["logits"]
+
+
+@functools.lru_cache(maxsize=8)
+def _tokenizer(directory: str):
+    """The tokenizer of ``directory``, read once for every call of a ``Predictor``."""
+    return load_tokenizer(directory)
 
 
 def _find_tokenizer(candidates: Sequence[Any]) -> Optional[pathlib.Path]:
@@ -106,19 +184,24 @@ def _find_tokenizer(candidates: Sequence[Any]) -> Optional[pathlib.Path]:
     return None
 
 
-def load_predictor(path: str | os.PathLike) -> Predictor:
+def load_predictor(path: str | os.PathLike, compute: str = INTEGER) -> Predictor:
     """Loads a packed file or a model checkpoint directory into a ``Predictor``.
 
     Args:
       path: a ``.safetensors`` file written by ``export.export_packed``, or a directory written
         by ``checkpoints.save_model``.
+      compute: a packed file's products: ``integer`` (on codes, weights resident as codes) or
+        ``float`` (weights unpacked to float32). A 1-1-1 file runs bitwise and a checkpoint as
+        trained either way.
     Returns:
       The predictor; weights are unpacked (packed file) or restored (checkpoint) once, here.
     Raises:
       FileNotFoundError: nothing at ``path``, or a directory without ``model.json``.
       export.PackedFormatError: a file that is not a readable packed model of a supported version.
-      ValueError: a checkpoint of another format or version.
+      ValueError: a checkpoint of another format or version, or an unknown ``compute``.
     """
+    if compute not in COMPUTES:
+        raise ValueError(f"compute {compute!r}; allowed: {', '.join(COMPUTES)}")
     # A checkpoint directory may be in a remote workdir (gs://...); packed files are local.
     path = checkpoints.as_path(path) if checkpoints.is_remote(path) else pathlib.Path(path)
     if path.is_file() and bitwise.is_bitwise_file(path):
@@ -127,9 +210,16 @@ def load_predictor(path: str | os.PathLike) -> Predictor:
         return Predictor(spec=spec, params=jax.device_put(params),
                          tokenizer_dir=_find_tokenizer([info.get(k) for k in TOKENIZER_INFO_KEYS]),
                          kind=BITWISE, info=dict(info), path=path, _apply=bitwise.make_forward(spec))
-    lat_diag = None
+    lat_diag = weight_codes = None
     if path.is_file():
-        params, spec, info = export.load_packed(path)
+        if compute == INTEGER:
+            try:
+                params, weight_codes, spec, info = export.load_packed_codes(path)
+            except export.NotOnCodes as e:
+                log.warning("%s", e)
+                compute = FLOAT
+        if compute == FLOAT:
+            params, spec, info = export.load_packed(path)
         kind, candidates = PACKED, [info.get(k) for k in TOKENIZER_INFO_KEYS]
     elif path.is_dir():
         if not checkpoints.is_model_checkpoint(path):
@@ -151,7 +241,8 @@ def load_predictor(path: str | os.PathLike) -> Predictor:
     return Predictor(spec=spec, params=jax.device_put(params),
                      tokenizer_dir=_find_tokenizer(candidates), kind=kind, info=dict(info),
                      path=path, lat_diag=None if lat_diag is None else jax.device_put(lat_diag),
-                     _apply=evaluate.forward_fn(spec))
+                     weight_codes=None if weight_codes is None else jax.device_put(weight_codes),
+                     compute=compute if kind == PACKED else INTEGER, _apply=evaluate.forward_fn(spec))
 
 
 def _check_length(predictor: Predictor, max_length: int) -> None:
@@ -238,4 +329,4 @@ def predict_texts(predictor: Predictor, tokenizer, texts_a: Sequence[str],
     return predict_examples(predictor, tokenizer, examples, max_length, batch_size)
 
 
-__all__ = ["Predictor", "load_predictor", "predict_examples", "predict_squad", "predict_texts"]
+__all__ = ["Predictions", "Predictor", "load_predictor", "predict_examples", "predict_squad", "predict_texts"]

@@ -28,6 +28,10 @@ Parameter tree (Flax names; a *split* weight has a leading axis of 2, its two bi
     encoder/layer_<i>/attention/LayerNorm, encoder/layer_<i>/ffn/{intermediate,output}/..., ffn/LayerNorm
     pooler/dense/...,  classifier/{kernel,bias} or span/{kernel,bias}
 
+A packed file run on its codes (``export.load_packed_codes``) holds each quantized weight in the
+``weight_codes`` collection instead of ``params`` (``WEIGHT_CODES``: bit planes and scales, expanded
+a layer at a time in the forward); the rest of the tree is as above.
+
 Activation quantizer parameters are ``input_clip`` (a ``[lower, upper]`` pair, uniform) or
 ``input_step`` (a scalar, LSQ), named ``*_clip`` / ``*_step`` so the optimizer can find them.
 """
@@ -42,13 +46,17 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from binarybert_jax import integer_dot, quant
+from binarybert_jax import integer_dot, quant, weight_planes
 from binarybert_jax.dropout import Dropout
 from binarybert_jax.trees import flatten, unflatten
 
 # The variable collection that holds LAT's diagonal (the optimizer's second moments) per kernel.
 LAT_DIAG = "lat_diag"
 CALIBRATION = "calibration"  # the collection the calibration pass sows into
+# The collection of a packed model's quantized weights kept as codes (``export.load_packed_codes``):
+# per weight ``<name>_planes`` (``weight_planes``' resident bit planes) and ``<name>_scale`` in
+# place of the latent float32 parameter ``<name>``.
+WEIGHT_CODES = "weight_codes"
 
 # The released code's additive mask constant (Hugging Face uses the dtype's minimum instead).
 MASK_VALUE = -10000.0
@@ -263,6 +271,24 @@ def _at_least_f32(dtype):
     return jnp.promote_types(dtype, jnp.float32)
 
 
+def resident_codes(module: nn.Module, name: str, n: int, bits: int, take=None):
+    """A quantized weight held as codes in the ``WEIGHT_CODES`` collection, as
+    ``quant.QuantizedCodes`` (codes expanded from their planes, bfloat16 where exact), or None
+    where the module holds the latent weight ``name`` instead. ``take``: row indices of an
+    embedding, gathered from the planes and the scales before expanding."""
+    if not module.has_variable(WEIGHT_CODES, f"{name}_planes"):
+        return None
+    planes = module.get_variable(WEIGHT_CODES, f"{name}_planes")
+    scale = module.get_variable(WEIGHT_CODES, f"{name}_scale")
+    if take is not None:  # (*lead, V, ·) -> (*lead, *take.shape, ·)
+        planes = jnp.take(planes, take, axis=-2)
+        scale = (jnp.take(scale, take, axis=-2) if scale.shape[-2] > 1
+                 else jnp.reshape(scale, scale.shape[:-2] + (1,) * (take.ndim + 1)))
+    bound = quant.max_weight_code(bits)
+    dtype = jnp.bfloat16 if bound <= integer_dot.BF16_EXACT_INTEGER else jnp.float32
+    return quant.QuantizedCodes(weight_planes.expand(planes, n, dtype), scale, None, bound)
+
+
 def activation(name: str):
     """The FFN's activation function of ``BertConfig.hidden_act`` (one of ``ACTIVATIONS``)."""
     if name == "gelu":
@@ -360,18 +386,28 @@ class QuantDense(nn.Module, _ActQuantMixin):
         the quantized products whose sum plus ``bias`` is the output (for measurements)."""
         cfg = self.quant_cfg
         lead = (2,) if self.split else ()
-        kernel = self.param("kernel", nn.initializers.normal(0.02), lead + (x.shape[-1], self.features),
-                            jnp.float32)
+        resident = (resident_codes(self, "kernel", self.features, cfg.weight_bits)
+                    if self.quantized and cfg.weight_bits < quant.FULL_PRECISION_BITS else None)
+        # The kernel is created before the bias: the order in which parameters draw their
+        # initial values from the rng.
+        kernel = None if resident is not None else self.param(
+            "kernel", nn.initializers.normal(0.02), lead + (x.shape[-1], self.features), jnp.float32)
         bias = self.param("bias", nn.initializers.zeros, lead + (self.features,), jnp.float32)
-        if not self.quantized:
-            return jnp.dot(x.astype(self.dtype), kernel.astype(self.dtype)) + bias.astype(self.dtype)
-        diag = self.get_variable(LAT_DIAG, "kernel") if self.has_variable(LAT_DIAG, "kernel") else None
-        axes = quant.LAYERWISE if cfg.weight_granularity == "layer" else (-2,)
-        w = quant.quantize_weight(kernel, cfg.weight_method, cfg.weight_bits, axes, diag)
-        integer = ((self.integer_products or return_operands)
-                   and cfg.weight_bits < quant.FULL_PRECISION_BITS)
-        w_codes = (quant.weight_codes_for_product(kernel, cfg.weight_method, cfg.weight_bits, axes, diag)
-                   if integer else None)
+        if resident is not None:
+            # A packed model's weight, resident as codes: its values are scale·codes, the
+            # quantizer's own product (the codes and scales the exporter stored).
+            w_codes, w = resident, resident.values()
+            integer = True
+        else:
+            if not self.quantized:
+                return jnp.dot(x.astype(self.dtype), kernel.astype(self.dtype)) + bias.astype(self.dtype)
+            diag = self.get_variable(LAT_DIAG, "kernel") if self.has_variable(LAT_DIAG, "kernel") else None
+            axes = quant.LAYERWISE if cfg.weight_granularity == "layer" else (-2,)
+            w = quant.quantize_weight(kernel, cfg.weight_method, cfg.weight_bits, axes, diag)
+            integer = ((self.integer_products or return_operands)
+                       and cfg.weight_bits < quant.FULL_PRECISION_BITS)
+            w_codes = (quant.weight_codes_for_product(kernel, cfg.weight_method, cfg.weight_bits, axes,
+                                                      diag) if integer else None)
         token_axes = tuple(range(1, x.ndim - 1))
         dims = (((x.ndim - 1,), (0,)), ((), ()))
 
@@ -419,16 +455,21 @@ class Embeddings(nn.Module):
         cfg, qcfg = self.config, self.quant_cfg
         split = qcfg.is_split("embeddings/word_embeddings") and qcfg.embed_bits < 32
         lead = (2,) if split else ()
-        table = self.param("word_embeddings", nn.initializers.normal(0.02),
-                           lead + (cfg.vocab_size, cfg.hidden_size), jnp.float32)
-        if qcfg.embed_granularity == "row":
-            # Row-wise scales depend on the row alone, so quantizing the gathered rows equals
-            # gathering from the quantized table, at a fraction of the work.
-            words = quant.quantize_weight(jnp.take(table, input_ids, axis=-2), qcfg.embed_method,
-                                          qcfg.embed_bits, (-1,))
+        resident = (resident_codes(self, "word_embeddings", cfg.hidden_size, qcfg.embed_bits,
+                                   take=input_ids) if qcfg.embed_bits < 32 else None)
+        if resident is not None:  # a packed model's table, its gathered rows' codes
+            words = resident.values()
         else:
-            words = jnp.take(quant.quantize_weight(table, qcfg.embed_method, qcfg.embed_bits,
-                                                   quant.LAYERWISE), input_ids, axis=-2)
+            table = self.param("word_embeddings", nn.initializers.normal(0.02),
+                               lead + (cfg.vocab_size, cfg.hidden_size), jnp.float32)
+            if qcfg.embed_granularity == "row":
+                # Row-wise scales depend on the row alone, so quantizing the gathered rows equals
+                # gathering from the quantized table, at a fraction of the work.
+                words = quant.quantize_weight(jnp.take(table, input_ids, axis=-2), qcfg.embed_method,
+                                              qcfg.embed_bits, (-1,))
+            else:
+                words = jnp.take(quant.quantize_weight(table, qcfg.embed_method, qcfg.embed_bits,
+                                                       quant.LAYERWISE), input_ids, axis=-2)
         if split:
             words = words[0] + words[1]
         positions = self.param("position_embeddings", nn.initializers.normal(0.02),
@@ -721,9 +762,16 @@ def lat_diag_from_moments(moments: Optional[dict]) -> Optional[dict]:
     return unflatten(kept) if kept else None
 
 
-def model_variables(params, lat_diag: Optional[dict] = None) -> dict:
-    """The variables ``BertModel.apply`` takes: ``params``, plus LAT's diagonal when there is one."""
-    return {"params": params} if lat_diag is None else {"params": params, LAT_DIAG: lat_diag}
+def model_variables(params, lat_diag: Optional[dict] = None,
+                    weight_codes: Optional[dict] = None) -> dict:
+    """The variables ``BertModel.apply`` takes: ``params``, plus LAT's diagonal when there is one,
+    plus a packed model's weights held as codes (``WEIGHT_CODES``) when there are some."""
+    out = {"params": params}
+    if lat_diag is not None:
+        out[LAT_DIAG] = lat_diag
+    if weight_codes is not None:
+        out[WEIGHT_CODES] = weight_codes
+    return out
 
 
 def calibrate_act_quantizers(model: BertModel, params, input_ids, token_type_ids=None,

@@ -5,7 +5,9 @@
     printf 'A man sings.\\tA person sings.\\n' | python -m launch.predict --model m.safetensors --task mrpc --input - --out -
 
 ``--model``: a bit-packed file (``launch.export``) or a model checkpoint directory
-(``checkpoints.save_model``); ``binarybert_jax.inference`` loads either. ``--input``: a GLUE TSV at any
+(``checkpoints.save_model``); ``binarybert_jax.inference`` loads either. A packed file runs on
+its integer codes (``--compute integer``, the default: weights resident as codes, products as
+exact as the training forward's); ``--compute float`` unpacks it to float32 weights instead. ``--input``: a GLUE TSV at any
 path, read by ``glue.read_tsv`` with the task's layout for ``--split`` (by default the split its
 file name says: ``dev.tsv``, ``test_matched.tsv``...; pass ``--split`` for any other name), or
 ``-`` for standard input, one example a line, a tab between the two sentences of a pair task.
@@ -67,6 +69,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--max_length", type=int, default=None,
                         help="padded sequence length (default: the task's, 64, 128 or 384)")
     parser.add_argument("--batch_size", type=int, default=32)
+    parser.add_argument("--compute", choices=inference.COMPUTES, default=inference.INTEGER,
+                        help="a packed file's products: on integer codes (default) or on its "
+                             "weights unpacked to float32")
     squad_args = parser.add_argument_group("SQuAD")
     squad_args.add_argument("--na_prob_out", default=None,
                             help="v2.0: where the no-answer scores go (default: na_probs.json beside --out)")
@@ -180,7 +185,7 @@ def main(argv: Optional[Sequence[str]] = None, stdin: Optional[TextIO] = None,
 def _load_model(args, task):
     """The predictor of ``--model`` (checked against ``task``), its tokenizer and that tokenizer's
     directory."""
-    predictor = inference.load_predictor(args.model)
+    predictor = inference.load_predictor(args.model, compute=args.compute)
     trained_on = resolve.recorded_task(predictor.info)
     if trained_on and tasks.get_task(trained_on).name != task.name:
         raise UserError(f"{args.model} is a {trained_on} model, not a {task.name} one: pass "

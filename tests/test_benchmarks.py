@@ -154,3 +154,35 @@ def test_train_step_times_the_summed_split_beside_the_exact_one():
     split_forward = batch * (2 * seq * (3 * h * a + a * h + 2 * h * i) * config.num_layers + 2 * h * h)
     saved = counted["w1a8"] - counted["w1a8-summed"]
     assert 0.9 * split_forward <= saved <= 1.1 * split_forward, (saved, split_forward, counted)
+
+
+def test_inference_interleaved_runs_tiny(tmp_path):
+    """benchmarks.inference --interleaved's measurement on tiny saved forms: every row measured,
+    the baseline's ratios 1, a packed 1-1-8 form's resident parameters a fraction of float32's."""
+    from benchmarks import inference as bench
+    from binarybert_jax import checkpoints, export
+    from binarybert_jax.model import ModelSpec, QuantConfig
+    from test_export import TINY, random_params
+
+    fp32 = ModelSpec(TINY)
+    bwn = ModelSpec(TINY, QuantConfig(1, 1, 8, "bwn", "bwn"))
+    checkpoints.save_model(tmp_path / "fp32", random_params(fp32), fp32)
+    export.export_packed(random_params(bwn), bwn, tmp_path / "bwn.safetensors")
+    forms = {"fp32": (str(tmp_path / "fp32"), "integer"),
+             "bwn-packed": (str(tmp_path / "bwn.safetensors"), "integer"),
+             "bwn-packed-float": (str(tmp_path / "bwn.safetensors"), "float")}
+    rows = bench.interleaved(forms, seq=8, batch=2, repeats=2)
+    assert list(rows) == list(forms)
+    assert rows["fp32"]["throughput_x"] == rows["fp32"]["latency_x"] == 1.0
+    assert rows["bwn-packed"]["compute"] == "integer" and rows["bwn-packed-float"]["compute"] == "float"
+    assert rows["bwn-packed"]["params_fraction"] < 0.25 < rows["bwn-packed-float"]["params_fraction"]
+    assert all(r["throughput_seq_s"] > 0 and r["latency_ms"] > 0 for r in rows.values())
+    table = bench.interleaved_table(rows, 2, 8)
+    assert "| bwn-packed | packed, integer |" in table and table.count("\n") == 4
+    assert set(bench.INTERLEAVED.values()) <= {(v, c) for v in bench.VARIANTS for c in ("integer", "float")}
+    args = bench.build_parser().parse_args(["--interleaved", "--seq", "8", "--batch", "2"])
+    section = bench.interleaved_section(rows, bench.machine(), "python -m benchmarks.inference", args)
+    out = tmp_path / "BENCHMARKS.md"
+    out.write_text("# Benchmarks\n")
+    markdown.write_section(out, bench.INTERLEAVED_SECTION, section)
+    assert out.read_text().count(bench.INTERLEAVED_SECTION) == 1 and table in out.read_text()

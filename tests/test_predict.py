@@ -93,8 +93,9 @@ def test_packed_and_checkpoint_predict_the_same(saved, slices, tiny_hf, tmp_path
     from_ckpt = inference.load_predictor(ckpt)
     assert (from_packed.kind, from_ckpt.kind) == ("packed", "checkpoint")
     assert from_packed.tokenizer_dir == from_ckpt.tokenizer_dir == tiny_hf
-    # The packed model runs without weight quantization; the checkpoint re-quantizes each time.
-    assert from_packed.spec.quant.weight_bits == 32 and from_ckpt.spec.quant.weight_bits == 1
+    # The packed model runs its stored codes; the checkpoint re-quantizes its weights each time.
+    assert from_packed.compute == "integer" and from_packed.weight_codes is not None
+    assert from_packed.spec == from_ckpt.spec
 
     examples = glue.read_tsv(slices["dev"], tasks.get_task("mrpc"), "dev").examples
     assert len(examples) == ROWS and all(ex.label is not None for ex in examples)
@@ -249,3 +250,34 @@ def test_bitwise_1_1_1_file_predicts_exactly_like_its_checkpoint(slices, tiny_hf
         assert METRIC_F1.search(capsys.readouterr().out)
         outputs.append(out.read_text())
     assert outputs[0] == outputs[1]
+
+
+def test_the_python_example_in_the_usage_docs_runs(tiny_hf, tmp_path, monkeypatch, capsys):
+    """The ``Predictor`` example of docs/usage.md, run as written on a tiny packed MRPC model."""
+    text = (pathlib.Path(__file__).resolve().parents[1] / "docs" / "usage.md").read_text()
+    blocks = re.findall(r"```python\n(.*?)```", text, re.S)
+    example = next(b for b in blocks if "Predictor.load" in b)
+    spec = SPECS["bwn-1-1-8"]
+    export.export_packed(random_params(spec, seed=1), spec, tmp_path / "mrpc_ternary.safetensors",
+                         info={"pretrained": str(tiny_hf), "task": "mrpc"})
+    monkeypatch.chdir(tmp_path)
+    namespace = {}
+    exec(compile(example, "docs/usage.md", "exec"), namespace)
+    result = namespace["result"]
+    assert result.labels in (["0"], ["1"])  # MRPC's label strings
+    assert result.scores.shape == (1, 2) and np.isclose(result.scores.sum(), 1.0)
+    assert result.labels[0] == str(int(result.scores.argmax()))
+    assert str(result.labels) in capsys.readouterr().out
+
+
+def test_predictor_call_matches_predict_texts(saved, tiny_hf):
+    packed, _ = saved
+    model = inference.Predictor.load(packed)
+    firsts, seconds = ["A man sings.", "It rains."], ["A person sings.", "The sun shines."]
+    result = model(firsts, seconds, max_length=32)
+    logits = inference.predict_texts(model, load_tokenizer(tiny_hf), firsts, seconds, 32)
+    np.testing.assert_array_equal(result.logits, logits)
+    assert result.labels == [int(i) for i in logits.argmax(-1)]  # no task recorded: class ids
+    np.testing.assert_allclose(result.scores.sum(-1), 1.0, rtol=1e-6)
+    with pytest.raises(TypeError, match="lists of sentences"):
+        model("A man sings.")
