@@ -183,14 +183,21 @@ def read_dataset(path: str | os.PathLike) -> tuple[str, list]:
     return str(blob.get("version", "")), blob["data"]
 
 
-def examples_from_dataset(data: Sequence[Mapping], *, where: str = "SQuAD data") -> list[SquadExample]:
-    """Every question of a SQuAD ``data`` list, in file order.
+def examples_from_dataset(data: Sequence[Mapping], *, where: str = "SQuAD data",
+                          version: Optional[str] = None) -> list[SquadExample]:
+    """Every question of a SQuAD ``data`` list, in file order, checked as it is read.
 
+    Args:
+      data: the ``data`` list of a SQuAD file.
+      where: the file (or what stands for it) errors name.
+      version: ``1.1`` refuses unanswerable questions (a v2.0 file given to a v1.1 task would
+        train on answers that are not there); None or ``2.0`` takes both.
     Raises:
-      ValueError: a question without ``id``/``question``/``answers`` or an answer outside its
-        context (names the question id).
+      ValueError: a question without ``id``/``question``/``answers``, an answer that is not the text
+        at its offset in the context, an id used twice, or an unanswerable question in v1.1 data
+        (each names ``where`` and the question id).
     """
-    examples = []
+    examples, seen = [], {}
     for a, article in enumerate(data):
         for paragraph in article.get("paragraphs", ()):
             context = paragraph["context"]
@@ -198,14 +205,34 @@ def examples_from_dataset(data: Sequence[Mapping], *, where: str = "SQuAD data")
                 missing = [k for k in ("id", "question", "answers") if k not in qa]
                 if missing:
                     raise ValueError(f"{where}: a question of article {a} lacks {missing}")
+                qid = qa["id"]
+                if qid in seen:
+                    raise ValueError(f"{where}: question id {qid!r} appears twice (articles {seen[qid]} "
+                                     f"and {a}); ids must be unique, predictions are keyed by them")
+                seen[qid] = a
                 answers = tuple((ans["text"], int(ans["answer_start"])) for ans in qa["answers"])
                 for text, start in answers:
                     if not 0 <= start <= len(context) - len(text):
-                        raise ValueError(f"{where}: question {qa['id']}: answer {text!r} at "
+                        raise ValueError(f"{where}: question {qid}: answer {text!r} at "
                                          f"{start} lies outside its context")
-                examples.append(SquadExample(qa["id"], qa["question"], context, answers,
-                                             bool(qa.get("is_impossible", False)) or not answers, a))
+                    if context[start:start + len(text)] != text:
+                        raise ValueError(f"{where}: question {qid}: answer {text!r} is not the text at "
+                                         f"its answer_start {start} (the context has "
+                                         f"{context[start:start + len(text)]!r} there)")
+                impossible = bool(qa.get("is_impossible", False)) or not answers
+                if impossible and version == "1.1":
+                    raise ValueError(f"{where}: question {qid} has no answer (is_impossible): a SQuAD "
+                                     "v2.0 file; v1.1 (squad1) questions all have answers: use squad2 "
+                                     "for v2.0 data")
+                examples.append(SquadExample(qid, qa["question"], context, answers, impossible, a))
     return examples
+
+
+def check_version(recorded: str, path, version: str) -> None:
+    """Refuses a file whose recorded ``version`` (``1.1``, ``v2.0``) is not the task's."""
+    if recorded and recorded.lstrip("v") in VERSIONS and recorded.lstrip("v") != version:
+        raise ValueError(f"{path}: a SQuAD v{recorded.lstrip('v')} file, but the task is v{version} "
+                         f"(squad{version[0]}); use squad{recorded.lstrip('v')[0]} or the v{version} file")
 
 
 def split_by_article(data: Sequence[Mapping], train_fraction: float) -> tuple[list, list]:
@@ -471,14 +498,26 @@ def load_squad_data(task: str | SquadTask, tokenizer, *, data_dir="", source: st
         from binarybert_jax.data import tfds_source
         dev_data = tfds_source.read_squad_tfds(spec.version, "dev", data_dir or None)
         train_data = None if dev_split else tfds_source.read_squad_tfds(spec.version, "train", data_dir or None)
+        dev_where, train_where = f"tfds squad dev (v{spec.version})", f"tfds squad train (v{spec.version})"
     else:
-        dev_data = read_dataset(split_path(data_dir, spec.version, "dev"))[1]
-        train_data = None if dev_split else read_dataset(split_path(data_dir, spec.version, "train"))[1]
+        dev_path = split_path(data_dir, spec.version, "dev")
+        recorded, dev_data = read_dataset(dev_path)
+        check_version(recorded, dev_path, spec.version)
+        dev_where = train_where = str(dev_path)
+        train_data = None
+        if not dev_split:
+            train_path = split_path(data_dir, spec.version, "train")
+            recorded, train_data = read_dataset(train_path)
+            check_version(recorded, train_path, spec.version)
+            train_where = str(train_path)
+    # Checked whole before anything is tokenized: a bad question fails the load, not an epoch.
+    examples_from_dataset(dev_data, where=dev_where, version=spec.version)
     key = (spec.name,)
     if dev_split:
         train_data, dev_data = split_by_article(dev_data, dev_split)
         key = (spec.name, f"devsplit{dev_split:g}")
-    train_examples = examples_from_dataset(train_data)
+        train_where = dev_where
+    train_examples = examples_from_dataset(train_data, where=train_where, version=spec.version)
     if train_limit:
         train_examples = train_examples[:train_limit]
     train = encode_squad_cached(tokenizer, train_examples, max_length, doc_stride, max_query_length,
