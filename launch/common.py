@@ -1,8 +1,11 @@
 """Shared set-up of the mains: logging, flag parsing and the one-line handling of bad input.
 
-A ``UserError`` (bad input a person can fix), a non-finite loss and an interrupt end a main with
-one line on stderr and a distinct exit status; any other exception is a defect and keeps its
-traceback.
+Every main's ``__main__`` block is ``common.run_main(main, ...)``. Bad input a person can fix (a
+``UserError``, a missing file, a full disk, a missing client package for ``gs://``, wherever in a
+chain of wrapped exceptions it is) ends the main with one line on stderr and exit 2; a non-finite
+loss with exit 3; an interrupt with its signal's status after saving. Any other exception is a
+defect: one line naming it and exit 1, its traceback printed with ``--verbose`` or
+``$BINARYBERT_JAX_VERBOSE=1``.
 """
 
 from __future__ import annotations
@@ -449,7 +452,7 @@ def parse_flags(argv: Sequence[str]):
         fail(f"--config {found[0]}: no such config file (the shipped ones: configs/"
              + ", configs/".join(shipped) + ")")
     try:
-        return flags.FLAGS(argv)
+        rest = flags.FLAGS(argv)
     except (AttributeError, KeyError, TypeError) as e:
         try:
             message = _unknown_override(list(argv))
@@ -463,6 +466,10 @@ def parse_flags(argv: Sequence[str]):
     except Exception as e:
         message = user_error_message(e)
         fail(message or _root_message(e))
+    if len(rest) > 1:  # absl would print its whole usage text above the reason
+        fail(f"unexpected arguments {rest[1:]}: every setting is a flag (--name=value); "
+             f"python -m launch.{pathlib.Path(rest[0]).stem} --help lists them")
+    return rest
 
 
 def _root_message(e: BaseException) -> str:

@@ -156,6 +156,9 @@ def test_a_missing_peer_ends_the_wait_naming_the_coordinator_and_the_missing_pro
     (["--config", "configs/finetune.py:task=foo"], "Unknown task 'foo'"),
     (["--config", "configs/finetune.py:task=sst-2,bogus"], "unknown config argument 'bogus'"),
     (["--config", "configs/missing.py"], "--config configs/missing.py: no such config file"),
+    (["--config", "configs/finetune.py:task=sst-2,tiny", "extra"], "unexpected arguments ['extra']"),
+    (["--config", "configs/finetune.py:task=sst-2,tiny", "--distributed_timeout=soon"],
+     "flag --distributed_timeout=soon: invalid literal for int()"),
     (["--config", "configs/finetune.py:task=sst-2,tiny", "--config.max_seq_length=4096"],
      "--config.max_seq_length=4096 is above the model's 512 position embeddings"),
 ])
