@@ -300,11 +300,29 @@ def user_error_message(e: BaseException) -> str | None:
                 return str(c)  # our own messages: the path and what was expected
             return f"{where + ': ' if where else ''}{c.strerror or _USER_ERRNOS[c.errno]}"
     for c in chain:
+        if isinstance(c, ValueError) and _raised_by_project(c):
+            # The data readers and checks describe bad input (a TSV row, a --bits string) with a
+            # ValueError naming it; one raised inside numpy or JAX is a defect.
+            return str(c)
+    for c in chain:
         if isinstance(c, FileNotFoundError):
             return str(c)
         if isinstance(c, ModuleNotFoundError):
             return f"{c}: a package is missing from this environment (pip install -r requirements.txt)"
     return None
+
+
+_PROJECT_DIRS = tuple(str(REPO_ROOT / d) + os.sep for d in ("binarybert_jax", "launch", "configs"))
+
+
+def _raised_by_project(e: BaseException) -> bool:
+    """Whether ``e`` was raised by a ``raise`` in the project's own code (its innermost frame)."""
+    tb = e.__traceback__
+    if tb is None:
+        return False
+    while tb.tb_next is not None:
+        tb = tb.tb_next
+    return os.path.abspath(tb.tb_frame.f_code.co_filename).startswith(_PROJECT_DIRS)
 
 
 def verbose() -> bool:

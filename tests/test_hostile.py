@@ -171,6 +171,7 @@ def test_early_config_errors_are_one_line(tmp_path, args, expected):
 @pytest.mark.parametrize("args,expected", [
     (["-m", "launch.predict", "--model", "m"], "the following arguments are required: --task, --input, --out"),
     (["-m", "launch.size", "--ckpt", "/nonexistent"], "/nonexistent is not a binarybert-jax model checkpoint"),
+    (["-m", "launch.size", "--preset", "bert-base", "--bits", "3-x-8"], "bits must look like W-E-A"),
     (["-m", "launch.split", "--ternary", "/nonexistent", "--out", "OUT"], "not a binarybert-jax model checkpoint"),
     (["-m", "launch.export", "--ckpt", "/nonexistent", "--out", "OUT"], "not a binarybert-jax model"),
     (["-m", "launch.analyze", "--config", "configs/analyze.py:task=sst-2", f"--config.data_dir={SLICE}",
@@ -192,6 +193,10 @@ def test_a_defect_is_one_line_and_exit_1_with_its_traceback_behind_verbose():
     for loud in (_main(["-c", code, "--verbose"]), _main(["-c", code], **{common.VERBOSE_ENV: "1"})):
         assert loud.returncode == 1 and "Traceback (most recent call last)" in loud.stderr
         assert loud.stderr.strip().splitlines()[-1] == quiet
+    # A ValueError raised inside a library (not by the project's own checks) is a defect too.
+    numpy_bug = _one_line(_main(["-c", "from launch import common\nimport numpy as np\n"
+                                       "common.run_main(lambda: np.zeros(3).reshape(2, 2))\n"]), code=1)
+    assert numpy_bug.startswith("error: internal error (ValueError: cannot reshape array")
 
 
 def test_unreadable_checkpoints_and_a_full_disk_are_one_line(tmp_path, tiny_pretrained):
