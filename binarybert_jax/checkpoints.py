@@ -137,7 +137,8 @@ def _atomic_write(path: epath.Path, data: bytes) -> None:
 def _write_replacing(path: epath.Path, data: bytes) -> None:
     if not is_remote(path):
         local = os.fspath(path)  # os.path: epath's is_file() is True for a device
-        if os.path.exists(local) and not os.path.isfile(local) and not os.path.isdir(local):
+        special = os.path.realpath(local).startswith(("/dev/", "/proc/"))  # /dev/stdout -> /proc/self/fd/1
+        if special or (os.path.exists(local) and not os.path.isfile(local) and not os.path.isdir(local)):
             # A device or a pipe (/dev/stdout, a FIFO): written into; a rename would replace the
             # device node itself with a regular file.
             with open(local, "wb") as f:
@@ -362,13 +363,15 @@ WORKDIR_FILE = "workdir.json"
 TRAINING_RUN, PIPELINE, ANALYSIS = "training run", "pipeline", "analysis"
 # How a workdir made before it recorded its kind shows it: the files only that kind writes.
 _KIND_MARKS = ((PIPELINE, "pipeline_config.json"), (ANALYSIS, "analysis.json"),
+               ("Hugging Face model", "model.safetensors"), ("Hugging Face model", "pytorch_model.bin"),
                (TRAINING_RUN, "config.json"))
 _MADE_BY = {TRAINING_RUN: "launch.train", PIPELINE: "launch.pipeline", ANALYSIS: "launch.analyze"}
 
 
 def workdir_kind(workdir: str | os.PathLike) -> Optional[str]:
     """What made ``workdir``: ``TRAINING_RUN``, ``PIPELINE``, ``ANALYSIS``, ``"model checkpoint"``,
-    or None (missing or empty, or nothing of ours)."""
+    ``"Hugging Face model"`` (whose config.json a training run's would replace), or None (missing
+    or empty, or nothing of ours)."""
     workdir = as_path(workdir)
     if not workdir.is_dir():
         return None

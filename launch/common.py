@@ -157,6 +157,10 @@ def git_state(root: pathlib.Path = REPO_ROOT) -> dict:
     return {"git_commit": commit, "git_dirty": bool(status.strip())}
 
 
+# The kind of workdir each main that records provenance makes (checkpoints.workdir_kind).
+_MAIN_KINDS = {"train": "training run", "pipeline": "pipeline"}
+
+
 @contextlib.contextmanager
 def provenance(workdir, argv: Sequence[str]):
     """Appends this invocation (command, commit, start, wall seconds, outcome: finished,
@@ -168,10 +172,19 @@ def provenance(workdir, argv: Sequence[str]):
     that finds the workdir already there is written at its start too, as ``running``, and replaced
     at its end; and each entry says whether the workdir existed when it started
     (``workdir_existed``), so that a first entry saying so tells that the invocation which created
-    the workdir left no entry, and its commit is unknown (``launch.record`` says so)."""
+    the workdir left no entry, and its commit is unknown (``launch.record`` says so).
+
+    A directory of another kind than the main makes (``checkpoints.workdir_kind``: a pipeline's
+    for ``launch.train``, a model), where the main is refused, gets no entry: it is left as it is."""
     from binarybert_jax import checkpoints
     if not str(workdir).strip():  # "" would be read as the current directory
         fail("--workdir is empty: give a directory")
+    main = pathlib.Path(str(argv[0]) if argv else "").name.removesuffix(".py").split(".")[-1]
+    found = checkpoints.workdir_kind(workdir)
+    if found is not None and found != _MAIN_KINDS.get(main, found):
+        # A directory of another kind (the run will be refused there): its files are left alone.
+        yield
+        return
     started, outcome = time.time(), "interrupted"
     path = checkpoints.as_path(workdir) / PROVENANCE_FILE
     entry = {"argv": list(argv), **git_state(),

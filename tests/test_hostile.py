@@ -103,6 +103,10 @@ def test_a_workdir_of_another_kind_is_refused_naming_what_is_there(tmp_path, tin
     with pytest.raises(errors.UserError, match=r"holds a pipeline \(made by launch.pipeline\), not a training run"):
         train.train_and_evaluate(c, done)
     assert _snapshot(done) == before
+    line = _one_line(_main(["-m", "launch.train", "--config", "configs/finetune.py:task=sst-2,tiny",
+                            "--workdir", str(done)]))
+    assert "holds a pipeline (made by launch.pipeline), not a training run" in line
+    assert _snapshot(done) == before  # not even a provenance entry
     # A workdir from before the marker is known by its files: config.json is a training run's.
     old_run = tmp_path / "run"
     old_run.mkdir()
