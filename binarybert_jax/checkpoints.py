@@ -35,6 +35,7 @@ in place before it writes, so a crashed run's best model is never lost.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import logging
@@ -82,8 +83,27 @@ def _checkpointer():
 def save_params(directory: str | os.PathLike, params: Any) -> None:
     """Saves a parameter pytree with Orbax at ``directory`` (which must not exist)."""
     ckptr = _checkpointer()
-    ckptr.save(absolute(directory), jax.tree_util.tree_map(np.asarray, params))
-    ckptr.wait_until_finished()
+    with _disk_full_named(directory):
+        ckptr.save(absolute(directory), jax.tree_util.tree_map(np.asarray, params))
+        ckptr.wait_until_finished()
+
+
+@contextlib.contextmanager
+def _disk_full_named(directory):
+    """A full disk (or quota) under an Orbax save, which arrives wrapped in TensorStore's and
+    asyncio's errors, becomes one UserError naming the checkpoint being written."""
+    try:
+        yield
+    except Exception as e:
+        chain, c = [], e
+        while c is not None and len(chain) < 20:
+            chain.append(c)
+            c = c.__cause__ or c.__context__
+        if any(isinstance(c, OSError) and c.errno in (errno.ENOSPC, errno.EDQUOT) for c in chain) or any(
+                "RESOURCE_EXHAUSTED" in str(c) or "No space left" in str(c) for c in chain):
+            raise UserError(f"cannot write checkpoint {directory}: no space left on the device (free "
+                            "space, or use a --workdir elsewhere; rerun to resume)") from e
+        raise
 
 
 def restore_params(directory: str | os.PathLike) -> Any:
@@ -469,10 +489,11 @@ class TrainCheckpoints:
 
     def save(self, step: int, state: Any, meta: dict) -> None:
         ocp = self._ocp
-        self._manager.save(step, args=ocp.args.Composite(
-            state=ocp.args.StandardSave(jax.tree_util.tree_map(np.asarray, state)),
-            meta=ocp.args.JsonSave(meta)), force=True)
-        self._manager.wait_until_finished()
+        with _disk_full_named(self.directory / str(step)):
+            self._manager.save(step, args=ocp.args.Composite(
+                state=ocp.args.StandardSave(jax.tree_util.tree_map(np.asarray, state)),
+                meta=ocp.args.JsonSave(meta)), force=True)
+            self._manager.wait_until_finished()
 
     def restore(self, step: int, abstract_state: Any) -> tuple[Any, dict]:
         """Restores the state at ``step`` into the structure of ``abstract_state``."""

@@ -36,11 +36,20 @@ def setup_logging() -> None:
     at INFO) stays at WARNING."""
     from absl import logging as absl_logging
     absl_logging.set_verbosity(absl_logging.WARNING)
+    logging.getLogger("absl").addFilter(_rethrown_by_orbax)
     ours = logging.getLogger("binarybert_jax")
     ours.setLevel(logging.INFO)
     if not ours.handlers:
         ours.addHandler(logging.StreamHandler())
     ours.propagate = False
+
+
+def _rethrown_by_orbax(record: logging.LogRecord) -> bool:
+    """Drops the log of an error in one of Orbax's worker threads: Orbax raises the same error
+    again in the main thread, whose one line (``run_main``) says it; logged too, with its
+    traceback, it would print each cause several times over above that line."""
+    return not (record.levelno >= logging.ERROR and "orbax" in record.pathname
+                and "raised an exception" in str(record.msg))
 
 
 def define_distributed_flags() -> None:
@@ -177,6 +186,7 @@ def provenance(workdir, argv: Sequence[str]):
     A directory of another kind than the main makes (``checkpoints.workdir_kind``: a pipeline's
     for ``launch.train``, a model), where the main is refused, gets no entry: it is left as it is."""
     from binarybert_jax import checkpoints
+    from binarybert_jax.errors import UserError
     if not str(workdir).strip():  # "" would be read as the current directory
         fail("--workdir is empty: give a directory")
     main = pathlib.Path(str(argv[0]) if argv else "").name.removesuffix(".py").split(".")[-1]
@@ -215,7 +225,13 @@ def provenance(workdir, argv: Sequence[str]):
         outcome = f"failed: {type(e).__name__}"
         raise
     finally:
-        write(outcome)
+        try:
+            write(outcome)
+        except (OSError, UserError):
+            if outcome == "finished":
+                raise
+            # The invocation already failed (a full disk, most likely) and says why: its entry
+            # cannot be written either, and a second error would only hide the first.
 
 
 def read_provenance(path, set_aside: bool = False) -> list[dict]:
