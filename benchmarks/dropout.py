@@ -1,4 +1,4 @@
-"""Does the hand-written Threefry dropout (``model.Dropout``) pay against ``flax.linen.Dropout``?
+"""Does the hand-written Threefry dropout (``dropout.Dropout``) pay against ``flax.linen.Dropout``?
 
     PYTHONPATH=. python -m benchmarks.dropout
 

@@ -24,7 +24,6 @@ the first layer's products, the rest follow from there).
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import datetime
 import functools
 import pathlib
@@ -39,7 +38,7 @@ import numpy as np
 
 from benchmarks.markdown import publish
 from binarybert_jax import assets, hf_import, quant, tws
-from binarybert_jax.data import glue
+from binarybert_jax.data import glue, tasks
 from binarybert_jax.model import BertModel, ModelSpec, QuantConfig, QuantDense, calibrate_act_quantizers
 from binarybert_jax.tokenizer import load_tokenizer
 
@@ -57,7 +56,7 @@ DEFAULT_GLUE_DIR = pathlib.Path(__file__).resolve().parents[2] / "shared" / "dat
 
 def mrpc_batch(tokenizer, examples: int, glue_dir, max_length: int = 128) -> dict:
     """The first ``examples`` MRPC dev pairs of ``glue_dir``, tokenized, padded to ``max_length``."""
-    rows = glue.read_tsv(pathlib.Path(glue_dir) / "MRPC" / "dev.tsv", "mrpc", "dev").examples[:examples]
+    rows = glue.read_tsv(pathlib.Path(glue_dir) / "MRPC" / "dev.tsv", tasks.get_task("mrpc"), "dev").examples[:examples]
     enc = tokenizer([r.text_a for r in rows], [r.text_b for r in rows], max_length=max_length,
                     truncation=True, padding="max_length", return_tensors="np")
     return {"input_ids": enc["input_ids"], "token_type_ids": enc["token_type_ids"],
@@ -184,13 +183,13 @@ def checkpoint_metrics(checkpoint, task: str, glue_dir, batch_size: int = 64) ->
     """A trained checkpoint's dev metrics with the integer-domain products and with the float32
     products of the values, and how many dev predictions the two disagree on."""
     from binarybert_jax import checkpoints, metrics, sharding
-    from binarybert_jax.data import encode, tasks
+    from binarybert_jax.data import encode
     from binarybert_jax.evaluate import make_predict_step, predict
 
     params, spec, _ = checkpoints.load_model(checkpoint)
     lat_diag = checkpoints.load_lat_diag(checkpoint)
     spec_task = tasks.get_task(task)
-    arrays = encode.load_encoded_split(load_tokenizer(assets.minilm_dir()), task, "dev", data_dir=glue_dir,
+    arrays = encode.load_encoded_split(load_tokenizer(assets.minilm_dir()), spec_task, "dev", data_dir=glue_dir,
                                        cache_dir=assets.cache_dir() / "tokenized")
     mesh = sharding.make_mesh(1)
     out = {}

@@ -5,7 +5,10 @@ from __future__ import annotations
 import os
 import pathlib
 
-HEADER = "# Benchmarks\n\nEvery number here comes from the command printed beside it.\n"
+# A new file's opening; BENCHMARKS.md's own says the same and points to the hand-written notes.
+HEADER = ("# Benchmarks\n\nEach section headed by a command is written whole by that command "
+          "(`--out BENCHMARKS.md` replaces its own section and leaves the others) and holds only "
+          "what that run measured.\n")
 
 
 def write_section(out: pathlib.Path, heading: str, text: str) -> None:

@@ -53,7 +53,7 @@ step is compiled before the clock starts (compile time reported apart) and the e
 first step to the last result, the batches built, placed and fed as ``train.train_phase`` does.
 The reference (the authors' PyTorch code) is not run here (no torch in this project): the only
 figures quoted are those measured side by side with this benchmark on the same machine kind (Intel
-Xeon with AVX-512 BF16/VNNI, 2 cores), in the same hour, by issue 13's author: ternary W2A8 12.9 and
+Xeon with AVX-512 BF16/VNNI, 2 cores), in the same hour, by the author of the speed targets: ternary W2A8 12.9 and
 14.4 ex/s, split binary W1A8 8.8 and 8.4 ex/s (torch 2.14, 2 threads). Ratios are never taken across
 machines.
 
@@ -91,11 +91,11 @@ VARIANTS = {"integer": (True, "float32", "float32"),          # backward and tea
 DEFAULT_VARIANT = "integer+bf16-grad+bf16-teacher"
 DEFAULT_BUCKETS = (48, 64, 80, 112)
 MIB = 2 ** 20
-# The authors' code on this machine kind, side by side with this benchmark (issue 13; two rounds
-# each, ex/s, MiniLM half width, batch 32 × 128, stage-1 KD, A8). Targets: issue 13.
+# The authors' code on this machine kind, side by side with this benchmark (two rounds each, ex/s,
+# MiniLM half width, batch 32 × 128, stage-1 KD, A8); the speed targets are set against it.
 REFERENCE = {"w2a8": (12.9, 14.4), "w1a8": (8.8, 8.4)}
-# When: the issue says "today" and gives no date; it was filed before the first commit that works
-# on it (3833cdf, 2026-11-29 13:34 UTC).
+# When: the figures came without a date; they predate the first commit that benchmarks against
+# them (3833cdf, 2026-11-29 13:34 UTC).
 REFERENCE_DATE = "on or before 2026-11-29"
 EPOCH_TARGET_S = 60.0
 
@@ -319,11 +319,11 @@ def measure_epoch(bert_base: bool, batch: int, buckets: Sequence[int],
     import jax
     import numpy as np
     from binarybert_jax import assets, flops, sharding
-    from binarybert_jax.data import batching, encode
+    from binarybert_jax.data import batching, encode, tasks
     from binarybert_jax.tokenizer import load_tokenizer
 
     tokenizer = load_tokenizer(assets.minilm_dir())
-    arrays = encode.load_encoded_split(tokenizer, "mrpc", "train", data_dir=glue_root(), max_length=128,
+    arrays = encode.load_encoded_split(tokenizer, tasks.get_task("mrpc"), "train", data_dir=glue_root(), max_length=128,
                                        cache_dir=assets.cache_dir() / "tokenized")
     student_spec, teacher_spec, objective, ignore_padding = case_setup("w2a8-masked", bert_base)
     mesh = sharding.make_mesh(1)
@@ -440,7 +440,7 @@ def _row(rows: dict, case: str, variant: str = DEFAULT_VARIANT) -> Optional[dict
 
 
 def targets_table(rows: dict, matmul: dict, epoch: Optional[dict]) -> str:
-    """Issue 13's targets against this run's figures (only those this run measured)."""
+    """The speed targets against this run's figures (only those this run measured)."""
     lines = []
     w2a8, w1a8 = _row(rows, "w2a8"), _row(rows, "w1a8")
     if w2a8:
@@ -463,7 +463,7 @@ def targets_table(rows: dict, matmul: dict, epoch: Optional[dict]) -> str:
                      f"{'yes' if epoch['epoch_s'] <= EPOCH_TARGET_S else 'no'} |")
     if not lines:
         return ""
-    return "\n".join(["Issue 13's targets, from this run (default products unless said):", "",
+    return "\n".join(["The speed targets, from this run (default products unless said):", "",
                       "| target | measured | met |", "|---|---|---|"] + lines)
 
 
@@ -479,12 +479,9 @@ def reference_ratios(rows: dict) -> str:
                          f"reference's {lo}–{hi}")
     if not parts:
         return ""
-    return (f"Against the authors' code as issue 13 measured it on this machine kind, {REFERENCE_DATE} "
+    return (f"Against the authors' code as measured side by side on this machine kind, {REFERENCE_DATE} "
             "(not rerun here): "
             + "; ".join(parts) + ".")
-
-
-NOTES_FILE = pathlib.Path(__file__).with_name("train_step_notes.md")
 
 
 def section(rows: dict, matmul: dict, epoch: Optional[dict], info: dict, command: str, args) -> str:
@@ -519,8 +516,6 @@ def section(rows: dict, matmul: dict, epoch: Optional[dict], info: dict, command
     targets = targets_table(rows, matmul, epoch)
     if targets:
         parts += [targets, ""]
-    if NOTES_FILE.is_file():
-        parts += [NOTES_FILE.read_text().rstrip("\n"), ""]
     return "\n".join(parts)
 
 
@@ -544,7 +539,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--json", default=None, help="also write the raw results here")
     parser.add_argument("--render", default=None, metavar="JSON",
                         help="measure nothing: rewrite the --out section from a --json file of an "
-                             "earlier run (e.g. after editing train_step_notes.md)")
+                             "earlier run (e.g. after a change to how the section is written)")
     parser.add_argument("--hlo-dir", default=None, help="write each case's optimized HLO here")
     # Internal: the subprocesses' entry points.
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)

@@ -65,7 +65,7 @@ import numpy as np
 
 from binarybert_jax import evaluate, kd, quant, size, tws
 from binarybert_jax.model import ModelSpec
-from binarybert_jax.sharding import MODEL_INPUTS, model_batch
+from binarybert_jax.sharding import device_batch
 from binarybert_jax.trees import flatten, unflatten
 
 UNIT_BITS = {"MiB": 8 * size.MIB, "MB": 8 * size.MB, "bits": 1}
@@ -125,15 +125,6 @@ def kd_loss(outputs, reference, batch, is_regression: bool = False, span: bool =
                         attention=False, ignore_padding=True, span=span)["total"]
 
 
-def _device_batch(batch: Mapping[str, Any]) -> tuple[dict, float]:
-    """The model inputs and example mask on device, and the number of real examples."""
-    inputs = model_batch(batch)  # a clear error when an input is missing
-    out = {k: jnp.asarray(inputs[k]) for k in MODEL_INPUTS}
-    mask = np.asarray(batch.get("example_mask", np.ones(np.shape(batch["input_ids"])[0])), np.float32)
-    out["example_mask"] = jnp.asarray(mask)
-    return out, float(mask.sum())
-
-
 def binarized_variants(spec: ModelSpec, params: Any) -> dict[str, Any]:
     """For each candidate ``i``, the ternary model's parameters with ``w_i`` replaced by BWN(w_i):
     run as the ternary model they compute the split model with only ``i`` left binary (see the
@@ -180,11 +171,13 @@ def sensitivities(spec: ModelSpec, params: Any, batches: Iterable[Mapping[str, A
     ref_params = jax.tree_util.tree_map(jnp.asarray, ref_params)
     totals, weight = np.zeros(len(variants) + 1), 0.0
     for raw in itertools.islice(batches, num_batches):
-        batch, w = _device_batch(raw)
+        batch = device_batch(raw)
         reference = ref_fn(ref_params, batch)
         losses = [kd_loss(forward(p, batch), reference, batch, regression, spec.head == "span")
                   for p in (params, *variants.values())]
-        totals += w * np.asarray(jax.device_get(losses), np.float64)  # one host sync per batch
+        losses, w = jax.device_get((losses, jnp.sum(batch["example_mask"])))  # one host sync per batch
+        w = float(w)
+        totals += w * np.asarray(losses, np.float64)
         weight += w
     if weight == 0:
         raise ValueError("sensitivities got no batches (or only padding rows)")

@@ -48,9 +48,8 @@ import numpy as np
 from binarybert_jax import checkpoints, export, hf_import, kd, quant, size
 from binarybert_jax.model import ModelSpec, calibrate_act_quantizers
 from binarybert_jax.errors import UserError
+from binarybert_jax.sharding import MODEL_INPUTS, device_batch
 from binarybert_jax.trees import flatten, unflatten
-
-MODEL_INPUTS = ("input_ids", "token_type_ids", "attention_mask")
 
 # The paper's Transformer parts: the kernels (module paths inside ``encoder/layer_<i>``) whose
 # Hessian block each eigenvalue belongs to.
@@ -164,18 +163,11 @@ def quantization_error(spec: ModelSpec, params: Any, paths: Sequence[str]) -> fl
 # The task loss on a fixed list of batches.
 # ---------------------------------------------------------------------------------------------
 def device_batches(batches: Sequence[Mapping[str, Any]]) -> tuple[dict, ...]:
-    """The model inputs, ``labels`` and ``example_mask`` of each batch as device arrays."""
-    out = []
-    for b in batches:
-        missing = [k for k in MODEL_INPUTS + ("labels",) if k not in b]
-        if missing:
-            raise ValueError(f"analysis batches need {MODEL_INPUTS + ('labels',)}; missing {missing}")
-        mask = b.get("example_mask", np.ones(np.shape(b["input_ids"])[0], np.float32))
-        out.append({**{k: jnp.asarray(b[k]) for k in MODEL_INPUTS + ("labels",)},
-                    "example_mask": jnp.asarray(mask, jnp.float32)})
+    """``sharding.device_batch`` of each batch, labels included (the analyses' loss reads them)."""
+    out = tuple(device_batch(b, labels=True) for b in batches)
     if not out:
         raise ValueError("the analysis needs at least one batch")
-    return tuple(out)
+    return out
 
 
 def task_loss(spec: ModelSpec, params: Any, batches: Sequence[Mapping[str, Any]]) -> jax.Array:
@@ -192,10 +184,7 @@ def task_loss(spec: ModelSpec, params: Any, batches: Sequence[Mapping[str, Any]]
     for batch in batches:
         logits = model.apply({"params": params}, *[batch[k] for k in MODEL_INPUTS],
                              deterministic=True)["logits"]
-        if spec.num_labels == 1:
-            loss = kd.regression_mse(logits, batch["labels"], batch["example_mask"])
-        else:
-            loss = kd.cross_entropy(logits, batch["labels"], batch["example_mask"])
+        loss = kd.label_loss(logits, batch["labels"], batch["example_mask"], is_regression=spec.num_labels == 1)
         n = jnp.sum(batch["example_mask"])
         total, count = total + n * loss, count + n
     return total / count
@@ -539,35 +528,63 @@ def top_eigenvalues(spec: ModelSpec, params: Any, batches: Sequence[Mapping[str,
 # ---------------------------------------------------------------------------------------------
 # Figures and the report table.
 # ---------------------------------------------------------------------------------------------
-def plot_landscapes(path, landscapes: Mapping[str, Landscape], dpi: int = 64) -> None:
+def _short_matrix(path: str) -> str:
+    """``encoder/layer_0/attention/value`` -> ``layer 0 attention value`` (axis labels)."""
+    return path.removeprefix("encoder/").replace("layer_", "layer ").replace("/", " ")
+
+
+def plot_landscapes(path, landscapes: Mapping[str, Landscape], dpi: int = 120):
     """One figure: a 3-D surface (top row) and a contour plot (bottom row) per model, columns in
-    the order of ``landscapes`` (``{label: Landscape}``), all surfaces on one z scale."""
+    the order of ``landscapes`` (``{label: Landscape}``). Every panel shares one loss scale (the
+    surfaces' z axis, the contours' levels and colours, one colour bar), so a flat landscape looks
+    flat beside a rugged one. Returns the figure (closed; for tests to inspect)."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
     n = len(landscapes)
-    fig = plt.figure(figsize=(4.2 * n, 7.6))
     lo = min(float(l.losses.min()) for l in landscapes.values())
     hi = max(float(l.losses.max()) for l in landscapes.values())
-    for col, (label, land) in enumerate(landscapes.items()):
-        x, y = np.meshgrid(land.coords, land.coords, indexing="ij")
-        ax = fig.add_subplot(2, n, col + 1, projection="3d")
-        ax.plot_surface(x, y, land.losses, cmap="viridis", vmin=lo, vmax=hi, linewidth=0)
-        ax.set_zlim(lo, hi)
-        ax.set_title(label, fontsize=10)
-        ax.set_xlabel("x / mean|W_x|", fontsize=7)
-        ax.set_ylabel("y / mean|W_y|", fontsize=7)
-        ax.tick_params(labelsize=6)
-        ax = fig.add_subplot(2, n, n + col + 1)
-        contour = ax.contourf(x, y, land.losses, levels=20, cmap="viridis")
-        fig.colorbar(contour, ax=ax, shrink=0.85).ax.tick_params(labelsize=6)
-        ax.plot([0], [0], "r+")
-        ax.set_xlabel(f"x: {land.matrices[0]}", fontsize=7)
-        ax.set_ylabel(f"y: {land.matrices[1]}", fontsize=7)
-        ax.tick_params(labelsize=6)
-    fig.tight_layout()
-    checkpoints.write_figure(path, fig, dpi=dpi)
-    plt.close(fig)
+    hi = hi if hi > lo else lo + 1e-6
+    levels = np.linspace(lo, hi, 21)
+    first = next(iter(landscapes.values()))
+    x_name, y_name = (_short_matrix(m) for m in first.matrices)
+    with plt.rc_context({"font.size": 11, "axes.titlesize": 12, "axes.labelsize": 11,
+                         "xtick.labelsize": 10, "ytick.labelsize": 10}):
+        fig = plt.figure(figsize=(3.7 * n + 1.0, 7.8))
+        grid = fig.add_gridspec(2, n + 1, width_ratios=[1] * n + [0.06], height_ratios=[1.1, 1],
+                                hspace=0.28, wspace=0.3, left=0.07, right=0.93, top=0.86, bottom=0.08)
+        contour = None
+        for col, (label, land) in enumerate(landscapes.items()):
+            x, y = np.meshgrid(land.coords, land.coords, indexing="ij")
+            ticks = [float(land.coords.min()), 0.0, float(land.coords.max())]
+            ax = fig.add_subplot(grid[0, col], projection="3d")
+            ax.plot_surface(x, y, land.losses, cmap="viridis", vmin=lo, vmax=hi, linewidth=0)
+            ax.set_zlim(lo, hi)
+            ax.set_title(f"{label}\nloss range {float(land.losses.max() - land.losses.min()):.3f}")
+            ax.set_xticks(ticks)
+            ax.set_yticks(ticks)
+            ax.zaxis.set_major_locator(MaxNLocator(4))
+            ax.set_xlabel("x (× mean|W_x|)", labelpad=2, fontsize=9)
+            ax.set_ylabel("y (× mean|W_y|)", labelpad=2, fontsize=9)
+            ax.set_zlabel("training loss", labelpad=4, fontsize=9)
+            ax.tick_params(labelsize=9, pad=0)
+            ax = fig.add_subplot(grid[1, col])
+            contour = ax.contourf(x, y, land.losses, levels=levels, cmap="viridis", vmin=lo, vmax=hi)
+            ax.plot([0], [0], "r+", markersize=12, markeredgewidth=2)
+            ax.set_xticks(ticks)
+            ax.set_yticks(ticks)
+            ax.set_xlabel("x offset (× mean|W_x|)")
+            if col == 0:
+                ax.set_ylabel("y offset (× mean|W_y|)")
+            ax.set_aspect("equal")
+        bar = fig.colorbar(contour, cax=fig.add_subplot(grid[1, n]), ticks=MaxNLocator(6))
+        bar.set_label("training loss")
+        fig.suptitle(f"Training loss with two matrices perturbed (x: {x_name}, y: {y_name})\n"
+                     "one loss scale in every panel; red +: the trained weights", fontsize=11)
+        checkpoints.write_figure(path, fig, dpi=dpi)
+        plt.close(fig)
+    return fig
 
 
 def landscape_csv(land: Landscape) -> str:

@@ -73,7 +73,7 @@ def bitwise_refusal(spec: ModelSpec, manifest: Optional[Mapping] = None) -> Opti
     q = spec.quant
     needs = []
     if (q.weight_bits, q.embed_bits, q.act_bits) != (1, 1, 1):
-        needs.append(f"W-E-A 1-1-1 (this is {q.weight_bits}-{q.embed_bits}-{q.act_bits})")
+        needs.append(f"W-E-A 1-1-1 (this is {q.wea()})")
     if q.act_method != "sign":
         needs.append(f"sign activations (act_method is {q.act_method!r})")
     if q.attention != "bool":

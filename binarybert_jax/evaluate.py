@@ -62,20 +62,24 @@ def make_predict_step(model: BertModel, mesh) -> Callable:
                                  out_specs=P(DATA_AXIS), check_vma=False))
 
 
-def predict(predict_step, params, arrays: Mapping[str, np.ndarray], batch_size: int, mesh,
-            bucket_lengths: Optional[Sequence[int]] = None, lat_diag=None) -> np.ndarray:
+def batched_logits(batch_logits: Callable[[dict], tuple[np.ndarray, np.ndarray]],
+                   arrays: Mapping[str, np.ndarray], batch_size: int, *,
+                   bucket_lengths: Optional[Sequence[int]] = None, process_index: Optional[int] = None,
+                   process_count: Optional[int] = None) -> np.ndarray:
     """Logits for every example of ``arrays`` in file order (padding rows dropped): ``(N, labels)``,
     or ``(N, L, 2)`` for a span head (a batch cut to a shorter bucket leaves zeros beyond it).
 
-    Each process feeds its share of every batch; the logits are gathered so that every process
-    returns all of them, each example exactly once.
+    Args:
+      batch_logits: ``batch -> (logits, example_index)`` of the evaluation batches
+        (``batching.iterate_batches``), both for the rows of the whole global batch.
+      process_index, process_count: this host's share of every batch, as ``iterate_batches``
+        takes them (default: JAX's processes).
     """
     n, width = arrays["input_ids"].shape
     out = None
-    for batch in batching.iterate_batches(arrays, batch_size, shuffle=False,
-                                          bucket_lengths=bucket_lengths):
-        logits = gather_to_host(predict_step(params, shard_batch(model_batch(batch), mesh), lat_diag))
-        index = gather_to_host(batch["example_index"])
+    for batch in batching.iterate_batches(arrays, batch_size, shuffle=False, bucket_lengths=bucket_lengths,
+                                          process_index=process_index, process_count=process_count):
+        logits, index = batch_logits(batch)
         if out is None:
             shape = logits.shape[1:] if logits.ndim == 2 else (width,) + logits.shape[2:]
             out = np.zeros((n,) + shape, np.float32)
@@ -84,6 +88,20 @@ def predict(predict_step, params, arrays: Mapping[str, np.ndarray], batch_size: 
     if out is None:
         raise ValueError("no examples to predict (an empty evaluation split?)")
     return out
+
+
+def predict(predict_step, params, arrays: Mapping[str, np.ndarray], batch_size: int, mesh,
+            bucket_lengths: Optional[Sequence[int]] = None, lat_diag=None) -> np.ndarray:
+    """``batched_logits`` of the sharded predict step (``make_predict_step``) over ``mesh``.
+
+    Each process feeds its share of every batch; the logits are gathered so that every process
+    returns all of them, each example exactly once.
+    """
+    def batch_logits(batch):
+        logits = predict_step(params, shard_batch(model_batch(batch), mesh), lat_diag)
+        return gather_to_host(logits), gather_to_host(batch["example_index"])
+
+    return batched_logits(batch_logits, arrays, batch_size, bucket_lengths=bucket_lengths)
 
 
 def squad_answers(predict_step, params, eval_set: squad.SquadEvalSet, batch_size: int, mesh,
@@ -95,14 +113,13 @@ def squad_answers(predict_step, params, eval_set: squad.SquadEvalSet, batch_size
                              **eval_set.answer_options)
 
 
-def evaluate(predict_step, params, task, eval_sets: Mapping[str, object], batch_size: int, mesh,
+def evaluate(predict_step, params, task: tasks.TaskSpec, eval_sets: Mapping[str, object], batch_size: int, mesh,
              bucket_lengths: Optional[Sequence[int]] = None, lat_diag=None) -> dict[str, float]:
     """The task's metrics on each evaluation split; keys ``<metric>`` for the first split and
     ``<split>/<metric>`` for the others (MNLI mismatched). GLUE splits are token arrays; a SQuAD
     split is a ``squad.SquadEvalSet``, scored by the official EM/F1 as fractions (its v2.0 answers
     use the set's ``null_threshold``). ``lat_diag``: a LAT model's diagonal (``train.lat_diagonal``),
     replicated, or None."""
-    task = tasks.get_task(task)
     results = {}
     for i, (split, data) in enumerate(eval_sets.items()):
         if task.head == "span":

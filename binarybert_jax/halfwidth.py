@@ -54,32 +54,22 @@ import numpy as np
 
 from binarybert_jax import checkpoints, kd, quant
 from binarybert_jax.model import ModelSpec
-from binarybert_jax.sharding import model_batch, model_inputs
+from binarybert_jax.sharding import device_batch, model_inputs
 from binarybert_jax.trees import flatten, unflatten
 
 def check_full_precision(spec: ModelSpec) -> None:
     """Raises ValueError unless ``spec`` is an unsplit full-precision model."""
     q = spec.quant
-    bits = (q.weight_bits, q.embed_bits, q.act_bits)
-    if q.split or any(b < quant.FULL_PRECISION_BITS for b in bits):
+    if q.split or any(b < quant.FULL_PRECISION_BITS for b in (q.weight_bits, q.embed_bits, q.act_bits)):
         raise ValueError(
             f"half-width pruning needs a full-precision, unsplit model (the fine-tuned teacher); this "
-            f"one has W-E-A bits {'-'.join(map(str, bits))}, split={q.split}. Prune the full-precision "
+            f"one has W-E-A bits {q.wea()}, split={q.split}. Prune the full-precision "
             f"model first, then quantize the half-width one")
 
 
 # ---------------------------------------------------------------------------------------------
 # Importance.
 # ---------------------------------------------------------------------------------------------
-def _task_loss(spec: ModelSpec, logits, batch) -> jax.Array:
-    mask = batch.get("example_mask")
-    if spec.head == "span":
-        return kd.span_cross_entropy(logits, batch["labels"], mask)
-    if spec.num_labels == 1:
-        return kd.regression_mse(logits, batch["labels"], mask)
-    return kd.cross_entropy(logits, batch["labels"], mask)
-
-
 @functools.lru_cache(maxsize=8)
 def mask_gradient_fn(spec: ModelSpec):
     """The jitted per-batch mask gradients of ``spec``'s model (one function per spec, so scoring
@@ -100,7 +90,8 @@ def mask_gradient_fn(spec: ModelSpec):
 
     def loss_fn(params, batch):
         out = model.apply({"params": params}, *model_inputs(batch), deterministic=True)
-        return _task_loss(spec, out["logits"], batch)
+        return kd.label_loss(out["logits"], batch["labels"], batch.get("example_mask"),
+                             is_regression=spec.num_labels == 1, span=spec.head == "span")
 
     def fn(params, batch):
         grads = jax.grad(loss_fn)(params, batch)
@@ -115,12 +106,6 @@ def mask_gradient_fn(spec: ModelSpec):
         return {"heads": jnp.stack(heads), "neurons": jnp.stack(neurons)}
 
     return jax.jit(fn)
-
-
-def _model_batch(batch: Mapping[str, Any]) -> dict:
-    if "labels" not in batch:
-        raise ValueError("importance scoring needs labelled batches; this one has no 'labels'")
-    return {k: jnp.asarray(v) for k, v in model_batch(batch).items()}
 
 
 def score_importance(spec: ModelSpec, params: Any, batches: Iterable[Mapping[str, Any]],
@@ -143,7 +128,7 @@ def score_importance(spec: ModelSpec, params: Any, batches: Iterable[Mapping[str
     params = jax.tree_util.tree_map(jnp.asarray, params)
     totals = None
     for batch in itertools.islice(batches, num_batches):
-        g = grad_fn(params, _model_batch(batch))
+        g = grad_fn(params, device_batch(batch, labels=True))
         # |·| per batch, then summed (DynaBERT): opposite-signed batches must not cancel.
         absolute = {k: np.abs(np.asarray(v, np.float64)) for k, v in g.items()}
         totals = absolute if totals is None else {k: totals[k] + absolute[k] for k in totals}

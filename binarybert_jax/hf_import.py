@@ -17,6 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from binarybert_jax.data.batching import MODEL_INPUTS
 from binarybert_jax.errors import UserError
 from binarybert_jax.model import BertConfig, BertModel
 from binarybert_jax.trees import flatten, unflatten  # noqa: F401  (re-exported)
@@ -231,7 +232,7 @@ def parity_errors(model_dir: str | pathlib.Path, fixture: str | pathlib.Path) ->
     config, flat = load_hf_checkpoint(model_dir)
     ref = dict(np.load(fixture))
     model = BertModel(config, head="none")
-    ids, types, mask = (jnp.asarray(ref[k]) for k in ("input_ids", "token_type_ids", "attention_mask"))
+    ids, types, mask = (jnp.asarray(ref[k]) for k in MODEL_INPUTS)
     init = jax.eval_shape(lambda: model.init(jax.random.key(0), ids, types, mask))["params"]
     params = merge_pretrained(init, flat, str(model_dir))
     out = jax.jit(lambda p: model.apply({"params": p}, ids, types, mask, output_attention_probs=True))(params)

@@ -41,7 +41,7 @@ import jax
 import numpy as np
 
 from binarybert_jax import bitwise, checkpoints, evaluate, export
-from binarybert_jax.data import batching, encode, glue, squad
+from binarybert_jax.data import encode, glue, squad
 from binarybert_jax.model import ModelSpec
 from binarybert_jax.sharding import MODEL_INPUTS
 
@@ -164,17 +164,9 @@ def _check_length(predictor: Predictor, max_length: int) -> None:
 
 def _logits(predictor: Predictor, arrays: Mapping[str, np.ndarray], batch_size: int) -> np.ndarray:
     """Logits of every row of ``arrays`` in order, in evaluation batches."""
-    out = None
     # One host: the predictor runs on this process's default device whatever jax.process_count().
-    for batch in batching.iterate_batches(arrays, batch_size, shuffle=False,
-                                          process_index=0, process_count=1):
-        index = batch["example_index"]
-        keep = index >= 0
-        logits = np.asarray(predictor.logits(batch))
-        if out is None:
-            out = np.zeros((len(arrays["input_ids"]),) + logits.shape[1:], np.float32)
-        out[index[keep]] = logits[keep]
-    return out
+    return evaluate.batched_logits(lambda b: (np.asarray(predictor.logits(b)), b["example_index"]),
+                                   arrays, batch_size, process_index=0, process_count=1)
 
 
 def predict_squad(predictor: Predictor, tokenizer, examples: Sequence[squad.SquadExample], *,

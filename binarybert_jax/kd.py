@@ -122,6 +122,18 @@ def span_soft_cross_entropy(student_logits, teacher_logits, temperature: float =
             + soft_cross_entropy(student_logits[..., 1], teacher_logits[..., 1], temperature, example_mask)) / 2
 
 
+def label_loss(logits, labels, example_mask=None, *, is_regression: bool = False,
+               span: bool = False) -> jax.Array:
+    """The task loss against ground-truth labels, mean over (real) examples: cross-entropy for a
+    classification head, MSE for a one-output regression head, the mean of the start and end
+    cross-entropies for a span head."""
+    if span:
+        return span_cross_entropy(logits, labels, example_mask)
+    if is_regression:
+        return regression_mse(logits, labels, example_mask)
+    return cross_entropy(logits, labels, example_mask)
+
+
 def direction_loss(student: jax.Array, teacher: jax.Array) -> jax.Array:
     """‖s/‖s‖ − t/‖t‖‖: the distance between the directions of two equal-shape tensors, norms
     (Frobenius) over the whole tensor, batch included, as the released code's ``att_loss_r2b``."""
@@ -171,16 +183,14 @@ def _bibert_terms(student, teacher, batch, is_regression, token_mask, example_ma
     terms["hidden_loss"] = sum(direction_loss(s if mask is None else s * mask,
                                               t if mask is None else t * mask)
                                for s, t in zip(student["hidden_states"], teacher["hidden_states"]))
-    labels = batch["labels"]
     if is_regression:
         terms["prediction_loss"] = regression_mse(student["logits"], teacher["logits"][..., 0], example_mask)
-        label_loss = regression_mse(student["logits"], labels, example_mask)
     else:
         num_classes = student["logits"].shape[-1]
         terms["prediction_loss"] = soft_cross_entropy(student["logits"], teacher["logits"], 1.0,
                                                       example_mask) / num_classes
-        label_loss = cross_entropy(student["logits"], labels, example_mask)
-    terms["label_loss"] = DMD_LABEL_WEIGHT * label_loss
+    terms["label_loss"] = DMD_LABEL_WEIGHT * label_loss(student["logits"], batch["labels"], example_mask,
+                                                        is_regression=is_regression)
     return terms
 
 
@@ -208,13 +218,8 @@ def kd_losses(student: Mapping, teacher: Optional[Mapping], batch: Mapping, *, o
     example_mask = batch.get("example_mask")
     terms = {}
     if objective == "supervised":
-        labels = batch["labels"]
-        if span:
-            terms["label_loss"] = span_cross_entropy(student["logits"], labels, example_mask)
-        elif is_regression:
-            terms["label_loss"] = regression_mse(student["logits"], labels, example_mask)
-        else:
-            terms["label_loss"] = cross_entropy(student["logits"], labels, example_mask)
+        terms["label_loss"] = label_loss(student["logits"], batch["labels"], example_mask,
+                                         is_regression=is_regression, span=span)
     else:
         if teacher is None:
             raise ValueError(f"objective {objective!r} needs a teacher")

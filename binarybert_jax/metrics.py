@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from binarybert_jax.data import glue, tasks
+from binarybert_jax.data import glue
 
 
 def _pair(predictions, labels) -> tuple[np.ndarray, np.ndarray]:
@@ -136,7 +136,7 @@ def spearman(predictions, labels) -> float:
     return pearson(_average_ranks(x), _average_ranks(y))
 
 
-def glue_metrics(task: str | glue.TaskSpec, predictions, labels, *, mask=None
+def glue_metrics(task: glue.TaskSpec, predictions, labels, *, mask=None
                  ) -> dict[str, float]:
     """The metrics GLUE reports for a task.
 
@@ -145,7 +145,7 @@ def glue_metrics(task: str | glue.TaskSpec, predictions, labels, *, mask=None
     ``corr``. The keys are ``TaskSpec.metric_names``.
 
     Args:
-      task: task name or spec.
+      task: the task's spec (``tasks.get_task``).
       predictions: (N,) class ids, or (N, num_labels) logits (arg-maxed) for classification;
         (N,) or (N, 1) scores for STS-B.
       labels: (N,) class ids or scores.
@@ -154,13 +154,12 @@ def glue_metrics(task: str | glue.TaskSpec, predictions, labels, *, mask=None
     Returns:
       Metric name -> value as a Python float.
     """
-    spec = glue.get_task(task)
     predictions = np.asarray(predictions)
     labels = np.asarray(labels)
     if mask is not None:
         keep = np.asarray(mask).astype(bool)
         predictions, labels = predictions[keep], labels[keep]
-    if spec.is_regression:
+    if task.is_regression:
         if predictions.ndim == 2 and predictions.shape[1] == 1:
             predictions = predictions[:, 0]
         result = {"pearson": pearson(predictions, labels),
@@ -169,20 +168,15 @@ def glue_metrics(task: str | glue.TaskSpec, predictions, labels, *, mask=None
     else:
         if predictions.ndim == 2:
             predictions = predictions.argmax(axis=-1)
-        if spec.main_metric == "mcc":
+        if task.main_metric == "mcc":
             result = {"mcc": matthews_corrcoef(predictions, labels)}
-        elif "f1" in spec.metric_names:
+        elif "f1" in task.metric_names:
             result = {"f1": f1(predictions, labels), "accuracy": accuracy(predictions, labels)}
             result["acc_and_f1"] = (result["f1"] + result["accuracy"]) / 2
         else:
             result = {"accuracy": accuracy(predictions, labels)}
-    return {name: result[name] for name in spec.metric_names}
+    return {name: result[name] for name in task.metric_names}
 
 
-def main_metric(task) -> str:
-    """The metric that selects the best checkpoint (``TaskSpec.main_metric``; SQuAD's: ``f1``)."""
-    return tasks.get_task(task).main_metric
-
-
-__all__ = ["accuracy", "f1", "glue_metrics", "main_metric", "matthews_corrcoef", "pearson",
+__all__ = ["accuracy", "f1", "glue_metrics", "matthews_corrcoef", "pearson",
            "spearman"]

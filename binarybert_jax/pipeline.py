@@ -4,8 +4,8 @@
 one (configs/pipeline.py has the paper's recipe). A stage is one of four kinds:
 
     train           ``train.train_and_evaluate`` with the stage's own training keys (``kd``,
-                    ``student``, ``batch_size``, ``stage1``, ``stage2``, ``eval_every_steps``) over the
-                    shared ones (task, data, optimizer, seed, ...); ``teacher`` and ``init`` name
+                    ``student``, ``batch_size``, ``stage1``, ``stage2``) over the shared ones (task,
+                    data, optimizer, seed, checkpoint selection and its cadence, ...); ``teacher`` and ``init`` name
                     earlier stages; ``checkpoint`` gives a trained model instead of training one
     prune           a half-width model of ``source``: heads and FFN neurons ranked by importance on
                     ``batches`` training batches, the top ``width`` kept (halfwidth.py)
@@ -30,7 +30,7 @@ import ml_collections
 import numpy as np
 from etils import epath
 
-from binarybert_jax import adaptive, checkpoints, evaluate, flops, halfwidth, metrics, resolve, size, train, tws
+from binarybert_jax import adaptive, checkpoints, evaluate, flops, halfwidth, resolve, size, train, tws
 from binarybert_jax.data import batching, tasks
 from binarybert_jax.errors import UserError
 from binarybert_jax.model import ModelSpec
@@ -40,7 +40,7 @@ from binarybert_jax.tokenizer import load_tokenizer
 log = logging.getLogger(__name__)
 
 # The keys of a training run that belong to each training stage, never to the pipeline as a whole.
-TRAIN_KEYS = ("kd", "student", "batch_size", "stage1", "stage2", "eval_every_steps")
+TRAIN_KEYS = ("kd", "student", "batch_size", "stage1", "stage2")
 # Top-level base-schema keys the pipeline sets per stage (from ``teacher`` / ``init`` references).
 RESOLVED_KEYS = ("teacher", "init_checkpoint")
 STAGE_KEYS = {
@@ -59,12 +59,14 @@ class StageResult:
 
     name: str
     description: str
-    checkpoint: str          # the model checkpoint the row reports (best on dev)
+    checkpoint: str          # the model checkpoint the row reports (the selected one)
     final_checkpoint: str
-    best: dict
-    final: dict
+    best: dict               # dev's scores at the selected checkpoint
+    final: dict              # dev's scores at the final checkpoint
     spec: ModelSpec
     workdir: Optional[str] = None  # the training run's workdir, for the training curves
+    selection: Optional[dict] = None  # the split, step and scores the checkpoint was selected by
+    protocol: str = "dev"    # what selected it: heldout (a slice of the training set) or dev
 
 
 class PipelineConfigError(UserError):
@@ -142,7 +144,8 @@ def _train(config, workdir: epath.Path, name: str, outputs: dict, context: dict)
     run = workdir / name
     best = run / result["best_checkpoint"]
     return StageResult(name, description, str(best), str(run / result["final_checkpoint"]),
-                       result["best"], result["final"], checkpoints.load_model_spec(best), str(run))
+                       result["best"], result["final"], checkpoints.load_model_spec(best), str(run),
+                       result.get("selection"), result.get("protocol", "dev"))
 
 
 def _batches(config, task, count: int, batch_size: int, seed_offset: int) -> list[dict]:
@@ -242,21 +245,25 @@ def _plan_adaptive(config, workdir: epath.Path, name: str, outputs: dict, task) 
     plan = adaptive.plan_adaptive_split(spec, params, batches, budget, seed=config.seed)
     tws.split_checkpoint(source, init, only=set(plan.chosen))
     baseline_scores = {}
+    scored_on = "heldout" if resolve.heldout_slice(config) is not None else "dev"
     if section.baselines:
         # The paper's min / random / max orders at the same budget, compared right after
         # splitting (before any binary training), where the choice of matrices is all that differs.
-        _, dev = resolve.load_data(config, task, load_tokenizer(resolve.tokenizer_dir(config)))
+        # Scored on the split checkpoints are selected on: a comparison that picks an order is a
+        # selection too, and dev stays unread until the models are trained.
+        _, sets = resolve.load_data(config, task, load_tokenizer(resolve.tokenizer_dir(config)))
         mesh = make_mesh()
         for order, chosen in {"adaptive": plan.chosen, **plan.baselines}.items():
             split_params, split_spec = tws.split_params(params, spec, only=set(chosen))
-            scores = evaluate.evaluate_model(split_spec, split_params, task, dev, config.eval_batch_size, mesh)
-            baseline_scores[order] = {"split": len(chosen), "dev": scores,
+            scores = evaluate.evaluate_model(split_spec, split_params, task, sets, config.eval_batch_size,
+                                             mesh)
+            baseline_scores[order] = {"split": len(chosen), scored_on: scores,
                                       "size_mb": size.model_size_bits(split_spec).mebibytes}
     info = {"budget_mb": budget, "size_no_split_mb": none, "size_all_split_mb": full,
             "chosen": sorted(plan.chosen), "size_mb": plan.size_mb,
             "sensitivities": {k: float(v) for k, v in plan.sensitivities.items()},
             "costs_bits": {k: int(v) for k, v in plan.costs.items()},
-            "orders_right_after_split": baseline_scores}
+            "orders_right_after_split": baseline_scores, "orders_scored_on": scored_on}
     checkpoints.write_json(plan_file, info)
     return info
 
@@ -264,11 +271,6 @@ def _plan_adaptive(config, workdir: epath.Path, name: str, outputs: dict, task) 
 # ==============================================================================================
 # The report.
 # ==============================================================================================
-def _bits_label(spec: ModelSpec) -> str:
-    q = spec.quant
-    return f"{q.weight_bits}-{q.embed_bits}-{q.act_bits}"
-
-
 def relative_to_workdir(path: str, workdir: epath.Path) -> str:
     """A stage's checkpoint as the report stores it: relative to the pipeline workdir when inside
     it (a copied or moved workdir still names its own models; ``row_checkpoint`` reads it back),
@@ -289,35 +291,50 @@ def row_checkpoint(workdir: str | os.PathLike, row: dict) -> str:
 def write_report(workdir: epath.Path, task, rows: list[StageResult], config, adaptive_info) -> dict:
     """Writes results.json, results.md and training_curves.png; returns the report dict."""
     seq = config.max_seq_length or task.max_seq_length
-    main = metrics.main_metric(task)
+    main = task.main_metric
     table = []
     for r in rows:
         report = size.model_size_bits(r.spec)
         table.append({
-            "model": r.name, "description": r.description, "bits": _bits_label(r.spec),
+            "model": r.name, "description": r.description, "bits": r.spec.quant.wea(),
             "width": f"{r.spec.config.num_heads}/{rows[0].spec.config.num_heads} heads",
             "split": r.spec.quant.split,
             "size_mib": round(report.mebibytes, 3), "size_bits": report.total_bits,
             "gflops": round(flops.forward_flops(r.spec.config, seq, r.spec.num_labels) / 1e9, 3),
+            "protocol": r.protocol, "selection": r.selection,
+            "dev_selected": r.best, "dev_final": r.final,
             "best": r.best, "final": r.final, "checkpoint": relative_to_workdir(r.checkpoint, workdir)})
-    out = {"task": task.name, "main_metric": main, "seq_len_for_flops": seq, "rows": table,
-           "adaptive": adaptive_info}
+    selected_on = resolve.heldout_slice(config) is not None
+    out = {"task": task.name, "main_metric": main, "seq_len_for_flops": seq,
+           "protocol": "heldout" if selected_on else "dev", "rows": table, "adaptive": adaptive_info}
     checkpoints.write_json(workdir / "results.json", out)
     names = [k for k in (rows[0].best or {}) if "/" not in k] or [main]
-    protocol = "dev"
+    dev_name = "dev"
     if "squad" in config and config.squad.dev_split:
-        protocol = (f"the dev-split protocol: the first {config.squad.dev_split:g} of the dev file's "
+        dev_name = (f"the dev-split protocol: the first {config.squad.dev_split:g} of the dev file's "
                     "articles train, the rest evaluate; not the official dev score")
-    lines = [f"# BinaryBERT pipeline on {task.name} ({protocol})", "",
+    if selected_on:
+        h = config.heldout
+        how = (f"Checkpoints selected on a held-out slice of the training set ({h.fraction:g} of it, at "
+               f"most {h.max_examples}, seed {h.seed}), never on dev; dev scored once at the selected "
+               "and once at the final checkpoint, ×100.")
+    else:
+        how = ("Checkpoints selected on dev itself (select_on=dev): the selected checkpoint's dev "
+               "score is its best periodic evaluation, which overstates unseen data; ×100.")
+    lines = [f"# BinaryBERT pipeline on {task.name} ({dev_name})", "",
              f"Sizes count 1 bit per binary weight, 2 per ternary, 32 per full-precision parameter, in "
              f"MiB (the papers' \"MB\"; see binarybert_jax/size.py). GFLOPs: matrix products of one "
-             f"example's forward at {seq} tokens. Metrics: best periodic evaluation on dev / final "
-             f"checkpoint, ×100.", "",
-             "| model | W-E-A | width | size (MiB) | GFLOPs | " + " | ".join(f"{m} best / final" for m in names) + " |",
-             "|---|---|---|---|---|" + "---|" * len(names)]
+             f"example's forward at {seq} tokens. {how}", "",
+             "| model | W-E-A | width | size (MiB) | GFLOPs | "
+             + (f"held-out {main} at selection | " if selected_on else "")
+             + " | ".join(f"{m} dev: selected / final" for m in names) + " |",
+             "|---|---|---|---|---|" + "---|" * (len(names) + selected_on)]
     for t in table:
         cells = [f"{100 * t['best'].get(m, float('nan')):.1f} / {100 * t['final'].get(m, float('nan')):.1f}"
                  for m in names]
+        if selected_on:
+            held = ((t["selection"] or {}).get("scores") or {}).get(main, float("nan"))
+            cells.insert(0, f"{100 * held:.1f}")
         lines.append(f"| {t['description']} | {t['bits']} | {t['width']} | {t['size_mib']:.2f} | "
                      f"{t['gflops']:.2f} | " + " | ".join(cells) + " |")
     if adaptive_info:
@@ -330,74 +347,117 @@ def write_report(workdir: epath.Path, task, rows: list[StageResult], config, ada
 
 def adaptive_report(adaptive_info: dict, main: str) -> list[str]:
     """Markdown lines on the adaptive split (``results.json``'s ``adaptive``): the budget, and
-    the split orders' dev scores right after splitting. The pipeline's report and README's
+    the split orders' dev scores right after splitting. The pipeline's report and the docs'
     tables (``launch.tables``) print it."""
     lines = [f"Adaptive splitting: budget {adaptive_info['budget_mb']:.2f} MiB (no split "
              f"{adaptive_info['size_no_split_mb']:.2f}, all split {adaptive_info['size_all_split_mb']:.2f}); "
              f"{len(adaptive_info['chosen'])} matrices split."]
     if adaptive_info.get("orders_right_after_split"):
+        # Plans made before selection moved to the held-out slice scored the orders on dev.
+        on = adaptive_info.get("orders_scored_on", "dev")
+        column = f"{main} (held-out)" if on == "heldout" else main
         lines += ["", "Right after splitting, before binary training (same budget):", "",
-                  f"| order | matrices split | size (MiB) | {main} |", "|---|---|---|---|"]
+                  f"| order | matrices split | size (MiB) | {column} |", "|---|---|---|---|"]
         for name, b in adaptive_info["orders_right_after_split"].items():
-            lines.append(f"| {name} | {b['split']} | {b['size_mb']:.2f} | {100 * b['dev'][main]:.1f} |")
+            lines.append(f"| {name} | {b['split']} | {b['size_mb']:.2f} | {100 * b[on][main]:.1f} |")
     return lines
 
 
 def training_curves(workdir: str | os.PathLike, main: str) -> dict[str, dict[str, list]]:
     """Per phase of a training run, from its ``metrics.jsonl``: ``loss`` ``[(step, total loss)]``
-    as logged (means over the logging window) and ``dev`` ``[(step, dev main metric)]`` at each
-    evaluation. A resumed run logs some steps twice; the last value of a step wins."""
+    as logged (means over the logging window) and ``eval`` ``[(step, main metric)]`` at each
+    periodic evaluation, on the split checkpoints were selected on (``heldout``: held-out slice,
+    logged as ``heldout/<metric>``; ``dev`` for runs selected on dev, logged as ``eval/<metric>``).
+    A resumed run logs some steps twice; the last value of a step wins."""
     curves: dict[str, dict[str, dict]] = {}
     for m in checkpoints.read_metrics(checkpoints.as_path(workdir) / "metrics.jsonl"):
         if "phase" not in m or "step" not in m:
             continue
-        phase = curves.setdefault(m["phase"], {"loss": {}, "dev": {}})
+        phase = curves.setdefault(m["phase"], {"loss": {}, "eval": {}, "split": "dev"})
         if "total" in m:
             phase["loss"][m["step"]] = m["total"]
-        if f"eval/{main}" in m:
-            phase["dev"][m["step"]] = m[f"eval/{main}"]
-    return {p: {k: sorted(v.items()) for k, v in c.items()} for p, c in curves.items()}
+        for prefix, split in (("heldout", "heldout"), ("eval", "dev")):
+            if f"{prefix}/{main}" in m:
+                phase["eval"][m["step"]] = m[f"{prefix}/{main}"]
+                phase["split"] = split
+    return {p: {k: (sorted(v.items()) if isinstance(v, dict) else v) for k, v in c.items()}
+            for p, c in curves.items()}
 
 
-def plot_training_curves(path: epath.Path, rows: list[StageResult], main: str) -> None:
-    """The paper's training curves: the training loss of every quantized model (TWN 0.5×, TWS 1×,
-    BWN, ...) over its steps, one panel per KD phase (stage 1: intermediate-layer distillation,
-    stage 2: prediction-layer), with the dev metric at each evaluation on a second axis (stage 1
-    trains no logits, so it has none). The paper's point, TWS reaching a lower loss than BWN,
-    reads off the panels directly."""
+PHASE_TITLES = {"stage1": "stage 1: intermediate-layer KD", "stage2": "stage 2: prediction-layer KD",
+                "joint": "joint KD", "dmd": "direction-matching KD", "finetune": "fine-tuning"}
+
+
+def plot_training_curves(path: epath.Path, rows: list[StageResult], main: str, dpi: int = 120):
+    """The papers' training curves: the training loss of every quantized model (TWS against BWN,
+    and TWN 0.5×, ...) over its steps, one panel per KD phase (stage 1: intermediate-layer
+    distillation, stage 2: prediction-layer), and below each the selection metric at every
+    evaluation (held-out, or dev for runs selected on dev) in a panel of its own (stage 1 trains
+    no logits, so it has none). One colour per model in
+    every panel; the legend sits below the panels, off the data. Returns the figure (closed; for
+    tests to inspect)."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import LogFormatter
+
+    class _PlainLogFormatter(LogFormatter):
+        """Which log ticks to label as matplotlib chooses, each as a plain number (0.3, 20)."""
+
+        def _num_to_string(self, x, vmin, vmax):
+            return f"{x:.3g}"
+
     runs = [(r, training_curves(r.workdir, main)) for r in rows
             if r.workdir and r.spec.quant.weight_bits < 32
             and (checkpoints.as_path(r.workdir) / "metrics.jsonl").is_file()]
     phases = sorted({p for _, curves in runs for p in curves}) or ["(no quantized training runs)"]
-    fig, axes = plt.subplots(1, len(phases), figsize=(6 * len(phases), 4.5), squeeze=False)
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-    for ax, phase in zip(axes[0], phases):
-        dev_ax = None
-        for i, (r, curves) in enumerate(runs):
-            if phase not in curves:
-                continue
-            color = colors[i % len(colors)]
-            if curves[phase]["loss"]:
-                steps, loss = zip(*curves[phase]["loss"])
-                ax.plot(steps, loss, color=color, label=r.description)
-            if curves[phase]["dev"]:
-                dev_ax = dev_ax or ax.twinx()
-                steps, dev = zip(*curves[phase]["dev"])
-                dev_ax.plot(steps, np.asarray(dev) * 100, color=color, linestyle="--", marker="o",
-                            label=f"{r.description}: dev {main}")
-        ax.set_title({"stage1": "stage 1: intermediate-layer KD", "stage2": "stage 2: prediction-layer KD"}
-                     .get(phase, phase))
-        ax.set_xlabel("step")
-        ax.set_ylabel("training loss (solid)")
-        ax.set_yscale("log")
-        ax.grid(alpha=0.3)
-        if runs:
-            ax.legend(fontsize=7, loc="upper right")
-        if dev_ax is not None:
-            dev_ax.set_ylabel(f"dev {main} ×100 (dashed, at each evaluation)")
-    fig.tight_layout()
-    checkpoints.write_figure(path, fig)
-    plt.close(fig)
+    with plt.rc_context({"font.size": 11, "axes.titlesize": 12, "axes.labelsize": 11,
+                         "xtick.labelsize": 10, "ytick.labelsize": 10, "legend.fontsize": 10}):
+        fig, axes = plt.subplots(2, len(phases), figsize=(5.2 * len(phases), 7.0), squeeze=False,
+                                 sharex="col", gridspec_kw={"height_ratios": [1.6, 1]})
+        for col, phase in enumerate(phases):
+            loss_ax, dev_ax = axes[0, col], axes[1, col]
+            dev_values, split = [], "dev"
+            for i, (r, curves) in enumerate(runs):
+                if phase not in curves:
+                    continue
+                style = dict(color=colors[i % len(colors)], label=r.description)
+                if curves[phase]["loss"]:
+                    steps, loss = zip(*curves[phase]["loss"])
+                    loss_ax.plot(steps, loss, **style)
+                if curves[phase]["eval"]:
+                    split = "held-out" if curves[phase]["split"] == "heldout" else "dev"
+                    steps, dev = zip(*curves[phase]["eval"])
+                    dev_values += [100 * v for v in dev]
+                    dev_ax.plot(steps, np.asarray(dev) * 100, marker="o", **style)
+            loss_ax.set_title(PHASE_TITLES.get(phase, phase))
+            loss_ax.set_ylabel("training loss (KD objective, log scale)")
+            loss_ax.set_yscale("log")
+            loss_ax.yaxis.set_major_formatter(_PlainLogFormatter(labelOnlyBase=False))
+            loss_ax.yaxis.set_minor_formatter(_PlainLogFormatter(labelOnlyBase=False, minor_thresholds=(2, 0.5)))
+            loss_ax.grid(alpha=0.3, which="both")
+            dev_ax.set_xlabel("training step")
+            if dev_values:
+                # At least a 5-point span, so a one-point difference does not fill the panel.
+                centre, span = (max(dev_values) + min(dev_values)) / 2, max(dev_values) - min(dev_values)
+                half = max(span * 0.6, 2.5)
+                dev_ax.set_ylim(centre - half, centre + half)
+                dev_ax.set_ylabel(f"{split} {main} (%)")
+                dev_ax.grid(alpha=0.3)
+            else:
+                dev_ax.set_ylabel(f"{main} (%)")
+                dev_ax.set_yticks([])
+                dev_ax.text(0.5, 0.5, "no evaluation in this phase", transform=dev_ax.transAxes,
+                            ha="center", va="center", color="0.4")
+        handles = {}
+        for ax in axes.ravel():
+            for handle, label in zip(*ax.get_legend_handles_labels()):
+                handles.setdefault(label, handle)
+        fig.tight_layout(rect=(0, 0.06 + 0.035 * ((len(handles) - 1) // 3), 1, 1))
+        if handles:
+            fig.legend(handles.values(), handles.keys(), loc="lower center", ncol=min(3, len(handles)),
+                       frameon=False)
+        checkpoints.write_figure(path, fig, dpi=dpi)
+        plt.close(fig)
+    return fig

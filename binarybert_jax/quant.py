@@ -592,7 +592,7 @@ def percentile_clip(x: jax.Array, percentile: float, symmetric: bool = True,
     """A clip ``[lower, upper]`` initialised from the data: ±(the ``percentile``-th percentile of
     |x|) when ``symmetric``, else [the (100 − ``percentile``)-th, the ``percentile``-th percentile of
     x], over the unmasked elements (the mean over the devices of ``axis_name``). Where the released
-    code's fixed ±2.5 cuts a third of the energy of some activations (issue 11's measurement), a
+    code's fixed ±2.5 cuts a third of the energy of some activations (docs/results.md, clipping), a
     high percentile keeps the outliers' scale and still leaves the bulk its resolution."""
     x = lax.stop_gradient(x).astype(jnp.float32)
     if mask is not None:
@@ -611,7 +611,7 @@ CLIP_STATISTICS = ("count", "clipped", "energy", "clipped_energy", "clip_error",
 
 
 def clip_statistics(x: jax.Array, clip: jax.Array, mask: Optional[jax.Array] = None) -> dict:
-    """How much of ``x`` a uniform quantizer's clip ``[lower, upper]`` cuts (issue 11's question:
+    """How much of ``x`` a uniform quantizer's clip ``[lower, upper]`` cuts (the question it answers:
     does the released code's ±2.5 clip lose what this backbone's activations carry?). Sums over
     the unmasked elements, so that batches and layers add up (``CLIP_STATISTICS``): ``count``
     values, ``clipped`` of them outside the clip, ``energy`` Σx², ``clipped_energy`` Σx² of the

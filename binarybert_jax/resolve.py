@@ -21,13 +21,17 @@ from typing import Any, Optional
 import jax.numpy as jnp
 
 from binarybert_jax import assets, checkpoints, hf_import, kd
-from binarybert_jax.data import loading, squad, tasks
+from binarybert_jax.data import heldout, loading, squad, tasks
 from binarybert_jax.errors import ConfigError, UserError
 from binarybert_jax.model import (ACTIVATIONS, BertConfig, BertModel, ModelSpec, QuantConfig, model_variables,
                                   uses_lat_diag)
 from binarybert_jax.trees import flatten
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+# What periodic evaluation, the best checkpoint and early stopping read: a held-out slice of the
+# training set (dev is then scored only once training ends), or dev itself (the older protocol,
+# whose best-on-dev scores overstate what a model does on unseen data).
+SELECT_ON = ("heldout", "dev")
 # The structure of a split model's parameters (two planes per split matrix) is fixed by the
 # checkpoint it starts from, as the width is; a config cannot change it.
 SPLIT_FIELDS = ("split", "unsplit", "split_shared_act")
@@ -57,7 +61,11 @@ _RANGES = (
     ("dtype", lambda v: v in DTYPES, f"one of {tuple(DTYPES)}"),
     ("teacher_dtype", lambda v: v in ("",) + tuple(DTYPES), f"one of {('',) + tuple(DTYPES)} ('': dtype)"),
     ("matmul_precision", lambda v: v in DTYPES, f"one of {tuple(DTYPES)}"),
-    ("eval_every_steps", lambda v: v >= 0, "≥ 0 (0: once per epoch)"),
+    ("select_on", lambda v: v in SELECT_ON, f"one of {SELECT_ON}"),
+    ("heldout.fraction", lambda v: 0 < v < 1, "in (0, 1)"),
+    ("heldout.max_examples", lambda v: v >= 1, "≥ 1"),
+    ("eval_every_examples", lambda v: v >= 0, "≥ 0 (0: once per epoch)"),
+    ("early_stop_evals", lambda v: v >= 0, "≥ 0 (0: never stop early)"),
     ("checkpoint_every_steps", lambda v: v >= 0, "≥ 0 (0: no periodic checkpoints, only the final one)"),
     ("log_every_steps", lambda v: v >= 1, "≥ 1 (losses are checked for NaN and logged this often)"),
     ("max_to_keep", lambda v: v >= 1, "≥ 1"),
@@ -125,7 +133,8 @@ def validate(config) -> None:
 # The settings that make a run what it is: resuming a workdir with any of them changed would mix
 # two runs in one (other data, another model, other batches). Learning rates, evaluation and
 # checkpoint cadence, limits on evaluation and paths to the same data may change on a resume.
-RUN_IDENTITY = ("task", "max_seq_length", "train_limit", "batch_size", "seed", "group_by_length",
+RUN_IDENTITY = ("task", "max_seq_length", "train_limit", "select_on", "heldout", "batch_size", "seed",
+                "group_by_length",
                 "pretrained", "teacher", "init_checkpoint", "student", "kd.mode", "kd.attention",
                 "kd.ignore_padding", "stage1.epochs", "stage2.epochs", "dtype", "teacher_dtype",
                 "integer_products", "matmul_precision", "squad.doc_stride",
@@ -166,6 +175,8 @@ def check_resume(recorded: dict, config, workdir) -> None:
     the same setting."""
     old, new = _flat(recorded), _flat(config.to_dict())
     recorded_at = checkpoints.workdir_location(workdir)
+    if "select_on" not in old and "select_on" in new:
+        old["select_on"] = "dev"  # recorded before held-out selection existed: it selected on dev
     changed = []
     for key in sorted(set(old) | set(new)):
         if not any(key == k or key.startswith(k + ".") for k in RUN_IDENTITY):
@@ -403,10 +414,15 @@ def load_teacher(config, student: ModelSpec) -> Optional[tuple[BertModel, Any, M
     return model, model_variables(params, lat_diag), spec
 
 
-def load_data(config, task: tasks.TaskSpec, tokenizer) -> tuple[dict, dict]:
-    """Tokenized train arrays and the evaluation splits of ``config.data_source`` (cached under the
-    cache directory); an empty split is an error naming it. A SQuAD evaluation split is a
-    ``squad.SquadEvalSet`` carrying ``config.squad``'s post-processing settings."""
+def heldout_slice(config) -> Optional[heldout.HeldOut]:
+    """The held-out slice a run selects its checkpoints on, or None when it selects on dev."""
+    if config.get("select_on", "dev") != "heldout":
+        return None
+    h = config.heldout
+    return heldout.HeldOut(float(h.fraction), int(h.max_examples), int(h.seed))
+
+
+def _load(config, task: tasks.TaskSpec, tokenizer, **which) -> tuple[Optional[dict], dict]:
     try:
         loading.check_source(config.data_source, task)
     except (ValueError, ImportError) as e:
@@ -419,7 +435,7 @@ def load_data(config, task: tasks.TaskSpec, tokenizer) -> tuple[dict, dict]:
             task, tokenizer, source=config.data_source, data_dir=config.data_dir,
             max_length=config.max_seq_length or task.max_seq_length,
             cache_dir=assets.cache_dir() / "tokenized", train_limit=config.train_limit,
-            eval_limit=config.eval_limit, squad_options=options)
+            eval_limit=config.eval_limit, squad_options=options, **which)
     except (FileNotFoundError, ValueError) as e:  # the data layer's messages name file and row
         raise UserError(str(e)) from None
     for split in evals.values():
@@ -427,8 +443,24 @@ def load_data(config, task: tasks.TaskSpec, tokenizer) -> tuple[dict, dict]:
             split.answer_options = {k: config.squad[k] for k in ("n_best", "max_answer_length",
                                                                  "null_threshold")}
     default_dir = f"${squad.SQUAD_DIR_ENV}" if task.head == "span" else "$GLUE_DIR"
-    _check_not_empty(task, config.data_dir or default_dir, {"train": train, **evals})
+    _check_not_empty(task, config.data_dir or default_dir,
+                     {**({"train": train} if train is not None else {}), **evals})
     return train, evals
+
+
+def load_data(config, task: tasks.TaskSpec, tokenizer) -> tuple[dict, dict]:
+    """Tokenized train arrays and the splits checkpoints are selected on (cached under the cache
+    directory): the held-out slice ``{"heldout": ...}`` taken out of the training examples
+    (``config.select_on=heldout``; no dev file is read), or the dev splits (``select_on=dev``).
+    An empty split is an error naming it. A SQuAD evaluation split is a ``squad.SquadEvalSet``
+    carrying ``config.squad``'s post-processing settings."""
+    slice_ = heldout_slice(config)
+    return _load(config, task, tokenizer, heldout=slice_, dev=slice_ is None)
+
+
+def load_dev(config, task: tasks.TaskSpec, tokenizer) -> dict:
+    """The dev splits alone (MNLI: matched and mismatched), read when they are scored."""
+    return _load(config, task, tokenizer, train=False)[1]
 
 
 def _check_not_empty(task: tasks.TaskSpec, data_dir, splits: dict) -> None:

@@ -11,12 +11,13 @@ from __future__ import annotations
 from typing import Any, Mapping, Optional
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 
+from binarybert_jax.data.batching import MODEL_INPUTS
+
 DATA_AXIS = "data"
-# The arrays a BERT forward takes, in its positional order (BertModel.__call__).
-MODEL_INPUTS = ("input_ids", "token_type_ids", "attention_mask")
 # What the loss and metrics read besides the inputs.
 LOSS_INPUTS = ("labels", "example_mask")
 
@@ -43,13 +44,23 @@ def model_inputs(batch: Mapping[str, Any]) -> list:
     return [batch[k] for k in MODEL_INPUTS]
 
 
-def model_batch(batch: Mapping[str, Any]) -> dict:
+def model_batch(batch: Mapping[str, Any], *, labels: bool = False) -> dict:
     """The keys of a host batch that the model and its losses read (drops bookkeeping such as
-    ``example_index``, which is not sharded onto devices)."""
-    missing = [k for k in MODEL_INPUTS if k not in batch]
+    ``example_index``, which is not sharded onto devices); ``labels=True`` requires labels."""
+    required = MODEL_INPUTS + (("labels",) if labels else ())
+    missing = [k for k in required if k not in batch]
     if missing:
-        raise ValueError(f"a model batch needs {MODEL_INPUTS}; missing {missing}")
+        raise ValueError(f"a model batch needs {required}; missing {missing}")
     return {k: batch[k] for k in MODEL_INPUTS + LOSS_INPUTS if k in batch}
+
+
+def device_batch(batch: Mapping[str, Any], *, labels: bool = False) -> dict:
+    """``model_batch`` on the default device, with ``example_mask`` float32 (1 for every row where
+    the batch has none): the batch of a single-device forward or loss outside the sharded train
+    and predict steps (``shard_batch``), e.g. the analyses, importance scores and sensitivities."""
+    out = {k: jnp.asarray(v) for k, v in model_batch(batch, labels=labels).items()}
+    mask = batch.get("example_mask", np.ones(np.shape(batch["input_ids"])[0]))
+    return {**out, "example_mask": jnp.asarray(mask, jnp.float32)}
 
 
 def gather_to_host(x: Any) -> np.ndarray:

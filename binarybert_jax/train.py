@@ -11,14 +11,26 @@ Workdir layout (local, or remote: ``gs://bucket/run``, see ``checkpoints.as_path
 
     config.json                  the resolved config of the run
     <phase>/ckpt/<step>/         periodic train-state checkpoints (Orbax, atomic, last k kept)
-    <phase>/best/, <phase>/final model checkpoints (checkpoints.save_model), best by the task's main metric
+    <phase>/best/, <phase>/final model checkpoints (checkpoints.save_model); best: the selected one,
+                                 by the task's main metric on the selection split
     metrics.jsonl, tb/           measurements (JSON lines and TensorBoard)
-    results.json                 per phase: best and final dev metrics, checkpoint paths, wall seconds
+    results.json                 per phase: the protocol, the selection split's scores at the selected
+                                 checkpoint, dev at the selected and at the final checkpoint,
+                                 checkpoint paths, wall seconds
+
+Checkpoint selection (``config.select_on``): on ``heldout``, periodic evaluation, the best
+checkpoint and early stopping read a slice of the training set kept out of training
+(``resolve.load_data``), and no dev file is read until a phase's training has ended; dev is then
+scored once at the selected checkpoint and once at the final one. On ``dev``, the periodic
+evaluations are dev's, and the selected checkpoint's dev score is its best one. Evaluations come
+every ``config.eval_every_examples`` training examples (every epoch when 0), the same for every
+phase and model whatever its batch size.
     provenance.json              written by the mains (launch/): commit, command, wall time per invocation
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import os
@@ -35,7 +47,7 @@ from etils import epath
 from jax import lax
 from jax.sharding import PartitionSpec as P
 
-from binarybert_jax import checkpoints, evaluate, kd, metrics, model as M, optim, resolve
+from binarybert_jax import checkpoints, evaluate, kd, model as M, optim, resolve, squad_metrics
 from binarybert_jax.data import batching, tasks
 from binarybert_jax.errors import ConfigError, UserError
 from binarybert_jax.model import BertModel, ModelSpec, calibrate_act_quantizers
@@ -231,15 +243,19 @@ def _schedules(config, phase: resolve.Phase, total_steps: int):
 
 def train_phase(config, workdir: epath.Path, phase: resolve.Phase, spec: ModelSpec, task: tasks.TaskSpec,
                 train_arrays: dict, eval_sets: dict, teacher, mesh, writer: checkpoints.MetricWriter,
-                previous: Optional[epath.Path]) -> dict:
+                previous: Optional[epath.Path], dev_sets: Optional[Callable[[], dict]] = None) -> dict:
     """Runs (or resumes, or skips when complete) one phase; returns its results entry.
+
+    ``eval_sets`` are the splits checkpoints are selected on (the held-out slice, or dev);
+    ``dev_sets`` returns the dev splits, called only after training has ended (None: ``eval_sets``
+    are dev).
 
     SIGINT and SIGTERM are held from here on: the step in flight finishes, a checkpoint is saved
     and ``Interrupted`` raised (a second SIGINT exits at once).
     """
     with _StopSignals() as signals:
         return _train_phase(config, workdir, phase, spec, task, train_arrays, eval_sets, teacher, mesh,
-                            writer, previous, signals)
+                            writer, previous, signals, dev_sets)
 
 
 def _best_on_disk(best_dir: epath.Path, meta: dict, main_metric: str) -> dict:
@@ -250,7 +266,7 @@ def _best_on_disk(best_dir: epath.Path, meta: dict, main_metric: str) -> dict:
     if not checkpoints.is_model_checkpoint(best_dir):
         return meta
     info = checkpoints.read_model_meta(best_dir).get("info", {})
-    dev, step = info.get("dev") or {}, info.get("step")
+    dev, step = info.get("selection") or info.get("dev") or {}, info.get("step")
     if step is None or main_metric not in dev:
         return meta
     if meta["best"] is None or dev[main_metric] > meta["best"][main_metric]:
@@ -260,8 +276,46 @@ def _best_on_disk(best_dir: epath.Path, meta: dict, main_metric: str) -> dict:
     return meta
 
 
+def eval_due(step: int, total_steps: int, steps_per_epoch: int, batch_size: int,
+              every_examples: int) -> bool:
+    """Whether the loop evaluates after update ``step`` (1-based): when the examples seen cross a
+    multiple of ``every_examples`` (every epoch when 0), and at the last step."""
+    if step >= total_steps:
+        return True
+    if every_examples:
+        return step * batch_size // every_examples > (step - 1) * batch_size // every_examples
+    return step % steps_per_epoch == 0
+
+
+def _null_threshold(predict_step, params, selection_set, batch_size: int, mesh, buckets,
+                    lat_diag) -> float:
+    """SQuAD v2.0: the null-score threshold that maximises F1 on the held-out articles for these
+    parameters (the official script's best threshold), so dev's answers use one chosen without dev."""
+    never_null = dataclasses.replace(selection_set, answer_options={**selection_set.answer_options,
+                                                            "null_threshold": float("inf")})
+    answers, null_diffs = evaluate.squad_answers(predict_step, params, never_null, batch_size, mesh,
+                                                 buckets, lat_diag)
+    scores = squad_metrics.evaluate(selection_set.version, selection_set.data, answers, null_diffs)
+    return float(scores["best_f1_thresh"])
+
+
+def _score_dev(config, task, predict_step, params, lat_diag, eval_sets: dict, dev: dict, mesh,
+               buckets) -> tuple[dict, dict]:
+    """Dev's scores of one checkpoint, and what was chosen on the held-out slice to get them
+    (``null_threshold`` for SQuAD v2.0)."""
+    chosen = {}
+    if task.head == "span" and getattr(task, "version", "") == "2.0" and "heldout" in eval_sets:
+        threshold = _null_threshold(predict_step, params, eval_sets["heldout"], config.eval_batch_size,
+                                    mesh, buckets, lat_diag)
+        chosen["null_threshold"] = threshold
+        dev = {k: dataclasses.replace(v, answer_options={**v.answer_options, "null_threshold": threshold})
+               for k, v in dev.items()}
+    return evaluate.evaluate(predict_step, params, task, dev, config.eval_batch_size, mesh, buckets,
+                             lat_diag), chosen
+
+
 def _train_phase(config, workdir, phase, spec, task, train_arrays, eval_sets, teacher, mesh, writer,
-                 previous, signals: _StopSignals) -> dict:
+                 previous, signals: _StopSignals, dev_sets=None) -> dict:
     phase_dir = workdir / phase.name
     final_dir, best_dir = phase_dir / "final", phase_dir / "best"
     results_file = phase_dir / "results.json"
@@ -325,8 +379,9 @@ def _train_phase(config, workdir, phase, spec, task, train_arrays, eval_sets, te
     lat = M.uses_lat_diag(spec.quant)
     buckets = tuple(config.bucket_lengths) or None
     rng = jax.random.key(config.seed + 1)
-    eval_every = config.eval_every_steps or steps_per_epoch
-    main_metric = metrics.main_metric(task)
+    main_metric = task.main_metric
+    selected_on = "heldout" if dev_sets is not None else "dev"
+    eval_prefix = "heldout" if dev_sets is not None else "eval"  # metrics.jsonl keys of the evaluations
     evaluates = phase.objective != "intermediate"  # stage 1 trains no logits worth scoring
     record = {"phase": phase.name, "task": task.name, "tokenizer": resolve.tokenizer_dir(config)}
     if latest is not None:
@@ -338,13 +393,17 @@ def _train_phase(config, workdir, phase, spec, task, train_arrays, eval_sets, te
     pending: list = []  # device-side measurements not yet checked on the host (no sync per step)
     last_saved = latest
     last_eval: Optional[tuple[int, dict]] = None  # (step, scores) of the latest evaluation
-    stopped_early = False
+    stopped_early = False   # stop_after_steps or a signal: the phase resumes on a rerun
+    # early_stop_evals evaluations without a better selection score: the phase is done (also when
+    # a run that stopped so was killed before writing its results, and is rerun).
+    early_stop = bool(config.early_stop_evals and step < total_steps
+                      and meta.get("evals_since_best", 0) >= config.early_stop_evals)
     from tqdm.auto import tqdm
     bar = tqdm(total=total_steps, initial=step, desc=phase.name, unit="step",
                disable=not checkpoints.is_writer() or not config.progress_bar)
     window_start, window_examples = time.perf_counter(), 0
     try:
-        while step < total_steps and not stopped_early:
+        while step < total_steps and not stopped_early and not early_stop:
             epoch, start = divmod(step, steps_per_epoch)
             for batch in _epoch_batches(train_arrays, config, epoch, start):
                 if step >= total_steps:
@@ -368,7 +427,8 @@ def _train_phase(config, workdir, phase, spec, task, train_arrays, eval_sets, te
                     window_start, window_examples = now, 0
 
                 # ---- Evaluate ----
-                if evaluates and (step % eval_every == 0 or step == total_steps):
+                if evaluates and eval_due(step, total_steps, steps_per_epoch, config.batch_size,
+                                          config.eval_every_examples):
                     fetched, pending = jax.device_get(pending), []  # never score a non-finite model
                     _check_finite(fetched, phase.name)
                     if fetched:
@@ -377,13 +437,23 @@ def _train_phase(config, workdir, phase, spec, task, train_arrays, eval_sets, te
                     scores = evaluate.evaluate(predict_step, state.params, task, eval_sets,
                                                config.eval_batch_size, mesh, buckets, lat_diag)
                     last_eval = (step, scores)
-                    writer.write(phase.name, step, {f"eval/{k}": v for k, v in scores.items()})
-                    log.info("phase %s step %d: %s", phase.name, step, scores)
+                    writer.write(phase.name, step, {f"{eval_prefix}/{k}": v for k, v in scores.items()})
+                    log.info("phase %s step %d (%s): %s", phase.name, step, selected_on, scores)
                     if meta["best"] is None or scores[main_metric] > meta["best"][main_metric]:
-                        meta = {"best": scores, "best_step": step}
-                        checkpoints.save_model(best_dir, jax.device_get(state.params), spec,
-                                               {**record, "step": step, "dev": scores},
+                        meta = {"best": scores, "best_step": step, "evals_since_best": 0}
+                        info = {**record, "step": step, "selected_on": selected_on, "selection": scores}
+                        if dev_sets is None:
+                            info["dev"] = scores
+                        checkpoints.save_model(best_dir, jax.device_get(state.params), spec, info,
                                                lat_diag=jax.device_get(lat_diag))
+                    else:
+                        meta = {**meta, "evals_since_best": meta.get("evals_since_best", 0) + 1}
+                        early_stop = bool(config.early_stop_evals and step < total_steps and
+                                          meta["evals_since_best"] >= config.early_stop_evals)
+                        if early_stop:
+                            log.info("phase %s: %d evaluations on %s without a better %s; stopping "
+                                     "at step %d (early_stop_evals)", phase.name,
+                                     meta["evals_since_best"], selected_on, main_metric, step)
 
                 # ---- Checkpoint ----
                 stopped_early = bool(config.stop_after_steps and run_steps >= config.stop_after_steps
@@ -404,6 +474,8 @@ def _train_phase(config, workdir, phase, spec, task, train_arrays, eval_sets, te
                     log.info("phase %s: stopping after %d steps of this run (stop_after_steps); "
                              "rerun to resume", phase.name, run_steps)
                     break
+                if early_stop:
+                    break
         fetched = jax.device_get(pending)
         _check_finite(fetched, phase.name)
         if fetched:
@@ -420,19 +492,53 @@ def _train_phase(config, workdir, phase, spec, task, train_arrays, eval_sets, te
         else:
             final_scores = evaluate.evaluate(predict_step, state.params, task, eval_sets,
                                              config.eval_batch_size, mesh, buckets, lat_diag)
-        wall_seconds = elapsed_before + time.perf_counter() - started
         if step != last_saved:
-            ckpts.save(step, state, {**meta, "elapsed_s": wall_seconds})
-        checkpoints.save_model(final_dir, jax.device_get(state.params), spec,
-                               {**record, "step": step, "dev": final_scores},
+            ckpts.save(step, state, {**meta, "elapsed_s": elapsed_before + time.perf_counter() - started})
+        # ---- Dev: read only now that training has ended ------------------------------------
+        dev_selected, dev_final, chosen = meta["best"] or final_scores, final_scores, {}
+        if evaluates and dev_sets is not None:
+            dev = dev_sets()
+            dev_final, chosen_final = _score_dev(config, task, predict_step, state.params, lat_diag,
+                                                 eval_sets, dev, mesh, buckets)
+            chosen = {"final": chosen_final} if chosen_final else {}
+            dev_selected, chosen_best = dev_final, chosen_final
+            if meta["best"] is not None:
+                best_params, _, best_info = checkpoints.load_model(best_dir)
+                best_lat = checkpoints.load_lat_diag(best_dir) if lat else None
+                if meta["best_step"] != step:
+                    dev_selected, chosen_best = _score_dev(
+                        config, task, predict_step, replicate(best_params, mesh),
+                        None if best_lat is None else replicate(best_lat, mesh), eval_sets, dev, mesh,
+                        buckets)
+                # The selected model carries its dev score, as the final one does.
+                checkpoints.save_model(best_dir, best_params, spec, {**best_info, "dev": dev_selected},
+                                       lat_diag=best_lat)
+            if chosen_best:
+                chosen["selected"] = chosen_best
+            log.info("phase %s: dev at the selected checkpoint (step %s) %s; at the final one %s",
+                     phase.name, meta["best_step"] or step, dev_selected, dev_final)
+        final_info = {**record, "step": step, "selected_on": selected_on, "selection": final_scores}
+        if evaluates:
+            final_info["dev"] = dev_final
+        checkpoints.save_model(final_dir, jax.device_get(state.params), spec, final_info,
                                lat_diag=jax.device_get(lat_diag))
+        wall_seconds = elapsed_before + time.perf_counter() - started
     except NonFiniteLossError as e:
         raise _stop_on_nonfinite(e, ckpts) from None
     finally:
         bar.close()
         ckpts.close()
+    # ``best`` and ``final`` are dev's scores at the selected and at the final checkpoint (on
+    # ``select_on=dev`` the selected one is dev's best); ``selection`` is the selection split's.
     result = {"phase": phase.name, "objective": phase.objective, "steps": step,
-              "final": final_scores, "best": meta["best"] or final_scores,
+              "protocol": selected_on,
+              "selection": {"split": selected_on, "metric": main_metric,
+                            "step": meta["best_step"] if meta["best"] else step,
+                            "scores": meta["best"] or final_scores, "final_scores": final_scores,
+                            **({"chosen": chosen} if chosen else {}),
+                            **({"stopped_early_at": step} if early_stop else {})},
+              "dev_selected": dev_selected, "dev_final": dev_final,
+              "final": dev_final, "best": dev_selected,
               "best_step": meta["best_step"] if meta["best"] else step,
               "final_checkpoint": str(final_dir.relative_to(workdir)),
               "best_checkpoint": str((best_dir if meta["best"] else final_dir).relative_to(workdir)),
@@ -471,6 +577,14 @@ def _run_phases(config, workdir: epath.Path, task: tasks.TaskSpec, mesh, spec: M
     # ---- Data ------------------------------------------------------------------------------
     tokenizer = load_tokenizer(resolve.tokenizer_dir(config))
     train_arrays, eval_sets = resolve.load_data(config, task, tokenizer)
+    dev_sets = None
+    if resolve.heldout_slice(config) is not None:
+        loaded: dict = {}
+
+        def dev_sets() -> dict:  # read once, by the first phase that ends with an evaluation
+            if not loaded:
+                loaded.update(resolve.load_dev(config, task, tokenizer))
+            return loaded
 
     # ---- Teacher (frozen, loaded once, never checkpointed) ---------------------------------
     teacher = resolve.load_teacher(config, spec)
@@ -483,7 +597,7 @@ def _run_phases(config, workdir: epath.Path, task: tasks.TaskSpec, mesh, spec: M
     try:
         for phase in resolve.phases_for(config):
             result = train_phase(config, workdir, phase, spec, task, train_arrays, eval_sets, teacher,
-                                 mesh, writer, previous)
+                                 mesh, writer, previous, dev_sets)
             if result.get("interrupted"):
                 return {"interrupted": True, "phase": phase.name, "step": result["step"]}
             results.append(result)
@@ -492,6 +606,9 @@ def _run_phases(config, workdir: epath.Path, task: tasks.TaskSpec, mesh, spec: M
         writer.close()
     last = results[-1]
     summary = {"task": task.name, "phases": results, "best": last["best"], "final": last["final"],
+               "protocol": last.get("protocol", "dev"), "selection": last.get("selection"),
+               "dev_selected": last.get("dev_selected", last["best"]),
+               "dev_final": last.get("dev_final", last["final"]),
                "wall_seconds": round(sum(r.get("wall_seconds", 0.0) for r in results), 1),
                "best_checkpoint": last["best_checkpoint"], "final_checkpoint": last["final_checkpoint"],
                "main_metric": last["main_metric"], "spec": spec.to_dict()}

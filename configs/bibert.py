@@ -1,8 +1,7 @@
 """BiBERT (Qin et al., ICLR 2022): a fully binarized BERT, W1-E1-A1, with Bi-Attention and
 direction-matching distillation (DMD) from a full-precision teacher, in one stage.
 
-    python -m launch.train --config configs/bibert.py:task=mrpc --workdir runs/mrpc/bibert \
-        --config.teacher=runs/mrpc/teacher/finetune/best --config.data_dir=$GLUE_DIR
+    python -m launch.train --config configs/bibert.py:task=mrpc --workdir runs/mrpc/bibert --config.teacher=runs/mrpc/teacher/finetune/best --config.data_dir=$GLUE_DIR
 
 The student starts from the teacher (same shape: DMD pairs every layer and head). The released
 hyperparameters per task (batch 16, 10% warmup, BertAdam): MRPC 20 epochs / lr 2e-4, SST-2 10 /

@@ -37,14 +37,29 @@ def parse_arg(arg: str | None, **defaults) -> ml_collections.ConfigDict:
 
 def quant_config(weight_bits=32, embed_bits=32, act_bits=32, weight_method="twn", embed_method="twn",
                  act_method="uniform", **overrides) -> ml_collections.ConfigDict:
-    """The fields of ``binarybert_jax.model.QuantConfig`` as a ConfigDict."""
-    q = dict(weight_bits=weight_bits, embed_bits=embed_bits, act_bits=act_bits,
-             weight_method=weight_method, embed_method=embed_method, act_method=act_method,
-             weight_granularity="layer", embed_granularity="row", act_scope="tensor",
-             act_ignore_padding=False, act_axis_name="", clip_init=2.5, clip_percentile=0.0,
-             sym_qkvo=True,
-             sym_ffn_attn=False, quantize_pooler=True, split=False, unsplit=(),
-             split_shared_act=True, attention="softmax")
+    """The fields of ``binarybert_jax.model.QuantConfig`` as a ConfigDict (its docstring has the
+    details; the comments here are what ``--help`` shows)."""
+    q = dict(
+        weight_bits=weight_bits,        # Transformer weight bits (32: full precision)
+        embed_bits=embed_bits,          # word embedding bits (32: full precision)
+        act_bits=act_bits,              # activation bits (32: not quantized)
+        weight_method=weight_method,    # twn | bwn | lat | uniform | bibert (mean-centred sign)
+        embed_method=embed_method,      # the word embedding's quantizer, as weight_method
+        act_method=act_method,          # uniform (clip + dynamic range) | lsq (learned step) | sign (1 bit)
+        weight_granularity="layer",     # layer: one scale per matrix | row: one per output unit
+        embed_granularity="row",        # row: one scale per token of the embedding | layer
+        act_scope="tensor",             # activation ranges over the tensor (released code) | example | token
+        act_ignore_padding=False,       # leave padding out of the activation ranges
+        act_axis_name="",               # mapped axis (e.g. data) to reduce ranges across devices; "": each its own
+        clip_init=2.5,                  # the uniform quantizers' clips start at ±clip_init (1e4: min-max ranges)
+        clip_percentile=0.0,            # p in (50, 100]: start each clip at the p-th percentile of the first batch
+        sym_qkvo=True,                  # symmetric quantization of the Q/K/V/dense inputs
+        sym_ffn_attn=False,             # symmetric quantization of the attention probabilities and FFN output input
+        quantize_pooler=True,           # quantize the pooler's dense layer too
+        split=False,                    # ternary-weight-split model: two latent halves per quantized matrix
+        unsplit=(),                     # matrices kept single in a split model (adaptive splitting)
+        split_shared_act=True,          # both halves share one input quantizer (False: one each, as released)
+        attention="softmax")            # softmax | bool (Bi-Attention, BiBERT; needs act_method=sign)
     q.update(overrides)
     return ml_collections.ConfigDict(q)
 
@@ -67,13 +82,13 @@ def base_config(task: str = "mrpc") -> ml_collections.ConfigDict:
     """Every key ``train.train_and_evaluate`` reads, with defaults."""
     spec = tasks.get_task(task)
     c = ml_collections.ConfigDict()
-    c.task = spec.name
+    c.task = spec.name            # GLUE task (mrpc, sst-2, cola, ...) or squad1 / squad2
     c.data_source = "tsv"         # tsv: GLUE's TSV files; tfds: tensorflow-datasets' glue (optional
                                   # package: pip install tensorflow-datasets tensorflow)
     c.data_dir = ""               # the GLUE root (tsv; "" means $GLUE_DIR) or the tfds data dir
     c.max_seq_length = 0          # 0: the task's default (64 for CoLA/SST-2, else 128)
     c.train_limit = 0             # keep only the first N train / dev examples (0: all)
-    c.eval_limit = 0
+    c.eval_limit = 0              # keep only the first N dev examples (0: all)
     c.bucket_lengths = ()         # allowed padded lengths, e.g. (32, 64, 96, 128); (): pad to max
     c.group_by_length = False     # with buckets: put similar lengths in the same training batch.
                                   # Faster (less padding), but batches stop being i.i.d. samples
@@ -91,18 +106,24 @@ def base_config(task: str = "mrpc") -> ml_collections.ConfigDict:
     c.student.quant = quant_config()
 
     c.kd = ml_collections.ConfigDict()
-    c.kd.mode = "supervised"      # two_stage | joint | intermediate | prediction | supervised
-    c.kd.temperature = 1.0
+    c.kd.mode = "supervised"      # two_stage | joint | intermediate | prediction | supervised | dmd
+    c.kd.temperature = 1.0        # softmax temperature of the logit distillation
     c.kd.attention = True         # attention-score MSE in stage 1
     c.kd.teacher_dropout = False  # teacher in train mode (the released BinaryBERT code) or eval
     c.kd.ignore_padding = False   # hidden/attention MSE over real tokens only
 
-    c.stage1 = ml_collections.ConfigDict(dict(epochs=2.0, learning_rate=2e-5))
-    c.stage2 = ml_collections.ConfigDict(dict(epochs=2.0, learning_rate=2e-5))
-    c.batch_size = 32
-    c.eval_batch_size = 64
-    c.warmup_proportion = 0.1
-    c.weight_decay = 0.01
+    # two_stage KD: stage 1 distils hidden states (and attention), stage 2 the logits; the one-phase
+    # modes (supervised, joint, prediction, dmd) train for stage2's epochs at its learning rate.
+    c.stage1 = ml_collections.ConfigDict(dict(
+        epochs=2.0,               # epochs of stage 1 (intermediate-layer KD; fractions allowed)
+        learning_rate=2e-5))      # peak learning rate of stage 1 (linear warmup and decay)
+    c.stage2 = ml_collections.ConfigDict(dict(
+        epochs=2.0,               # epochs of stage 2 (prediction-layer KD, or the one phase)
+        learning_rate=2e-5))      # peak learning rate of stage 2 (or of the one phase)
+    c.batch_size = 32             # training examples per step, over all devices
+    c.eval_batch_size = 64        # dev examples per evaluation batch
+    c.warmup_proportion = 0.1     # fraction of a phase's steps with linear learning-rate warmup
+    c.weight_decay = 0.01         # decoupled weight decay of the model's weights
     c.quant_learning_rate = 1e-4  # clip values and LSQ step sizes
     c.clip_grad_norm = 0.0        # 0: off
     c.adam_eps = 1e-6             # BertAdam's; Hugging Face's AdamW uses 1e-8
@@ -110,7 +131,7 @@ def base_config(task: str = "mrpc") -> ml_collections.ConfigDict:
     c.dtype = "float32"           # compute dtype; "bfloat16" on TPU/GPU
     # The teacher's compute dtype ("" = dtype). bfloat16 (float32 accumulation) by default: its
     # outputs are targets, which it moves by well under a percent, and MRPC's TWN runs trained to
-    # the same dev metrics as with float32 (README, the quantization ablation's bf16 row).
+    # the same dev metrics as with float32 (docs/results.md, the quantization ablation's bf16 row).
     c.teacher_dtype = "bfloat16"
     # Quantized products on the operands' integer codes (exact, bfloat16 with float32
     # accumulation; binarybert_jax/integer_dot.py); False: float32 products of the values.
@@ -118,13 +139,27 @@ def base_config(task: str = "mrpc") -> ml_collections.ConfigDict:
     # The dtype of the quantized products' backward (straight-through gradients): bfloat16
     # operands with float32 accumulation (the default, same evidence as teacher_dtype), or float32.
     c.matmul_precision = "bfloat16"
-    c.seed = 42
-    c.eval_every_steps = 0        # 0: once per epoch (and at the end)
-    c.checkpoint_every_steps = 500
-    c.log_every_steps = 20
-    c.max_to_keep = 2
+    c.seed = 42                   # parameter initialisation, dropout and data order
+    # Checkpoint selection. heldout: a fixed slice of the training set (seeded, stratified by label
+    # or score bin; SQuAD: whole articles) is kept out of training, and periodic evaluation, the
+    # best checkpoint and early stopping read it; dev is scored once training ends, at the
+    # selected and at the final checkpoint. dev: select on dev (the older protocol; its best is
+    # chosen on the set it is scored on).
+    c.select_on = "heldout"
+    c.heldout = ml_collections.ConfigDict(dict(
+        fraction=0.1,             # of the training examples (SQuAD: of its questions, by article)
+        max_examples=2000,        # at most this many
+        seed=0))                  # fixes the slice, whatever the run's seed
+    # Evaluation cadence in training examples seen, so every stage and model (whatever its batch
+    # size) gets the same number of chances at selection; 0: once per epoch (and at the end).
+    c.eval_every_examples = 0
+    c.early_stop_evals = 0        # stop a phase after this many evaluations without a better
+                                  # selection score (0: never)
+    c.checkpoint_every_steps = 500  # train-state checkpoint period, in steps (resumable)
+    c.log_every_steps = 20        # metrics.jsonl / TensorBoard period, in steps
+    c.max_to_keep = 2             # train-state checkpoints kept per phase
     c.stop_after_steps = 0        # stop (with a checkpoint) after N steps of this run; rerun resumes
-    c.progress_bar = True
+    c.progress_bar = True         # a tqdm bar per phase on stderr
     if spec.head == "span":
         squad_config(c)
     return c

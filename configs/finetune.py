@@ -1,7 +1,6 @@
 """Full-precision fine-tuning of a pretrained BERT on a GLUE task (the teacher).
 
-    python -m launch.train --config configs/finetune.py:task=mrpc --workdir runs/mrpc/teacher \
-        --config.data_dir=$GLUE_DIR
+    python -m launch.train --config configs/finetune.py:task=mrpc --workdir runs/mrpc/teacher --config.data_dir=$GLUE_DIR
 
 Defaults follow the standard recipe (AdamW-style BertAdam, lr 5e-5 here, batch 32, 3 epochs, 10%
 warmup, max length 128; 64 for CoLA/SST-2). About 8 minutes for MRPC with MiniLM on 2 CPU cores
@@ -25,7 +24,7 @@ def get_config(arg=None):
     c.stage2.epochs = 3.0
     c.stage2.learning_rate = 5e-5
     c.batch_size = 32
-    c.eval_every_steps = 0
+    c.eval_every_examples = 0
     if a.tiny:
         common.shrink_for_local(c)
     return c

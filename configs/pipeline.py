@@ -10,12 +10,11 @@ About 15 minutes on 2 CPU cores. Then ``results.md``, ``results.json`` and
 
 The paper's setting on a full GLUE task (hours on a CPU; use a GPU/TPU)::
 
-    python -m launch.pipeline --config configs/pipeline.py:task=mrpc,full,act_bits=4 \
-        --config.data_dir=$GLUE_DIR --workdir runs/mrpc_w1a4
+    python -m launch.pipeline --config configs/pipeline.py:task=mrpc,full,act_bits=4 --config.data_dir=$GLUE_DIR --workdir runs/mrpc_w1a4
 
 The recipe is data: ``config.pipeline.stages`` lists the stages in order, and ``config.stages.<name>``
 declares each one in the schema of a single training run (``kd``, ``student``, ``batch_size``,
-``stage1``, ``stage2``, ``eval_every_steps``) plus its references (``teacher``, ``init``, ``source``
+``stage1``, ``stage2``) plus its references (``teacher``, ``init``, ``source``
 name earlier stages). Override any of it, e.g.::
 
     --config.stages.ternary.stage1.epochs=1 --config.stages.tws.batch_size=16
@@ -23,8 +22,11 @@ name earlier stages). Override any of it, e.g.::
     --config.stages.ternary.student.quant.weight_method=lat            # LAT instead of TWN
     --config.stages.adaptive_init.fraction=0.3
 
-Shared keys (task, data, optimizer, seed, buckets, ...) stay at the top level; training keys at the
-top level are an error (the pipeline sets them per stage).
+Shared keys (task, data, optimizer, seed, buckets, checkpoint selection, ...) stay at the top level;
+training keys at the top level are an error (the pipeline sets them per stage). Every stage selects
+its checkpoint on the same held-out slice of the training set (``--config.select_on=heldout``, the
+default; ``dev`` for the older protocol) and is evaluated every ``--config.eval_every_examples``
+training examples (``full``: 1,600; else once an epoch), so every model gets the same chances.
 ``arg`` keys: ``task`` (default sst-2); ``act_bits`` (8: uniform with learnable clips; 4: LSQ with
 ReLU students, as the released 4-bit scripts); ``full`` (the whole task and the released scripts'
 hyperparameters: batch 16; ternary lr 2.5e-5 / 1e-5, binary 1.25e-4 / 5e-5, 2 epochs per stage; adds
@@ -48,24 +50,29 @@ SLICE = pathlib.Path(__file__).resolve().parents[1] / "data" / "glue_slice"
 
 # The activation clip of the ternary and binary stages' 8-bit quantizers (``clip`` arg): the
 # released code's learnable ±2.5; none (a clip no activation reaches: min-max ranges, TernaryBERT's
-# choice); or each clip started at the 99.9th percentile of its input on the first batch. README
+# choice); or each clip started at the 99.9th percentile of its input on the first batch. docs/results.md
 # ("Where the quantized students lose their points") has what each costs on MRPC.
 CLIPS = {"released": {}, "none": {"clip_init": 1e4}, "percentile": {"clip_percentile": 99.9}}
 
 
 def _train_stage(c, description, *, teacher, init, mode, quant, hyper, attention=True):
     """A training stage's section: the base config's kd/student with this stage's changes."""
-    batch, e1, lr1, e2, lr2, eval_every = hyper
+    batch, e1, lr1, e2, lr2 = hyper
     kd = ml_collections.ConfigDict(c.kd.to_dict())
     kd.mode, kd.attention = mode, attention
     student = ml_collections.ConfigDict(c.student.to_dict())
     student.quant = quant
     student.hidden_act = common.student_hidden_act(quant)
     return ml_collections.ConfigDict(dict(
-        kind="train", description=description, teacher=teacher, init=init, checkpoint="",
-        kd=kd, student=student, batch_size=batch,
+        kind="train",             # train | prune | split | adaptive_split: what the stage does
+        description=description,  # the stage's row label in results.md ({budget_mb} filled in)
+        teacher=teacher,          # the earlier stage distilled from ("": supervised)
+        init=init,                # the earlier stage the student starts from ("": the pretrained backbone)
+        checkpoint="",            # a trained model to use instead of training this stage
+        kd=kd, student=student,
+        batch_size=batch,         # training examples per step, over all devices
         stage1=dict(epochs=float(e1), learning_rate=float(lr1)),
-        stage2=dict(epochs=float(e2), learning_rate=float(lr2)), eval_every_steps=eval_every))
+        stage2=dict(epochs=float(e2), learning_rate=float(lr2))))
 
 
 def get_config(arg=None):
@@ -89,22 +96,26 @@ def get_config(arg=None):
     else:
         c.max_seq_length = 64 if c.task in ("cola", "sst-2") else 128
         c.bucket_lengths = tuple(range(16, c.max_seq_length + 1, 16))
-        c.group_by_length = True  # speed: the embedded default's ~15 minutes count on it
+        c.group_by_length = True  # similar lengths batched together: the default's ~15 minutes count on it
     c.checkpoint_every_steps = 200
     width = 0.5
 
     if a.full or squad:
         c.data_dir = ""
-        teacher_h, half_h = (32, 0, 0, 3.0, 5e-5, 0), (32, 0, 0, 3.0, 5e-5, 0)
-        ternary_h, binary_h = (16, 2.0, 2.5e-5, 2.0, 1e-5, 1000), (16, 2.0, 1.25e-4, 2.0, 5e-5, 100)
+        teacher_h, half_h = (32, 0, 0, 3.0, 5e-5), (32, 0, 0, 3.0, 5e-5)
+        ternary_h, binary_h = (16, 2.0, 2.5e-5, 2.0, 1e-5), (16, 2.0, 1.25e-4, 2.0, 5e-5)
         # BiBERT's released epochs and learning rate for the task (batch 16, one stage).
-        bibert_h = (16, 0, 0) + _bibert_released(c.task) + (0,)
+        bibert_h = (16, 0, 0) + _bibert_released(c.task)
+        # One evaluation every 1,600 training examples in every stage (the released binary
+        # scripts' 100 steps of 16; their ternary scripts' 1000 steps gave TWN a tenth of the
+        # chances at selection that the binary models had).
+        c.eval_every_examples = 1600
     else:
         c.data_dir = str(SLICE)
         c.eval_batch_size = 128
-        teacher_h, half_h = (32, 0, 0, 2.0, 5e-5, 0), (32, 0, 0, 2.0, 1e-4, 0)
-        ternary_h, binary_h = (32, 1.0, 5e-5, 1.0, 2e-5, 0), (32, 1.0, 1.25e-4, 1.0, 5e-5, 0)
-        bibert_h = (32, 0, 0, 2.0, 1e-4, 0)
+        teacher_h, half_h = (32, 0, 0, 2.0, 5e-5), (32, 0, 0, 2.0, 1e-4)
+        ternary_h, binary_h = (32, 1.0, 5e-5, 1.0, 2e-5), (32, 1.0, 1.25e-4, 1.0, 5e-5)
+        bibert_h = (32, 0, 0, 2.0, 1e-4)
 
     fp = common.quant_config()
     ternary_q = common.quant_config(2, 2, weight_method="twn", embed_method="twn", **act)
@@ -112,14 +123,20 @@ def get_config(arg=None):
     s = c.stages = ml_collections.ConfigDict()
     s.teacher = _train_stage(c, "full precision", teacher="", init="", mode="supervised", quant=fp,
                              hyper=teacher_h)
-    s.half_pruned = ml_collections.ConfigDict(dict(kind="prune", source="teacher", width=width,
-                                                   batches=16, batch_size=32))
+    s.half_pruned = ml_collections.ConfigDict(dict(
+        kind="prune",
+        source="teacher",         # the earlier stage whose heads and FFN neurons are ranked and cut
+        width=width,              # fraction of heads and FFN neurons kept per layer
+        batches=16,               # training batches for the importance scores
+        batch_size=32))           # examples per importance batch
     # Attention scores cannot be matched across head counts: hidden states and logits only.
     s.half = _train_stage(c, f"full precision {width}×", teacher="teacher", init="half_pruned",
                           mode="joint", quant=fp, hyper=half_h, attention=False)
     s.ternary = _train_stage(c, f"TWN {width}×", teacher="half", init="half", mode="two_stage",
                              quant=ternary_q, hyper=ternary_h)
-    s.tws_init = ml_collections.ConfigDict(dict(kind="split", source="ternary"))
+    s.tws_init = ml_collections.ConfigDict(dict(
+        kind="split",
+        source="ternary"))        # the ternary stage split into the equivalent binary model
     s.tws = _train_stage(c, f"TWS {2 * width:g}× (split from TWN {width}×)", teacher="half",
                          init="tws_init", mode="two_stage", quant=binary_q, hyper=binary_h)
     s.bwn = _train_stage(c, f"BWN {width}×", teacher="half", init="half", mode="two_stage",
@@ -130,11 +147,14 @@ def get_config(arg=None):
                             teacher="teacher", init="teacher", mode="dmd", quant=common.bibert_quant(),
                             hyper=bibert_h)
     s.adaptive_init = ml_collections.ConfigDict(dict(
-        kind="adaptive_split", source="ternary",
-        budget_mb=0.0,    # 0: no-split size + fraction · (all-split − no-split)
-        fraction=0.25,    # below the word embedding's cost, so the orders differ
-        sensitivity_batches=4, batch_size=32,
-        baselines=True))  # min / random / max orders at the same budget
+        kind="adaptive_split",
+        source="ternary",         # the ternary stage whose matrices are split or binarized
+        budget_mb=0.0,            # size budget in MiB; 0: no-split size + fraction · (all-split − no-split)
+        fraction=0.25,            # with budget_mb=0, the budget's place from no-split to all-split size
+                                  # (0.25: below the word embedding's cost, so the orders differ)
+        sensitivity_batches=4,    # training batches for each matrix's sensitivity
+        batch_size=32,            # examples per sensitivity batch
+        baselines=True))          # also the min / random / max orders at the same budget
     s.adaptive = _train_stage(c, "adaptive split at {budget_mb:.2f} MiB", teacher="half",
                               init="adaptive_init", mode="two_stage", quant=binary_q, hyper=binary_h)
 
@@ -145,10 +165,10 @@ def get_config(arg=None):
     order = ["teacher", "half_pruned", "half", "ternary", "tws_init", "tws"]
     order += ["bwn"] * a.bwn + ["bwn_full"] * (a.bwn_full or a.full) + ["bibert"] * a.bibert
     order += ["adaptive_init", "adaptive"] * a.adaptive
-    c.pipeline = ml_collections.ConfigDict(dict(stages=tuple(order)))
+    c.pipeline = ml_collections.ConfigDict(dict(
+        stages=tuple(order)))     # the stages run, in order (each a section of config.stages)
 
-    for key in ("teacher", "init_checkpoint", "kd", "student", "batch_size", "stage1", "stage2",
-                "eval_every_steps"):
+    for key in ("teacher", "init_checkpoint", "kd", "student", "batch_size", "stage1", "stage2"):
         del c[key]  # per stage (above); the pipeline refuses them at the top level
     if a.tiny:
         shrink_pipeline(c)

@@ -1,25 +1,20 @@
 """Loss landscapes and top Hessian eigenvalues of FP, ternary and binary models (the paper's §2),
 and how much of each quantized activation the quantizers' clips cut.
 
-    python -m launch.analyze --config configs/analyze.py:task=mrpc \
-        --config.checkpoint=runs/mrpc_teacher/finetune/best --config.data_dir=$GLUE_DIR \
-        --out results/analysis_mrpc
-    python -m launch.analyze --config configs/analyze.py:task=mrpc \
-        --config.pipeline_workdir=runs/mrpc_w1a8 --config.data_dir=$GLUE_DIR \
-        "--config.analyses=('clipping',)" --out results/clipping_mrpc
+    python -m launch.analyze --config configs/analyze.py:task=mrpc --config.checkpoint=runs/mrpc_teacher/finetune/best --config.data_dir=$GLUE_DIR --out results/analysis_mrpc
+    python -m launch.analyze --config configs/analyze.py:task=mrpc --config.pipeline_workdir=runs/mrpc_w1a8 --config.data_dir=$GLUE_DIR "--config.analyses=('clipping',)" --out results/clipping_mrpc
 
 configs/analyze.py has the keys (``analyses`` picks the parts). Writes to ``--out``:
 ``analysis.md`` (the tables), ``analysis.json`` (everything, with the config, the git commit and
-the wall time) and, with the landscape, ``landscape.png`` (all three models),
-``landscape_<model>.png``, ``landscape_<model>.csv`` and ``landscape.json`` (the grids). The logic
-lives in ``binarybert_jax.analysis``.
+the wall time) and, with the landscape, ``landscape.png`` (every model, on one loss scale),
+``landscape_<model>.csv`` and ``landscape.json`` (the grids). The logic lives in
+``binarybert_jax.analysis``.
 """
 
 from __future__ import annotations
 
 import json
 import pathlib
-import subprocess
 import time
 
 from absl import app, flags
@@ -33,34 +28,16 @@ config_flags.DEFINE_config_file("config", None, "Config file, optionally with :a
 flags.DEFINE_string("out", None, "Directory for the figures, tables and grids.")
 flags.mark_flags_as_required(["config", "out"])
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
 QUANT_LABELS = {"fp": "FP", "twn": "TWN", "bwn": "BWN"}
-
-
-def _git_commit() -> str:
-    try:
-        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True,
-                              text=True, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO,
-                               capture_output=True, text=True, check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-    return head + ("+uncommitted" if dirty else "")
-
-
-def _bits(spec) -> str:
-    q = spec.quant
-    return f"W{q.weight_bits}-E{q.embed_bits}-A{q.act_bits}"
 
 
 def _pipeline_rows(config) -> list[dict]:
     """The results.json rows of ``config.pipeline_models`` (each with its ``checkpoint``)."""
-    from binarybert_jax import checkpoints
+    from binarybert_jax import checkpoints, pipeline
     workdir = checkpoints.as_path(config.pipeline_workdir)  # local or gs://
     results = workdir / "results.json"
     if not results.is_file():
         raise UserError(f"{results} not found: is {workdir} a finished pipeline workdir?")
-    from binarybert_jax import pipeline
     rows = {r["model"]: dict(r, checkpoint=pipeline.row_checkpoint(workdir, r))
             for r in checkpoints.read_json(results)["rows"]}
     missing = [m for m in config.pipeline_models if m not in rows]
@@ -89,7 +66,7 @@ def _models(config, first_batch, analyses):
         models = []
         for method in ("fp", "twn", "bwn"):
             s, p = analysis.quantize_without_training(spec, params, method, act_bits, first_batch)
-            models.append((method, f"{QUANT_LABELS[method]} {_bits(s)}", s, p))
+            models.append((method, f"{QUANT_LABELS[method]} {s.quant.wea(letters=True)}", s, p))
         protocol = (f"The paper's §2 protocol: the fine-tuned model `{config.checkpoint}` in full "
                     f"precision and quantized *without training* to TWN (W-E 2-2) and BWN (W-E 1-1), "
                     f"activations at {models[0][2].quant.act_bits} bits"
@@ -101,7 +78,7 @@ def _models(config, first_batch, analyses):
         params, spec, _ = checkpoints.load_model(row["checkpoint"])
         if set(analyses) - {"clipping"}:  # the landscape and the Hessian need one latent matrix
             analysis.check_unsplit(spec)
-        models.append((row["model"], f"{row['description']} {_bits(spec)}", spec, params))
+        models.append((row["model"], f"{row['description']} {spec.quant.wea(letters=True)}", spec, params))
     protocol = (f"The trained models of the pipeline workdir `{config.pipeline_workdir}` "
                 f"({', '.join(config.pipeline_models)}), each at its own bits.")
     return models, protocol
@@ -115,7 +92,7 @@ def main(argv):
     import itertools
 
     from binarybert_jax import analysis, assets, checkpoints
-    from binarybert_jax.data import batching, encode, glue
+    from binarybert_jax.data import batching, encode, glue, tasks
     from binarybert_jax.tokenizer import load_tokenizer
 
     config = FLAGS.config
@@ -131,7 +108,7 @@ def main(argv):
     checkpoints.check_workdir(FLAGS.out, checkpoints.ANALYSIS, "--out")
     out = pathlib.Path(FLAGS.out)
     try:
-        task = glue.get_task(config.task)
+        task = tasks.get_glue_task(config.task)
     except ValueError as e:
         raise UserError(f"--config.task: {e}") from None
 
@@ -179,7 +156,7 @@ def main(argv):
     if "clipping" in analyses:
         data.append(f"clipping on {describe(clipping_batches)}")
     report = {
-        "task": task.name, "protocol": protocol, "git_commit": _git_commit(), "analyses": list(analyses),
+        "task": task.name, "protocol": protocol, **common.git_state(), "analyses": list(analyses),
         "models": [{"name": n, "label": l, "spec": s.to_dict()} for n, l, s, _ in models],
         "data": {"description": f"{'; '.join(data)}; training batches, shuffle seed {config.seed}; "
                                 "eval mode"},
@@ -199,7 +176,6 @@ def main(argv):
             timing["landscape_s"][name] = round(time.perf_counter() - t, 1)
         analysis.plot_landscapes(out / "landscape.png", {labels[n]: l for n, l in landscapes.items()})
         for name, land in landscapes.items():
-            analysis.plot_landscapes(out / f"landscape_{name}.png", {labels[name]: land}, dpi=45)
             checkpoints.write_text(out / f"landscape_{name}.csv", analysis.landscape_csv(land))
         checkpoints.write_text(out / "landscape.json",
                                json.dumps({n: l.to_dict() for n, l in landscapes.items()}))

@@ -189,7 +189,9 @@ def provenance(workdir, argv: Sequence[str]):
     from binarybert_jax.errors import UserError
     if not str(workdir).strip():  # "" would be read as the current directory
         fail("--workdir is empty: give a directory")
-    main = pathlib.Path(str(argv[0]) if argv else "").name.removesuffix(".py").split(".")[-1]
+    # The main's name, however it was started: launch/train.py, launch.train, binarybert-train.
+    main = (pathlib.Path(str(argv[0]) if argv else "").name.removesuffix(".py").split(".")[-1]
+            .removeprefix("binarybert-"))
     found = checkpoints.workdir_kind(workdir)
     if found is not None and found != _MAIN_KINDS.get(main, found):
         # A directory of another kind (the run will be refused there): its files are left alone.
@@ -491,8 +493,12 @@ def parse_flags(argv: Sequence[str]):
     """absl's flag parsing, every failure reported in one line: an unknown ``--config.key`` with
     close keys (ml_collections raises it as a chained AttributeError deep inside its override
     code), a missing config file, and an error of the config file's own arguments (an unknown
-    task, an unknown ``:argument``) without the traceback absl folds into its message."""
+    task, an unknown ``:argument``) without the traceback absl folds into its message.
+    ``--help`` prints the main's flags and its config's keys (launch.config_help), exit 0."""
     from absl import flags
+    from launch import config_help
+    if config_help.wants_help(argv):
+        config_help.print_help_and_exit(argv)
     found = _config_file(list(argv))
     if found is not None and found[0] and not pathlib.Path(found[0]).is_file():
         shipped = sorted(p.name for p in (REPO_ROOT / "configs").glob("*.py") if p.name != "__init__.py")

@@ -1,11 +1,12 @@
 """SQuAD's official evaluation as a command: exact match and F1 of a predictions file.
 
     python -m launch.evaluate_squad dev-v1.1.json predictions.json
-    python -m launch.evaluate_squad dev-v2.0.json predictions.json --na-prob-file na_probs.json
+    python -m launch.evaluate_squad dev-v2.0.json predictions.json --na_prob_file na_probs.json
 
-The same arguments and the same JSON keys as evaluate-v1.1.py / evaluate-v2.0.py (their numbers
-too: ``binarybert_jax.squad_metrics``). The version is the data file's (``version`` ``1.1`` or
-``v2.0``) unless ``--version`` says it. ``--na-prob-file`` and ``--na-prob-thresh`` are v2.0's.
+The same arguments (their dashed spellings too) and the same JSON keys as evaluate-v1.1.py /
+evaluate-v2.0.py (their numbers too: ``binarybert_jax.squad_metrics``). The version is the data
+file's (``version`` ``1.1`` or ``v2.0``) unless ``--version`` says it. ``--na_prob_file`` and
+``--na_prob_thresh`` are v2.0's.
 
 Questions without a prediction are counted on one line on stderr and score 0 in the totals (as
 evaluate-v1.1.py scores them; evaluate-v2.0.py would leave them out of its total, so a file
@@ -24,17 +25,17 @@ from typing import Optional, Sequence
 from binarybert_jax import squad_metrics
 from binarybert_jax.data import squad
 from binarybert_jax.errors import UserError
-from launch import common
+from launch import arguments, common
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m launch.evaluate_squad",
+    p = arguments.ArgumentParser(prog="python -m launch.evaluate_squad", epilog=arguments.examples_from(__doc__),
                                 description="Official SQuAD v1.1 / v2.0 evaluation (EM and F1).")
     p.add_argument("data_file", metavar="data.json", help="SQuAD dataset file (the gold answers)")
     p.add_argument("pred_file", metavar="pred.json", help="predictions: question id -> answer text")
-    p.add_argument("--na-prob-file", "-n", metavar="na_prob.json",
+    p.add_argument("--na_prob_file", "-n", metavar="na_prob.json",
                    help="v2.0: question id -> probability (or score) of no answer")
-    p.add_argument("--na-prob-thresh", "-t", type=float, default=1.0,
+    p.add_argument("--na_prob_thresh", "-t", type=float, default=1.0,
                    help="v2.0: predict no answer when the probability is above this (default 1.0)")
     p.add_argument("--version", choices=squad.VERSIONS, default=None,
                    help="the evaluation script's version (default: the data file's)")
@@ -98,7 +99,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
               f"prediction in {args.pred_file} (e.g. {missing[0]}); they score 0", file=sys.stderr)
     if version == "1.1":
         if args.na_prob_file:
-            raise UserError("--na-prob-file is evaluate-v2.0's; this is a v1.1 evaluation")
+            raise UserError("--na_prob_file is evaluate-v2.0's; this is a v1.1 evaluation")
         print(json.dumps(squad_metrics.evaluate_v1(data, predictions)))
         return 0
     na_probs = None

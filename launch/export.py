@@ -18,13 +18,13 @@ from typing import Optional, Sequence
 
 from binarybert_jax import export, size, checkpoints
 
-from launch import common
+from launch import arguments, common
 
 MIB = size.MIB
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m launch.export",
+    parser = arguments.ArgumentParser(prog="python -m launch.export", epilog=arguments.examples_from(__doc__),
                                      description="Bit-packed export of a quantized model.")
     parser.add_argument("--ckpt", required=True, help="model checkpoint directory")
     parser.add_argument("--out", required=True, help="output .safetensors file")
@@ -50,7 +50,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     def line(name, nbytes):
         print(f"  {name:<46}{nbytes:>14,} B{nbytes / MIB:>10.3f} MiB")
 
-    print(f"wrote {summary.path} (W-E-A {q.weight_bits}-{q.embed_bits}-{q.act_bits}, "
+    print(f"wrote {summary.path} (W-E-A {q.wea()}, "
           f"{q.weight_method}/{q.embed_method}{', split' if q.split else ''})")
     line("file", summary.file_bytes)
     line("  tensor payload", summary.payload_bytes)

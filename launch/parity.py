@@ -16,7 +16,7 @@ import argparse
 import pathlib
 from typing import Optional, Sequence
 
-from launch import common
+from launch import arguments, common
 
 # The tests' copy where the checkout carries one, else the shared folder beside the checkout.
 FIXTURE_PLACES = (common.REPO_ROOT / "tests" / "fixtures" / "minilm_hf_parity.npz",
@@ -30,7 +30,7 @@ HEADLINE = (("hidden_states", "every hidden state at real tokens"),
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m launch.parity",
+    parser = arguments.ArgumentParser(prog="python -m launch.parity", epilog=arguments.examples_from(__doc__),
                                      description="Max abs errors of our MiniLM against transformers.")
     parser.add_argument("--fixture", default=str(DEFAULT_FIXTURE),
                         help="transformers' outputs (.npz); default tests/fixtures/minilm_hf_parity.npz, else "

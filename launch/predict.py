@@ -1,11 +1,8 @@
 """Predictions of a trained model in the GLUE submission format.
 
-    python -m launch.predict --model runs/mrpc/tws.safetensors --task mrpc \\
-        --input $GLUE_DIR/MRPC/test.tsv --out MRPC.tsv
-    python -m launch.predict --model runs/mrpc/tws/final --task mrpc \\
-        --input $GLUE_DIR/MRPC/dev.tsv --out mrpc_dev.tsv      # also prints the GLUE metrics
-    printf 'A man sings.\\tA person sings.\\n' | python -m launch.predict \\
-        --model m.safetensors --task mrpc --input - --out -
+    python -m launch.predict --model runs/mrpc/tws.safetensors --task mrpc --input $GLUE_DIR/MRPC/test.tsv --out MRPC.tsv
+    python -m launch.predict --model runs/mrpc/tws/final --task mrpc --input $GLUE_DIR/MRPC/dev.tsv --out mrpc_dev.tsv      # also prints the GLUE metrics
+    printf 'A man sings.\\tA person sings.\\n' | python -m launch.predict --model m.safetensors --task mrpc --input - --out -
 
 ``--model``: a bit-packed file (``launch.export``) or a model checkpoint directory
 (``checkpoints.save_model``); ``binarybert_jax.inference`` loads either. ``--input``: a GLUE TSV at any
@@ -22,13 +19,12 @@ input row has a label (a dev file), the GLUE metrics are printed (to stderr when
 SQuAD (``--task squad1|squad2``): ``--input`` is a SQuAD JSON file (the official layout, any path)
 and ``--out`` the ``predictions.json`` to write (question id -> answer, what the official
 evaluation reads); for v2.0 the no-answer scores (null − best non-null, ``squad.postprocess``) go
-to ``--na-prob-out`` (default: ``na_probs.json`` beside ``--out``). Windows, n-best, answer length
-and the v2.0 null threshold as in training (``--max-length`` 384, ``--doc-stride`` 128,
-``--max-query-length`` 64, ``--n-best`` 20, ``--max-answer-length`` 30, ``--null-threshold`` 0).
+to ``--na_prob_out`` (default: ``na_probs.json`` beside ``--out``). Windows, n-best, answer length
+and the v2.0 null threshold as in training (``--max_length`` 384, ``--doc_stride`` 128,
+``--max_query_length`` 64, ``--n_best`` 20, ``--max_answer_length`` 30, ``--null_threshold`` 0).
 When the file has gold answers the official EM/F1 are printed::
 
-    python -m launch.predict --model runs/squad1/finetune/best --task squad1 \
-        --input $SQUAD_DIR/dev-v1.1.json --out predictions.json
+    python -m launch.predict --model runs/squad1/finetune/best --task squad1 --input $SQUAD_DIR/dev-v1.1.json --out predictions.json
 
 Tokenizer: ``--tokenizer DIR``, else the one the saved model names, else MiniLM's
 (``assets.minilm_dir()``). Flags are parsed with argparse so ``main(argv)`` can be called
@@ -48,13 +44,13 @@ from binarybert_jax import assets, checkpoints, inference, metrics, resolve, squ
 from binarybert_jax.data import glue, squad, tasks
 from binarybert_jax.errors import UserError
 from binarybert_jax.tokenizer import load_tokenizer
-from launch import common
+from launch import arguments, common
 
 STSB_RANGE = (0.0, 5.0)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m launch.predict",
+    parser = arguments.ArgumentParser(prog="python -m launch.predict", epilog=arguments.examples_from(__doc__),
                                      description="GLUE predictions from a packed file or a "
                                                  "model checkpoint.")
     parser.add_argument("--model", required=True,
@@ -68,17 +64,17 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--out", required=True, help="output TSV (- for stdout); SQuAD: predictions.json")
     parser.add_argument("--tokenizer", default=None, help="tokenizer directory (default: the "
                         "model's if it names one, else MiniLM's)")
-    parser.add_argument("--max-length", type=int, default=None,
+    parser.add_argument("--max_length", type=int, default=None,
                         help="padded sequence length (default: the task's, 64, 128 or 384)")
-    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--batch_size", type=int, default=32)
     squad_args = parser.add_argument_group("SQuAD")
-    squad_args.add_argument("--na-prob-out", default=None,
+    squad_args.add_argument("--na_prob_out", default=None,
                             help="v2.0: where the no-answer scores go (default: na_probs.json beside --out)")
-    squad_args.add_argument("--doc-stride", type=int, default=128)
-    squad_args.add_argument("--max-query-length", type=int, default=64)
-    squad_args.add_argument("--n-best", type=int, default=20)
-    squad_args.add_argument("--max-answer-length", type=int, default=30)
-    squad_args.add_argument("--null-threshold", type=float, default=0.0)
+    squad_args.add_argument("--doc_stride", type=int, default=128)
+    squad_args.add_argument("--max_query_length", type=int, default=64)
+    squad_args.add_argument("--n_best", type=int, default=20)
+    squad_args.add_argument("--max_answer_length", type=int, default=30)
+    squad_args.add_argument("--null_threshold", type=float, default=0.0)
     return parser
 
 
@@ -190,7 +186,7 @@ def check_outputs(args) -> None:
     if args.out != "-":
         checkpoints.check_output("--out", args.out, inputs)
     if args.na_prob_out is not None:
-        checkpoints.check_output("--na-prob-out", args.na_prob_out,
+        checkpoints.check_output("--na_prob_out", args.na_prob_out,
                                  dict(inputs, **{"--out": None if args.out == "-" else args.out}))
 
 

@@ -9,14 +9,20 @@ is one), or a ``launch.pipeline`` workdir, whose every trained stage becomes a r
 description as its setting (plus ``results/NAME/pipeline.json``, the pipeline's report).
 A record directory holds:
 
-    record.json     the setting, task, seed, final and best dev metrics (and step), per phase the same
-                    and its wall seconds, the run's wall seconds, the git commit(s) that ran it (from
-                    the workdir's provenance.json, else the checkout's commit now, marked so), the
-                    resolved config and the model's spec
+    record.json     the setting, task, seed, the protocol (``heldout``: checkpoints selected on a
+                    held-out slice of the training set; ``dev``: on dev itself), the selection
+                    split's scores at the selected checkpoint (and its step), dev's at the selected
+                    checkpoint (``dev_selected``, also ``best``) and at the final one (``dev_final``,
+                    also ``final``), per phase the same and its wall seconds, the run's wall
+                    seconds, the git commit(s) that ran it (from the workdir's provenance.json, else
+                    the checkout's commit now, marked so), whether tracked files differed from it
+                    (untracked ones do not count), the commands that ran it (each invocation's
+                    argv; none known without provenance.json), the resolved config and the model's
+                    spec
     metrics.jsonl   the run's measurements over training, as it logged them
     <TASK>.tsv      the GLUE submission (``index<TAB>prediction``, launch.predict) for the task's
-                    test file, predicted with the run's best checkpoint; where a test file exists
-                    (``--test-file``, default ``<data_dir or $GLUE_DIR>/<TASK>/test.tsv``);
+                    test file, predicted with the run's selected checkpoint; where a test file exists
+                    (``--test_file``, default ``<data_dir or $GLUE_DIR>/<TASK>/test.tsv``);
                     never for SQuAD (no test file to submit)
 
 Records group into README tables by ``setting`` (``launch.tables``: mean ± sample std over the
@@ -33,7 +39,7 @@ import pathlib
 from typing import Optional, Sequence
 
 from binarybert_jax.errors import UserError
-from launch import common
+from launch import arguments, common
 
 RECORD_FORMAT, RECORD_VERSION = "binarybert-jax/record", 1
 RECORD_FILE = "record.json"
@@ -53,6 +59,7 @@ def _provenance(workdir: os.PathLike, fallback: Optional[os.PathLike] = None) ->
             worked = [r for r in runs if r.get("outcome") != "refused"]  # refused: changed nothing
             commits = sorted({r.get("git_commit") for r in worked if r.get("git_commit")})
             found = {"commits": commits, "dirty": any(r.get("git_dirty") for r in worked),
+                     "commands": [r["argv"] for r in worked if r.get("argv")],
                      "source": str(d / common.PROVENANCE_FILE), "invocations": runs}
             if runs and runs[0].get("workdir_existed"):  # (entries before the flag have no say)
                 found["unrecorded"] = ("the workdir existed before the first invocation listed: the "
@@ -61,6 +68,7 @@ def _provenance(workdir: os.PathLike, fallback: Optional[os.PathLike] = None) ->
             return found
     now = common.git_state()
     return {"commits": [now["git_commit"]] if now["git_commit"] else [], "dirty": now["git_dirty"],
+            "commands": [],
             "source": "the checkout's commit when recorded (the workdir has no provenance.json)",
             "invocations": []}
 
@@ -112,30 +120,36 @@ def record_run(workdir: os.PathLike, out: pathlib.Path, name: str, setting: str,
     config = _read_json(workdir / "config.json")
     task = tasks.get_task(results["task"])
     if test_file is not None and task.head == "span":
-        raise UserError(f"--test-file {test_file}: {task.name} has no GLUE submission to write; "
-                        "record SQuAD runs with --no-test (or without --test-file)")
+        raise UserError(f"--test_file {test_file}: {task.name} has no GLUE submission to write; "
+                        "record SQuAD runs with --no_test (or without --test_file)")
     if find_test_file and test_file is None:
         test_file = default_test_file(config, task)
     provenance = _provenance(workdir, provenance_dir)
-    phases = [{k: p.get(k) for k in ("phase", "objective", "steps", "best", "best_step", "final",
+    phases = [{k: p.get(k) for k in ("phase", "objective", "steps", "protocol", "selection",
+                                       "dev_selected", "dev_final", "best", "best_step", "final",
                                        "wall_seconds")} for p in results["phases"]]
     record = {
         "format": RECORD_FORMAT, "version": RECORD_VERSION, "name": name, "setting": setting,
         "order": order, "task": task.name, "seed": config.get("seed"),
-        "main_metric": results["main_metric"], "best": results["best"],
-        "best_step": results["phases"][-1].get("best_step"), "final": results["final"],
+        "main_metric": results["main_metric"],
+        # Runs from before held-out selection have no protocol: they selected on dev.
+        "protocol": results.get("protocol", "dev"), "selection": results.get("selection"),
+        "dev_selected": results.get("dev_selected", results["best"]),
+        "dev_final": results.get("dev_final", results["final"]),
+        "best": results["best"], "best_step": results["phases"][-1].get("best_step"),
+        "final": results["final"],
         "wall_seconds": results.get("wall_seconds",
                                     sum(p.get("wall_seconds") or 0.0 for p in results["phases"])),
         "phases": phases, "git_commits": provenance["commits"], "git_dirty": provenance["dirty"],
-        "provenance": provenance, "workdir": str(workdir), "spec": results.get("spec"),
+        "commands": provenance["commands"], "provenance": provenance, "workdir": str(workdir), "spec": results.get("spec"),
         "config": config, "submission": None}
     if test_file is not None:
         submission = out / f"{task.directory}.tsv"
         best = workdir / results["best_checkpoint"]
         predict.main(["--model", str(best), "--task", task.name, "--input", str(test_file), "--split", "test",
                       "--out", str(submission),
-                      "--max-length", str(config.get("max_seq_length") or task.max_seq_length),
-                      "--batch-size", str(config.get("eval_batch_size") or 32)])
+                      "--max_length", str(config.get("max_seq_length") or task.max_seq_length),
+                      "--batch_size", str(config.get("eval_batch_size") or 32)])
         record["submission"] = {"file": submission.name, "test_file": str(test_file),
                                 "checkpoint": results["best_checkpoint"]}
     metrics_file = workdir / "metrics.jsonl"
@@ -157,7 +171,7 @@ def record(workdir: str | os.PathLike, name: str, *, setting: Optional[str] = No
     checkpoints.check_output("--results-dir/--name", out, {"WORKDIR": workdir, "--test-file": test_file})
     test = pathlib.Path(test_file) if test_file else None
     if test is not None and not test.is_file():
-        raise FileNotFoundError(f"--test-file {test}: no such file")
+        raise FileNotFoundError(f"--test_file {test}: no such file")
     if (workdir / "pipeline_config.json").is_file():
         report_file = workdir / "results.json"
         if not report_file.is_file():
@@ -201,7 +215,7 @@ def _stage_description(pipeline_dir, stage: str) -> tuple[Optional[str], int]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m launch.record",
+    parser = arguments.ArgumentParser(prog="python -m launch.record", epilog=arguments.examples_from(__doc__),
                                      description="Record a finished run under results/.")
     parser.add_argument("workdir", help="a finished launch.train or launch.pipeline workdir")
     parser.add_argument("--name", required=True,
@@ -210,12 +224,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--setting", default=None,
                         help="the row this run belongs to in its table (seeds of one setting are "
                              "averaged); default the name (a pipeline: each stage's description)")
-    parser.add_argument("--results-dir", default=str(DEFAULT_RESULTS),
+    parser.add_argument("--results_dir", default=str(DEFAULT_RESULTS),
                         help="where records go (default: results/ of the checkout)")
-    parser.add_argument("--test-file", default=None,
+    parser.add_argument("--test_file", default=None,
                         help="GLUE test TSV to predict with the best checkpoint (default "
                              "<data_dir or $GLUE_DIR>/<TASK>/test.tsv when it exists)")
-    parser.add_argument("--no-test", action="store_true", help="write no GLUE submission file")
+    parser.add_argument("--no_test", action="store_true", help="write no GLUE submission file")
     return parser
 
 
@@ -227,8 +241,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                      test_file=None if args.no_test else args.test_file,
                      find_test_file=not args.no_test)
     for r in written:
-        best = ", ".join(f"{k} {100 * v:.1f}" for k, v in r["best"].items() if "/" not in k)
-        print(f"recorded {r['name']} ({r['setting']}, seed {r['seed']}): best {best}"
+        def scores(d):
+            return ", ".join(f"{k} {100 * v:.1f}" for k, v in d.items() if "/" not in k)
+        print(f"recorded {r['name']} ({r['setting']}, seed {r['seed']}, selected on {r['protocol']}): "
+              f"dev at the selected checkpoint {scores(r['dev_selected'])}; at the final one "
+              f"{scores(r['dev_final'])}"
               + (f"; submission {r['submission']['file']}" if r["submission"] else ""))
     print(json.dumps({"records": [r["name"] for r in written]}))
     return 0

@@ -20,13 +20,13 @@ from typing import Optional, Sequence
 from binarybert_jax import size
 from binarybert_jax.model import ModelSpec
 
-from launch import common
+from launch import arguments, common
 
 PRESETS = {"bert-base": size.BERT_BASE}
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m launch.size",
+    parser = arguments.ArgumentParser(prog="python -m launch.size", epilog=arguments.examples_from(__doc__),
                                      description="Model size accounting (papers' way).")
     src = parser.add_mutually_exclusive_group(required=True)
     src.add_argument("--ckpt", help="model checkpoint directory (reads its model.json)")
@@ -38,14 +38,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--width", type=float, default=1.0,
                         help="width multiplier for --preset (0.5: half the heads and FFN)")
     parser.add_argument("--split", action="store_true", help="ternary-weight-split model")
-    parser.add_argument("--weight-method", default=None,
+    parser.add_argument("--weight_method", default=None,
                         help="weight quantizer (default: bwn for 1 bit, twn for 2, uniform above)")
-    parser.add_argument("--embed-method", default=None, help="word embedding quantizer")
-    parser.add_argument("--num-labels", type=int, default=2)
-    parser.add_argument("--no-head", action="store_true", help="leave the task head out")
-    parser.add_argument("--include-scales", action="store_true",
+    parser.add_argument("--embed_method", default=None, help="word embedding quantizer")
+    parser.add_argument("--num_labels", type=int, default=2)
+    parser.add_argument("--no_head", action="store_true", help="leave the task head out")
+    parser.add_argument("--include_scales", action="store_true",
                         help="count the float32 scales in the total (the papers do not)")
-    parser.add_argument("--include-act-params", action="store_true",
+    parser.add_argument("--include_act_params", action="store_true",
                         help="count activation clip values / LSQ steps in the total")
     return parser
 
@@ -73,8 +73,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                                   include_act_params=args.include_act_params)
     c = spec.config
     print(f"{c.num_layers} layers, hidden {c.hidden_size}, {c.num_heads} heads x {c.head_dim}, "
-          f"FFN {c.intermediate_size}, vocab {c.vocab_size}; W-E-A {q.weight_bits}-{q.embed_bits}-"
-          f"{q.act_bits} ({q.weight_method}/{q.embed_method}){', split' if q.split else ''}")
+          f"FFN {c.intermediate_size}, vocab {c.vocab_size}; W-E-A {q.wea()} "
+          f"({q.weight_method}/{q.embed_method}){', split' if q.split else ''}")
     print(report.table())
     return 0
 

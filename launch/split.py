@@ -2,7 +2,7 @@
 
     python -m launch.split --ternary runs/mrpc/ternary --out runs/mrpc/tws
     python -m launch.split --ternary T --out B --only encoder/layer_0/ffn/output,pooler/dense
-    python -m launch.split --ternary T --out B --only chosen_paths.txt --separate-act-quantizers
+    python -m launch.split --ternary T --out B --only chosen_paths.txt --separate_act_quantizers
 
 About 15 s on two CPU cores for a half-width BERT-base (67M → 134M parameters). The logic lives
 in ``binarybert_jax.tws``; this main parses the command line and prints a one-line summary. The
@@ -23,7 +23,7 @@ from typing import Optional, Sequence
 
 from binarybert_jax import checkpoints, tws
 from binarybert_jax.errors import UserError
-from launch import common
+from launch import arguments, common
 
 
 def parse_only(value: Optional[str]) -> Optional[set[str]]:
@@ -46,8 +46,8 @@ def parse_only(value: Optional[str]) -> Optional[set[str]]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="python -m launch.split",
+    parser = arguments.ArgumentParser(
+        prog="python -m launch.split", epilog=arguments.examples_from(__doc__),
         description="Split a TWN ternary model checkpoint into the equivalent binary (BWN) model.")
     parser.add_argument("--ternary", required=True, help="ternary model checkpoint directory")
     parser.add_argument("--out", required=True, help="output checkpoint directory (replaced if present)")
@@ -55,7 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="matrices to split (adaptive splitting): a file or a comma-separated "
                              "list of paths such as encoder/layer_0/ffn/output; the others become "
                              "single binary matrices. Default: split all.")
-    parser.add_argument("--separate-act-quantizers", action="store_true",
+    parser.add_argument("--separate_act_quantizers", action="store_true",
                         help="give each half of a split layer its own input quantizer (as the "
                              "released code does) instead of one shared quantizer")
     return parser

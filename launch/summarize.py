@@ -1,7 +1,7 @@
 """Dev metrics of finished runs side by side, with their mean, spread and range: for seed sweeps.
 
     python -m launch.summarize runs/mrpc_hf_s*                 # final checkpoints (the default)
-    python -m launch.summarize runs/mrpc_hf_s* --which best    # best periodic evaluation
+    python -m launch.summarize runs/mrpc_hf_s* --which selected  # the selected checkpoints
 
 Reads each workdir's ``results.json`` (written by ``launch.train`` when a run completes) and its
 ``config.json`` (for the seed), and prints a Markdown table: one row per run, then the mean with
@@ -19,11 +19,13 @@ import statistics
 import sys
 from typing import Optional, Sequence
 
-from launch import common
+from launch import arguments, common
 
 
 def load_run(workdir: str | os.PathLike, which: str) -> dict:
-    """``{"run", "task", "seed", "metrics"}`` of one finished run (``which``: final or best)."""
+    """``{"run", "task", "seed", "metrics"}`` of one finished run: dev at its ``final`` or at its
+    ``selected`` checkpoint (``best`` is the older name of the latter: for runs selected on dev,
+    their best periodic dev evaluation)."""
     from binarybert_jax import checkpoints
     workdir = checkpoints.as_path(workdir)  # local or gs://
     results_file = workdir / "results.json"
@@ -31,6 +33,7 @@ def load_run(workdir: str | os.PathLike, which: str) -> dict:
         raise ValueError(f"{workdir}: no results.json; the run has not finished (or this is not a "
                          "launch.train workdir)")
     results = json.loads(results_file.read_text())
+    which = {"selected": "dev_selected" if "dev_selected" in results else "best"}.get(which, which)
     if which not in results:
         raise ValueError(f"{results_file}: no {which!r} metrics; has {sorted(results)}")
     config_file = workdir / "config.json"
@@ -64,11 +67,13 @@ def summarize(runs: Sequence[dict]) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m launch.summarize",
+    parser = arguments.ArgumentParser(prog="python -m launch.summarize", epilog=arguments.examples_from(__doc__),
                                      description="Dev metrics of finished runs, with mean and spread.")
     parser.add_argument("workdirs", nargs="+", help="launch.train workdirs (each with results.json)")
-    parser.add_argument("--which", choices=("final", "best"), default="final",
-                        help="the final checkpoint's metrics or the best periodic evaluation's")
+    parser.add_argument("--which", choices=("final", "selected", "best"), default="final",
+                        help="dev at the final checkpoint, or at the selected one (on the held-out "
+                             "slice; a run selected on dev: its best periodic dev evaluation); best: "
+                             "the older name of selected")
     return parser
 
 

@@ -1,8 +1,10 @@
-"""Rebuilds README's results tables from the records under ``results/``: numbers are regenerated, never typed.
+"""Rebuilds the results tables of README.md, BENCHMARKS.md and docs/*.md from the records under
+``results/``: numbers are regenerated, never typed.
 
-    python -m launch.tables                 # rewrite every marked section of README.md
-    python -m launch.tables --per-seed      # ... with each seed's values beside the mean
-    python -m launch.tables --check         # exit 1 if README.md differs from what results/ gives
+    python -m launch.tables                 # rewrite every marked section of every such file
+    python -m launch.tables --per_seed      # ... with each seed's values beside the mean
+    python -m launch.tables --check         # exit 1 if any of them differs from what results/ gives
+    python -m launch.tables --file docs/results.md   # only the files named (repeat --file)
 
 A marked section is everything between a line ``<!-- results:NAME [options] -->`` and the next
 ``<!-- /results -->`` line; the command replaces it with what the records say:
@@ -11,13 +13,19 @@ A marked section is everything between a line ``<!-- results:NAME [options] -->`
 * ``NAME`` a directory with ``analysis.json`` (``launch.analyze --out results/NAME`` with the
   ``clipping`` analysis): its activation-clipping table.
 * any other ``NAME``: a table of every record under ``results/NAME/`` (``launch.record``), one row
-  per ``setting`` (in the records' order), one column per metric: the mean ± the sample standard
-  deviation over the setting's records (its seeds), ×100, and ``n``; one record shows its value
-  alone (no spread to show). ``NAME+NAME2+...`` puts the records of several folders in one table,
-  in the order named (rows of one experiment beside the baselines another recorded). Options: ``which=best|final`` (the best periodic evaluation on dev, the
-  default, or the final checkpoint's), ``metrics=accuracy,f1`` (default: the task's metrics),
+  per ``setting`` (in the records' order): how its checkpoints were selected (``held-out-selected``:
+  on a held-out slice of the training set, dev unseen until training ended; ``dev-selected``: on
+  dev itself, as every record made before held-out selection, whose selected score is its best
+  periodic dev evaluation), then per metric dev at the selected and dev at the final checkpoint side
+  by side: the mean ± the sample standard deviation over the setting's records (its seeds), ×100,
+  and ``n``; one record shows its value alone (no spread to show). Where a record was selected on
+  the held-out slice, a column gives the main metric there at selection. ``NAME+NAME2+...`` puts
+  the records of several folders in one table, in the order named (rows of one experiment beside
+  the baselines another recorded). Options: ``which=both|selected|final`` (both dev columns, the
+  default; or only dev at the selected checkpoint, or only at the final one),
+  ``metrics=accuracy,f1`` (default: the task's metrics),
   ``per_seed`` (every seed's value after each mean, in the order of the seeds listed in the
-  ``seeds`` column; ``--per-seed`` turns it on everywhere), ``wall`` (a column with the mean wall minutes),
+  ``seeds`` column; ``--per_seed`` turns it on everywhere), ``wall`` (a column with the mean wall minutes),
   ``bits`` (a ``W-E-A`` column: the bits of weights, word embedding and activations),
   ``order=FOLDER,FOLDER,...`` (the rows of the settings recorded in those folders, the ones holding
   each seed's record as in ``NAME/FOLDER/s<seed>``, first and in that order; the rest after them),
@@ -28,6 +36,7 @@ A marked section is everything between a line ``<!-- results:NAME [options] -->`
   report has them).
 
 A marker naming records that do not exist is an error naming it: a table is never left stale.
+Figures are linked relative to the file that shows them, so a table moves between files unchanged.
 """
 
 from __future__ import annotations
@@ -41,13 +50,19 @@ import sys
 from typing import Optional, Sequence
 
 from binarybert_jax.errors import UserError
-from launch import common
+from launch import arguments, common
 
 DEFAULT_RESULTS = common.REPO_ROOT / "results"
-DEFAULT_README = common.REPO_ROOT / "README.md"
+# The files whose marked sections the command keeps in step with results/, relative to the checkout:
+# the front door, the benchmarks page and everything under docs/.
+DOCUMENTS = ("README.md", "BENCHMARKS.md", "docs/*.md")
 BEGIN = re.compile(r"^(?P<indent>[ \t]*)<!-- results:(?P<name>[\w./+-]+)(?P<options>[^>]*?)\s*-->\s*$")
 END = re.compile(r"^[ \t]*<!-- /results -->\s*$")
 OPTIONS = ("which", "metrics", "per_seed", "wall", "bits", "order", "curves", "adaptive")
+WHICH = ("both", "selected", "final")
+# How a record's checkpoint was selected, as a table labels it (records without a protocol were
+# made before held-out selection existed: they selected on dev).
+PROTOCOL_LABELS = {"heldout": "held-out-selected", "dev": "dev-selected"}
 
 
 def load_records(results_dir: pathlib.Path, name: str) -> list[dict]:
@@ -59,7 +74,7 @@ def load_records(results_dir: pathlib.Path, name: str) -> list[dict]:
         root = results_dir / part
         files = sorted(root.rglob("record.json")) if part and root.is_dir() else []
         if not files:
-            raise UserError(f"README names results:{name}, but {root} holds no record.json; record runs "
+            raise UserError(f"a marker names results:{name}, but {root} holds no record.json; record runs "
                             f"with python -m launch.record WORKDIR --name {part}/...")
         records += sorted((checkpoints.read_json(f) for f in files),
                           key=lambda r: (r.get("order", 0), r["name"]))
@@ -85,9 +100,10 @@ def order_records(records: list[dict], folders: Sequence[str], where: str) -> li
 
 def _bits(record: dict) -> str:
     """``W-E-A`` of a record's model: the bits of weights, word embedding and activations."""
+    from binarybert_jax.model import wea_label
     q = (record.get("spec") or {}).get("quant") or {}
     bits = [q.get(k) for k in ("weight_bits", "embed_bits", "act_bits")]
-    return "-".join(str(b) for b in bits) if all(b is not None for b in bits) else "?"
+    return wea_label(*bits) if all(b is not None for b in bits) else "?"
 
 
 def _parse_options(text: str, where: str) -> dict:
@@ -97,8 +113,8 @@ def _parse_options(text: str, where: str) -> dict:
         if key not in OPTIONS:
             raise UserError(f"{where}: unknown option {key!r}; allowed: {', '.join(OPTIONS)}")
         options[key] = value or True
-    if options.get("which", "best") not in ("best", "final"):
-        raise UserError(f"{where}: which={options['which']!r}; allowed: best, final")
+    if options.get("which", "both") not in WHICH:
+        raise UserError(f"{where}: which={options['which']!r}; allowed: {', '.join(WHICH)}")
     return options
 
 
@@ -109,33 +125,63 @@ def _cell(values: list[float], per_seed: bool) -> str:
     return cell + (" (" + ", ".join(f"{v:.1f}" for v in values) + ")" if per_seed else "")
 
 
-def render_table(records: list[dict], which: str = "best", metrics: Optional[Sequence[str]] = None,
+def dev_scores(record: dict, which: str) -> dict:
+    """A record's dev scores at its ``selected`` or ``final`` checkpoint (older records: ``best``
+    and ``final``, the selected one being their best periodic dev evaluation)."""
+    if which == "selected":
+        return record.get("dev_selected", record["best"])
+    return record.get("dev_final", record["final"])
+
+
+def protocol_label(record: dict) -> str:
+    return PROTOCOL_LABELS.get(record.get("protocol", "dev"), record.get("protocol", "dev"))
+
+
+def render_table(records: list[dict], which: str = "both", metrics: Optional[Sequence[str]] = None,
                  per_seed: bool = False, wall: bool = False, bits: bool = False) -> list[str]:
-    """The Markdown lines of one table: one row per setting, mean ± sample std over its records."""
+    """The Markdown lines of one table: one row per setting, mean ± sample std over its records;
+    dev at the selected and at the final checkpoint side by side (``which=both``), or one of them."""
     from binarybert_jax.data import tasks as task_specs
+    columns = ("selected", "final") if which == "both" else (which,)
     tasks = sorted({r["task"] for r in records})
+    first = columns[0]
     if metrics is None:
         metrics = [m for m in task_specs.get_task(tasks[0]).metric_names
-                   if all(m in r[which] for r in records)] if len(tasks) == 1 else []
-        metrics = metrics or sorted(set.intersection(*(set(k for k in r[which] if "/" not in k)
+                   if all(m in dev_scores(r, first) for r in records)] if len(tasks) == 1 else []
+        metrics = metrics or sorted(set.intersection(*(set(k for k in dev_scores(r, first) if "/" not in k)
                                                        for r in records)))
     settings: dict[str, list[dict]] = {}
     for r in records:
         settings.setdefault(r["setting"], []).append(r)
-    header = ["setting"] + (["W-E-A"] if bits else []) + ["seeds" if per_seed else "n"]
-    header += [f"{m} ({which})" for m in metrics]
+    heldout = which != "final" and any(r.get("protocol") == "heldout" for r in records)
+    header = ["setting"] + (["W-E-A"] if bits else []) + (["protocol"] if which != "final" else [])
+    header.append("seeds" if per_seed else "n")
+    if heldout:
+        mains = "/".join(sorted({r["main_metric"] for r in records}))
+        header.append(f"held-out {mains} (at selection)")
+    # which=final keeps the heading it always had: the final checkpoint involves no selection.
+    names = {"selected": "dev at selected", "final": "dev at final" if which == "both" else "final"}
+    header += [f"{m} ({names[c]})" for m in metrics for c in columns]
     if wall:
         header.append("wall min (mean)")
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for setting, runs in settings.items():
-        missing = [(r["name"], m) for r in runs for m in metrics if m not in r[which]]
+        missing = [(r["name"], c, m) for r in runs for m in metrics for c in columns
+                   if m not in dev_scores(r, c)]
         if missing:
             raise UserError(f"records without the metric: {missing}")
         runs = sorted(runs, key=lambda r: (r["seed"] is None, r["seed"]))
         seeds = ", ".join(str(r["seed"]) for r in runs)
         cells = [setting] + (["/".join(sorted({_bits(r) for r in runs}))] if bits else [])
+        if which != "final":
+            cells.append("/".join(sorted({protocol_label(r) for r in runs})))
         cells.append(f"{len(runs)} ({seeds})" if per_seed else str(len(runs)))
-        cells += [_cell([100 * r[which][m] for r in runs], per_seed) for m in metrics]
+        if heldout:
+            held = [100 * r["selection"]["scores"][r["main_metric"]] for r in runs
+                    if r.get("protocol") == "heldout"]
+            cells.append(_cell(held, per_seed) if len(held) == len(runs) else "—")
+        cells += [_cell([100 * dev_scores(r, c)[m] for r in runs], per_seed)
+                  for m in metrics for c in columns]
         if wall:
             cells.append(f"{statistics.mean(r['wall_seconds'] for r in runs) / 60:.1f}")
         lines.append("| " + " | ".join(cells) + " |")
@@ -145,8 +191,8 @@ def render_table(records: list[dict], which: str = "best", metrics: Optional[Seq
 def render_curves(results_dir: pathlib.Path, name: str, records: list[dict], seed: str,
                   readme_dir: pathlib.Path, draw: bool = True) -> list[str]:
     """Draws (with ``draw``) the training curves of the quantized records of ``seed`` under
-    ``results/NAME`` (the pipeline's figure: ``pipeline.plot_training_curves``, one panel per KD
-    stage) into ``results/NAME/training_curves_s<seed>.png``; returns the Markdown image line, the
+    ``results/NAME`` (the pipeline's figure: ``pipeline.plot_training_curves``, the training loss
+    per KD stage, the dev metric beneath) into ``results/NAME/training_curves_s<seed>.png``; returns the Markdown image line, the
     path relative to ``readme_dir``."""
     from binarybert_jax import pipeline
     from binarybert_jax.model import ModelSpec
@@ -167,7 +213,7 @@ def render_parity(results_dir: pathlib.Path) -> list[str]:
     from binarybert_jax import checkpoints
     path = results_dir / "parity" / "parity.json"
     if not path.is_file():
-        raise UserError(f"README names results:parity, but {path} does not exist: run python -m launch.parity")
+        raise UserError(f"a marker names results:parity, but {path} does not exist: run python -m launch.parity")
     e = checkpoints.read_json(path)["errors"]
     return [f"Max abs error {e['hidden_states']:.1e} over every hidden state at real tokens, "
             f"{e['attention_probs']:.1e} over attention probabilities, {e['pooler']:.1e} on the "
@@ -181,7 +227,7 @@ def render_adaptive(results_dir: pathlib.Path, name: str) -> list[str]:
     path = results_dir / name / "pipeline.json"
     report = checkpoints.read_json(path) if path.is_file() else {}
     if not report.get("adaptive"):
-        raise UserError(f"README names results:{name} adaptive, but {path} holds no adaptive split: "
+        raise UserError(f"a marker names results:{name} adaptive, but {path} holds no adaptive split: "
                         "record a pipeline run with the adaptive stages (launch.record)")
     return pipeline.adaptive_report(report["adaptive"], report["main_metric"])
 
@@ -192,7 +238,7 @@ def render_clipping(results_dir: pathlib.Path, name: str) -> list[str]:
     from binarybert_jax import analysis, checkpoints
     report = checkpoints.read_json(results_dir / name / "analysis.json")
     if "clipping" not in report:
-        raise UserError(f"README names results:{name}, but {results_dir / name / 'analysis.json'} has no "
+        raise UserError(f"a marker names results:{name}, but {results_dir / name / 'analysis.json'} has no "
                         "clipping statistics: rerun launch.analyze with --config.analyses=('clipping',)")
     labels = {m["name"]: m["label"] for m in report["models"]}
     return analysis.clipping_table(report["clipping"], labels)
@@ -233,7 +279,7 @@ def rebuild(text: str, results_dir: pathlib.Path, per_seed: bool = False, where:
             records = load_records(results_dir, name)
             if isinstance(options.get("order"), str):
                 records = order_records(records, options["order"].split(","), f"{where}:{start}")
-            body = render_table(records, options.get("which", "best"), metrics,
+            body = render_table(records, options.get("which", "both"), metrics,
                                 per_seed=per_seed or bool(options.get("per_seed")),
                                 wall=bool(options.get("wall")), bits=bool(options.get("bits")))
         out += [indent + b for b in body]
@@ -242,37 +288,54 @@ def rebuild(text: str, results_dir: pathlib.Path, per_seed: bool = False, where:
     return "\n".join(out)
 
 
+def documents(root: pathlib.Path = common.REPO_ROOT) -> list[pathlib.Path]:
+    """The files of ``DOCUMENTS`` that exist under ``root``, in that order (docs/ sorted by name)."""
+    found = []
+    for pattern in DOCUMENTS:
+        found += sorted(p for p in root.glob(pattern) if p.is_file())
+    return found
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m launch.tables",
-                                     description="README's results tables from results/.")
-    parser.add_argument("--readme", default=str(DEFAULT_README))
-    parser.add_argument("--results-dir", default=str(DEFAULT_RESULTS))
-    parser.add_argument("--per-seed", action="store_true", help="each seed's value in every table")
+    parser = arguments.ArgumentParser(prog="python -m launch.tables", epilog=arguments.examples_from(__doc__),
+                                      description="The results tables of README.md, BENCHMARKS.md and "
+                                                  "docs/*.md from results/.")
+    parser.add_argument("--file", "--readme", dest="files", action="append", default=None,
+                        metavar="PATH", help="a Markdown file to rebuild (repeat for several; default: "
+                                             + ", ".join(DOCUMENTS) + ")")
+    parser.add_argument("--results_dir", default=str(DEFAULT_RESULTS))
+    parser.add_argument("--per_seed", action="store_true", help="each seed's value in every table")
     parser.add_argument("--check", action="store_true",
-                        help="change nothing; exit 1 when the README differs from what results/ gives")
+                        help="change nothing; exit 1 when a file differs from what results/ gives")
     return parser
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     from binarybert_jax import checkpoints
     args = build_parser().parse_args(argv)
-    readme = pathlib.Path(args.readme)
-    text = readme.read_text(encoding="utf-8")
-    new = rebuild(text, pathlib.Path(args.results_dir), args.per_seed, str(readme), readme.parent,
-                  draw=not args.check)
-    sections = sum(1 for line in text.split("\n") if BEGIN.match(line))
-    if args.check:
+    files = [pathlib.Path(f) for f in args.files] if args.files else documents()
+    missing = [str(f) for f in files if not f.is_file()]
+    if missing:
+        raise UserError(f"no such file: {', '.join(missing)} (--file names a Markdown file to rebuild)")
+    stale = []
+    for path in files:
+        text = path.read_text(encoding="utf-8")
+        new = rebuild(text, pathlib.Path(args.results_dir), args.per_seed, str(path), path.parent,
+                      draw=not args.check)
+        sections = sum(1 for line in text.split("\n") if BEGIN.match(line))
+        if args.check:
+            if new != text:
+                stale.append(path)
+                print(f"{path}: {sections} marked sections; out of date with {args.results_dir} "
+                      "(run python -m launch.tables)", file=sys.stderr)
+            else:
+                print(f"{path}: {sections} marked sections, up to date")
+            continue
         if new != text:
-            print(f"{readme}: {sections} marked sections; out of date with {args.results_dir} "
-                  "(run python -m launch.tables)", file=sys.stderr)
-            return 1
-        print(f"{readme}: {sections} marked sections, up to date")
-        return 0
-    if new != text:
-        checkpoints.write_text(readme, new)
-    print(f"{readme}: {sections} marked sections rebuilt from {args.results_dir}"
-          + ("" if new != text else " (no change)"))
-    return 0
+            checkpoints.write_text(path, new)
+        print(f"{path}: {sections} marked sections rebuilt from {args.results_dir}"
+              + ("" if new != text else " (no change)"))
+    return 1 if stale else 0
 
 
 if __name__ == "__main__":

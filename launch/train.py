@@ -1,7 +1,6 @@
 """Trains a model from an ml-collections config (see each file in configs/ for its command line).
 
-    python -m launch.train --config configs/finetune.py:task=mrpc --workdir runs/mrpc/teacher \
-        [--config.batch_size=16 ...] [--distributed]
+    python -m launch.train --config configs/finetune.py:task=mrpc --workdir runs/mrpc/teacher [--config.batch_size=16 ...] [--distributed]
 
 Rerunning the same command resumes from the workdir's latest checkpoint.
 """
@@ -34,7 +33,8 @@ def main(argv):
     with common.provenance(FLAGS.workdir, sys.argv):
         results = common.run_guarded(train.train_and_evaluate, FLAGS.config, FLAGS.workdir)
     if jax.process_index() == 0:
-        print(json.dumps({k: results.get(k) for k in ("task", "best", "final", "best_checkpoint",
+        print(json.dumps({k: results.get(k) for k in ("task", "protocol", "selection", "dev_selected",
+                                                        "dev_final", "best_checkpoint",
                                                         "final_checkpoint", "interrupted", "step")
                           if k in results}, indent=2))
 

@@ -43,7 +43,7 @@ def shared_dir() -> pathlib.Path:
 
 @pytest.fixture(scope="session")
 def fixtures_dir() -> pathlib.Path:
-    """``tests/fixtures``, its files checked against its SHA256SUMS once per session."""
+    """``tests/fixtures``, its files checked against its SHA256SUMS once per test run."""
     sums = FIXTURES / "SHA256SUMS"
     for line in sums.read_text().splitlines():
         expected, name = line.split()

@@ -8,7 +8,7 @@ import jax
 import numpy as np
 import pytest
 
-from binarybert_jax import adaptive, size, tws
+from binarybert_jax import adaptive, sharding, size, tws
 from binarybert_jax.model import BertConfig, ModelSpec, QuantConfig
 
 CONFIG = BertConfig(vocab_size=100, hidden_size=32, num_layers=1, num_heads=2, head_dim=8,
@@ -126,8 +126,8 @@ def _mean_loss(forward, params, ternary_params, batches):
     ref_fn = adaptive.outputs_fn(SPEC)
     total = 0.0
     for raw in batches:
-        batch, w = adaptive._device_batch(raw)
-        total += w * float(adaptive.kd_loss(forward(params, batch), ref_fn(ternary_params, batch), batch))
+        batch = sharding.device_batch(raw)
+        total += float(batch["example_mask"].sum()) * float(adaptive.kd_loss(forward(params, batch), ref_fn(ternary_params, batch), batch))
     return total / sum(float(b["example_mask"].sum()) for b in batches)
 
 

@@ -8,10 +8,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from binarybert_jax import analysis, quant
+from binarybert_jax import analysis, quant, sharding
 from binarybert_jax.model import ModelSpec, QuantConfig
 from binarybert_jax.trees import flatten, unflatten
 from conftest import tiny_config
+from figures import assert_readable_png
 
 # The loss, compiled (eager op-by-op dispatch of a whole model is slow); spec is static.
 _loss = jax.jit(analysis.task_loss, static_argnums=0)
@@ -279,7 +280,7 @@ def test_activation_clipping_counts_what_the_quantizer_sees():
     model = spec8.build(integer_products=False)
     embedded, real = [], []
     for b in batches:
-        out = model.apply({"params": params8}, *[jnp.asarray(b[k]) for k in analysis.MODEL_INPUTS],
+        out = model.apply({"params": params8}, *[jnp.asarray(b[k]) for k in sharding.MODEL_INPUTS],
                           deterministic=True)
         embedded.append(np.asarray(out["hidden_states"][0]).reshape(-1, spec.config.hidden_size))
         real.append(np.asarray(b["attention_mask"]).reshape(-1).astype(bool))
@@ -303,6 +304,21 @@ def test_activation_clipping_needs_uniform_quantizers():
     spec, params = _tiny()
     with pytest.raises(ValueError, match="uniform activation quantizers"):
         analysis.activation_clipping(spec, params, _batches(1))
+
+
+def test_landscape_panels_share_one_loss_scale(tmp_path):
+    """A 0.014 range must look flatter than a 0.23 one: one scale for every surface and contour."""
+    coords = np.linspace(-1, 1, 5)
+    bowl = np.add.outer(coords ** 2, coords ** 2)
+    lands = {"rugged": analysis.Landscape(("a", "b"), coords, (1.0, 1.0), 0.5 + 0.23 * bowl / bowl.max()),
+             "flat": analysis.Landscape(("a", "b"), coords, (1.0, 1.0), 0.6 + 0.014 * bowl / bowl.max())}
+    fig = analysis.plot_landscapes(tmp_path / "l.png", lands)
+    surfaces, contours, bar = fig.axes[0:4:2], fig.axes[1:4:2], fig.axes[4]
+    assert [ax.get_zlim() for ax in surfaces] == [pytest.approx((0.5, 0.73))] * 2
+    assert [ax.collections[0].get_clim() for ax in contours] == [pytest.approx((0.5, 0.73))] * 2
+    assert all(ax.get_xlabel() and ax.get_ylabel() for ax in surfaces) and bar.get_ylabel()
+    assert all("mean|W_x|" in ax.get_xlabel() for ax in contours)
+    assert_readable_png(tmp_path / "l.png")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -329,8 +345,19 @@ def test_analyze_command_on_a_tiny_checkpoint(tmp_path, tiny_pretrained, glue_di
                          cwd=repo, env=env, capture_output=True, text=True, timeout=900)
     assert run.returncode == 0, run.stderr[-3000:]
     for name in ("analysis.md", "analysis.json", "landscape.json", "landscape.png", "config.json",
-                 "landscape_fp.png", "landscape_twn.csv", "landscape_bwn.csv"):
+                 "landscape_twn.csv", "landscape_bwn.csv"):
         assert (out / name).is_file(), name
+    assert not list(out.glob("landscape_*.png"))  # one figure, all models on one scale
+    assert_readable_png(out / "landscape.png")
+    # Its panels: a surface and a contour plot per model, one colour bar, one loss scale.
+    grids = json.loads((out / "landscape.json").read_text())
+    fig = analysis.plot_landscapes(tmp_path / "again.png", {
+        n: analysis.Landscape(tuple(g["matrices"]), np.asarray(g["coords"]), tuple(g["scales"]),
+                              np.asarray(g["losses"])) for n, g in grids.items()})
+    assert len(fig.axes) == 2 * 3 + 1
+    every = np.concatenate([np.ravel(g["losses"]) for g in grids.values()])
+    for ax in fig.axes[1:6:2]:
+        assert ax.collections[0].get_clim() == pytest.approx((every.min(), every.max()))
     report = json.loads((out / "analysis.json").read_text())
     assert [m["label"] for m in report["models"]] == ["FP W32-E32-A8", "TWN W2-E2-A8", "BWN W1-E1-A8"]
     assert [(r["part"], r["layer"]) for r in report["eigenvalues"]] == [

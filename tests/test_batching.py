@@ -6,7 +6,7 @@ import pathlib
 import numpy as np
 import pytest
 
-from binarybert_jax.data import batching, encode, glue
+from binarybert_jax.data import batching, encode, glue, tasks
 
 SLICE = pathlib.Path(__file__).resolve().parents[1] / "data" / "glue_slice"
 
@@ -96,7 +96,7 @@ def test_bucketing_uses_allowed_lengths_and_keeps_every_token():
         assert widths <= {16, 32, 48, 64}
         for b in batches:
             width = b["input_ids"].shape[1]
-            assert all(b[k].shape == (8, width) for k in batching.SEQUENCE_KEYS)
+            assert all(b[k].shape == (8, width) for k in batching.MODEL_INPUTS)
             assert b["lengths"].max() <= width
             assert width == min(x for x in (16, 32, 48, 64) if x >= b["lengths"].max())
             np.testing.assert_array_equal(b["attention_mask"].sum(1), b["lengths"])
@@ -151,7 +151,7 @@ def test_default_buckets_and_process_defaults():
 
 
 def test_real_pipeline_end_to_end(tokenizer):
-    examples = glue.read_examples(SLICE, "sst-2", "dev")[:40]
+    examples = glue.read_examples(SLICE, tasks.get_task("sst-2"), "dev")[:40]
     arrays = encode.encode_examples(tokenizer, examples, 64)
     batches = collect(arrays, 16, shuffle=False,
                       bucket_lengths=batching.default_bucket_lengths(64))

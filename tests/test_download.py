@@ -7,7 +7,7 @@ import zipfile
 
 import pytest
 
-from binarybert_jax.data import download, glue
+from binarybert_jax.data import download, glue, tasks
 
 # The SST-2 slice shipped in the repository stands in for the downloaded archive's contents.
 SLICE = pathlib.Path(__file__).resolve().parents[1] / "data" / "glue_slice"
@@ -15,13 +15,13 @@ SLICE = pathlib.Path(__file__).resolve().parents[1] / "data" / "glue_slice"
 
 def test_download_urls_cover_every_task():
     for spec in glue.all_tasks():
-        urls = download.download_urls(spec.name)
+        urls = download.download_urls(spec)
         assert urls and all(u.startswith("https://dl.fbaipublicfiles.com/") for u in urls.values())
-    assert set(download.download_urls("mrpc")) == {"msr_paraphrase_train.txt",
+    assert set(download.download_urls(tasks.get_task("mrpc"))) == {"msr_paraphrase_train.txt",
                                                    "msr_paraphrase_test.txt", "dev_ids.tsv"}
-    assert download.download_urls("sst2") == {
+    assert download.download_urls(tasks.get_task("sst2")) == {
         "SST-2.zip": "https://dl.fbaipublicfiles.com/glue/data/SST-2.zip"}
-    assert download.download_urls("qqp")["QQP-clean.zip"].endswith("/glue/data/QQP-clean.zip")
+    assert download.download_urls(tasks.get_task("qqp"))["QQP-clean.zip"].endswith("/glue/data/QQP-clean.zip")
 
 
 def _zip(path: pathlib.Path, members: dict[str, pathlib.Path]) -> pathlib.Path:
@@ -43,8 +43,8 @@ def test_download_glue_unpacks_zip(tmp_path):
     task_dir = download.download_glue("sst-2", tmp_path / "glue", fetch=fetch)
     assert fetched == ["https://dl.fbaipublicfiles.com/glue/data/SST-2.zip"]
     assert task_dir == tmp_path / "glue" / "SST-2"
-    assert len(glue.read_examples(tmp_path / "glue", "sst-2", "dev")) == 872
-    assert len(glue.read_examples(tmp_path / "glue", "sst-2", "train")) == 2000
+    assert len(glue.read_examples(tmp_path / "glue", tasks.get_task("sst-2"), "dev")) == 872
+    assert len(glue.read_examples(tmp_path / "glue", tasks.get_task("sst-2"), "train")) == 2000
     # Neither the archive nor a partial download stays behind.
     assert sorted(p.name for p in (tmp_path / "glue").iterdir()) == ["SST-2"]
 
@@ -72,11 +72,11 @@ def test_download_glue_builds_mrpc(tmp_path):
         path.write_text(files[url.rsplit("/", 1)[1].replace("mrpc_", "")], encoding="utf-8")
 
     download.download_glue("mrpc", tmp_path, fetch=fetch)
-    train = glue.read_split(tmp_path, "mrpc", "train")
+    train = glue.read_split(tmp_path, tasks.get_task("mrpc"), "train")
     assert train.header_found
     assert [(ex.text_a, ex.label) for ex in train.examples] == [('A " b .', 1), ("E .", 1)]
-    assert [ex.text_a for ex in glue.read_examples(tmp_path, "mrpc", "dev")] == ["C ."]
-    test = glue.read_examples(tmp_path, "mrpc", "test")
+    assert [ex.text_a for ex in glue.read_examples(tmp_path, tasks.get_task("mrpc"), "dev")] == ["C ."]
+    test = glue.read_examples(tmp_path, tasks.get_task("mrpc"), "test")
     assert test == [glue.Example("mrpc-test-0", "G .", "H .", None)]
 
 

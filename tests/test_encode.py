@@ -8,7 +8,7 @@ import pathlib
 import numpy as np
 import pytest
 
-from binarybert_jax.data import encode, glue
+from binarybert_jax.data import encode, glue, tasks
 
 from conftest import CountingTokenizer
 
@@ -25,7 +25,7 @@ def shared_glue(*files: str) -> pathlib.Path:
 
 
 def test_encode_single_sentence(tokenizer):
-    examples = glue.read_examples(SLICE, "sst-2", "dev")[:40]
+    examples = glue.read_examples(SLICE, tasks.get_task("sst-2"), "dev")[:40]
     arrays = encode.encode_examples(tokenizer, examples, 64)
     for key in ("input_ids", "token_type_ids", "attention_mask"):
         assert arrays[key].shape == (40, 64) and arrays[key].dtype == np.int32
@@ -45,7 +45,7 @@ def test_encode_single_sentence(tokenizer):
 
 
 def test_encode_pairs_segments_and_truncation(tokenizer):
-    examples = glue.read_examples(shared_glue("MRPC/dev.tsv"), "mrpc", "dev")[:40]
+    examples = glue.read_examples(shared_glue("MRPC/dev.tsv"), tasks.get_task("mrpc"), "dev")[:40]
     for max_length in (128, 24):  # 24 truncates nearly every pair.
         arrays = encode.encode_examples(tokenizer, examples, max_length)
         assert arrays["input_ids"].shape == (40, max_length)
@@ -66,13 +66,13 @@ def test_encode_pairs_segments_and_truncation(tokenizer):
 
 def test_encode_unlabeled_and_regression(tokenizer):
     glue_root = shared_glue("STS-B/test.tsv", "STS-B/dev.tsv", "CoLA/test.tsv")
-    stsb_test = glue.read_examples(glue_root, "sts-b", "test")[:10]
+    stsb_test = glue.read_examples(glue_root, tasks.get_task("sts-b"), "test")[:10]
     labels = encode.encode_examples(tokenizer, stsb_test, 32, is_regression=True)["labels"]
     assert labels.dtype == np.float32 and np.isnan(labels).all()
-    stsb_dev = glue.read_examples(glue_root, "sts-b", "dev")[:10]
+    stsb_dev = glue.read_examples(glue_root, tasks.get_task("sts-b"), "dev")[:10]
     labels = encode.encode_examples(tokenizer, stsb_dev, 32)["labels"]
     assert labels.dtype == np.float32 and labels[0] == 5.0
-    cola_test = glue.read_examples(glue_root, "cola", "test")[:10]
+    cola_test = glue.read_examples(glue_root, tasks.get_task("cola"), "test")[:10]
     labels = encode.encode_examples(tokenizer, cola_test, 32)["labels"]
     assert labels.dtype == np.int32 and (labels == -1).all()
 
@@ -84,7 +84,7 @@ def test_encode_rejects_mixed_examples(tokenizer):
 
 
 def test_encode_cache_hit_and_invalidation(tokenizer, tmp_path):
-    examples = glue.read_examples(SLICE, "sst-2", "train")[:40]
+    examples = glue.read_examples(SLICE, tasks.get_task("sst-2"), "train")[:40]
     counting = CountingTokenizer(tokenizer)
     first = encode.encode_cached(counting, examples, 64, tmp_path, ("sst-2", "train"))
     assert counting.calls == 1
@@ -107,7 +107,7 @@ def test_encode_cache_hit_and_invalidation(tokenizer, tmp_path):
 
 
 def test_corrupt_cache_is_recomputed(tokenizer, tmp_path, caplog):
-    examples = glue.read_examples(SLICE, "sst-2", "dev")[:20]
+    examples = glue.read_examples(SLICE, tasks.get_task("sst-2"), "dev")[:20]
     counting = CountingTokenizer(tokenizer)
     expected = encode.encode_cached(counting, examples, 32, tmp_path, ("sst-2", "dev"))
     path = encode.cache_path(tokenizer, examples, 32, tmp_path, ("sst-2", "dev"))
@@ -122,7 +122,7 @@ def test_corrupt_cache_is_recomputed(tokenizer, tmp_path, caplog):
 
 def test_load_encoded_split(tokenizer, tmp_path):
     glue_root = shared_glue("STS-B/dev.tsv")
-    arrays = encode.load_encoded_split(tokenizer, "stsb", "dev", data_dir=glue_root, limit=16,
+    arrays = encode.load_encoded_split(tokenizer, tasks.get_task("stsb"), "dev", data_dir=glue_root, limit=16,
                                        cache_dir=tmp_path)
     assert arrays["input_ids"].shape == (16, 128)  # The task's default length.
     assert arrays["labels"].dtype == np.float32

@@ -1,7 +1,6 @@
 """Bad input and faults: each is refused with one readable message before doing harm, or recovered
 from, and nothing that was there is lost or overwritten."""
 
-import json
 import os
 import pathlib
 import signal
@@ -80,7 +79,7 @@ def test_a_workdir_is_not_resumed_with_another_task_or_model(tmp_path, tiny_pret
     assert (workdir / "config.json").read_text() == recorded
     assert (workdir / "results.json").read_text() == results
     # A change that does not mix runs (evaluation cadence, learning rate) is a normal rerun.
-    again = train.train_and_evaluate(_config(tiny_pretrained, eval_every_steps=3), workdir)
+    again = train.train_and_evaluate(_config(tiny_pretrained, eval_every_examples=12), workdir)
     assert again["final"] == done["final"]
 
 
@@ -93,6 +92,9 @@ def test_a_workdir_is_not_resumed_with_another_task_or_model(tmp_path, tiny_pret
     ("log_every_steps", 0, "≥ 1"),
     ("kd.mode", "distil", "one of"),
     ("student.quant.act_bits", 1, "act_bits must be in 2..16 or 32"),
+    ("select_on", "test", "one of ('heldout', 'dev')"),
+    ("heldout.fraction", 1.0, "in (0, 1)"),
+    ("eval_every_examples", -1, "≥ 0"),
 ])
 def test_values_out_of_range_are_refused_naming_the_key(tmp_path, tiny_pretrained, key, value, allowed):
     with pytest.raises(errors.ConfigError) as info:
@@ -235,14 +237,14 @@ def test_a_second_sigint_exits_at_once_even_where_keyboardinterrupt_would_be_cau
 
 
 def test_an_sts_b_score_outside_0_to_5_names_the_row(tmp_path):
-    from binarybert_jax.data import glue
+    from binarybert_jax.data import glue, tasks
     rows = ["index\tgenre\tfilename\tyear\told_index\tsource1\tsource2\tsentence1\tsentence2\tscore",
             "0\tmain-captions\tMSRvid\t2012test\t0001\tnone\tnone\tA man.\tA man.\t5.000",
             "1\tmain-captions\tMSRvid\t2012test\t0002\tnone\tnone\tA dog.\tA cat.\t7.5"]
     path = tmp_path / "dev.tsv"
     path.write_text("\n".join(rows) + "\n")
     with pytest.raises(ValueError, match=r"score '7.5' is outside sts-b's range \[0, 5\]"):
-        glue.read_tsv(path, "sts-b", "dev")
+        glue.read_tsv(path, tasks.get_task("sts-b"), "dev")
 
 
 def test_predict_refuses_a_model_of_another_task(tmp_path, tiny_pretrained):

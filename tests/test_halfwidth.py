@@ -7,9 +7,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from binarybert_jax import checkpoints, halfwidth, sharding
+from binarybert_jax import checkpoints, halfwidth, kd, sharding
 from binarybert_jax import model as M
-from binarybert_jax.data import batching, encode
+from binarybert_jax.data import batching, encode, tasks
 from binarybert_jax.tokenizer import load_tokenizer
 
 # The real vocabulary (the MRPC test tokenizes with MiniLM's tokenizer) and MRPC's batch shape
@@ -61,11 +61,12 @@ def test_mask_gradients_equal_explicit_masks():
             layer["attention"]["output"]["kernel"] = layer["attention"]["output"]["kernel"] * rows[:, None]
             layer["ffn"]["output"]["kernel"] = layer["ffn"]["output"]["kernel"] * masks["neurons"][i][:, None]
         out = model.apply({"params": p}, *[batch[k] for k in sharding.MODEL_INPUTS])
-        return halfwidth._task_loss(SPEC, out["logits"], {k: jnp.asarray(v) for k, v in batch.items()})
+        return kd.label_loss(out["logits"], jnp.asarray(batch["labels"]), jnp.asarray(batch["example_mask"]),
+                             is_regression=SPEC.num_labels == 1)
 
     ones = {"heads": jnp.ones((2, 4)), "neurons": jnp.ones((2, 16))}
     explicit = jax.jit(jax.grad(masked_loss))(ones)
-    identity = halfwidth.mask_gradient_fn(SPEC)(params, halfwidth._model_batch(batch))
+    identity = halfwidth.mask_gradient_fn(SPEC)(params, sharding.device_batch(batch, labels=True))
     for key in ("heads", "neurons"):
         assert np.abs(explicit[key]).max() > 1e-4  # a non-trivial comparison
         np.testing.assert_allclose(identity[key], explicit[key], rtol=1e-4, atol=1e-7, err_msg=key)
@@ -140,7 +141,7 @@ def test_half_width_checkpoint_on_real_mrpc(tmp_path, glue_dir, minilm_dir):
     """End to end: a tiny full-precision teacher with the real vocabulary, real MRPC batches."""
     spec, params = SPEC, _params(6)
     checkpoints.save_model(tmp_path / "teacher", params, spec, {"stage": "finetune", "task": "mrpc"})
-    arrays = encode.load_encoded_split(load_tokenizer(minilm_dir), "mrpc", "train", data_dir=glue_dir,
+    arrays = encode.load_encoded_split(load_tokenizer(minilm_dir), tasks.get_task("mrpc"), "train", data_dir=glue_dir,
                                        max_length=32, limit=32)
     batches = batching.iterate_batches(arrays, 8, shuffle=False)
 

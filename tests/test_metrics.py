@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from binarybert_jax import metrics
-from binarybert_jax.data import glue
+from binarybert_jax.data import glue, tasks
 
 # A binary case worked by hand: tp = 2 (rows 0, 4), fp = 1 (row 1), tn = 2 (rows 2, 3),
 # fn = 1 (row 5).
@@ -92,7 +92,7 @@ def test_classification_matches_sklearn():
 
 @pytest.mark.parametrize("task", glue.TASK_NAMES)
 def test_glue_metrics_keys_follow_task_spec(task):
-    spec = glue.get_task(task)
+    spec = tasks.get_task(task)
     rng = np.random.default_rng(2)
     if spec.is_regression:
         labels = rng.uniform(0, 5, 50)
@@ -100,18 +100,18 @@ def test_glue_metrics_keys_follow_task_spec(task):
     else:
         labels = rng.integers(0, spec.num_labels, 50)
         predictions = rng.normal(size=(50, spec.num_labels))  # Logits, arg-maxed inside.
-    result = metrics.glue_metrics(task, predictions, labels)
+    result = metrics.glue_metrics(spec, predictions, labels)
     assert tuple(result) == spec.metric_names
-    assert metrics.main_metric(task) in result
+    assert spec.main_metric in result
     assert all(isinstance(v, float) for v in result.values())
 
 
 def test_glue_metrics_values():
-    mrpc = metrics.glue_metrics("MRPC", PRED, GOLD)
+    mrpc = metrics.glue_metrics(tasks.get_task("MRPC"), PRED, GOLD)
     assert mrpc == pytest.approx({"f1": 4 / 6, "accuracy": 4 / 6, "acc_and_f1": 4 / 6})
-    assert metrics.glue_metrics("cola", PRED, GOLD) == pytest.approx({"mcc": 1 / 3})
-    assert metrics.glue_metrics("sst2", PRED, GOLD) == pytest.approx({"accuracy": 4 / 6})
-    stsb = metrics.glue_metrics("sts-b", np.array([[1.0], [2.0], [3.0]]), [1.0, 2.0, 4.0])
+    assert metrics.glue_metrics(tasks.get_task("cola"), PRED, GOLD) == pytest.approx({"mcc": 1 / 3})
+    assert metrics.glue_metrics(tasks.get_task("sst2"), PRED, GOLD) == pytest.approx({"accuracy": 4 / 6})
+    stsb = metrics.glue_metrics(tasks.get_task("sts-b"), np.array([[1.0], [2.0], [3.0]]), [1.0, 2.0, 4.0])
     assert stsb["pearson"] == pytest.approx(9 / np.sqrt(84))
     assert stsb["spearman"] == pytest.approx(1.0)
     assert stsb["corr"] == pytest.approx((9 / np.sqrt(84) + 1.0) / 2)
@@ -122,7 +122,7 @@ def test_glue_metrics_mask_drops_padding():
     pred = np.concatenate([PRED, [1, 1]])
     gold = np.concatenate([GOLD, [0, 0]])
     mask = np.array([1, 1, 1, 1, 1, 1, 0, 0], np.float32)
-    assert metrics.glue_metrics("sst-2", pred, gold, mask=mask) == pytest.approx(
+    assert metrics.glue_metrics(tasks.get_task("sst-2"), pred, gold, mask=mask) == pytest.approx(
         {"accuracy": 4 / 6})
 
 
@@ -130,4 +130,4 @@ def test_main_metric_per_task():
     expected = {"cola": "mcc", "sst-2": "accuracy", "mrpc": "f1", "sts-b": "pearson",
                 "qqp": "f1", "mnli": "accuracy", "qnli": "accuracy", "rte": "accuracy",
                 "wnli": "accuracy"}
-    assert {name: metrics.main_metric(name) for name in glue.TASK_NAMES} == expected
+    assert {name: tasks.get_task(name).main_metric for name in glue.TASK_NAMES} == expected

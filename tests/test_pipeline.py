@@ -6,6 +6,7 @@ import shutil
 import pytest
 
 from binarybert_jax import pipeline, checkpoints
+from figures import assert_readable_png
 from configs import pipeline as pipeline_config
 from launch import record
 
@@ -34,18 +35,46 @@ def test_pipeline_end_to_end_and_rerun_skips(tmp_path, tiny_pretrained_1layer):
     plan = report["adaptive"]
     assert plan["size_no_split_mb"] <= plan["size_mb"] <= plan["budget_mb"] <= plan["size_all_split_mb"]
     assert set(plan["orders_right_after_split"]) == {"adaptive", "min", "random", "max"}
+    # Selection never saw dev: every stage selected on the held-out slice (3 of the 32 sentences),
+    # and the adaptive split's orders were compared there too.
+    assert report["protocol"] == "heldout" and plan["orders_scored_on"] == "heldout"
+    for r in rows.values():
+        assert r["protocol"] == "heldout" and r["selection"]["split"] == "heldout"
+        assert r["dev_selected"] == r["best"] and r["dev_final"] == r["final"]
+        assert all(set(o) >= {"heldout"} and "dev" not in o for o in plan["orders_right_after_split"].values())
+    half = json.loads((tmp_path / "half" / "results.json").read_text())
+    assert len([m for m in (tmp_path / "half" / "metrics.jsonl").read_text().splitlines()
+                if "heldout/accuracy" in m]) >= 1 and half["protocol"] == "heldout"
     # The split model starts exactly where TWS says: the tws stage's init holds two binary planes.
     params, spec, info = checkpoints.load_model(tmp_path / "tws_init")
     assert spec.quant.split and info["stage"] == "tws"
     assert params["encoder"]["layer_0"]["ffn"]["output"]["kernel"].shape[0] == 2
     md = (tmp_path / "results.md").read_text()
     assert "| TWS 1× (split from TWN 0.5×) | 1-1-8 |" in md
-    assert (tmp_path / "training_curves.png").stat().st_size > 1000
+    assert "| held-out accuracy at selection | accuracy dev: selected / final |" in md
+    assert "| accuracy (held-out) |" in md  # the split orders' comparison
+    assert_readable_png(tmp_path / "training_curves.png")
+    # The papers' figure: per KD phase the training loss of each quantized model (TWS against the
+    # ternary model it was split from), and beneath it, apart, the held-out metric at each evaluation.
+    quantized = [pipeline.StageResult(m, rows[m]["description"], rows[m]["checkpoint"], "", {}, {},
+                                      checkpoints.load_model_spec(rows[m]["checkpoint"]), str(tmp_path / m))
+                 for m in ("ternary", "tws")]
+    fig = pipeline.plot_training_curves(tmp_path / "again.png", quantized, "accuracy")
+    (loss1, loss2), (dev1, dev2) = [fig.axes[:2], fig.axes[2:4]]
+    assert len(fig.axes) == 4 and [loss1.get_title(), loss2.get_title()] == [
+        "stage 1: intermediate-layer KD", "stage 2: prediction-layer KD"]
+    assert len(loss1.get_lines()) == len(loss2.get_lines()) == 2 and loss1.get_yscale() == "log"
+    assert not dev1.get_lines() and len(dev2.get_lines()) == 2  # stage 1 trains no logits
+    assert dev2.get_ylabel() == "held-out accuracy (%)" and loss2.get_xlabel() == "" and dev2.get_xlabel()
+    lo, hi = dev2.get_ylim()
+    assert hi - lo >= 5  # a one-point difference does not fill the panel
+    assert len(fig.legends) == 1 and not any(ax.get_legend() for ax in fig.axes)  # off the data
+    assert [t.get_text() for t in fig.legends[0].get_texts()] == [r.description for r in quantized]
     # What the figure draws: each quantized stage's training loss per KD phase, dev at each evaluation.
     curves = pipeline.training_curves(tmp_path / "tws", "accuracy")
-    assert sorted(curves) == ["stage1", "stage2"] and curves["stage1"]["dev"] == []
+    assert sorted(curves) == ["stage1", "stage2"] and curves["stage1"]["eval"] == []
     assert curves["stage1"]["loss"] and all(loss > 0 for _, loss in curves["stage1"]["loss"])
-    assert [s for s, _ in curves["stage2"]["dev"]] == [2]  # two steps, evaluated at the end
+    assert [s for s, _ in curves["stage2"]["eval"]] == [2] and curves["stage2"]["split"] == "heldout"  # two steps, evaluated at the end
     # Recorded for results/: one record a trained stage, its description the setting.
     results = tmp_path.parent / f"{tmp_path.name}_results"  # records never go into what they read
     records = record.record(tmp_path, "tiny_pipeline", results_dir=results, find_test_file=False)

@@ -12,7 +12,7 @@ from safetensors import safe_open
 from safetensors.numpy import load_file, save_file
 
 from binarybert_jax import hf_import, export, inference, size, checkpoints
-from binarybert_jax.data import glue
+from binarybert_jax.data import glue, tasks
 from binarybert_jax.model import BertConfig, ModelSpec, QuantConfig
 from binarybert_jax.tokenizer import load_tokenizer
 from launch import predict as predict_main
@@ -95,7 +95,7 @@ def test_packed_and_checkpoint_predict_the_same(saved, slices, tiny_hf, tmp_path
     # The packed model runs without weight quantization; the checkpoint re-quantizes each time.
     assert from_packed.spec.quant.weight_bits == 32 and from_ckpt.spec.quant.weight_bits == 1
 
-    examples = glue.read_tsv(slices["dev"], "mrpc", "dev").examples
+    examples = glue.read_tsv(slices["dev"], tasks.get_task("mrpc"), "dev").examples
     assert len(examples) == ROWS and all(ex.label is not None for ex in examples)
     tokenizer = load_tokenizer(tiny_hf)
     a = inference.predict_examples(from_packed, tokenizer, examples, 32, 8)
@@ -140,7 +140,7 @@ def test_input_at_any_path(saved, tiny_hf, tmp_path, capsys):
     assert predict_main.main(["--model", str(packed), "--task", "sst-2", "--input", str(source),
                               "--split", "dev", "--out", str(out)] + FAST) == 0
     assert re.search(rf"sst-2 \({ROWS} examples\): accuracy \d", capsys.readouterr().out)
-    examples = glue.read_tsv(source, "sst-2", "dev").examples
+    examples = glue.read_tsv(source, tasks.get_task("sst-2"), "dev").examples
     logits = inference.predict_examples(inference.load_predictor(packed),
                                         load_tokenizer(tiny_hf), examples, 32, 8)
     header, rows = read_submission(out)
@@ -168,17 +168,17 @@ def test_stdin_lines(saved, tiny_hf):
     assert lines[1:] == [f"{i}\t{c}" for i, c in enumerate(logits.argmax(-1))]
 
     # Single-sentence tasks take the whole line; pair tasks refuse a line without its tab.
-    sst = predict_main.read_lines(io.StringIO("a b\tc\n"), glue.get_task("sst-2"))
+    sst = predict_main.read_lines(io.StringIO("a b\tc\n"), tasks.get_task("sst-2"))
     assert (sst[0].text_a, sst[0].text_b) == ("a b\tc", None)
     with pytest.raises(ValueError, match=r"<stdin>:2: mrpc takes sentence pairs"):
-        predict_main.read_lines(io.StringIO("a\tb\nno pair here\n"), glue.get_task("mrpc"))
+        predict_main.read_lines(io.StringIO("a\tb\nno pair here\n"), tasks.get_task("mrpc"))
 
 
 def test_submission_format_for_label_names_and_scores():
-    mnli = predict_main.format_predictions(glue.get_task("mnli"),
+    mnli = predict_main.format_predictions(tasks.get_task("mnli"),
                                            np.array([[0, 5, 1], [2, 0, 1], [0, 0, 9]], float))
     assert mnli == ["index\tprediction", "0\tentailment", "1\tcontradiction", "2\tneutral"]
-    stsb = predict_main.format_predictions(glue.get_task("sts-b"), np.array([[-1.0], [2.5], [7]]))
+    stsb = predict_main.format_predictions(tasks.get_task("sts-b"), np.array([[-1.0], [2.5], [7]]))
     assert stsb == ["index\tprediction", "0\t0.000", "1\t2.500", "2\t5.000"]
 
 
@@ -236,7 +236,7 @@ def test_bitwise_1_1_1_file_predicts_exactly_like_its_checkpoint(slices, tiny_hf
     packed = export.export_packed(params, spec, tmp_path / "bibert.safetensors", info=info).path
     bits, sim = inference.load_predictor(packed), inference.load_predictor(ckpt)
     assert (bits.kind, sim.kind) == ("bitwise", "checkpoint") and bits.tokenizer_dir == tiny_hf
-    examples = glue.read_tsv(slices["dev"], "mrpc", "dev").examples
+    examples = glue.read_tsv(slices["dev"], tasks.get_task("mrpc"), "dev").examples
     tokenizer = load_tokenizer(tiny_hf)
     np.testing.assert_array_equal(inference.predict_examples(bits, tokenizer, examples, 32, 8),
                                   inference.predict_examples(sim, tokenizer, examples, 32, 8))

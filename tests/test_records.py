@@ -1,5 +1,5 @@
-"""Records of finished runs (launch.record), README tables rebuilt from them (launch.tables), and the
-parity figures (launch.parity), on two tiny real runs."""
+"""Records of finished runs (launch.record), the tables of README, BENCHMARKS.md and docs/ rebuilt from
+them (launch.tables), and the parity figures (launch.parity), on two tiny real runs."""
 
 import json
 import statistics
@@ -9,6 +9,7 @@ import pytest
 from binarybert_jax import train
 from configs import common as config_common
 from launch import common, parity, record, tables
+from figures import assert_readable_png
 
 TEST_ROWS = 10
 
@@ -53,12 +54,19 @@ def test_record_holds_what_outlives_the_run(runs, results):
     rec = json.loads((results / "tiny" / "fp" / "s1" / "record.json").read_text())
     assert rec["setting"] == "full precision" and rec["seed"] == 1 and rec["task"] == "mrpc"
     assert rec["best"] == out[1]["best"] and rec["final"] == out[1]["final"]
+    # Selected on the held-out slice: the record says so, with the held-out score at selection and
+    # dev at the selected and at the final checkpoint.
+    assert rec["protocol"] == "heldout" and rec["selection"] == out[1]["selection"]
+    assert rec["selection"]["split"] == "heldout" and "accuracy" in rec["selection"]["scores"]
+    assert rec["dev_selected"] == out[1]["dev_selected"] == rec["best"]
+    assert rec["dev_final"] == out[1]["dev_final"] == rec["final"]
     assert rec["config"]["seed"] == 1 and rec["config"]["train_limit"] == 16
     assert rec["wall_seconds"] > 0 and rec["phases"][0]["wall_seconds"] > 0
     now = common.git_state()
     if now["git_commit"]:
         assert rec["git_commits"] == [now["git_commit"]]
     assert rec["provenance"]["invocations"][0]["outcome"] == "finished"
+    assert rec["commands"] == [["launch.train", "seed=1"]]  # the command that made it
     # A refused invocation (bad input, exit 2) from other code is listed but not among the commits.
     with pytest.raises(SystemExit):
         with common.provenance(root / "s1", ["launch.train", "refused"]):
@@ -70,7 +78,7 @@ def test_record_holds_what_outlives_the_run(runs, results):
     assert "0" * 40 not in record._provenance(root / "s1")["commits"]
     logged = (root / "s1" / "metrics.jsonl").read_text()
     assert (results / "tiny" / "fp" / "s1" / "metrics.jsonl").read_text() == logged
-    assert any("eval/accuracy" in json.loads(line) for line in logged.splitlines())
+    assert any("heldout/accuracy" in json.loads(line) for line in logged.splitlines())
     # The GLUE submission of the best checkpoint: header, then index<TAB>label for every test row.
     assert rec["submission"]["file"] == "MRPC.tsv"
     rows = (results / "tiny" / "fp" / "s1" / "MRPC.tsv").read_text().splitlines()
@@ -115,11 +123,19 @@ def test_tables_rebuild_marked_sections_from_records(runs, results, tmp_path, ca
     acc = [100 * out[s]["best"]["accuracy"] for s in (1, 2)]
     row = next(line for line in text.splitlines() if line.startswith("| full precision |"))
     cells = [c.strip() for c in row.strip("|").split("|")]
-    assert cells[1] == "2 (1, 2)"  # seeds
+    assert cells[1:3] == ["held-out-selected", "2 (1, 2)"]  # protocol, seeds
     header = next(line for line in text.splitlines() if line.startswith("| setting |"))
-    column = [c.strip() for c in header.strip("|").split("|")].index("accuracy (best)")
+    names = [c.strip() for c in header.strip("|").split("|")]
+    column = names.index("accuracy (dev at selected)")
     assert cells[column] == (f"{statistics.mean(acc):.1f} ± {statistics.stdev(acc):.1f} "
                              f"({acc[0]:.1f}, {acc[1]:.1f})")
+    # Dev at the final checkpoint beside it, and the held-out score the selection was made on.
+    assert names[column + 1] == "accuracy (dev at final)"
+    final = [100 * out[s]["dev_final"]["accuracy"] for s in (1, 2)]
+    assert cells[column + 1].startswith(f"{statistics.mean(final):.1f} ± ")
+    main = out[1]["main_metric"]
+    held = [100 * out[s]["selection"]["scores"][main] for s in (1, 2)]
+    assert cells[names.index(f"held-out {main} (at selection)")].startswith(f"{statistics.mean(held):.1f} ± ")
     assert tables.main(["--readme", str(readme), "--results-dir", str(results), "--check"]) == 0
     readme.write_text(text.replace(cells[column], "99.9 ± 0.1"))  # a number typed over the records
     assert tables.main(["--readme", str(readme), "--results-dir", str(results), "--check"]) == 1
@@ -132,14 +148,31 @@ def test_tables_rebuild_marked_sections_from_records(runs, results, tmp_path, ca
     readme.write_text("<!-- results:other+tiny bits -->\n<!-- /results -->\n")
     assert tables.main(["--readme", str(readme), "--results-dir", str(results)]) == 0
     rows = [line for line in readme.read_text().splitlines() if line.startswith("| ")]
-    assert rows[0].startswith("| setting | W-E-A | n |")
-    assert rows[1].startswith("| another setting | 32-32-32 | 1 |"), rows
-    assert rows[2].startswith("| full precision | 32-32-32 | 2 |")
+    assert rows[0].startswith(f"| setting | W-E-A | protocol | n | held-out {main} (at selection) |")
+    assert rows[1].startswith("| another setting | 32-32-32 | held-out-selected | 1 |"), rows
+    assert rows[2].startswith("| full precision | 32-32-32 | held-out-selected | 2 |")
+    # A record made before held-out selection (no protocol, no dev_selected / dev_final) is
+    # tabulated as dev-selected, its best and final dev scores as dev at selected and at final.
+    for key in ("protocol", "selection", "dev_selected", "dev_final"):
+        del rec[key]
+    rec["best"], rec["final"] = {"accuracy": 0.5, "f1": 0.25}, {"accuracy": 0.375, "f1": 0.125}
+    (results / "other" / "s1" / "record.json").write_text(json.dumps(rec))
+    readme.write_text("<!-- results:other metrics=accuracy,f1 -->\n<!-- /results -->\n")
+    assert tables.main(["--readme", str(readme), "--results-dir", str(results)]) == 0
+    rows = [line for line in readme.read_text().splitlines() if line.startswith("| ")]
+    assert rows[0] == ("| setting | protocol | n | accuracy (dev at selected) | accuracy (dev at final) "
+                       "| f1 (dev at selected) | f1 (dev at final) |")
+    assert rows[1] == "| another setting | dev-selected | 1 | 50.0 | 37.5 | 25.0 | 12.5 |"
+    readme.write_text("<!-- results:other which=best -->\n<!-- /results -->\n")
+    with pytest.raises(ValueError, match="which='best'; allowed: both, selected, final"):
+        tables.main(["--readme", str(readme), "--results-dir", str(results)])
     # order= puts the named record folders' rows first; a folder holding no record is an error.
     readme.write_text("<!-- results:other+tiny order=fp -->\n<!-- /results -->\n")
     assert tables.main(["--readme", str(readme), "--results-dir", str(results)]) == 0
     rows = [line for line in readme.read_text().splitlines() if line.startswith("| ")]
-    assert rows[1].startswith("| full precision | 2 |") and rows[2].startswith("| another setting | 1 |"), rows
+    assert rows[1].startswith("| full precision | held-out-selected | 2 |"), rows
+    # Beside held-out-selected rows, the older record has no held-out score to show.
+    assert rows[2].startswith("| another setting | dev-selected | 1 | — | 25.0 | 12.5 |"), rows
     readme.write_text("<!-- results:other+tiny order=fp,typo -->\n<!-- /results -->\n")
     with pytest.raises(ValueError, match="order names \\['typo'\\], which hold none"):
         tables.main(["--readme", str(readme), "--results-dir", str(results)])
@@ -153,6 +186,54 @@ def test_tables_rebuild_marked_sections_from_records(runs, results, tmp_path, ca
     readme.write_text("<!-- results:tiny -->\nno end marker\n")
     with pytest.raises(ValueError, match="has no <!-- /results -->"):
         tables.main(["--readme", str(readme), "--results-dir", str(results)])
+
+
+def test_tables_rebuild_every_document_and_check_each(results, tmp_path, capsys):
+    """README, BENCHMARKS.md and docs/*.md are all rebuilt, and --check names each stale file."""
+    (tmp_path / "docs").mkdir()
+    for name in ("README.md", "BENCHMARKS.md", "docs/results.md", "docs/usage.md", "docs/notes.txt"):
+        (tmp_path / name).write_text("<!-- results:tiny -->\n<!-- /results -->\n")
+    files = tables.documents(tmp_path)
+    assert [f.relative_to(tmp_path).as_posix() for f in files] == [
+        "README.md", "BENCHMARKS.md", "docs/results.md", "docs/usage.md"]
+    args = [a for f in files for a in ("--file", str(f))] + ["--results-dir", str(results)]
+    assert tables.main(args + ["--check"]) == 1  # every file still holds its empty section
+    assert tables.main(args) == 0
+    assert all("| full precision | held-out-selected | 2 |" in f.read_text() for f in files)
+    capsys.readouterr()
+    assert tables.main(args + ["--check"]) == 0
+    docs = tmp_path / "docs" / "results.md"
+    docs.write_text(docs.read_text().replace("| full precision | held-out-selected | 2 |",
+                                             "| full precision | held-out-selected | 3 |"))
+    assert tables.main(args + ["--check"]) == 1
+    captured = capsys.readouterr()
+    assert f"{docs}: 1 marked sections; out of date" in captured.err
+    assert f"{tmp_path / 'README.md'}: 1 marked sections, up to date" in captured.out
+    with pytest.raises(ValueError, match="no such file: .*missing.md"):
+        tables.main(["--file", str(tmp_path / "missing.md"), "--results-dir", str(results)])
+
+
+def test_tables_and_a_benchmark_section_share_one_file(results, tmp_path):
+    """BENCHMARKS.md holds sections a benchmark writes whole and a marked table launch.tables
+    rebuilds: neither writer touches the other's part."""
+    from benchmarks import markdown
+    out = tmp_path / "BENCHMARKS.md"
+    markdown.write_section(out, "## Step", "## Step\n\nmeasured 1\n")
+    out.write_text(out.read_text() + "\n## Notes\n\n<!-- results:tiny -->\n<!-- /results -->\n")
+    assert tables.main(["--file", str(out), "--results-dir", str(results)]) == 0
+    markdown.write_section(out, "## Step", "## Step\n\nmeasured 2\n")
+    text = out.read_text()
+    assert "measured 2" in text and "measured 1" not in text
+    assert tables.main(["--file", str(out), "--results-dir", str(results), "--check"]) == 0
+
+
+def test_the_repository_documents_are_in_step_with_its_records(capsys):
+    """Every marked table of README, BENCHMARKS.md and docs/ equals what results/ gives (the
+    check CI runs; a table typed over, or a record changed without rebuilding, fails here)."""
+    assert tables.main(["--check"]) == 0, capsys.readouterr().err
+    printed = capsys.readouterr().out
+    for name in ("README.md", "BENCHMARKS.md", "results.md"):
+        assert name + ":" in printed
 
 
 def test_tables_draw_the_training_curves_of_a_seed(results, tmp_path):
@@ -171,8 +252,13 @@ def test_tables_draw_the_training_curves_of_a_seed(results, tmp_path):
     assert not (copy / "q" / "training_curves_s1.png").exists()  # --check draws nothing
     assert tables.main(["--readme", str(readme), "--results-dir", str(copy)]) == 0
     figure = copy / "q" / "training_curves_s1.png"
-    assert figure.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert_readable_png(figure)
     assert "![training curves, seed 1](results/q/training_curves_s1.png)" in readme.read_text()
+    page = tmp_path / "docs" / "results.md"  # the same marker one folder down links up to it
+    page.parent.mkdir()
+    page.write_text("<!-- results:q curves=1 -->\n<!-- /results -->\n")
+    assert tables.main(["--file", str(page), "--results-dir", str(copy)]) == 0
+    assert "![training curves, seed 1](../results/q/training_curves_s1.png)" in page.read_text()
     readme.write_text("<!-- results:q curves=7 -->\n<!-- /results -->\n")
     with pytest.raises(SystemExit):  # no record of seed 7: an error naming it
         common.run_guarded(tables.main, ["--readme", str(readme), "--results-dir", str(copy)])
@@ -227,6 +313,7 @@ def test_git_state_is_dirty_for_code_not_for_records_or_readme(tmp_path):
     (tmp_path / "README.md").write_text("rebuilt\n")  # what a sweep writes between its runs
     (tmp_path / "results" / "t" / "record.json").write_text("re-recorded\n")
     (tmp_path / "untracked.py").write_text("x\n")
+    (tmp_path / "shared").symlink_to(tmp_path / "results")  # untracked links do not count either
     assert common.git_state(tmp_path)["git_dirty"] is False
     (tmp_path / "code.py").write_text("1\n")
     assert common.git_state(tmp_path)["git_dirty"] is True

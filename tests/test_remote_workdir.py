@@ -130,7 +130,7 @@ def test_reports_records_metrics_and_provenance_on_gs(tmp_path, tiny_pretrained,
     assert report["rows"][0]["checkpoint"] == "stage/stage2/best"
     assert pipeline.row_checkpoint("gs://bucket/pipe", report["rows"][0]) == f"{run}/stage2/best"
     assert curves == {"stage2": {"loss": [(1, 1.0), (2, 0.5), (3, 1 / 3)],
-                                 "dev": [(1, 0.5), (2, 0.5), (3, 0.5)]}}
+                                 "eval": [(1, 0.5), (2, 0.5), (3, 0.5)], "split": "dev"}}
     for name in ("results.json", "results.md", "training_curves.png", "provenance.json"):
         assert (bucket / "pipe" / name).is_file(), name
     assert (bucket / "pipe" / "training_curves.png").read_bytes()[:4] == b"\x89PNG"

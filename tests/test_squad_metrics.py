@@ -82,5 +82,5 @@ def test_evaluate_squad_command(tmp_path, capsys):
     (tmp_path / "v1.json").write_text(json.dumps({"version": "1.1", "data": _data(("h", ["Paris"]))}))
     assert evaluate_squad.main([str(tmp_path / "v1.json"), str(tmp_path / "pred.json")]) == 0
     assert json.loads(capsys.readouterr().out) == {"exact_match": 100.0, "f1": 100.0}
-    with pytest.raises(ValueError, match="--na-prob-file is evaluate-v2.0's"):
+    with pytest.raises(ValueError, match="--na_prob_file is evaluate-v2.0's"):
         evaluate_squad.main([str(tmp_path / "v1.json"), str(tmp_path / "pred.json"), "-n", "x"])

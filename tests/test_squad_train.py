@@ -50,7 +50,7 @@ def _finetune(tiny_pretrained, data_dir, task="squad1", **overrides):
     c = finetune_config.get_config(f"task={task},tiny")
     c.pretrained, c.data_dir, c.progress_bar = str(tiny_pretrained), str(data_dir), False
     c.stage2.learning_rate, c.stage2.epochs, c.log_every_steps = 2e-3, 8.0, 4
-    c.eval_batch_size, c.eval_every_steps = 16, 16
+    c.eval_batch_size, c.eval_every_examples = 16, 16 * c.batch_size
     c.update_from_flattened_dict(overrides)
     return c
 
@@ -64,8 +64,8 @@ def test_span_finetuning_loss_falls_and_is_scored_by_f1(tmp_path, tiny_pretraine
     assert len(losses) >= 4 and np.mean(losses[-2:]) < 0.6 * np.mean(losses[:2])
     # The dev-split protocol: 4 articles train (32 questions), the other 4 evaluate; the best
     # checkpoint is the one of the best F1.
-    evals = [m for m in logs if "eval/f1" in m]
-    assert result["best"]["f1"] == max(m["eval/f1"] for m in evals)
+    evals = [m for m in logs if "heldout/f1" in m]
+    assert result["selection"]["scores"]["f1"] == max(m["heldout/f1"] for m in evals)
     _, spec, info = checkpoints.load_model(tmp_path / "run" / result["best_checkpoint"])
     assert spec.head == "span" and info["task"] == "squad1"
 
@@ -132,9 +132,11 @@ def test_squad2_finetune_reports_no_answer_splits_and_writes_na_probs(tmp_path, 
     assert tables.main(["--readme", str(readme), "--results-dir", str(results)]) == 0
     lines = readme.read_text().splitlines()
     header = [c.strip() for c in lines[1].strip("|").split("|")]
-    assert header == ["setting", "n", "exact_match (best)", "f1 (best)", "HasAns_exact (best)",
-                      "HasAns_f1 (best)", "NoAns_exact (best)", "NoAns_f1 (best)"]
+    metrics = ("exact_match", "f1", "HasAns_exact", "HasAns_f1", "NoAns_exact", "NoAns_f1")
+    assert header == ["setting", "protocol", "n", "held-out f1 (at selection)"] + [
+        f"{m} (dev at {which})" for m in metrics for which in ("selected", "final")]
     row = [c.strip() for c in lines[3].strip("|").split("|")]
-    assert row[:2] == ["full precision", "1"]
-    assert row[2:] == [f"{100 * result['best'][m]:.1f}" for m in
-                       ("exact_match", "f1", "HasAns_exact", "HasAns_f1", "NoAns_exact", "NoAns_f1")]
+    assert row[:4] == ["full precision", "held-out-selected", "1",
+                       f"{100 * result['selection']['scores']['f1']:.1f}"]
+    assert row[4:] == [f"{100 * result[key][m]:.1f}" for m in metrics
+                       for key in ("dev_selected", "dev_final")]

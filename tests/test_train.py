@@ -11,7 +11,7 @@ import pytest
 
 from binarybert_jax import (checkpoints, evaluate, export, hf_import, inference, kd, model as M, optim,
                             resolve, sharding, train, trees)
-from binarybert_jax.data import glue
+from binarybert_jax.data import glue, tasks
 from binarybert_jax.tokenizer import load_tokenizer
 from configs import common
 
@@ -135,7 +135,7 @@ def test_interrupted_run_resumes_to_the_same_parameters(tmp_path, tiny_pretraine
     assert resumed["final"] == pytest.approx(straight["final"])
     lines = [json.loads(l) for l in (tmp_path / "straight" / "metrics.jsonl").read_text().splitlines()]
     assert any("label_loss" in l and "grad_norm" in l and "learning_rate" in l for l in lines)
-    assert any("eval/accuracy" in l for l in lines)
+    assert any("heldout/accuracy" in l for l in lines)
     # A rerun of a finished run is a no-op that reports the same results.
     again = train.train_and_evaluate(_config(tiny_pretrained, glue_dir), tmp_path / "straight")
     assert again["final"] == straight["final"]
@@ -212,8 +212,8 @@ def test_lat_model_is_scored_saved_predicted_and_exported_as_trained(tmp_path, t
         np.testing.assert_array_equal(saved[k], trained[k], err_msg=k)
 
     # Scored again from the checkpoint on the loop's path: the loop's final scores exactly.
-    task = glue.get_task("sts-b")
-    _, dev = resolve.load_data(cfg, task, load_tokenizer(resolve.tokenizer_dir(cfg)))
+    task = tasks.get_task("sts-b")
+    dev = resolve.load_dev(cfg, task, load_tokenizer(resolve.tokenizer_dir(cfg)))
     mesh = sharding.make_mesh()
     rescored = evaluate.evaluate_model(spec, params, task, dev, cfg.eval_batch_size, mesh, None, diag)
     assert rescored == result["final"] == info["dev"]

@@ -26,13 +26,13 @@ from binarybert_jax.data.glue import (
     ReadReport,
     TaskSpec,
     all_tasks,
-    get_task,
     glue_dir,
     read_examples,
     read_split,
     read_tsv,
 )
 from binarybert_jax.data.loading import load_task_data
+from binarybert_jax.data.tasks import get_task
 
 __all__ = [
     "TASK_NAMES", "Example", "ReadReport", "TaskSpec", "all_tasks", "default_bucket_lengths",

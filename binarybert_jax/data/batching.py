@@ -23,8 +23,9 @@ from collections.abc import Iterator, Mapping, Sequence
 
 import numpy as np
 
-# The (N, L) arrays that bucketing cuts to the batch's length; everything else is per example.
-SEQUENCE_KEYS = ("input_ids", "token_type_ids", "attention_mask")
+# The arrays a BERT forward takes, in its positional order (``BertModel.__call__``): the (N, L)
+# arrays that bucketing cuts to the batch's length; everything else is per example.
+MODEL_INPUTS = ("input_ids", "token_type_ids", "attention_mask")
 
 # Batches whose examples are sorted by length together when bucketing a shuffled epoch: large
 # enough that similar lengths meet, small enough that the epoch stays well mixed.
@@ -130,7 +131,7 @@ def iterate_batches(arrays: Mapping[str, np.ndarray], batch_size: int, *, shuffl
       drop_remainder: drop the last partial batch; None means ``shuffle`` (training drops it,
         evaluation pads it).
       bucket_lengths: allowed sequence lengths (see :func:`default_bucket_lengths`); each
-        batch's ``SEQUENCE_KEYS`` are cut to the smallest one >= its longest real example,
+        batch's ``MODEL_INPUTS`` are cut to the smallest one >= its longest real example,
         chosen over the global batch so all hosts agree. Needs ``arrays["lengths"]``. None keeps
         the full length L.
       group_by_length: group similar lengths (see :func:`batch_plan`): fewer padded tokens with
@@ -204,7 +205,7 @@ def _generate(arrays: Mapping[str, np.ndarray], plan: list[np.ndarray], batch_si
         rows = padded[host_rows]
         batch = {}
         for key, value in arrays.items():
-            if seq_len is not None and key in SEQUENCE_KEYS:
+            if seq_len is not None and key in MODEL_INPUTS:
                 batch[key] = value[rows, :seq_len]
             else:
                 batch[key] = value[rows]
@@ -213,5 +214,5 @@ def _generate(arrays: Mapping[str, np.ndarray], plan: list[np.ndarray], batch_si
         yield batch
 
 
-__all__ = ["DEFAULT_SORT_WINDOW", "SEQUENCE_KEYS", "batch_plan", "default_bucket_lengths",
+__all__ = ["DEFAULT_SORT_WINDOW", "MODEL_INPUTS", "batch_plan", "default_bucket_lengths",
            "iterate_batches", "num_batches"]

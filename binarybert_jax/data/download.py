@@ -21,7 +21,8 @@ from collections.abc import Callable, Mapping
 from types import MappingProxyType
 
 from binarybert_jax.data import squad
-from binarybert_jax.data.glue import GLUE_DIR_ENV, TaskSpec, get_task
+from binarybert_jax.data import tasks
+from binarybert_jax.data.glue import GLUE_DIR_ENV, TaskSpec
 
 logger = logging.getLogger(__name__)
 
@@ -51,9 +52,8 @@ MRPC_URLS: Mapping[str, str] = MappingProxyType({
 })
 
 
-def download_urls(task: str | TaskSpec) -> dict[str, str]:
+def download_urls(task: TaskSpec) -> dict[str, str]:
     """The files :func:`download_glue` fetches for a task: file name -> URL."""
-    task = get_task(task)
     if task.name == "mrpc":
         return dict(MRPC_URLS)
     url = GLUE_ZIP_URLS[task.name]
@@ -122,12 +122,12 @@ def _get_atomically(fetch: Callable[[str, pathlib.Path], None], url: str, path: 
     os.replace(tmp, path)
 
 
-def download_glue(task: str | TaskSpec, dest: str | os.PathLike, *,
+def download_glue(task: str, dest: str | os.PathLike, *,
                   fetch: Callable[[str, pathlib.Path], None] | None = None) -> pathlib.Path:
     """Downloads one GLUE task into ``dest/<directory>/`` in the official TSV layout.
 
     Args:
-      task: task name or spec.
+      task: a GLUE task's name (as ``tasks.get_task`` takes it).
       dest: the GLUE root to fill (created if needed); use it as ``$GLUE_DIR`` afterwards.
       fetch: ``fetch(url, path)`` writes the resource at ``url`` to ``path``; defaults to an
         HTTPS download. Tests pass a local copy function.
@@ -139,7 +139,7 @@ def download_glue(task: str | TaskSpec, dest: str | os.PathLike, *,
       OSError: a download failed (no network, moved URL); the message suggests ``$GLUE_DIR``.
       FileNotFoundError: the archive did not contain the expected directory.
     """
-    task = get_task(task)
+    task = tasks.get_glue_task(task)
     dest = pathlib.Path(dest)
     dest.mkdir(parents=True, exist_ok=True)
     fetch = fetch or _urlretrieve

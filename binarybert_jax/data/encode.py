@@ -25,13 +25,14 @@ from collections.abc import Callable, Iterable, Sequence
 import numpy as np
 
 from binarybert_jax.data import glue
+from binarybert_jax.data.batching import MODEL_INPUTS
 
 logger = logging.getLogger(__name__)
 
 # Bump when the arrays' meaning or layout changes, so old cache files are not reused.
 CACHE_FORMAT_VERSION = 1
 
-ARRAY_KEYS = ("input_ids", "token_type_ids", "attention_mask", "labels", "lengths")
+ARRAY_KEYS = MODEL_INPUTS + ("labels", "lengths")
 
 # Tokenizing in chunks bounds the memory of the Python lists the tokenizer returns (QQP's 364k
 # pairs at 128 tokens would be ~50M Python ints at once).
@@ -72,8 +73,7 @@ def encode_examples(tokenizer, examples: Sequence[glue.Example], max_length: int
         raise ValueError("Examples mix single sentences and sentence pairs.")
     is_pair = pairs == {True}
     n = len(examples)
-    out = {key: np.zeros((n, max_length), np.int32)
-           for key in ("input_ids", "token_type_ids", "attention_mask")}
+    out = {key: np.zeros((n, max_length), np.int32) for key in MODEL_INPUTS}
     for start in range(0, n, _CHUNK):
         chunk = examples[start:start + _CHUNK]
         encoded = tokenizer(
@@ -232,8 +232,7 @@ def encode_cached(tokenizer, examples: Sequence[glue.Example], max_length: int,
     n = len(examples)
 
     def shapes_ok(arrays):
-        return (all(arrays[k].shape == (n, max_length)
-                    for k in ("input_ids", "token_type_ids", "attention_mask"))
+        return (all(arrays[k].shape == (n, max_length) for k in MODEL_INPUTS)
                 and arrays["labels"].shape == (n,) and arrays["lengths"].shape == (n,))
 
     return cached_arrays(path, key, ARRAY_KEYS,
@@ -241,7 +240,7 @@ def encode_cached(tokenizer, examples: Sequence[glue.Example], max_length: int,
                                                  is_regression=regression), shapes_ok)
 
 
-def load_encoded_split(tokenizer, task: str | glue.TaskSpec, split: str, *,
+def load_encoded_split(tokenizer, task: glue.TaskSpec, split: str, *,
                        data_dir: str | os.PathLike | None = None, max_length: int | None = None,
                        cache_dir: str | os.PathLike | None = None, skip_malformed: bool = False,
                        limit: int | None = None) -> dict[str, np.ndarray]:
@@ -249,7 +248,7 @@ def load_encoded_split(tokenizer, task: str | glue.TaskSpec, split: str, *,
 
     Args:
       tokenizer: the checkpoint's tokenizer.
-      task: task name or spec.
+      task: the task's spec (``tasks.get_task``).
       split: split name (``train``, ``dev``, ``test``, MNLI's ``dev_mismatched`` ...).
       data_dir: the GLUE root; None means ``$GLUE_DIR``.
       max_length: padded length; None means the task's default (64 or 128).
@@ -260,15 +259,14 @@ def load_encoded_split(tokenizer, task: str | glue.TaskSpec, split: str, *,
     Returns:
       The arrays of :func:`encode_examples` (labels are float32 exactly for STS-B).
     """
-    spec = glue.get_task(task)
-    max_length = max_length or spec.max_seq_length
-    examples = glue.read_examples(data_dir, spec, split, skip_malformed=skip_malformed)
+    max_length = max_length or task.max_seq_length
+    examples = glue.read_examples(data_dir, task, split, skip_malformed=skip_malformed)
     if limit is not None:
         examples = examples[:limit]
     if cache_dir is None:
-        return encode_examples(tokenizer, examples, max_length, is_regression=spec.is_regression)
-    return encode_cached(tokenizer, examples, max_length, cache_dir, (spec.name, split),
-                         is_regression=spec.is_regression)
+        return encode_examples(tokenizer, examples, max_length, is_regression=task.is_regression)
+    return encode_cached(tokenizer, examples, max_length, cache_dir, (task.name, split),
+                         is_regression=task.is_regression)
 
 
 __all__ = ["ARRAY_KEYS", "CACHE_FORMAT_VERSION", "cache_location", "cache_path", "cached_arrays",

@@ -264,33 +264,6 @@ _SPLIT_ALIASES = {"validation": "dev", "validation_matched": "dev_matched",
                   "validation_mismatched": "dev_mismatched"}
 
 
-def _squash(name: str) -> str:
-    return name.lower().replace("-", "").replace("_", "")
-
-
-_ALIASES = {_squash(name): name for name in _TASKS}
-_ALIASES.update({"sst": "sst-2", "sts": "sts-b"})
-
-
-def get_task(name: str | TaskSpec) -> TaskSpec:
-    """Returns the spec of a GLUE task.
-
-    Args:
-      name: a task name in any case, with or without the dash (``"SST-2"``, ``"sst2"``,
-        ``"STS_B"``), or a ``TaskSpec`` (returned as is).
-
-    Raises:
-      ValueError: unknown task; the message lists the known ones.
-    """
-    if isinstance(name, TaskSpec):
-        return name
-    canonical = _ALIASES.get(_squash(str(name)))
-    if canonical is None:
-        raise ValueError(f"Unknown GLUE task {name!r}; expected one of {', '.join(TASK_NAMES)} "
-                         f"(case-insensitive; 'sst2', 'stsb' also work).")
-    return _TASKS[canonical]
-
-
 def all_tasks() -> tuple[TaskSpec, ...]:
     """Every GLUE task's spec, in the usual GLUE order."""
     return tuple(_TASKS.values())
@@ -310,21 +283,20 @@ def _canonical_split(task: TaskSpec, split: str) -> str:
     return split
 
 
-def split_path(data_dir: str | os.PathLike | None, task: str | TaskSpec, split: str
+def split_path(data_dir: str | os.PathLike | None, task: TaskSpec, split: str
                ) -> pathlib.Path:
     """The TSV file of a task's split.
 
     Args:
       data_dir: the GLUE root (holding ``CoLA/``, ``SST-2/``, ...), or the task's own directory;
         None means ``$GLUE_DIR``.
-      task: task name or spec.
+      task: the task's spec (``tasks.get_task``).
       split: ``train``, ``dev``, ``test`` (and MNLI's ``dev_matched`` etc.; ``validation`` is
         accepted for ``dev``).
 
     Raises:
       FileNotFoundError: no such file; the message names the path and the expected layout.
     """
-    task = get_task(task)
     split = _canonical_split(task, split)
     file_name = task.split_files[split] + ".tsv"
     if data_dir is None:
@@ -405,7 +377,7 @@ def _parse_row(fields: list[str], task: TaskSpec, layout: TsvLayout, split: str,
         label=label)
 
 
-def read_tsv(path: str | os.PathLike, task: str | TaskSpec, split: str, *,
+def read_tsv(path: str | os.PathLike, task: TaskSpec, split: str, *,
              skip_malformed: bool = False) -> ReadReport:
     """Reads one TSV file, at any path, with the column layout of a task's split.
 
@@ -427,7 +399,7 @@ def read_tsv(path: str | os.PathLike, task: str | TaskSpec, split: str, *,
 
     Args:
       path: the TSV file.
-      task: task name or spec.
+      task: the task's spec (``tasks.get_task``).
       split: the split whose layout the file has: ``train``, ``dev``, ``test`` (and MNLI's
         ``dev_mismatched`` etc.; ``validation`` is accepted for ``dev``).
       skip_malformed: skip rows with the wrong column count, an unknown label or an
@@ -438,10 +410,9 @@ def read_tsv(path: str | os.PathLike, task: str | TaskSpec, split: str, *,
 
     Raises:
       FileNotFoundError: no file at ``path``.
-      ValueError: an unknown task or split, a malformed row (unless ``skip_malformed``), or
+      ValueError: an unknown split, a malformed row (unless ``skip_malformed``), or
         bytes that are not UTF-8; a row's message starts with ``<path>:<line>:``.
     """
-    task = get_task(task)
     split = _canonical_split(task, split)
     path = pathlib.Path(path)
     if not path.is_file():
@@ -484,13 +455,13 @@ def read_tsv(path: str | os.PathLike, task: str | TaskSpec, split: str, *,
                       header_found=header_found)
 
 
-def read_split(data_dir: str | os.PathLike | None, task: str | TaskSpec, split: str, *,
+def read_split(data_dir: str | os.PathLike | None, task: TaskSpec, split: str, *,
                skip_malformed: bool = False) -> ReadReport:
     """Reads one split of a GLUE task from a GLUE root (:func:`read_tsv` on its file).
 
     Args:
       data_dir: the GLUE root or the task directory; None means ``$GLUE_DIR``.
-      task: task name or spec.
+      task: the task's spec (``tasks.get_task``).
       split: split name (see :func:`split_path`).
       skip_malformed: as for :func:`read_tsv`.
 
@@ -501,12 +472,11 @@ def read_split(data_dir: str | os.PathLike | None, task: str | TaskSpec, split: 
       FileNotFoundError: the file is missing; the message names the expected path.
       ValueError: as for :func:`read_tsv`.
     """
-    task = get_task(task)
     return read_tsv(split_path(data_dir, task, split), task, split,
                     skip_malformed=skip_malformed)
 
 
-def read_examples(data_dir: str | os.PathLike | None, task: str | TaskSpec, split: str, *,
+def read_examples(data_dir: str | os.PathLike | None, task: TaskSpec, split: str, *,
                   skip_malformed: bool = False) -> list[Example]:
     """Reads one split of a GLUE task from a GLUE root (see :func:`read_tsv` for the rules).
 
@@ -526,5 +496,5 @@ def read_examples(data_dir: str | os.PathLike | None, task: str | TaskSpec, spli
 
 __all__ = [
     "Example", "GLUE_DIR_ENV", "MalformedRow", "ReadReport", "TASK_NAMES", "TaskSpec",
-    "TsvLayout", "all_tasks", "get_task", "glue_dir", "read_examples", "read_split", "read_tsv",
+    "TsvLayout", "all_tasks", "glue_dir", "read_examples", "read_split", "read_tsv",
     "split_path"]

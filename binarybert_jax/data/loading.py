@@ -26,7 +26,7 @@ import pathlib
 
 import numpy as np
 
-from binarybert_jax.data import encode, glue, squad, tasks, tfds_source
+from binarybert_jax.data import encode, glue, heldout as heldout_lib, squad, tasks, tfds_source
 
 SOURCES = ("tsv", "json", "tfds")
 # The sources each kind of task reads.
@@ -52,10 +52,9 @@ def resolve_data_dir(data_dir: str | os.PathLike) -> pathlib.Path:
     return pathlib.Path(d)
 
 
-def eval_splits(task: str | glue.TaskSpec) -> tuple[str, ...]:
+def eval_splits(task: glue.TaskSpec) -> tuple[str, ...]:
     """The splits a run evaluates on: MNLI's matched and mismatched dev sets, else ``dev``."""
-    spec = glue.get_task(task)
-    return ("dev_matched", "dev_mismatched") if spec.name == "mnli" else ("dev",)
+    return ("dev_matched", "dev_mismatched") if task.name == "mnli" else ("dev",)
 
 
 def check_source(source: str, task=None) -> None:
@@ -71,10 +70,9 @@ def check_source(source: str, task=None) -> None:
         raise ValueError(f"unknown data source {source!r}; expected one of "
                          f"{', '.join(repr(s) for s in SOURCES)}")
     if task is not None:
-        spec = tasks.get_task(task)
-        allowed = _TASK_SOURCES[spec.head]
+        allowed = _TASK_SOURCES[task.head]
         if source not in allowed:
-            raise ValueError(f"{spec.name} reads data source {' or '.join(map(repr, allowed))}, "
+            raise ValueError(f"{task.name} reads data source {' or '.join(map(repr, allowed))}, "
                              f"not {source!r}")
     if source == "tfds":
         missing = [pip for module, pip in _TFDS_PACKAGES
@@ -106,15 +104,16 @@ def _load_split(spec: glue.TaskSpec, split: str, tokenizer, source: str, data_di
                                 ("tfds", spec.name, split), is_regression=spec.is_regression)
 
 
-def load_task_data(task: str | glue.TaskSpec, tokenizer, *, source: str = "tsv",
+def load_task_data(task: tasks.TaskSpec, tokenizer, *, source: str = "tsv",
                    data_dir: str | os.PathLike = "", max_length: int | None,
                    cache_dir: str | os.PathLike | None, train_limit: int = 0,
-                   eval_limit: int = 0, squad_options=None
-                   ) -> tuple[dict[str, np.ndarray], dict]:
+                   eval_limit: int = 0, squad_options=None,
+                   heldout: heldout_lib.HeldOut | None = None, train: bool = True, dev: bool = True
+                   ) -> tuple[dict[str, np.ndarray] | None, dict]:
     """A run's tokenized train split and evaluation splits.
 
     Args:
-      task: task name or spec.
+      task: the task's spec (``tasks.get_task``).
       tokenizer: the model's tokenizer (``binarybert_jax.tokenizer.load_tokenizer``).
       source: one of :data:`SOURCES`.
       data_dir: for ``tsv`` the GLUE root ("" means ``$GLUE_DIR``); for ``tfds`` tfds's data
@@ -125,33 +124,48 @@ def load_task_data(task: str | glue.TaskSpec, tokenizer, *, source: str = "tsv",
       eval_limit: keep only the first ``eval_limit`` examples of each eval split (0: all).
       squad_options: for SQuAD, ``squad.load_squad_data``'s ``doc_stride``, ``max_query_length``
         and ``dev_split`` (defaults: 128, 64, 0: the official train and dev files).
+      heldout: take a held-out slice out of the training examples (after ``train_limit``;
+        :mod:`~binarybert_jax.data.heldout`): it is the first evaluation split, ``heldout``.
+      train: read the train split (False: only the dev splits; ``heldout`` must then be None).
+      dev: read the dev splits. False reads no dev file at all (while a run selects its
+        checkpoints on the held-out slice, dev stays unread until training ends).
 
     Returns:
-      ``(train, evals)``: the train split's arrays and ``{split: arrays}`` for each of
-      :func:`eval_splits`, each as :func:`encode.encode_examples` returns them
-      (``input_ids``, ``token_type_ids``, ``attention_mask`` (N, L), ``labels``, ``lengths`` (N,)).
+      ``(train, evals)``: the train split's arrays (None when not ``train``) and
+      ``{split: arrays}``: ``heldout`` first when asked for, then each of :func:`eval_splits` when
+      ``dev``, each as :func:`encode.encode_examples` returns them (``input_ids``,
+      ``token_type_ids``, ``attention_mask`` (N, L), ``labels``, ``lengths`` (N,)).
 
     Raises:
-      ValueError: unknown task or source, or (``tsv``) no data directory given.
+      ValueError: unknown source, or (``tsv``) no data directory given.
       ImportError: ``tfds`` without its packages; raised before anything is read.
       FileNotFoundError: (``tsv``) a split's file is missing; the message names it.
     """
-    spec = tasks.get_task(task)
-    check_source(source, spec)
-    if spec.head == "span":
-        return squad.load_squad_data(spec, tokenizer, data_dir=data_dir, source=source,
+    check_source(source, task)
+    if heldout is not None and not train:
+        raise ValueError("a held-out slice is taken out of the train split: load it with train=True")
+    if task.head == "span":
+        return squad.load_squad_data(task, tokenizer, data_dir=data_dir, source=source,
                                      max_length=max_length or 0, cache_dir=cache_dir,
                                      train_limit=train_limit, eval_limit=eval_limit,
+                                     heldout=heldout, train=train, dev=dev,
                                      **dict(squad_options or {}))
     if source == "tsv":
         data_dir = resolve_data_dir(data_dir)
-    max_length = max_length or spec.max_seq_length
-    train = _load_split(spec, "train", tokenizer, source, data_dir, max_length, cache_dir,
-                        train_limit)
-    evals = {split: _load_split(spec, split, tokenizer, source, data_dir, max_length, cache_dir,
-                                eval_limit)
-             for split in eval_splits(spec)}
-    return train, evals
+    max_length = max_length or task.max_seq_length
+    train_arrays, evals = None, {}
+    if train:
+        train_arrays = _load_split(task, "train", tokenizer, source, data_dir, max_length,
+                                   cache_dir, train_limit)
+        if heldout is not None:
+            kept, held = heldout_lib.split_indices(train_arrays["labels"], task.is_regression, heldout)
+            train_arrays, evals["heldout"] = (heldout_lib.take(train_arrays, kept),
+                                              heldout_lib.take(train_arrays, held))
+    if dev:
+        evals.update({split: _load_split(task, split, tokenizer, source, data_dir, max_length,
+                                         cache_dir, eval_limit)
+                      for split in eval_splits(task)})
+    return train_arrays, evals
 
 
 __all__ = ["SOURCES", "check_source", "eval_splits", "load_task_data", "resolve_data_dir"]

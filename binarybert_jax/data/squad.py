@@ -39,6 +39,8 @@ from typing import Optional
 
 import numpy as np
 
+from binarybert_jax.data.batching import MODEL_INPUTS
+
 SQUAD_DIR_ENV = "SQUAD_DIR"
 VERSIONS = ("1.1", "2.0")
 SPLITS = ("train", "dev")
@@ -49,7 +51,7 @@ FILE_NAMES: Mapping[tuple[str, str], str] = MappingProxyType({
 URLS: Mapping[str, str] = MappingProxyType({name: _SQUAD_URL + name for name in FILE_NAMES.values()})
 
 # The arrays of a feature set that training batches (the model's inputs, labels = (start, end)).
-TRAIN_KEYS = ("input_ids", "token_type_ids", "attention_mask", "labels", "lengths")
+TRAIN_KEYS = MODEL_INPUTS + ("labels", "lengths")
 # Per-window bookkeeping for post-processing: the example each window came from, the character
 # span of each context token ((-1, -1) elsewhere), and whether the window is the token's best.
 META_KEYS = ("feature_example", "offsets", "max_context")
@@ -89,32 +91,6 @@ class SquadTask:
 
 TASKS: Mapping[str, SquadTask] = MappingProxyType({
     "squad1": SquadTask("squad1", "1.1"), "squad2": SquadTask("squad2", "2.0")})
-_ALIASES = {"squad1": "squad1", "squad11": "squad1", "squadv11": "squad1",
-            "squad2": "squad2", "squad20": "squad2", "squadv20": "squad2"}
-
-
-def get_task(name: str | SquadTask) -> SquadTask:
-    """The SQuAD task of ``name`` (``squad1``, ``squad2``, ``squad-v1.1``...).
-
-    Raises:
-      ValueError: not a SQuAD task name.
-    """
-    if isinstance(name, SquadTask):
-        return name
-    key = _ALIASES.get(str(name).lower().replace("-", "").replace("_", "").replace(".", ""))
-    if key is None:
-        raise ValueError(f"Unknown SQuAD task {name!r}; expected one of {', '.join(TASKS)}")
-    return TASKS[key]
-
-
-def is_squad_task(name) -> bool:
-    try:
-        get_task(name)
-    except ValueError:
-        return False
-    return True
-
-
 # ==============================================================================================
 # Files.
 # ==============================================================================================
@@ -400,7 +376,7 @@ class SquadEvalSet:
     @property
     def model_arrays(self) -> dict[str, np.ndarray]:
         """The arrays a forward pass reads (what ``evaluate.predict`` batches)."""
-        return {k: self.features[k] for k in ("input_ids", "token_type_ids", "attention_mask", "lengths")}
+        return {k: self.features[k] for k in MODEL_INPUTS + ("lengths",)}
 
     def __len__(self) -> int:
         return len(self.examples)
@@ -472,14 +448,15 @@ def eval_set(version: str, data: list, tokenizer, max_length: int, doc_stride: i
     return SquadEvalSet(version, examples, features, data)
 
 
-def load_squad_data(task: str | SquadTask, tokenizer, *, data_dir="", source: str = "json",
+def load_squad_data(task: SquadTask, tokenizer, *, data_dir="", source: str = "json",
                     max_length: int = 0, doc_stride: int = 128, max_query_length: int = 64,
                     dev_split: float = 0.0, cache_dir=None, train_limit: int = 0,
-                    eval_limit: int = 0) -> tuple[dict[str, np.ndarray], dict[str, SquadEvalSet]]:
+                    eval_limit: int = 0, heldout=None, train: bool = True, dev: bool = True
+                    ) -> tuple[Optional[dict[str, np.ndarray]], dict[str, SquadEvalSet]]:
     """A SQuAD run's training windows and its evaluation set.
 
     Args:
-      task: ``squad1`` / ``squad2``.
+      task: ``squad1`` or ``squad2``'s spec (``tasks.get_task``).
       tokenizer: the model's (fast) tokenizer.
       data_dir: the directory of the official files ("" means ``$SQUAD_DIR``); for ``source="tfds"``
         tfds's data directory.
@@ -489,46 +466,68 @@ def load_squad_data(task: str | SquadTask, tokenizer, *, data_dir="", source: st
         the dev-split protocol (:func:`split_by_article` of the dev file).
       cache_dir: the tokenized-array cache (None: no cache).
       train_limit, eval_limit: keep the first N questions (0: all).
+      heldout: a ``heldout.HeldOut``: whole training articles (after ``train_limit``) kept out of
+        training, evaluated as the split ``heldout``.
+      train, dev: read the training data / the evaluation set (``dev=False`` opens no dev file
+        unless the dev-split protocol trains on it).
     Returns:
-      ``(train, {"dev": SquadEvalSet})``; ``train`` holds :data:`TRAIN_KEYS`.
+      ``(train, {"heldout": SquadEvalSet, "dev": SquadEvalSet})`` with the parts asked for;
+      ``train`` holds :data:`TRAIN_KEYS`.
     """
-    spec = get_task(task)
-    max_length = max_length or spec.max_seq_length
-    if source == "tfds":
-        from binarybert_jax.data import tfds_source
-        dev_data = tfds_source.read_squad_tfds(spec.version, "dev", data_dir or None)
-        train_data = None if dev_split else tfds_source.read_squad_tfds(spec.version, "train", data_dir or None)
-        dev_where, train_where = f"tfds squad dev (v{spec.version})", f"tfds squad train (v{spec.version})"
-    else:
-        dev_path = split_path(data_dir, spec.version, "dev")
-        recorded, dev_data = read_dataset(dev_path)
-        check_version(recorded, dev_path, spec.version)
-        dev_where = train_where = str(dev_path)
-        train_data = None
-        if not dev_split:
-            train_path = split_path(data_dir, spec.version, "train")
-            recorded, train_data = read_dataset(train_path)
-            check_version(recorded, train_path, spec.version)
-            train_where = str(train_path)
-    # Checked whole before anything is tokenized: a bad question fails the load, not an epoch.
-    examples_from_dataset(dev_data, where=dev_where, version=spec.version)
-    key = (spec.name,)
+    max_length = max_length or task.max_seq_length
+
+    def read(split):
+        """The ``data`` list of a split and the name errors give it, checked whole before anything
+        is tokenized: a bad question fails the load, not an epoch."""
+        if source == "tfds":
+            from binarybert_jax.data import tfds_source
+            data, where = tfds_source.read_squad_tfds(task.version, split, data_dir or None), \
+                f"tfds squad {split} (v{task.version})"
+        else:
+            path = split_path(data_dir, task.version, split)
+            recorded, data = read_dataset(path)
+            check_version(recorded, path, task.version)
+            where = str(path)
+        examples_from_dataset(data, where=where, version=task.version)
+        return data, where
+
+    # The dev file is read when it is evaluated, or when the dev-split protocol trains on part of it.
+    dev_data, dev_where = read("dev") if dev or (train and dev_split) else (None, None)
+    train_data, train_where = (None, None) if dev_split or not train else read("train")
+    key = (task.name,)
     if dev_split:
         train_data, dev_data = split_by_article(dev_data, dev_split)
-        key = (spec.name, f"devsplit{dev_split:g}")
         train_where = dev_where
-    train_examples = examples_from_dataset(train_data, where=train_where, version=spec.version)
-    if train_limit:
-        train_examples = train_examples[:train_limit]
-    train = encode_squad_cached(tokenizer, train_examples, max_length, doc_stride, max_query_length,
-                                cache_dir, key + ("train",))
-    train = {k: train[k] for k in TRAIN_KEYS}
-    dev = eval_set(spec.version, dev_data, tokenizer, max_length, doc_stride, max_query_length,
-                   cache_dir, key + ("dev", f"limit{eval_limit}"), eval_limit)
-    return train, {"dev": dev}
+        key = (task.name, f"devsplit{dev_split:g}")
+    evals: dict[str, SquadEvalSet] = {}
+    train = None
+    if train_data is not None:
+        train_examples = examples_from_dataset(train_data, where=train_where, version=task.version)
+        if train_limit:
+            train_examples = train_examples[:train_limit]
+        if heldout is not None:
+            from binarybert_jax.data import heldout as heldout_lib
+            held = heldout_lib.split_articles([ex.article for ex in train_examples], heldout)
+            held_qids = {ex.qid for ex in train_examples if ex.article in held}
+            train_examples = [ex for ex in train_examples if ex.article not in held]
+            held_data = [{**a, "paragraphs": [{**p, "qas": [qa for qa in p["qas"] if qa["id"] in held_qids]}
+                                              for p in a["paragraphs"]]}
+                         for i, a in enumerate(train_data) if i in held]
+            evals["heldout"] = eval_set(task.version, held_data, tokenizer, max_length, doc_stride,
+                                        max_query_length, cache_dir,
+                                        key + ("heldout", f"limit{train_limit}", heldout.fraction,
+                                               heldout.cap, heldout.seed))
+        train = encode_squad_cached(tokenizer, train_examples, max_length, doc_stride, max_query_length,
+                                    cache_dir, key + ("train",))
+        train = {k: train[k] for k in TRAIN_KEYS}
+    if dev:
+        evals["dev"] = eval_set(task.version, dev_data, tokenizer, max_length, doc_stride,
+                                max_query_length, cache_dir, key + ("dev", f"limit{eval_limit}"),
+                                eval_limit)
+    return train, evals
 
 
 __all__ = ["FILE_NAMES", "META_KEYS", "SQUAD_DIR_ENV", "SquadEvalSet", "SquadExample", "SquadTask",
            "TASKS", "TRAIN_KEYS", "URLS", "VERSIONS", "encode_squad", "encode_squad_cached", "eval_set",
-           "examples_from_dataset", "get_task", "is_squad_task", "load_squad_data", "postprocess",
+           "examples_from_dataset", "load_squad_data", "postprocess",
            "read_dataset", "split_by_article", "split_path", "squad_dir"]

@@ -49,14 +49,13 @@ _TFDS_SPLITS = {
 }
 
 
-def tfds_split(task: str | glue.TaskSpec, split: str) -> str:
+def tfds_split(task: glue.TaskSpec, split: str) -> str:
     """The tfds split name of one of our splits (MNLI's ``dev`` is ``validation_matched``)."""
-    spec = glue.get_task(task)
     split = {"validation": "dev"}.get(split, split)
-    if split not in spec.split_files:
-        raise ValueError(f"Unknown split {split!r} for {spec.name}; expected one of "
-                         f"{', '.join(spec.splits)}.")
-    if spec.name == "mnli" and split in ("dev", "test"):
+    if split not in task.split_files:
+        raise ValueError(f"Unknown split {split!r} for {task.name}; expected one of "
+                         f"{', '.join(task.splits)}.")
+    if task.name == "mnli" and split in ("dev", "test"):
         split += "_matched"
     return _TFDS_SPLITS[split]
 
@@ -65,12 +64,12 @@ def _text(value) -> str:
     return value.decode("utf-8") if isinstance(value, bytes) else str(value)
 
 
-def record_to_example(task: str | glue.TaskSpec, split: str, record: Mapping[str, object]
+def record_to_example(task: glue.TaskSpec, split: str, record: Mapping[str, object]
                       ) -> glue.Example:
     """Converts one tfds GLUE record (as from ``tfds.as_numpy``) to an Example.
 
     Args:
-      task: task name or spec.
+      task: the task's spec (``tasks.get_task``).
       split: our split name, used in the guid.
       record: a dict with the task's text features (bytes or str), ``label`` (int, or float for
         STS-B; -1 on test splits) and ``idx``.
@@ -81,11 +80,10 @@ def record_to_example(task: str | glue.TaskSpec, split: str, record: Mapping[str
     Raises:
       ValueError: a label outside the task's classes.
     """
-    spec = glue.get_task(task)
-    first, second = TFDS_TEXT_FEATURES[spec.name]
+    first, second = TFDS_TEXT_FEATURES[task.name]
     raw_label = record["label"]
     label: int | float | None
-    if spec.is_regression:
+    if task.is_regression:
         label = float(raw_label)
         # STS-B scores lie in [0, 5]; tfds marks the hidden test scores with -1.
         if label == -1.0:
@@ -95,24 +93,24 @@ def record_to_example(task: str | glue.TaskSpec, split: str, record: Mapping[str
         if label == -1:
             label = None
         else:
-            names = TFDS_LABEL_NAMES.get(spec.name)
-            if not 0 <= label < (len(names) if names else spec.num_labels):
-                raise ValueError(f"Label {label} out of range for {spec.name}.")
+            names = TFDS_LABEL_NAMES.get(task.name)
+            if not 0 <= label < (len(names) if names else task.num_labels):
+                raise ValueError(f"Label {label} out of range for {task.name}.")
             if names is not None:
-                label = spec.labels.index(names[label])
+                label = task.labels.index(names[label])
     return glue.Example(
-        guid=f"{spec.name}-{split}-{int(record['idx'])}",
+        guid=f"{task.name}-{split}-{int(record['idx'])}",
         text_a=_text(record[first]),
         text_b=_text(record[second]) if second is not None else None,
         label=label)
 
 
-def read_examples_tfds(task: str | glue.TaskSpec, split: str,
+def read_examples_tfds(task: glue.TaskSpec, split: str,
                        data_dir: str | os.PathLike | None = None) -> list[glue.Example]:
     """Reads ``glue/<config>`` with tensorflow_datasets (downloading it if needed).
 
     Args:
-      task: task name or spec.
+      task: the task's spec (``tasks.get_task``).
       split: our split name (``train``, ``dev``, ``test``, MNLI's ``dev_mismatched`` ...).
       data_dir: tfds data directory; None means tfds's default (``~/tensorflow_datasets``).
 
@@ -129,11 +127,10 @@ def read_examples_tfds(task: str | glue.TaskSpec, split: str,
             "Reading GLUE through TensorFlow Datasets needs TensorFlow and tensorflow-datasets: "
             "pip install tensorflow tensorflow-datasets (or use the GLUE TSVs via "
             "$GLUE_DIR).") from e
-    spec = glue.get_task(task)
-    dataset = tfds.load(f"glue/{TFDS_CONFIGS[spec.name]}", split=tfds_split(spec, split),
+    dataset = tfds.load(f"glue/{TFDS_CONFIGS[task.name]}", split=tfds_split(task, split),
                         data_dir=None if data_dir is None else os.fspath(data_dir),
                         shuffle_files=False)
-    examples = [record_to_example(spec, split, record) for record in tfds.as_numpy(dataset)]
+    examples = [record_to_example(task, split, record) for record in tfds.as_numpy(dataset)]
     examples.sort(key=lambda ex: int(ex.guid.rsplit("-", 1)[1]))
     return examples
 

@@ -3,11 +3,11 @@
 answer is always given: what the spans are worth where the threshold of training's evaluation (0)
 answers "no answer" to every question.
 
-    PYTHONPATH=. python results/squad/v2_null_threshold.py OUT_DIR NAME=CHECKPOINT...
+    python -m launch.squad_null_threshold OUT_DIR NAME=CHECKPOINT...
 
 Evaluates each checkpoint on the questions the records were scored on (the first 500 questions of
 the held-out articles of ``$SQUAD_DIR/dev-v2.0.json`` at ``--config.squad.dev_split=0.5``),
-256-token windows as in training; ``launch.predict`` with ``--null-threshold 1e9`` (always the
+256-token windows as in training; ``launch.predict`` with ``--null_threshold 1e9`` (always the
 best span) gives the predictions and the null-score differences, ``squad_metrics.evaluate_v2`` the
 metrics. Writes ``OUT_DIR/null_threshold.json`` and ``OUT_DIR/null_threshold.md`` (the table).
 """
@@ -20,7 +20,8 @@ import tempfile
 
 from binarybert_jax import checkpoints, squad_metrics
 from binarybert_jax.data import squad
-from launch import predict
+from binarybert_jax.errors import UserError
+from launch import arguments, common, predict
 
 DEV_SPLIT, EVAL_LIMIT, MAX_LENGTH = 0.5, 500, 256
 ALWAYS_ANSWER = 1e9   # above every null-score difference (postprocess caps them at 1e9)
@@ -35,10 +36,22 @@ def eval_part() -> list:
                                  for p in a["paragraphs"]]} for a in held_out]
 
 
+def build_parser():
+    parser = arguments.ArgumentParser(prog="python -m launch.squad_null_threshold",
+                                      description=__doc__.split("\n\n")[0],
+                                      epilog=arguments.examples_from(__doc__))
+    parser.add_argument("out_dir", help="where null_threshold.json and null_threshold.md go")
+    parser.add_argument("models", nargs="+", metavar="NAME=CHECKPOINT",
+                        help="a row name and the SQuAD v2.0 model checkpoint it evaluates")
+    return parser
+
+
 def main(argv: list[str]) -> int:
-    if len(argv) < 2 or not all("=" in a for a in argv[1:]):
-        raise SystemExit(__doc__)
-    out_dir, models = pathlib.Path(argv[0]), dict(a.split("=", 1) for a in argv[1:])
+    args = build_parser().parse_args(argv)
+    bad = [m for m in args.models if "=" not in m]
+    if bad:
+        raise UserError(f"{bad[0]}: expected NAME=CHECKPOINT")
+    out_dir, models = pathlib.Path(args.out_dir), dict(a.split("=", 1) for a in args.models)
     data = eval_part()
     results = {}
     with tempfile.TemporaryDirectory() as tmp:
@@ -47,8 +60,8 @@ def main(argv: list[str]) -> int:
         for name, ckpt in models.items():
             preds_file = tmp / name / "predictions.json"
             predict.main(["--model", ckpt, "--task", "squad2", "--input", str(tmp / "eval.json"),
-                          "--out", str(preds_file), "--max-length", str(MAX_LENGTH),
-                          "--null-threshold", str(ALWAYS_ANSWER)])
+                          "--out", str(preds_file), "--max_length", str(MAX_LENGTH),
+                          "--null_threshold", str(ALWAYS_ANSWER)])
             preds = checkpoints.read_json(preds_file)
             na = checkpoints.read_json(preds_file.parent / "na_probs.json")
             m = squad_metrics.evaluate_v2(data, preds, na, na_prob_thresh=ALWAYS_ANSWER)
@@ -64,11 +77,11 @@ def main(argv: list[str]) -> int:
     counts = next(iter(results.values()))
     lines.append("")
     lines.append(f"{counts['total']} questions ({counts['HasAns_total']} answerable, "
-                 f"{counts['NoAns_total']} not); written by results/squad/v2_null_threshold.py.")
+                 f"{counts['NoAns_total']} not); written by launch/squad_null_threshold.py.")
     checkpoints.write_text(out_dir / "null_threshold.md", "\n".join(lines) + "\n")
     print("\n".join(lines))
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    common.run_main(main, sys.argv[1:])
