@@ -56,8 +56,9 @@ def test_pipeline_end_to_end_and_rerun_skips(tmp_path, tiny_pretrained_1layer):
     assert_readable_png(tmp_path / "training_curves.png")
     # The papers' figure: per KD phase the training loss of each quantized model (TWS against the
     # ternary model it was split from), and beneath it, apart, the held-out metric at each evaluation.
-    quantized = [pipeline.StageResult(m, rows[m]["description"], rows[m]["checkpoint"], "", {}, {},
-                                      checkpoints.load_model_spec(rows[m]["checkpoint"]), str(tmp_path / m))
+    quantized = [pipeline.StageResult(m, rows[m]["description"], pipeline.row_checkpoint(tmp_path, rows[m]), "",
+                                      {}, {}, checkpoints.load_model_spec(pipeline.row_checkpoint(tmp_path, rows[m])),
+                                      str(tmp_path / m))
                  for m in ("ternary", "tws")]
     fig = pipeline.plot_training_curves(tmp_path / "again.png", quantized, "accuracy")
     (loss1, loss2), (dev1, dev2) = [fig.axes[:2], fig.axes[2:4]]
