@@ -3,7 +3,7 @@ stage-1 KD epoch over MRPC.
 
     PYTHONPATH=. python -m benchmarks.train_step --out BENCHMARKS.md
 
-A full run (six step cases, the matmul probe and the MRPC epoch) takes about 12-15 minutes on the
+A full run (seven step cases, the matmul probe and the MRPC epoch) takes about 12-15 minutes on the
 2 shared cores of the development machine; ``--cases w2a8 --no-epoch`` about 2.
 
 Models: MiniLM dimensions by default (vocab 30522, hidden 384, 6 layers, 12 heads of 32, FFN 1536)
@@ -22,7 +22,10 @@ Cases (``--cases``), each the jitted ``train.make_train_step`` on a one-device `
   padding masked out, ``kd.ignore_padding``): the configuration the MRPC epoch uses.
 * ``w2a4``: ternary weights, 4-bit LSQ activations, student FFN in ReLU (released 4-bit scripts).
 * ``w1a8`` / ``w1a4``: the split binary student after TWS (two BWN halves per matrix and word
-  embedding), with 8-bit uniform / 4-bit LSQ activations.
+  embedding), with 8-bit uniform / 4-bit LSQ activations; its integer-domain forward multiplies
+  each half's codes (``split_forward='exact'``, twice the ternary step's forward FLOPs there).
+* ``w1a8-summed``: ``w1a8`` with ``split_forward='summed'``: one product of the summed halves per
+  matrix, as the released code runs (the gradients are the same).
 
 For each case, in a fresh subprocess (so that the peak resident memory, ``ru_maxrss``, is the
 case's own): the step is lowered and compiled ahead of time (*compile s*: ``lower`` + ``compile``),
@@ -36,8 +39,9 @@ classifier); per example, one teacher forward plus one student forward and backw
 counted as twice the forward (one product for the input gradient, one for the weight gradient):
 ``kd_step_flops = teacher_fwd + 3·student_fwd``, for ``fp`` ``3·student_fwd``. Embedding gathers,
 softmax, LayerNorm, quantizers and the optimizer are work the count leaves out. The split binary
-model runs one product per matrix (both halves share the quantized input: x·Ŵ1 + x·Ŵ2 =
-x·(Ŵ1 + Ŵ2)), so its FLOPs are the ternary model's. At MiniLM half width and sequence 128 this is
+model is counted as the ternary model (both halves share the quantized input: x·Ŵ1 + x·Ŵ2 =
+x·(Ŵ1 + Ŵ2), one product per matrix), which is what ``w1a8-summed`` runs; ``w1a8``'s exact
+integer-domain forward multiplies each half's codes, twice the student's dense forward products. At MiniLM half width and sequence 128 this is
 5.74 GFLOP per KD example.
 
 The machine's matmul rate is measured in the same run, in its own subprocess: a jitted float32
@@ -80,7 +84,7 @@ from typing import Optional, Sequence
 from benchmarks import child, markdown
 
 SECTION = "## Training step"
-CASES = ("fp", "w2a8", "w2a8-masked", "w2a4", "w1a8", "w1a4")
+CASES = ("fp", "w2a8", "w2a8-masked", "w2a4", "w1a8", "w1a8-summed", "w1a4")
 # How the quantized products are computed: (integer-domain forward, backward dtype, teacher dtype).
 VARIANTS = {"integer": (True, "float32", "float32"),          # backward and teacher in float32
             "float": (False, "float32", "float32"),           # float32 products of the values
@@ -124,7 +128,8 @@ def case_setup(case: str, bert_base: bool):
     teacher = ModelSpec(arch)
     if case == "fp":
         return ModelSpec(arch), None, "supervised", False
-    bits = {"w2a8": (2, 8), "w2a8-masked": (2, 8), "w2a4": (2, 4), "w1a8": (1, 8), "w1a4": (1, 4)}
+    bits = {"w2a8": (2, 8), "w2a8-masked": (2, 8), "w2a4": (2, 4), "w1a8": (1, 8), "w1a8-summed": (1, 8),
+            "w1a4": (1, 4)}
     if case not in bits:
         raise ValueError(f"unknown case {case!r}; allowed: {CASES}")
     wbits, abits = bits[case]
@@ -132,7 +137,8 @@ def case_setup(case: str, bert_base: bool):
     masked = case == "w2a8-masked"
     q = QuantConfig(wbits, wbits, abits, method, method, "lsq" if abits == 4 else "uniform",
                     split=wbits == 1, act_scope="example" if masked else "tensor",
-                    act_ignore_padding=masked)
+                    act_ignore_padding=masked,
+                    split_forward="summed" if case == "w1a8-summed" else "exact")
     student = arch if abits == 8 else dataclasses.replace(arch, hidden_act="relu")
     return ModelSpec(student, q), teacher, "intermediate", masked
 
@@ -400,6 +406,7 @@ def row_name(key: str) -> str:
 CASE_NAMES = {"fp": "full precision, supervised", "w2a8": "ternary W2A8 (TWN, uniform 8-bit)",
               "w2a8-masked": "ternary W2A8, per-example masked ranges",
               "w2a4": "ternary W2A4 (TWN, LSQ 4-bit)", "w1a8": "split binary W1A8 (TWS, BWN)",
+              "w1a8-summed": "split binary W1A8, one product of the summed halves",
               "w1a4": "split binary W1A4 (TWS, BWN, LSQ)"}
 
 
@@ -457,6 +464,12 @@ def targets_table(rows: dict, matmul: dict, epoch: Optional[dict]) -> str:
         lines.append(f"| split W1A8 step ≤ 1.0× the ternary step | {ratio:.2f}× "
                      f"({w1a8['step_s_median']:.2f} s vs {w2a8['step_s_median']:.2f} s median) | "
                      f"{'yes' if ratio <= 1.0 else 'no'} |")
+    summed = _row(rows, "w1a8-summed")
+    if w2a8 and summed:
+        ratio = summed["step_s_median"] / w2a8["step_s_median"]
+        lines.append(f"| split W1A8 step, summed halves (`split_forward=summed`), ≤ 1.0× the "
+                     f"ternary step | {ratio:.2f}× ({summed['step_s_median']:.2f} s vs "
+                     f"{w2a8['step_s_median']:.2f} s median) | {'yes' if ratio <= 1.0 else 'no'} |")
     if epoch:
         lines.append(f"| MRPC stage-1 KD epoch ≤ {EPOCH_TARGET_S:.0f} s | {epoch['epoch_s']:.1f} s "
                      f"(products *{epoch.get('variant', 'integer')}*) | "

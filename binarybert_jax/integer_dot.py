@@ -128,6 +128,8 @@ def _to_output(t: jax.Array, contracting, batch, free, lhs: bool, other_free: in
 
 
 def _integer_forward(dims, groups, a_codes, a_scale, a_zero, b_codes, b_scale, b_zero):
+    if groups == SUMMED_HALVES:
+        return _summed_halves_forward(dims, a_codes, a_scale, a_zero, b_codes, b_scale, b_zero)
     (a_con, b_con), (a_bat, b_bat) = dims
     if groups:  # b's leading axis is a free axis of the product, summed at the end
         b_con, b_bat = tuple(d + 1 for d in b_con), tuple(d + 1 for d in b_bat)
@@ -183,6 +185,58 @@ def _combine_halves(product, axis, a_scale, a_zero, b_scale, b_sums, b_zero):
     out = combine(product) * half(a_scale, 0)
     if a_zero is not None:
         out = out + half(a_zero, 0) * combine(b_sums)
+    return out
+
+
+# ``groups`` of a split weight whose two halves are multiplied as one matrix, their sum.
+SUMMED_HALVES = "summed"
+
+
+def summed_halves_operand(b_codes: jax.Array, b_scale: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """The one operand ``(m, scale)`` of a split weight's halves ``s_1 k_1 + s_2 k_2`` (codes and
+    scales with a leading axis of 2) such that ``scale · m`` is their sum:
+
+        s_1 k_1 + s_2 k_2 = ½(s_1 + s_2)·((k_1 + k_2) + r·(k_1 − k_2)),   r = (s_1 − s_2)/(s_1 + s_2),
+
+    in float32. Where both codes agree, the entry is k_1 + k_2 = ±2, an integer; where they differ,
+    ±2r. The halves of a split weight start with equal scales (r = 0, a ternary matrix of codes
+    −2, 0, 2), and r stays small while they train: the product of ``m`` in bfloat16 then rounds
+    only the ±2r entries (relative error ≤ 2⁻⁹ each), and is the exact integer (k_1 + k_2)·x where
+    the scales are equal."""
+    codes, scale = b_codes.astype(jnp.float32), b_scale.astype(jnp.float32)
+    mean = (scale[0] + scale[1]) * 0.5
+    half_diff = (scale[0] - scale[1]) * 0.5
+    ratio = jnp.where(mean != 0, half_diff / jnp.where(mean != 0, mean, 1.0), 0.0)
+    return (codes[0] + codes[1]) + ratio * (codes[0] - codes[1]), mean
+
+
+def _summed_halves_forward(dims, a_codes, a_scale, a_zero, b_codes, b_scale, b_zero):
+    """The forward of a split weight's two halves as ONE product, of the activation codes and
+    ``summed_halves_operand`` (half the FLOPs of the two halves' products), scaled as
+    ``_combine_halves`` scales those: where the halves' scales are equal the result is the same
+    bits; elsewhere it differs by the bfloat16 rounding of the ±2r entries (and the float32
+    accumulation of the sums that are then no longer integers)."""
+    if b_zero is not None:
+        raise ValueError("a split weight has two symmetric halves: got a zero point")
+    (a_con, b_con), (a_bat, b_bat) = dims
+    operand, mean = summed_halves_operand(b_codes, b_scale)
+    a_free = _free_axes(a_codes.ndim, a_con, a_bat)
+    b_free = _free_axes(operand.ndim, b_con, b_bat)
+    product = bf16_dot_general(a_codes.astype(jnp.bfloat16), operand.astype(jnp.bfloat16), dims)
+    lhs = functools.partial(_to_output, contracting=a_con, batch=a_bat, free=a_free, lhs=True,
+                            other_free=len(b_free))
+    rhs = functools.partial(_to_output, contracting=b_con, batch=b_bat, free=b_free, lhs=False,
+                            other_free=len(a_free))
+    f32 = jnp.float32
+    out = (rhs(mean) * product) * lhs(a_scale.astype(f32))
+    if a_zero is not None:
+        # z_a·Σ over the inputs of the summed weight, from the halves' exact integer code sums
+        # (as ``_combine_halves`` forms it).
+        scale = b_scale.astype(f32)
+        sums = jnp.sum(b_codes.astype(f32), axis=tuple(d + 1 for d in b_con), keepdims=True)
+        mean_, half_diff = (scale[0] + scale[1]) * 0.5, (scale[0] - scale[1]) * 0.5
+        out = out + lhs(a_zero.astype(f32)) * rhs(mean_ * (sums[0] + sums[1])
+                                                  + half_diff * (sums[0] - sums[1]))
     return out
 
 
@@ -263,7 +317,8 @@ def float_dot_general(a: jax.Array, b: jax.Array, dimension_numbers) -> jax.Arra
 
 def quantized_dot_general(a_values: jax.Array, a: Optional[QuantizedCodes], b_values: jax.Array,
                           b: Optional[QuantizedCodes], dimension_numbers: DimensionNumbers, *,
-                          groups: bool = False, grad_dtype=jnp.float32) -> jax.Array:
+                          groups: bool = False, grad_dtype=jnp.float32,
+                          summed: bool = False) -> jax.Array:
     """``lax.dot_general(a_values, b_values, dimension_numbers)``, computed on the codes.
 
     Args:
@@ -273,6 +328,11 @@ def quantized_dot_general(a_values: jax.Array, a: Optional[QuantizedCodes], b_va
       a, b: the operands' codes, or None where an operand is not quantized.
       dimension_numbers: as ``lax.dot_general``'s, on the values.
       grad_dtype: the dtype of the backward products (float32 or bfloat16).
+      summed: with ``groups``, the halves' forward is one product of their sum
+        (``summed_halves_operand``: half the FLOPs; the same bits where the halves' scales are
+        equal, else within the bfloat16 rounding of the small entries), where the code sums allow
+        it (|k_a|·2·K < 2²⁴; otherwise the two halves' products). The gradients are the same
+        either way: those of the values' product.
     Returns:
       float32: the integer-domain product where ``is_exact`` holds, else the float product of
       the values (``float_dot_general``), as before; float64 values always take the float product.
@@ -285,5 +345,7 @@ def quantized_dot_general(a_values: jax.Array, a: Optional[QuantizedCodes], b_va
     wide = jnp.float64 in (jnp.dtype(a_values.dtype), jnp.dtype(b_values.dtype))
     if a is None or b is None or wide or not is_exact(a, b, dims, groups):
         return float_dot_general(a_values, b_values, dims)
+    if groups and summed and is_exact(a, b._replace(bound=2 * b.bound), dims, groups):
+        groups = SUMMED_HALVES
     return _integer_dot(dims, groups, jnp.dtype(grad_dtype), jnp.dtype(a_values.dtype), a_values,
                         b_values, a.codes, a.scale, a.zero, b.codes, b.scale, b.zero)

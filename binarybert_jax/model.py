@@ -117,6 +117,10 @@ def wea_label(weight_bits: int, embed_bits: int, act_bits: int, *, letters: bool
     return f"{weight_bits}-{embed_bits}-{act_bits}"
 
 
+# How training computes a split layer's forward (``QuantConfig.split_forward``).
+SPLIT_FORWARDS = ("exact", "summed")
+
+
 @dataclasses.dataclass(frozen=True)
 class QuantConfig:
     """Quantization, "W-E-A" bits as the papers write them: Transformer weights, word embedding,
@@ -148,6 +152,13 @@ class QuantConfig:
       split_shared_act: both halves share one input quantizer, so the float path is one matmul with
         the summed quantized kernel (the integer path still multiplies each half's codes, as their
         scales differ). False gives each half its own quantizer, as the released code.
+      split_forward: how training computes a split layer's integer-domain forward (both halves
+        sharing their input quantizer): ``exact``, each half's integer product (exact sums, twice
+        the FLOPs), or ``summed``, one product of the summed halves, as the released code runs
+        (``integer_dot.summed_halves_operand``: the same bits while the halves' scales are equal,
+        else within bfloat16 rounding of the small entries; the gradients are the same). What a
+        model computes when it is evaluated, saved or exported is the exact forward
+        (``ModelSpec.for_evaluation``).
     """
 
     weight_bits: int = 32
@@ -170,6 +181,7 @@ class QuantConfig:
     unsplit: tuple[str, ...] = ()
     split_shared_act: bool = True
     attention: str = "softmax"
+    split_forward: str = "exact"
 
     def __post_init__(self):
         quant.check_weight_method(self.weight_method, self.weight_bits)
@@ -193,6 +205,8 @@ class QuantConfig:
         if not (self.clip_percentile == 0 or 50 < self.clip_percentile <= 100):
             raise ValueError(f"clip_percentile must be 0 (clips start at ±clip_init) or in (50, 100], "
                              f"got {self.clip_percentile}")
+        if self.split_forward not in SPLIT_FORWARDS:
+            raise ValueError(f"split_forward must be one of {SPLIT_FORWARDS}, got {self.split_forward!r}")
         if self.act_scope not in ("tensor", "example", "token"):
             raise ValueError(f"act_scope must be tensor, example or token, got {self.act_scope!r}")
         object.__setattr__(self, "unsplit", tuple(self.unsplit))
@@ -366,7 +380,8 @@ class QuantDense(nn.Module, _ActQuantMixin):
                 return [(xq, x_codes, wq, wq_codes, groups)]
             y = integer_dot.quantized_dot_general(
                 xq.astype(self.dtype), x_codes if integer else None, wq.astype(self.dtype), wq_codes,
-                dims, groups=groups, grad_dtype=self.grad_dtype)
+                dims, groups=groups, grad_dtype=self.grad_dtype,
+                summed=cfg.split_forward == "summed")
             return y.astype(self.dtype)
 
         if self.split and not cfg.split_shared_act:
@@ -665,6 +680,14 @@ class ModelSpec:
         ``grad_dtype``: the dtype of those products' backward pass."""
         return BertModel(self.config, self.quant, self.head, self.num_labels, dtype=dtype,
                          integer_products=integer_products, grad_dtype=grad_dtype)
+
+    def for_evaluation(self) -> "ModelSpec":
+        """The same model with the exact forward of its split layers (``QuantConfig.split_forward``):
+        what evaluation computes and checkpoints record, so that scores and exported models never
+        depend on how training computed its forward."""
+        if self.quant.split_forward == "exact":
+            return self
+        return dataclasses.replace(self, quant=dataclasses.replace(self.quant, split_forward="exact"))
 
     def without_axis(self) -> "ModelSpec":
         """The same model with ranges computed locally: for initialisation and calibration on the

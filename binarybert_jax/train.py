@@ -17,6 +17,7 @@ Workdir layout (local, or remote: ``gs://bucket/run``, see ``checkpoints.as_path
     results.json                 per phase: the protocol, the selection split's scores at the selected
                                  checkpoint, dev at the selected and at the final checkpoint,
                                  checkpoint paths, wall seconds
+    provenance.json              written by the mains (launch/): commit, command, wall time per invocation
 
 Checkpoint selection (``config.select_on``): on ``heldout``, periodic evaluation, the best
 checkpoint and early stopping read a slice of the training set kept out of training
@@ -25,11 +26,15 @@ scored once at the selected checkpoint and once at the final one. On ``dev``, th
 evaluations are dev's, and the selected checkpoint's dev score is its best one. Evaluations come
 every ``config.eval_every_examples`` training examples (every epoch when 0), the same for every
 phase and model whatever its batch size.
-    provenance.json              written by the mains (launch/): commit, command, wall time per invocation
+
+Progress: every ``config.log_every_steps`` steps, process 0 logs one line per phase with the steps
+done of the total, the examples per second of the last period and the time left at that rate
+(``progress_line``).
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import math
@@ -226,6 +231,26 @@ def _stop_on_nonfinite(e: NonFiniteLossError, ckpts: checkpoints.TrainCheckpoint
     return NonFiniteLossError(f"{e}; stopped, nothing saved from it.{aside} {where}", e.step)
 
 
+def _duration(seconds: float) -> str:
+    """``h:mm:ss`` (``m:ss`` under an hour)."""
+    if not math.isfinite(seconds):
+        return "?"
+    minutes, secs = divmod(int(round(seconds)), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
+
+
+def progress_line(phase: str, step: int, total_steps: int, examples_per_s: float,
+                  batch_size: int) -> str:
+    """A phase's progress in one line: steps done of the total, the rate of the last log period
+    (evaluations and checkpoints in it included, so the time left counts them too) and the time
+    the remaining steps take at that rate."""
+    left = ((total_steps - step) * batch_size / examples_per_s if examples_per_s > 0
+            else (0.0 if step >= total_steps else math.inf))
+    return (f"phase {phase}: step {step}/{total_steps} ({100 * step / total_steps:.0f}%), "
+            f"{examples_per_s:.1f} examples/s, {_duration(left)} left")
+
+
 def _log_mean(writer: checkpoints.MetricWriter, phase: str, fetched: list) -> None:
     last_step, last = fetched[-1]
     writer.write(phase, last_step, {k: float(np.mean([m[k] for _, m in fetched])) for k in last})
@@ -375,7 +400,11 @@ def _train_phase(config, workdir, phase, spec, task, train_arrays, eval_sets, te
                                  temperature=config.kd.temperature, attention=config.kd.attention,
                                  ignore_padding=config.kd.ignore_padding,
                                  teacher_dropout=config.kd.teacher_dropout, span=task.head == "span")
-    predict_step = evaluate.make_predict_step(student, mesh)
+    # Evaluation and the saved checkpoints compute the model's exact forward, whatever forward
+    # training takes (``QuantConfig.split_forward``).
+    exact_spec = spec.for_evaluation()
+    predict_step = evaluate.make_predict_step(
+        student if exact_spec is spec else resolve.build_student(exact_spec, config), mesh)
     lat = M.uses_lat_diag(spec.quant)
     buckets = tuple(config.bucket_lengths) or None
     rng = jax.random.key(config.seed + 1)
@@ -399,8 +428,14 @@ def _train_phase(config, workdir, phase, spec, task, train_arrays, eval_sets, te
     early_stop = bool(config.early_stop_evals and step < total_steps
                       and meta.get("evals_since_best", 0) >= config.early_stop_evals)
     from tqdm.auto import tqdm
+    from tqdm.contrib.logging import logging_redirect_tqdm
     bar = tqdm(total=total_steps, initial=step, desc=phase.name, unit="step",
                disable=not checkpoints.is_writer() or not config.progress_bar)
+    # The package's log lines (the progress line among them) printed above the bar, not into it,
+    # where the mains gave the package a console handler.
+    logging_beside_bar, ours = contextlib.ExitStack(), logging.getLogger("binarybert_jax")
+    if not bar.disable and ours.handlers:
+        logging_beside_bar.enter_context(logging_redirect_tqdm([ours]))
     window_start, window_examples = time.perf_counter(), 0
     try:
         while step < total_steps and not stopped_early and not early_stop:
@@ -424,6 +459,8 @@ def _train_phase(config, workdir, phase, spec, task, train_arrays, eval_sets, te
                     rate = window_examples / max(now - window_start, 1e-9)
                     writer.write(phase.name, step, {"examples_per_second": rate})
                     bar.set_postfix(examples_per_s=f"{rate:.1f}")
+                    if checkpoints.is_writer():
+                        log.info(progress_line(phase.name, step, total_steps, rate, config.batch_size))
                     window_start, window_examples = now, 0
 
                 # ---- Evaluate ----
@@ -444,7 +481,7 @@ def _train_phase(config, workdir, phase, spec, task, train_arrays, eval_sets, te
                         info = {**record, "step": step, "selected_on": selected_on, "selection": scores}
                         if dev_sets is None:
                             info["dev"] = scores
-                        checkpoints.save_model(best_dir, jax.device_get(state.params), spec, info,
+                        checkpoints.save_model(best_dir, jax.device_get(state.params), exact_spec, info,
                                                lat_diag=jax.device_get(lat_diag))
                     else:
                         meta = {**meta, "evals_since_best": meta.get("evals_since_best", 0) + 1}
@@ -511,7 +548,7 @@ def _train_phase(config, workdir, phase, spec, task, train_arrays, eval_sets, te
                         None if best_lat is None else replicate(best_lat, mesh), eval_sets, dev, mesh,
                         buckets)
                 # The selected model carries its dev score, as the final one does.
-                checkpoints.save_model(best_dir, best_params, spec, {**best_info, "dev": dev_selected},
+                checkpoints.save_model(best_dir, best_params, exact_spec, {**best_info, "dev": dev_selected},
                                        lat_diag=best_lat)
             if chosen_best:
                 chosen["selected"] = chosen_best
@@ -520,12 +557,13 @@ def _train_phase(config, workdir, phase, spec, task, train_arrays, eval_sets, te
         final_info = {**record, "step": step, "selected_on": selected_on, "selection": final_scores}
         if evaluates:
             final_info["dev"] = dev_final
-        checkpoints.save_model(final_dir, jax.device_get(state.params), spec, final_info,
+        checkpoints.save_model(final_dir, jax.device_get(state.params), exact_spec, final_info,
                                lat_diag=jax.device_get(lat_diag))
         wall_seconds = elapsed_before + time.perf_counter() - started
     except NonFiniteLossError as e:
         raise _stop_on_nonfinite(e, ckpts) from None
     finally:
+        logging_beside_bar.close()
         bar.close()
         ckpts.close()
     # ``best`` and ``final`` are dev's scores at the selected and at the final checkpoint (on

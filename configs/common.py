@@ -59,6 +59,9 @@ def quant_config(weight_bits=32, embed_bits=32, act_bits=32, weight_method="twn"
         split=False,                    # ternary-weight-split model: two latent halves per quantized matrix
         unsplit=(),                     # matrices kept single in a split model (adaptive splitting)
         split_shared_act=True,          # both halves share one input quantizer (False: one each, as released)
+        split_forward="exact",          # a split layer's training forward: exact (each half's integer product) |
+                                        # summed (one product of the summed halves, half the FLOPs;
+                                        # evaluation and export stay exact)
         attention="softmax")            # softmax | bool (Bi-Attention, BiBERT; needs act_method=sign)
     q.update(overrides)
     return ml_collections.ConfigDict(q)

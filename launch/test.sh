@@ -2,7 +2,8 @@
 # Runs the test suite on the CPU (XLA_FLAGS, unless set: tests/conftest.py's), in .venv, in
 # TEST_WORKERS processes (default 2, pytest-xdist; TEST_WORKERS=0 runs in this process). Tests
 # are compile-bound and XLA compiles on one thread, so a second worker keeps the second core busy.
-# Extra arguments go to pytest: bash launch/test.sh -k bitwise; naming test files or folders runs
+# --fast leaves out the tests marked slow (multi-process runs, whole pipelines), which CI runs.
+# Other arguments go to pytest: bash launch/test.sh -k bitwise; naming test files or folders runs
 # just those (bash launch/test.sh tests/test_records.py), otherwise the whole of tests/.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -10,7 +11,14 @@ export JAX_PLATFORMS=cpu
 py=python
 [ -x .venv/bin/python ] && py=.venv/bin/python
 paths=tests
+select=()
+args=()
 for arg in "$@"; do
-  case $arg in tests|tests/*) paths= ;; esac
+  case $arg in
+    --fast) select=(-m "not slow"); continue ;;
+    tests|tests/*) paths= ;;
+  esac
+  args+=("$arg")
 done
-exec "$py" -m pytest $paths -q -p no:cacheprovider --numprocesses="${TEST_WORKERS:-2}" "$@"
+exec "$py" -m pytest $paths -q -p no:cacheprovider --numprocesses="${TEST_WORKERS:-2}" \
+  "${select[@]}" "${args[@]}"

@@ -1,5 +1,6 @@
-"""Shared test fixtures: the parity references in ``tests/fixtures``, the full GLUE files in the
-``shared/`` folder beside the checkout (tests that need them skip without it), the real MiniLM model."""
+"""Shared test fixtures: the parity references and GLUE slices in ``tests/fixtures``, the ``shared/``
+folder beside the checkout (the few tests that need its full files skip without it), the real MiniLM
+model."""
 
 import os
 import pathlib
@@ -27,11 +28,14 @@ jax.config.update("jax_compilation_cache_dir", os.environ.get(
 jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
 
 SHARED = pathlib.Path(__file__).resolve().parents[2] / "shared"
-# The reference outputs the parity tests compare against ship with the tests (tests/fixtures/README.md).
+# The reference outputs the parity tests compare against and the GLUE slices the training tests
+# read ship with the tests (tests/fixtures/README.md).
 FIXTURES = pathlib.Path(__file__).resolve().parent / "fixtures"
-# The full GLUE files a few tests read; the shipped data/glue_slice holds only part of SST-2.
-GLUE_FILES = tuple(f"{task}/{split}.tsv" for task in ("CoLA", "SST-2", "MRPC", "STS-B")
-                   for split in ("train", "dev", "test"))
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "slow: runs several processes or a whole pipeline; CI runs it, "
+                            "launch/test.sh --fast leaves it out")
 
 
 @pytest.fixture(scope="session")
@@ -52,22 +56,26 @@ def fixtures_dir() -> pathlib.Path:
             pytest.fail(f"{path} is missing: it is listed in {sums}", pytrace=False)
         actual = hashlib.sha256(path.read_bytes()).hexdigest()
         if actual != expected:
-            pytest.fail(f"{path} has SHA-256 {actual}, {sums} says {expected}: the parity "
-                        "fixture changed; restore it from version control", pytrace=False)
+            pytest.fail(f"{path} has SHA-256 {actual}, {sums} says {expected}: the fixture "
+                        "changed; restore it from version control", pytrace=False)
     return FIXTURES
 
 
 @pytest.fixture(scope="session")
-def glue_dir() -> pathlib.Path:
-    """The full GLUE files of ``shared/data/glue`` beside the checkout; skips naming what is missing."""
-    root = SHARED / "data" / "glue"
-    if not root.is_dir():
-        pytest.skip(f"full GLUE data missing: no folder {root} (the tests read train.tsv, dev.tsv and "
-                    "test.tsv of CoLA/, SST-2/, MRPC/ and STS-B/ there)")
-    missing = [name for name in GLUE_FILES if not (root / name).is_file()]
-    if missing:
-        pytest.skip(f"full GLUE data incomplete under {root}: {', '.join(missing)} missing")
-    return root
+def glue_dir(fixtures_dir) -> pathlib.Path:
+    """GLUE slices in GLUE's layout: the header and first 64 rows of train.tsv and dev.tsv of MRPC/,
+    STS-B/ and SST-2/ (no test.tsv), checked against SHA256SUMS."""
+    return fixtures_dir / "glue"
+
+
+def write_mrpc_test_file(glue_dir: pathlib.Path, out: pathlib.Path, rows: int) -> pathlib.Path:
+    """The first ``rows`` MRPC dev pairs of ``glue_dir`` in the layout of GLUE's MRPC test.tsv (an
+    index where dev has the label), for tests of unlabeled input: the slices hold no test split."""
+    lines = (glue_dir / "MRPC" / "dev.tsv").read_text(encoding="utf-8-sig").splitlines()[1:rows + 1]
+    body = [f"{i}\t{line.split(chr(9), 1)[1]}" for i, line in enumerate(lines)]
+    out.write_text("\n".join(["index\t#1 ID\t#2 ID\t#1 String\t#2 String", *body]) + "\n",
+                   encoding="utf-8")
+    return out
 
 
 @pytest.fixture(scope="session")
@@ -136,7 +144,8 @@ def _write_tiny(directory, config, minilm_dir):
     import jax.numpy as jnp
     from binarybert_jax import hf_import
     from binarybert_jax.model import BertModel
-    params = BertModel(config, head="none").init(jax.random.key(0), jnp.ones((1, 8), jnp.int32))["params"]
+    init = jax.jit(BertModel(config, head="none").init)  # one program, not one per op
+    params = init(jax.random.key(0), jnp.ones((1, 8), jnp.int32))["params"]
     return hf_import.write_hf_checkpoint(directory, params, config, minilm_dir)
 
 

@@ -116,3 +116,41 @@ def test_default_variant_is_the_configs_default():
     c = common.base_config()
     integer, grad, teacher = train_step.VARIANTS[train_step.DEFAULT_VARIANT]
     assert (c.integer_products, c.matmul_precision, c.teacher_dtype or c.dtype) == (integer, grad, teacher)
+
+
+def test_train_step_times_the_summed_split_beside_the_exact_one():
+    """The benchmark's split cases, shrunk to one layer (a smoke run, no timing): ``w1a8-summed``
+    is the ``w1a8`` student with ``split_forward=summed``, and its compiled KD step runs one dense
+    product per split matrix where ``w1a8`` runs two (the student's dense forward FLOPs fewer by
+    one forward's worth), to a finite loss."""
+    import dataclasses
+    from binarybert_jax import sharding
+    from binarybert_jax.model import ModelSpec
+
+    mesh, batch, seq = sharding.make_mesh(1), 4, 16
+    small = dict(num_layers=1, vocab_size=2000, hidden_size=64, num_heads=2, head_dim=32,
+                 intermediate_size=128)
+    counted, losses = {}, {}
+    for case in ("w1a8", "w1a8-summed"):
+        student, teacher, objective, masked = train_step.case_setup(case, bert_base=False)
+        assert student.quant.split and student.quant.split_forward == (
+            "summed" if case == "w1a8-summed" else "exact")
+        student = ModelSpec(dataclasses.replace(student.config, **small), student.quant)
+        teacher = ModelSpec(dataclasses.replace(teacher.config, **small))
+        step, tx = train_step.build_step(student, teacher, objective, masked, mesh)
+        state, teacher_variables = train_step.init_state(student, teacher, tx, mesh, seq)
+        data = sharding.shard_batch(train_step.synthetic_batch(batch, seq, small["vocab_size"]), mesh)
+        compiled = step.lower(state, teacher_variables, data, jax.random.key(0)).compile()
+        cost = compiled.cost_analysis()
+        counted[case] = (cost[0] if isinstance(cost, list) else cost)["flops"]
+        _, measured = compiled(state, teacher_variables, data, jax.random.key(0))
+        losses[case] = float(measured["total"])
+    assert all(np.isfinite(v) for v in losses.values())
+    assert losses["w1a8-summed"] == pytest.approx(losses["w1a8"], rel=1e-2)
+    # The split matrices' forward products (Q, K, V, attention output, FFN in and out per token;
+    # the pooler's on the first token), which the exact forward runs twice, once per half.
+    config = student.config
+    h, a, i = config.hidden_size, config.attention_size, config.intermediate_size
+    split_forward = batch * (2 * seq * (3 * h * a + a * h + 2 * h * i) * config.num_layers + 2 * h * h)
+    saved = counted["w1a8"] - counted["w1a8-summed"]
+    assert 0.9 * split_forward <= saved <= 1.1 * split_forward, (saved, split_forward, counted)

@@ -1,6 +1,6 @@
-"""Tests for binarybert_jax.data.encode: tokenization with the real MiniLM tokenizer (SST-2 slice
-shipped in the repository; pairs, scores and unlabeled splits from the full GLUE files, skipped
-naming the file where ../shared lacks them) and the on-disk cache."""
+"""Tests for binarybert_jax.data.encode: tokenization with the real MiniLM tokenizer (the SST-2
+slice shipped in the repository, the MRPC and STS-B test slices; unlabeled splits from the full
+GLUE files, skipped naming the file where ../shared lacks them) and the on-disk cache."""
 
 import logging
 import pathlib
@@ -44,8 +44,8 @@ def test_encode_single_sentence(tokenizer):
     assert arrays["input_ids"][0, 1:arrays["lengths"][0] - 1].tolist() == pieces
 
 
-def test_encode_pairs_segments_and_truncation(tokenizer):
-    examples = glue.read_examples(shared_glue("MRPC/dev.tsv"), tasks.get_task("mrpc"), "dev")[:40]
+def test_encode_pairs_segments_and_truncation(tokenizer, glue_dir):
+    examples = glue.read_examples(glue_dir, tasks.get_task("mrpc"), "dev")[:40]
     for max_length in (128, 24):  # 24 truncates nearly every pair.
         arrays = encode.encode_examples(tokenizer, examples, max_length)
         assert arrays["input_ids"].shape == (40, max_length)
@@ -64,14 +64,17 @@ def test_encode_pairs_segments_and_truncation(tokenizer):
         assert abs(len_a - len_b) <= 1
 
 
-def test_encode_unlabeled_and_regression(tokenizer):
-    glue_root = shared_glue("STS-B/test.tsv", "STS-B/dev.tsv", "CoLA/test.tsv")
+def test_encode_regression(tokenizer, glue_dir):
+    stsb_dev = glue.read_examples(glue_dir, tasks.get_task("sts-b"), "dev")[:10]
+    labels = encode.encode_examples(tokenizer, stsb_dev, 32)["labels"]
+    assert labels.dtype == np.float32 and labels[0] == 5.0
+
+
+def test_encode_unlabeled(tokenizer):
+    glue_root = shared_glue("STS-B/test.tsv", "CoLA/test.tsv")
     stsb_test = glue.read_examples(glue_root, tasks.get_task("sts-b"), "test")[:10]
     labels = encode.encode_examples(tokenizer, stsb_test, 32, is_regression=True)["labels"]
     assert labels.dtype == np.float32 and np.isnan(labels).all()
-    stsb_dev = glue.read_examples(glue_root, tasks.get_task("sts-b"), "dev")[:10]
-    labels = encode.encode_examples(tokenizer, stsb_dev, 32)["labels"]
-    assert labels.dtype == np.float32 and labels[0] == 5.0
     cola_test = glue.read_examples(glue_root, tasks.get_task("cola"), "test")[:10]
     labels = encode.encode_examples(tokenizer, cola_test, 32)["labels"]
     assert labels.dtype == np.int32 and (labels == -1).all()
@@ -120,9 +123,8 @@ def test_corrupt_cache_is_recomputed(tokenizer, tmp_path, caplog):
     assert counting.calls == 2  # The rewritten file is good.
 
 
-def test_load_encoded_split(tokenizer, tmp_path):
-    glue_root = shared_glue("STS-B/dev.tsv")
-    arrays = encode.load_encoded_split(tokenizer, tasks.get_task("stsb"), "dev", data_dir=glue_root, limit=16,
+def test_load_encoded_split(tokenizer, tmp_path, glue_dir):
+    arrays = encode.load_encoded_split(tokenizer, tasks.get_task("stsb"), "dev", data_dir=glue_dir, limit=16,
                                        cache_dir=tmp_path)
     assert arrays["input_ids"].shape == (16, 128)  # The task's default length.
     assert arrays["labels"].dtype == np.float32

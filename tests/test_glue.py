@@ -1,6 +1,6 @@
-"""Tests for binarybert_jax.data.glue: task specs, the TSV reader on the shipped SST-2 slice, on
-the full GLUE files (skipped, naming the file, where ../shared lacks them), on files at any path
-and on broken ones."""
+"""Tests for binarybert_jax.data.glue: task specs, the TSV reader on the shipped SST-2 slice and
+the MRPC / STS-B test slices (tests/fixtures/glue), on the full GLUE files (skipped, naming the
+file, where ../shared lacks them), on files at any path and on broken ones."""
 
 import logging
 import pathlib
@@ -114,9 +114,10 @@ def test_real_row_counts(task):
             assert set(labels) == {0, 1}
 
 
-def test_mrpc_bom_and_quotes():
-    glue_root = shared_glue("MRPC/train.tsv", "MRPC/dev.tsv", "MRPC/test.tsv")
-    train = glue.read_examples(glue_root, tasks.get_task("mrpc"), "train")
+def test_mrpc_bom_and_quotes(glue_dir):
+    # The shipped slices keep the files' first lines byte for byte: the byte-order mark, and
+    # quotes opening fields in both splits.
+    train = glue.read_examples(glue_dir, tasks.get_task("mrpc"), "train")
     first = train[0]
     assert first.label == 1 and first.guid == "mrpc-train-0"
     assert first.text_a.startswith('Amrozi accused his brother , whom he called " the witness "')
@@ -125,9 +126,12 @@ def test_mrpc_bom_and_quotes():
     assert train[0].text_b.endswith("distorting his evidence .")
     assert not any("\ufeff" in ex.text_a or "\t" in ex.text_a or "\t" in ex.text_b
                    for ex in train)
-    dev = glue.read_examples(glue_root, tasks.get_task("MRPC"), "dev")
+    dev = glue.read_examples(glue_dir, tasks.get_task("MRPC"), "dev")
     assert dev[0].text_b.startswith('" The foodservice pie business')
-    test = glue.read_examples(glue_root, tasks.get_task("mrpc"), "test")
+
+
+def test_mrpc_test_file():
+    test = glue.read_examples(shared_glue("MRPC/test.tsv"), tasks.get_task("mrpc"), "test")
     assert test[0].guid == "mrpc-test-0" and test[0].text_b.startswith("Current Chief")
 
 
@@ -140,8 +144,8 @@ def test_cola_has_no_header():
     assert sum('"' in ex.text_a for ex in report.examples) == 2
 
 
-def test_stsb_columns():
-    dev = glue.read_examples(shared_glue("STS-B/dev.tsv"), tasks.get_task("stsb"), "dev")
+def test_stsb_columns(glue_dir):
+    dev = glue.read_examples(glue_dir, tasks.get_task("stsb"), "dev")
     assert dev[0] == glue.Example("sts-b-dev-0", "A man with a hard hat is dancing.",
                                   "A man wearing a hard hat is dancing.", 5.0)
     assert dev[1].label == pytest.approx(4.75)

@@ -48,7 +48,7 @@ def test_the_slice_is_disjoint_from_training_stratified_and_fixed_by_its_seed(to
 
 
 def test_sts_b_is_stratified_by_score_bin(glue_dir):
-    examples = glue.read_examples(glue_dir, "sts-b", "train")
+    examples = glue.read_examples(glue_dir, tasks.get_task("sts-b"), "train")
     scores = np.array([e.label for e in examples], np.float32)
     train_idx, held_idx = heldout.split_indices(scores, True, heldout.HeldOut())
     assert len(held_idx) == round(0.1 * len(scores)) and not set(train_idx) & set(held_idx)
@@ -60,7 +60,7 @@ def test_sts_b_is_stratified_by_score_bin(glue_dir):
 
 def test_squad_holds_out_whole_articles(tmp_path, tokenizer):
     _squad_file(tmp_path / "squad")
-    train_arrays, evals = squad.load_squad_data("squad1", tokenizer, data_dir=tmp_path / "squad",
+    train_arrays, evals = squad.load_squad_data(tasks.get_task("squad1"), tokenizer, data_dir=tmp_path / "squad",
                                                 max_length=128, doc_stride=64, max_query_length=32,
                                                 dev_split=0.5, heldout=heldout.HeldOut(), dev=False)
     held = evals["heldout"]

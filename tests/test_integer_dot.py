@@ -136,3 +136,95 @@ def test_dense_products_of_the_real_model_are_closer_to_float64(tokenizer, glue_
         assert integer["layers"] == float32["layers"] == 6 * 6 + 1, name
         assert integer["rms"] < 0.5 * float32["rms"], (name, integer, float32)
         assert integer["max"] < float32["max"], (name, integer, float32)
+
+
+def _split_weight(scales, seed=5, k=384, n=96):
+    """A split weight's two halves as codes ±1 (independent signs) with per-half scales
+    ``scales`` (shaped (2, 1, 1) or (2, 1, n)): ``(codes, values of the sum)``."""
+    codes = jnp.where(jax.random.bernoulli(jax.random.key(seed), 0.5, (2, k, n)), 1.0, -1.0)
+    wc = quant.QuantizedCodes(codes, jnp.asarray(scales, jnp.float32), None, 1)
+    halves = wc.scale * wc.codes
+    return wc, halves[0] + halves[1]
+
+
+@pytest.mark.parametrize("symmetric", [True, False])
+@pytest.mark.parametrize("granularity", ["layer", "row"])
+def test_summed_halves_are_the_same_bits_where_the_scales_are_equal(symmetric, granularity):
+    """After TWS the halves' scales are equal: one product of the summed codes (−2, 0, 2) is an
+    exact integer, scaled as the two halves' products are, so the result is the same bits."""
+    xv, xc = _act(1.3 * jax.random.normal(jax.random.key(1), (3, 24, 384)), 8, symmetric, axes=(2,))
+    shape = (1, 1) if granularity == "layer" else (1, 96)
+    s = 0.03 + 0.01 * jax.random.uniform(jax.random.key(2), shape)
+    wc, w_sum = _split_weight(jnp.stack([s, s]))
+    exact = quantized_dot_general(xv, xc, w_sum, wc, DENSE, groups=True)
+    summed = quantized_dot_general(xv, xc, w_sum, wc, DENSE, groups=True, summed=True)
+    np.testing.assert_array_equal(summed, exact)
+
+
+@pytest.mark.parametrize("symmetric", [True, False])
+@pytest.mark.parametrize("granularity", ["layer", "row"])
+def test_summed_halves_within_bfloat16_rounding_where_the_scales_differ(symmetric, granularity):
+    """Halves whose scales have drifted apart: the summed operand's entries ±2r (r the scales'
+    relative difference) are rounded to bfloat16 and the sums are no longer integers, so the
+    one-product result differs from the two products' by at most
+
+        |s_a|·m·(2⁻⁹·Σ_k|k_a|·|2r|·[halves differ] + K·2⁻²⁴·Σ_k|k_a|·|entry|) + 8 ulp of the output,
+
+    m the halves' mean scale, k_a the (centred) activation codes. Measured against float64, the
+    one product stays within the same order as the two."""
+    xv, xc = _act(1.3 * jax.random.normal(jax.random.key(3), (3, 24, 384)), 8, symmetric, axes=(2,))
+    shape = (1, 1) if granularity == "layer" else (1, 96)
+    s1 = 0.03 + 0.01 * jax.random.uniform(jax.random.key(4), shape)
+    s2 = s1 * (1 + 0.2 * jax.random.uniform(jax.random.key(5), shape, minval=-1))
+    wc, w_sum = _split_weight(jnp.stack([s1, s2]))
+    exact = np.asarray(quantized_dot_general(xv, xc, w_sum, wc, DENSE, groups=True), np.float64)
+    summed = np.asarray(quantized_dot_general(xv, xc, w_sum, wc, DENSE, groups=True, summed=True),
+                        np.float64)
+    a = integer_dot.centred(xc)
+    codes, scales = np.asarray(wc.codes, np.float64), np.asarray(wc.scale, np.float64)
+    mean, ratio = (scales[0] + scales[1]) / 2, (scales[0] - scales[1]) / (scales[0] + scales[1])
+    rounded = np.abs(2 * ratio) * (codes[0] != codes[1])        # the entries bfloat16 rounds
+    entries = np.abs((codes[0] + codes[1]) + ratio * (codes[0] - codes[1]))
+    abs_a = np.abs(np.asarray(a.codes, np.float64))
+    s_a = np.abs(np.asarray(a.scale, np.float64))
+    k = abs_a.shape[-1]
+    bound = s_a * mean * (2.0 ** -9 * abs_a @ rounded + k * 2.0 ** -24 * abs_a @ entries)
+    bound += 8 * np.finfo(np.float32).eps * np.abs(exact).max()
+    err = np.abs(summed - exact)
+    assert (err <= bound).all(), float((err - bound).max())
+    assert err.max() > 0  # the one-product path ran (two products would agree bit for bit)
+    reference = _dot64(_f64(xc), _f64(wc).sum(0), DENSE)
+    assert np.abs(summed - reference).max() <= 2.0 ** -9 * 0.2 * np.abs(reference).max() * 8
+
+
+def test_summed_halves_run_half_the_forward_flops_with_the_same_gradients():
+    """The per-half gradients (straight-through, reaching both latent halves through their sum)
+    are the two-product path's bit for bit; the forward's products are half as many FLOPs."""
+    x = jax.random.normal(jax.random.key(0), (2, 16, 256))
+    w = 0.05 * jax.random.normal(jax.random.key(1), (2, 256, 64))
+    w = w.at[1].multiply(1.3)  # halves with different scales
+    clip = jnp.array([-2.5, 2.5])
+    cotangent = jax.random.normal(jax.random.key(2), (2, 16, 64))
+
+    def forward(x, w, summed):
+        xv = quant.quantize_act(x, clip, "uniform", 8, False)
+        wv = quant.quantize_weight(w, "bwn", 1)
+        return quantized_dot_general(xv, quant.act_quant_codes(x, clip, "uniform", 8, False),
+                                     wv[0] + wv[1], quant.weight_codes_for_product(w, "bwn", 1), DENSE,
+                                     groups=True, grad_dtype=jnp.bfloat16, summed=summed)
+
+    def grads(summed):
+        return jax.jit(jax.grad(lambda x, w: jnp.sum(forward(x, w, summed) * cotangent), (0, 1)))(x, w)
+
+    for got, want in zip(grads(True), grads(False)):
+        np.testing.assert_array_equal(got, want)
+    g_w = grads(True)[1]
+    assert float(jnp.abs(g_w[0]).sum()) > 0 and float(jnp.abs(g_w[1]).sum()) > 0
+
+    def forward_flops(summed):
+        compiled = jax.jit(forward, static_argnums=2).lower(x, w, summed).compile()
+        cost = compiled.cost_analysis()
+        return (cost[0] if isinstance(cost, list) else cost)["flops"]
+
+    product = 2 * 2 * 16 * 256 * 64  # one (32 × 256)·(256 × 64) product
+    assert forward_flops(False) >= 2 * product > forward_flops(True) >= product

@@ -88,8 +88,9 @@ def _gloo_available() -> bool:
     return hasattr(jax.config, "jax_cpu_collectives_implementation")
 
 
-pytestmark = pytest.mark.skipif(not _gloo_available(), reason="this jaxlib has no cross-process CPU "
-                                "collectives (jax_cpu_collectives_implementation)")
+pytestmark = [pytest.mark.slow,
+              pytest.mark.skipif(not _gloo_available(), reason="this jaxlib has no cross-process CPU "
+                                 "collectives (jax_cpu_collectives_implementation)")]
 
 
 def test_two_processes_train_as_one(tmp_path, tiny_pretrained, one_process):

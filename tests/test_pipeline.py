@@ -20,6 +20,7 @@ def _tiny(tiny_pretrained):
     return c
 
 
+@pytest.mark.slow
 def test_pipeline_end_to_end_and_rerun_skips(tmp_path, tiny_pretrained_1layer):
     report = pipeline.run_pipeline(_tiny(tiny_pretrained_1layer), tmp_path)
     rows = {r["model"]: r for r in report["rows"]}
@@ -157,6 +158,7 @@ def test_bibert_stage_is_a_1_1_1_row_off_by_default():
     assert (full.stages.bibert.stage2.epochs, full.stages.bibert.stage2.learning_rate) == (20.0, 2e-4)
 
 
+@pytest.mark.slow
 def test_bibert_stage_trains_and_reports_a_1_1_1_row(tmp_path, tiny_pretrained_1layer):
     c = pipeline_config.get_config("task=sst-2,tiny,bibert")
     c.pretrained, c.progress_bar = str(tiny_pretrained_1layer), False

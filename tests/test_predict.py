@@ -17,6 +17,8 @@ from binarybert_jax.model import BertConfig, ModelSpec, QuantConfig
 from binarybert_jax.tokenizer import load_tokenizer
 from launch import predict as predict_main
 
+from conftest import write_mrpc_test_file
+
 # MiniLM's vocabulary, so that its tokenizer fits; small everywhere else.
 TINY = BertConfig(vocab_size=30522, hidden_size=32, num_layers=2, num_heads=4, head_dim=8,
                   intermediate_size=64, max_position=128, hidden_dropout=0.0,
@@ -71,14 +73,13 @@ def saved(request, tmp_path_factory, tiny_hf):
 
 @pytest.fixture(scope="module")
 def slices(tmp_path_factory, glue_dir):
-    """The first ROWS rows of MRPC dev (under a name that says no split) and test."""
+    """The first ROWS rows of MRPC dev, under a name that says no split, and the same pairs in the
+    test layout, named test.tsv."""
     root = tmp_path_factory.mktemp("mrpc")
-    out = {}
-    for split, name in (("dev", "mrpc_dev_head.tsv"), ("test", "test.tsv")):
-        lines = (glue_dir / "MRPC" / f"{split}.tsv").read_text(encoding="utf-8").splitlines()
-        (root / name).write_text("\n".join(lines[:ROWS + 1]) + "\n", encoding="utf-8")
-        out[split] = root / name
-    return out
+    lines = (glue_dir / "MRPC" / "dev.tsv").read_text(encoding="utf-8").splitlines()
+    (root / "mrpc_dev_head.tsv").write_text("\n".join(lines[:ROWS + 1]) + "\n", encoding="utf-8")
+    return {"dev": root / "mrpc_dev_head.tsv",
+            "test": write_mrpc_test_file(glue_dir, root / "test.tsv", ROWS)}
 
 
 def read_submission(path):

@@ -11,6 +11,8 @@ from configs import common as config_common
 from launch import common, parity, record, tables
 from figures import assert_readable_png
 
+from conftest import write_mrpc_test_file
+
 TEST_ROWS = 10
 
 
@@ -33,9 +35,7 @@ def runs(tmp_path_factory, tiny_pretrained, glue_dir):
         workdir = root / f"s{seed}"
         with common.provenance(workdir, ["launch.train", f"seed={seed}"]):
             out[seed] = train.train_and_evaluate(_config(tiny_pretrained, glue_dir, seed), workdir)
-    test = root / "test_head.tsv"  # the first rows of MRPC's GLUE test file
-    lines = (glue_dir / "MRPC" / "test.tsv").read_text(encoding="utf-8").splitlines()
-    test.write_text("\n".join(lines[:TEST_ROWS + 1]) + "\n", encoding="utf-8")
+    test = write_mrpc_test_file(glue_dir, root / "test_head.tsv", TEST_ROWS)
     return root, out, test
 
 

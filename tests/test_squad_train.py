@@ -70,6 +70,7 @@ def test_span_finetuning_loss_falls_and_is_scored_by_f1(tmp_path, tiny_pretraine
     assert spec.head == "span" and info["task"] == "squad1"
 
 
+@pytest.mark.slow
 def test_pipeline_on_squad_and_predictions(tmp_path, tiny_pretrained_1layer, capsys):
     dev = _squad_file(tmp_path / "squad")
     c = pipeline_config.get_config("task=squad1,tiny,bwn=False,adaptive=False")

@@ -47,8 +47,9 @@ def _step_outputs(num_devices, quant_cfg, objective):
              "attention_mask": (np.arange(16)[None] < np.array([[16], [12], [9], [14]])).astype(np.int32),
              "labels": np.array([0, 1, 1, 0], np.int32), "example_mask": np.ones(4, np.float32)}
     host = M.ModelSpec(student.config, quant_cfg).without_axis().build()
-    s_params = host.init(jax.random.key(1), batch["input_ids"][:1])["params"]
-    t_params = teacher.init(jax.random.key(2), batch["input_ids"][:1])["params"]
+    # Initialised under jit: one program each, where eager init compiles every op on its own.
+    s_params = jax.jit(host.init)(jax.random.key(1), batch["input_ids"][:1])["params"]
+    t_params = jax.jit(teacher.init)(jax.random.key(2), batch["input_ids"][:1])["params"]
     sched = optim.warmup_linear_schedule(1e-3, 10)
     tx = optim.bert_adam(sched, sched)
     state = sharding.replicate(train.TrainState(jnp.zeros((), jnp.int32), s_params, tx.init(s_params)), mesh)
@@ -82,7 +83,7 @@ def test_lat_step_uses_second_moment():
              "attention_mask": (np.arange(16)[None] < np.array([[16], [12], [9], [14]])).astype(np.int32),
              "labels": np.array([0, 1, 1, 0], np.int32), "example_mask": np.ones(4, np.float32)}
     # On the host: the step donates its state, and the reference losses below reuse the parameters.
-    params = jax.device_get(student.init(jax.random.key(1), batch["input_ids"][:1])["params"])
+    params = jax.device_get(jax.jit(student.init)(jax.random.key(1), batch["input_ids"][:1])["params"])
     sched = optim.warmup_linear_schedule(1e-3, 10)
     tx = optim.bert_adam(sched, sched)
     # A ν that varies within each kernel (spread over four decades): a uniform ν scales D = √ν by a
@@ -105,18 +106,24 @@ def test_lat_step_uses_second_moment():
     _, measured = step(state, sharding.replicate({}, mesh), sharding.shard_batch(batch, mesh), jax.random.key(3))
     measured_loss = float(jax.device_get(measured["total"]))
 
-    def loss(extra):  # dropout is off in ONE_LAYER, so the deterministic forward is the step's
-        out = student.apply({"params": params, **extra}, batch["input_ids"], batch["token_type_ids"],
-                            batch["attention_mask"])
-        return float(kd.kd_losses(out, None, batch, objective="supervised", is_regression=False)["total"])
+    @jax.jit  # eagerly, LAT's refit loop would compile anew for every kernel
+    def loss(variables):  # dropout is off in ONE_LAYER, so the deterministic forward is the step's
+        out = student.apply(variables, batch["input_ids"], batch["token_type_ids"], batch["attention_mask"])
+        return kd.kd_losses(out, None, batch, objective="supervised", is_regression=False)["total"]
 
-    with_diag, identity = loss({"lat_diag": trees.unflatten(nu)}), loss({})
+    with_diag = float(loss({"params": params, "lat_diag": trees.unflatten(nu)}))
+    identity = float(loss({"params": params}))
     gap = abs(with_diag - identity)
     assert gap > 1e-4 * abs(identity), (with_diag, identity)  # the diagonal matters for this ν
     assert abs(measured_loss - with_diag) < 0.01 * gap, (measured_loss, with_diag, identity)
 
 
 # ---- the loop ---------------------------------------------------------------------------------
+
+def _init(spec):
+    """Random parameters of ``spec``'s model, initialised under jit: one program, not one per op."""
+    return jax.jit(spec.build().init)(jax.random.key(0), jnp.ones((1, 8), jnp.int32))["params"]
+
 
 def _final_params(workdir, phase):
     return checkpoints.load_model(pathlib.Path(workdir) / phase / "final")[0]
@@ -145,7 +152,7 @@ def test_a_resumed_phase_keeps_the_best_model_saved_after_its_checkpoint(tmp_pat
     # A best saved after the train checkpoint a run resumes from may not be saved again by a
     # replay that is not bit for bit the same; results.json must still describe what best/ holds.
     spec = M.ModelSpec(TINY, num_labels=2)
-    params = spec.build().init(jax.random.key(0), np.ones((1, 8), np.int32))["params"]
+    params = _init(spec)
     best = tmp_path / "stage2" / "best"
     recorded = {"best": {"accuracy": 0.7, "f1": 0.8}, "best_step": 50}
     assert train._best_on_disk(best, recorded, "accuracy") == recorded  # nothing on disk
@@ -245,8 +252,8 @@ def test_lat_model_is_scored_saved_predicted_and_exported_as_trained(tmp_path, t
     taught = hf_import.flatten(variables[M.LAT_DIAG])
     assert sorted(taught) == sorted(saved) and all(np.array_equal(taught[k], saved[k]) for k in saved)
     ids = jnp.asarray(np.random.default_rng(0).integers(1000, 3000, (2, 8)), jnp.int32)
-    assert np.abs(teacher_model.apply(variables, ids)["logits"]
-                  - teacher_model.apply({"params": params}, ids)["logits"]).max() > 1e-4
+    apply = jax.jit(teacher_model.apply)
+    assert np.abs(apply(variables, ids)["logits"] - apply({"params": params}, ids)["logits"]).max() > 1e-4
     plain, _, _ = export.load_packed(export.export_packed(params, spec, tmp_path / "plain.safetensors").path)
     assert not np.array_equal(hf_import.flatten(plain)["encoder/layer_0/ffn/intermediate/kernel"],
                               hf_import.flatten(export.load_packed(tmp_path / "lat.safetensors")[0])[
@@ -255,12 +262,12 @@ def test_lat_model_is_scored_saved_predicted_and_exported_as_trained(tmp_path, t
 
 def test_head_mismatch_for_attention_distillation_is_clear(tmp_path, tiny_pretrained, glue_dir):
     spec = M.ModelSpec(TINY)
-    params = spec.build().init(jax.random.key(0), jnp.ones((1, 8), jnp.int32))["params"]
+    params = _init(spec)
     checkpoints.save_model(tmp_path / "teacher", params, spec)
     cfg = _config(tiny_pretrained, glue_dir, **{"kd.mode": "two_stage"})
     cfg.teacher = str(tmp_path / "teacher")
     half = M.ModelSpec(TINY.with_width(0.5))
-    checkpoints.save_model(tmp_path / "half", half.build().init(jax.random.key(0), jnp.ones((1, 8), jnp.int32))["params"], half)
+    checkpoints.save_model(tmp_path / "half", _init(half), half)
     cfg.init_checkpoint = str(tmp_path / "half")
     with pytest.raises(ValueError, match="matching head counts: teacher .* has 4 heads, the student 2"):
         train.train_and_evaluate(cfg, tmp_path / "run")
@@ -327,3 +334,52 @@ def test_buckets_cut_training_batches_without_regrouping_them_unless_asked():
                for g, p in zip(grouped, padded))
     with pytest.raises(ValueError, match="group_by_length=True needs --config.bucket_lengths"):
         epoch(bucket_lengths=(), group_by_length=True)
+
+
+def test_progress_line_reads_steps_rate_and_time_left():
+    assert train.progress_line("stage1", 20, 114, 32.0, 32) == \
+        "phase stage1: step 20/114 (18%), 32.0 examples/s, 1:34 left"
+    assert train.progress_line("stage2", 100, 10100, 2.5, 16).endswith("2.5 examples/s, 17:46:40 left")
+    assert train.progress_line("stage2", 7, 7, 0.0, 4).endswith("(100%), 0.0 examples/s, 0:00 left")
+
+
+def test_split_student_trains_on_summed_halves_and_is_scored_and_saved_exact(tmp_path, tiny_pretrained,
+                                                                            glue_dir, caplog):
+    """A split W1A8 student trained with ``split_forward=summed``: the run records it, its saved
+    checkpoints (what evaluation computed, what export and prediction load) hold the exact
+    forward, and the loop prints one progress line per log period, process 0 only."""
+    import logging
+    import re
+    from binarybert_jax import tws
+
+    ternary = M.ModelSpec(TINY, M.QuantConfig(2, 2, 8), num_labels=2)
+    params = jax.jit(ternary.build().init)(jax.random.key(0), jnp.ones((1, 8), jnp.int32))["params"]
+    checkpoints.save_model(tmp_path / "ternary", params, ternary)
+    tws.split_checkpoint(tmp_path / "ternary", tmp_path / "split")
+    cfg = _config(tiny_pretrained, glue_dir, **{"stage2.epochs": 1.0})
+    cfg.init_checkpoint = str(tmp_path / "split")
+    cfg.student.quant = common.quant_config(1, 1, 8, "bwn", "bwn", split_forward="summed")
+    ours = logging.getLogger("binarybert_jax")
+    ours.addHandler(caplog.handler)  # also where a main has stopped it propagating to the root
+    try:
+        with caplog.at_level(logging.INFO, logger="binarybert_jax"):
+            result = train.train_and_evaluate(cfg, tmp_path / "run")
+    finally:
+        ours.removeHandler(caplog.handler)
+    assert result["spec"]["quant"]["split"] and result["spec"]["quant"]["split_forward"] == "summed"
+    for checkpoint in (result["final_checkpoint"], result["best_checkpoint"]):
+        _, spec, _ = checkpoints.load_model(tmp_path / "run" / checkpoint)
+        assert spec.quant.split and spec.quant.split_forward == "exact"
+    assert 0 <= result["final"]["accuracy"] <= 1
+
+    pattern = re.compile(r"phase finetune: step (\d+)/(\d+) \((\d+)%\), (\d+\.\d) examples/s, "
+                         r"(\d+:\d\d(:\d\d)?) left$")
+    records = list({id(r): r for r in caplog.records}.values())  # one record reaches it twice when propagated
+    lines = [r.getMessage() for r in records if r.getMessage().startswith("phase finetune: step")]
+    matches = [pattern.match(line) for line in lines]
+    assert lines and all(matches), lines
+    total = int(matches[0].group(2))
+    steps = [int(m.group(1)) for m in matches]
+    assert steps == sorted(set(list(range(2, total + 1, 2)) + [total]))  # log_every_steps=2, and the last
+    assert all(float(m.group(4)) > 0 for m in matches)
+    assert matches[-1].group(3) == "100" and matches[-1].group(5) == "0:00"
