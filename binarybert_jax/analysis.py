@@ -47,6 +47,7 @@ import numpy as np
 
 from binarybert_jax import checkpoints, export, hf_import, kd, quant, size
 from binarybert_jax.model import ModelSpec, calibrate_act_quantizers
+from binarybert_jax.errors import UserError
 from binarybert_jax.sharding import MODEL_INPUTS, device_batch
 from binarybert_jax.trees import flatten, unflatten
 
@@ -88,7 +89,7 @@ def quantize_without_training(spec: ModelSpec, params: Any, method: str,
       ``(spec, params)`` of the quantized model, its latent weights those of ``params``.
     """
     if method not in QUANTIZATIONS:
-        raise ValueError(f"unknown quantization {method!r}; allowed: {sorted(QUANTIZATIONS)}")
+        raise UserError(f"unknown quantization {method!r}; allowed: {sorted(QUANTIZATIONS)}")
     check_unsplit(spec)
     weight_method, bits = QUANTIZATIONS[method]
     q = dataclasses.replace(spec.quant, weight_method=weight_method, embed_method=weight_method,
@@ -107,7 +108,7 @@ def quantize_without_training(spec: ModelSpec, params: Any, method: str,
                                           for k in target)
     if calibrate:
         if calibration_batch is None:
-            raise ValueError("the model has activation quantizers that start from the data (LSQ "
+            raise UserError("the model has activation quantizers that start from the data (LSQ "
                              "steps, percentile clips) and none trained: pass a calibration_batch "
                              "to initialise them")
         merged = calibrate_act_quantizers(model, merged,
@@ -118,7 +119,7 @@ def quantize_without_training(spec: ModelSpec, params: Any, method: str,
 def check_unsplit(spec: ModelSpec) -> None:
     """Raises ValueError for a ternary-weight-split model (two latent halves per matrix)."""
     if spec.quant.split:
-        raise ValueError("the analysis needs an unsplit model: a split model computes the same "
+        raise UserError("the analysis needs an unsplit model: a split model computes the same "
                          "function as the ternary model it was split from; analyse that one")
 
 
@@ -146,7 +147,7 @@ def part_kernels(part: str, layer: int) -> tuple[str, ...]:
     """Flat paths of the kernels of one Transformer part, e.g. ``("encoder/layer_0/attention/
     query/kernel", "encoder/layer_0/attention/key/kernel")`` for ``MHA-QK`` of layer 0."""
     if part not in PARTS:
-        raise ValueError(f"unknown Transformer part {part!r}; allowed: {list(PARTS)}")
+        raise UserError(f"unknown Transformer part {part!r}; allowed: {list(PARTS)}")
     return tuple(f"encoder/layer_{layer}/{m}/kernel" for m in PARTS[part])
 
 
@@ -202,7 +203,7 @@ def activation_clipping(spec: ModelSpec, params: Any,
     full-precision model quantized without training (``quantize_without_training``), how much
     the initial ±``clip_init`` would cut of what the backbone produces."""
     if spec.quant.act_method != "uniform" or not spec.quant.quantizes_acts:
-        raise ValueError(f"activation clipping needs uniform activation quantizers; this model has "
+        raise UserError(f"activation clipping needs uniform activation quantizers; this model has "
                          f"act_method {spec.quant.act_method!r} at {spec.quant.act_bits} bits")
     model = spec.build(integer_products=False)
     forward = jax.jit(lambda p, *inputs: model.apply(
@@ -256,7 +257,7 @@ def clipping_by_site(totals: Mapping[str, Mapping[str, float]]) -> dict[str, dic
 def grid_coords(steps: int = 5, step: float = 0.2) -> np.ndarray:
     """``{0, ±step, …, ±steps·step}`` in increasing order: offsets in units of mean|W|."""
     if steps < 1 or step <= 0:
-        raise ValueError(f"a landscape grid needs steps >= 1 and step > 0, got {steps}, {step}")
+        raise UserError(f"a landscape grid needs steps >= 1 and step > 0, got {steps}, {step}")
     return np.round(np.arange(-steps, steps + 1) * step, 12)
 
 
@@ -322,13 +323,13 @@ def landscape_grid(spec: ModelSpec, params: Any, batches: Sequence[Mapping[str, 
     """
     matrices = tuple(matrices)
     if len(matrices) != 2:
-        raise ValueError(f"a landscape perturbs two matrices, got {list(matrices)}")
+        raise UserError(f"a landscape perturbs two matrices, got {list(matrices)}")
     coords = grid_coords() if coords is None else np.asarray(coords, np.float64)
     flat = flatten(params)
     missing = [m for m in matrices if f"{m}/kernel" not in flat]
     if missing:
         known = sorted(k[:-len("/kernel")] for k in flat if k.endswith("/kernel") and np.ndim(flat[k]) == 2)
-        raise ValueError(f"no kernel at {missing}; matrices the model has: {known}")
+        raise UserError(f"no kernel at {missing}; matrices the model has: {known}")
     scales = tuple(float(jnp.mean(jnp.abs(jnp.asarray(flat[f"{m}/kernel"])))) for m in matrices)
     fn = perturbed_loss_fn(spec.without_axis(), matrices)
     params = jax.tree_util.tree_map(jnp.asarray, params)

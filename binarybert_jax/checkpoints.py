@@ -35,6 +35,8 @@ in place before it writes, so a crashed run's best model is never lost.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
 import logging
 import os
@@ -81,17 +83,55 @@ def _checkpointer():
 def save_params(directory: str | os.PathLike, params: Any) -> None:
     """Saves a parameter pytree with Orbax at ``directory`` (which must not exist)."""
     ckptr = _checkpointer()
-    ckptr.save(absolute(directory), jax.tree_util.tree_map(np.asarray, params))
-    ckptr.wait_until_finished()
+    with _disk_full_named(directory):
+        ckptr.save(absolute(directory), jax.tree_util.tree_map(np.asarray, params))
+        ckptr.wait_until_finished()
+
+
+@contextlib.contextmanager
+def _disk_full_named(directory):
+    """A full disk (or quota) under an Orbax save, which arrives wrapped in TensorStore's and
+    asyncio's errors, becomes one UserError naming the checkpoint being written."""
+    try:
+        yield
+    except Exception as e:
+        chain, c = [], e
+        while c is not None and len(chain) < 20:
+            chain.append(c)
+            c = c.__cause__ or c.__context__
+        if any(isinstance(c, OSError) and c.errno in (errno.ENOSPC, errno.EDQUOT) for c in chain) or any(
+                "RESOURCE_EXHAUSTED" in str(c) or "No space left" in str(c) for c in chain):
+            raise UserError(f"cannot write checkpoint {directory}: no space left on the device (free "
+                            "space, or use a --workdir elsewhere; rerun to resume)") from e
+        raise
 
 
 def restore_params(directory: str | os.PathLike) -> Any:
-    """Restores a parameter pytree saved by ``save_params`` as numpy arrays."""
+    """Restores a parameter pytree saved by ``save_params`` as numpy arrays.
+
+    Raises:
+      UserError: the directory is not a readable Orbax checkpoint (truncated, its metadata
+        missing), with the deepest cause Orbax's layers of wrapping give, in one line.
+    """
     path = absolute(directory)
     if not path.is_dir():
         raise FileNotFoundError(f"no Orbax checkpoint at {path}")
-    tree = _checkpointer().restore(path)
+    try:
+        tree = _checkpointer().restore(path)
+    except Exception as e:  # Orbax/TensorStore raise many types, each wrapping the next
+        raise UserError(f"{path}: not a readable checkpoint ({_deepest_cause(e)}): the files are "
+                        "truncated or incomplete; save or copy the checkpoint again") from e
     return jax.tree_util.tree_map(np.asarray, tree)
+
+
+def _deepest_cause(e: BaseException) -> str:
+    """The first line of the last exception in ``e``'s chain of causes (what actually failed)."""
+    seen = set()
+    while (e.__cause__ or e.__context__) is not None and id(e) not in seen:
+        seen.add(id(e))
+        e = e.__cause__ or e.__context__
+    text = str(e).strip()
+    return f"{type(e).__name__}: {text.splitlines()[0]}" if text else type(e).__name__
 
 
 def is_writer() -> bool:
@@ -106,14 +146,38 @@ def sync(name: str) -> None:
 
 
 def _atomic_write(path: epath.Path, data: bytes) -> None:
+    try:
+        _write_replacing(path, data)
+    except OSError as e:  # a full disk, a read-only place: named, with the file
+        if e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM):
+            raise UserError(f"cannot write {path}: {e.strerror}") from e
+        raise
+
+
+def _write_replacing(path: epath.Path, data: bytes) -> None:
+    if not is_remote(path):
+        local = os.fspath(path)  # os.path: epath's is_file() is True for a device
+        special = os.path.realpath(local).startswith(("/dev/", "/proc/"))  # /dev/stdout -> /proc/self/fd/1
+        if special or (os.path.exists(local) and not os.path.isfile(local) and not os.path.isdir(local)):
+            # A device or a pipe (/dev/stdout, a FIFO): written into; a rename would replace the
+            # device node itself with a regular file.
+            with open(local, "wb") as f:
+                f.write(data)
+            return
+        # Through a symlink to the file it names: a rename onto the link would replace the link.
+        path = epath.Path(os.path.realpath(local))
     if is_remote(path):
         # An object store makes an object visible only once its upload completes, so a direct
         # write is already all-or-nothing; a "rename" there would be a second, non-atomic copy.
         path.write_bytes(data)
         return
     tmp = path.with_name(f"{path.name}.tmp{os.getpid()}")
-    tmp.write_bytes(data)
-    tmp.replace(path)
+    try:
+        tmp.write_bytes(data)
+        tmp.replace(path)
+    finally:
+        if os.path.exists(tmp):  # a failed write (a full disk) leaves nothing behind
+            os.remove(tmp)
 
 
 def write_text(path: str | os.PathLike, text: str) -> None:
@@ -279,6 +343,109 @@ def is_model_checkpoint(directory: str | os.PathLike) -> bool:
     return complete_copy(directory) is not None
 
 
+# ---------------------------------------------------------------------------------------------
+# Outputs that would destroy inputs, and workdirs of one kind only.
+# ---------------------------------------------------------------------------------------------
+def _resolved(path: str | os.PathLike) -> epath.Path:
+    """``path`` absolute with symlinks resolved (a URI as it is): two names of one place compare equal."""
+    path = as_path(path)
+    return path if is_remote(path) else epath.Path(os.path.realpath(os.fspath(path)))
+
+
+def check_output(flag: str, out: str | os.PathLike, inputs: dict) -> None:
+    """Refuses output ``out`` (given as ``flag``) when it is empty, or is, contains or lies inside
+    one of ``inputs`` (``{flag: path}``; empty ones are skipped), symlinks resolved: writing it
+    would overwrite or delete what is read. Call before anything is written.
+
+    Raises:
+      UserError: naming both flags and paths.
+    """
+    if not os.fspath(out).strip():
+        raise UserError(f"{flag} is empty: give a path")
+    target = _resolved(out)
+    for name, path in inputs.items():
+        if path is None or not os.fspath(path).strip() or os.fspath(path) == "-":
+            continue
+        source = _resolved(path)
+        if target == source:
+            how = "is"
+        elif source in target.parents:
+            how = "lies inside"
+        elif target in source.parents:
+            how = "contains"
+        else:
+            continue
+        raise UserError(f"{flag} {out} {how} the input {name} {path}: writing it would overwrite what "
+                        "is read; write the output elsewhere")
+
+
+WORKDIR_FILE = "workdir.json"
+TRAINING_RUN, PIPELINE, ANALYSIS = "training run", "pipeline", "analysis"
+# How a workdir made before it recorded its kind shows it: the files only that kind writes.
+_KIND_MARKS = ((PIPELINE, "pipeline_config.json"), (ANALYSIS, "analysis.json"),
+               ("Hugging Face model", "model.safetensors"), ("Hugging Face model", "pytorch_model.bin"),
+               (TRAINING_RUN, "config.json"))
+_MADE_BY = {TRAINING_RUN: "launch.train", PIPELINE: "launch.pipeline", ANALYSIS: "launch.analyze"}
+
+
+def workdir_kind(workdir: str | os.PathLike) -> Optional[str]:
+    """What made ``workdir``: ``TRAINING_RUN``, ``PIPELINE``, ``ANALYSIS``, ``"model checkpoint"``,
+    ``"Hugging Face model"`` (whose config.json a training run's would replace), or None (missing
+    or empty, or nothing of ours)."""
+    workdir = as_path(workdir)
+    if not workdir.is_dir():
+        return None
+    kind = _read_marker(workdir).get("kind")
+    if kind:
+        return kind
+    for kind, mark in _KIND_MARKS:
+        if (workdir / mark).is_file():
+            return kind
+    return "model checkpoint" if is_model_checkpoint(workdir) else None
+
+
+def check_workdir(workdir: str | os.PathLike, kind: str, flag: str = "--workdir") -> None:
+    """Refuses ``workdir`` when it is empty, a file, or holds something of another kind than
+    ``kind`` (a pipeline's results would be overwritten by a training run, and the reverse)."""
+    if not os.fspath(workdir).strip():  # before as_path, which reads "" as the current directory
+        raise UserError(f"{flag} is empty: give a directory")
+    workdir = as_path(workdir)
+    if workdir.exists() and not workdir.is_dir():
+        raise UserError(f"{flag} {workdir} is a file, not a directory: pick another path")
+    found = workdir_kind(workdir)
+    if found is not None and found != kind:
+        by = f" (made by {_MADE_BY[found]})" if found in _MADE_BY else ""
+        article = "an" if found[0] in "aeiou" else "a"
+        raise UserError(f"{flag} {workdir} holds {article} {found}{by}, not a {kind}: writing the {kind} "
+                        "there would overwrite it; use another directory")
+
+
+def claim_workdir(workdir: str | os.PathLike, kind: str, flag: str = "--workdir") -> None:
+    """``check_workdir``, then creates ``workdir`` and records its ``kind`` there (process 0).
+    Call before anything else is written into it."""
+    check_workdir(workdir, kind, flag)
+    workdir = as_path(workdir)
+    marker = {"kind": kind, "made_by": _MADE_BY.get(kind), "location": os.fspath(_resolved(workdir))}
+    if is_writer():
+        workdir.mkdir(parents=True, exist_ok=True)
+        if _read_marker(workdir) != marker:
+            write_json(workdir / WORKDIR_FILE, marker)
+
+
+def _read_marker(workdir: epath.Path) -> dict:
+    try:
+        marker = json.loads((workdir / WORKDIR_FILE).read_text())
+    except (OSError, json.JSONDecodeError):
+        return {}
+    return marker if isinstance(marker, dict) else {}
+
+
+def workdir_location(workdir: str | os.PathLike) -> Optional[str]:
+    """Where ``workdir`` was when its config was last recorded (``claim_workdir``), or None: differs
+    from where it is now when the workdir was copied or moved since."""
+    return _read_marker(as_path(workdir)).get("location")
+
+
 def _move(src: epath.Path, dst: epath.Path) -> None:
     """Moves directory ``src`` to ``dst``: a rename locally; on an object store, which has no
     directories to rename (and whose "rename" insists on an existing parent "folder"), a copy of
@@ -322,10 +489,11 @@ class TrainCheckpoints:
 
     def save(self, step: int, state: Any, meta: dict) -> None:
         ocp = self._ocp
-        self._manager.save(step, args=ocp.args.Composite(
-            state=ocp.args.StandardSave(jax.tree_util.tree_map(np.asarray, state)),
-            meta=ocp.args.JsonSave(meta)), force=True)
-        self._manager.wait_until_finished()
+        with _disk_full_named(self.directory / str(step)):
+            self._manager.save(step, args=ocp.args.Composite(
+                state=ocp.args.StandardSave(jax.tree_util.tree_map(np.asarray, state)),
+                meta=ocp.args.JsonSave(meta)), force=True)
+            self._manager.wait_until_finished()
 
     def restore(self, step: int, abstract_state: Any) -> tuple[Any, dict]:
         """Restores the state at ``step`` into the structure of ``abstract_state``."""
@@ -526,6 +694,28 @@ def _summary_writer(directory: epath.Path):
     return SummaryWriter(os.fspath(directory))
 
 
+def read_metrics(path: str | os.PathLike) -> list[dict]:
+    """The records of a ``metrics.jsonl``; a line that is not a JSON object (cut short when the
+    process was killed mid-write) is skipped with a warning naming the file and line."""
+    path = as_path(path)
+    records, bad = [], []
+    for number, line in enumerate(path.read_text().splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            record = None
+        if isinstance(record, dict):
+            records.append(record)
+        else:
+            bad.append(number)
+    if bad:
+        log.warning("warning: %s: skipped %d unreadable line(s) (%s), e.g. cut short by a kill",
+                    path, len(bad), ", ".join(map(str, bad[:5])) + (" ..." if len(bad) > 5 else ""))
+    return records
+
+
 class MetricWriter:
     """Writes scalars to ``metrics.jsonl`` and TensorBoard (tensorboardX), on process 0 only.
 
@@ -547,6 +737,10 @@ class MetricWriter:
             self._uploaded = time.monotonic()
         else:
             self._jsonl = self._path.open("a")
+            if self._jsonl.tell() and not self._path.read_bytes().endswith(b"\n"):
+                # A line cut short by a kill: ended here, so the next one is not glued to it
+                # (readers skip the cut line, ``read_metrics``).
+                self._jsonl.write("\n")
         self._tb = _summary_writer(workdir / "tb")
 
     def write(self, phase: str, step: int, scalars: dict) -> None:

@@ -266,6 +266,10 @@ def export_packed(params: Mapping[str, Any], spec: ModelSpec, path: str | os.Pat
     final = pathlib.Path(path).absolute()
     if final.is_dir():
         raise ExportError(f"--out {final} is a directory; give a file path such as {final / 'model.safetensors'}")
+    if final.exists() and not final.is_file():
+        raise ExportError(f"--out {final} is not a regular file (a device or a pipe); give a file path")
+    final = pathlib.Path(os.path.realpath(final))  # through a symlink: the file, not the link, replaced
+    remove_stale_temporaries(final)
     from safetensors.numpy import save_file
 
     plan = size.tensor_plan(spec)
@@ -320,7 +324,7 @@ def export_packed(params: Mapping[str, Any], spec: ModelSpec, path: str | os.Pat
         entry["crc32"] = parameter_checksum(arrays, entry, name)
     manifest = {"format": FORMAT, "version": FORMAT_VERSION, "spec": spec.to_dict(),
                 "info": info or {}, "bit_order": BIT_ORDER, "tensors": entries}
-    tmp = final.with_name(final.name + f".tmp{os.getpid()}")
+    tmp = final.with_name(f"{final.name}{TMP_INFIX}{os.getpid()}")
     try:
         final.parent.mkdir(parents=True, exist_ok=True)
         save_file(arrays, str(tmp), metadata={MANIFEST_KEY: json.dumps(manifest, sort_keys=True)})
@@ -604,6 +608,39 @@ def load_packed_codes(path: str | os.PathLike
     return hf_import.unflatten(flat), hf_import.unflatten(codes_flat), spec, info
 
 
+# The temporary file an export writes beside its output, then renames over it; the process id
+# tells whose it is.
+TMP_INFIX = ".tmp"
+
+
+def remove_stale_temporaries(final: pathlib.Path) -> list[pathlib.Path]:
+    """Removes the temporary files that exports to ``final`` killed before their rename (SIGKILL,
+    a machine taken away) left beside it: ``<name>.tmp<pid>`` of a process that is gone. Those of
+    a live process (a concurrent export) stay. Returns the files removed."""
+    removed = []
+    prefix = final.name + TMP_INFIX
+    for leftover in final.parent.glob(f"{final.name}{TMP_INFIX}*") if final.parent.is_dir() else ():
+        pid = leftover.name[len(prefix):]
+        if not pid.isdigit() or _alive(int(pid)) or not leftover.is_file():
+            continue
+        leftover.unlink(missing_ok=True)
+        removed.append(leftover)
+        log.warning("removed %s, the partial file of an export that was killed", leftover)
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def parameter_checksum(arrays: Mapping[str, np.ndarray], entry: Mapping[str, Any], name: str) -> str:
     """CRC-32 of the bytes of every file tensor one parameter is stored in (codes, scales, levels,
     zeros or the float32 values), in a fixed order: any flipped byte changes it."""
@@ -618,8 +655,9 @@ def _verify_checksums(entries: Mapping[str, Any], raw: Mapping[str, np.ndarray],
     files written before checksums existed load unverified, with a note."""
     unchecked = [name for name, entry in entries.items() if "crc32" not in entry]
     if unchecked:
-        log.info("%s: %d tensors have no checksum (written by an older version); they are not verified",
-                 path, len(unchecked))
+        # A warning, shown by every main: a file whose checksums were stripped loads unverified.
+        log.warning("warning: %s: %d of %d tensors have no checksum (an older export, or the checksums "
+                    "were removed); they load unverified", path, len(unchecked), len(entries))
     for name, entry in entries.items():
         if "crc32" in entry and parameter_checksum(raw, entry, name) != entry["crc32"]:
             raise PackedFormatError(f"{path}: the stored tensors of {name!r} do not match their checksum: "

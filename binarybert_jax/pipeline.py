@@ -22,7 +22,6 @@ A key the pipeline would not honour is an error naming it: every setting a user 
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import os
 from typing import Optional
@@ -184,14 +183,17 @@ def run_pipeline(config, workdir) -> dict:
       "stage": name}`` when a training stage stopped early (``stop_after_steps``).
     """
     check_config(config)
+    checkpoints.check_workdir(workdir, checkpoints.PIPELINE)
     workdir = checkpoints.as_path(workdir)
-    if workdir.exists() and not workdir.is_dir():
-        raise UserError(f"--workdir {workdir} is a file, not a directory: pick another path")
+    for name in config.pipeline.stages:  # a given checkpoint is read: never write over it
+        checkpoints.check_output("--workdir", workdir, {
+            f"--config.stages.{name}.checkpoint": config.stages[name].get("checkpoint")})
+    for key in ("pretrained", "data_dir"):
+        checkpoints.check_output("--workdir", workdir, {f"--config.{key}": config.get(key)})
     recorded = workdir / "pipeline_config.json"
     if recorded.is_file():  # each stage checks its own keys again when it runs
         resolve.check_resume(checkpoints.read_json(recorded), config, workdir)
-    if checkpoints.is_writer():
-        workdir.mkdir(parents=True, exist_ok=True)
+    checkpoints.claim_workdir(workdir, checkpoints.PIPELINE)
     checkpoints.sync(f"workdir:{workdir}")
     with checkpoints.WorkdirLock(workdir):
         checkpoints.write_text(recorded, config.to_json_best_effort(indent=2, sort_keys=True))
@@ -269,6 +271,23 @@ def _plan_adaptive(config, workdir: epath.Path, name: str, outputs: dict, task) 
 # ==============================================================================================
 # The report.
 # ==============================================================================================
+def relative_to_workdir(path: str, workdir: epath.Path) -> str:
+    """A stage's checkpoint as the report stores it: relative to the pipeline workdir when inside
+    it (a copied or moved workdir still names its own models; ``row_checkpoint`` reads it back),
+    a given checkpoint elsewhere as given."""
+    try:
+        return os.fspath(checkpoints.as_path(path).relative_to(workdir))
+    except ValueError:
+        return path
+
+
+def row_checkpoint(workdir: str | os.PathLike, row: dict) -> str:
+    """The checkpoint of a row of a pipeline's ``results.json``, wherever the workdir is now."""
+    path = row["checkpoint"]
+    return path if os.path.isabs(path) or checkpoints.is_remote(path) else os.fspath(
+        checkpoints.as_path(workdir) / path)
+
+
 def write_report(workdir: epath.Path, task, rows: list[StageResult], config, adaptive_info) -> dict:
     """Writes results.json, results.md and training_curves.png; returns the report dict."""
     seq = config.max_seq_length or task.max_seq_length
@@ -284,7 +303,7 @@ def write_report(workdir: epath.Path, task, rows: list[StageResult], config, ada
             "gflops": round(flops.forward_flops(r.spec.config, seq, r.spec.num_labels) / 1e9, 3),
             "protocol": r.protocol, "selection": r.selection,
             "dev_selected": r.best, "dev_final": r.final,
-            "best": r.best, "final": r.final, "checkpoint": r.checkpoint})
+            "best": r.best, "final": r.final, "checkpoint": relative_to_workdir(r.checkpoint, workdir)})
     selected_on = resolve.heldout_slice(config) is not None
     out = {"task": task.name, "main_metric": main, "seq_len_for_flops": seq,
            "protocol": "heldout" if selected_on else "dev", "rows": table, "adaptive": adaptive_info}
@@ -351,8 +370,9 @@ def training_curves(workdir: str | os.PathLike, main: str) -> dict[str, dict[str
     logged as ``heldout/<metric>``; ``dev`` for runs selected on dev, logged as ``eval/<metric>``).
     A resumed run logs some steps twice; the last value of a step wins."""
     curves: dict[str, dict[str, dict]] = {}
-    for line in (checkpoints.as_path(workdir) / "metrics.jsonl").read_text().splitlines():
-        m = json.loads(line)
+    for m in checkpoints.read_metrics(checkpoints.as_path(workdir) / "metrics.jsonl"):
+        if "phase" not in m or "step" not in m:
+            continue
         phase = curves.setdefault(m["phase"], {"loss": {}, "eval": {}, "split": "dev"})
         if "total" in m:
             phase["loss"][m["step"]] = m["total"]

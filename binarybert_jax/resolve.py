@@ -151,15 +151,38 @@ def _flat(tree: dict, prefix: str = "") -> dict:
     return out
 
 
+# Identity keys that name checkpoints: in a pipeline they name the workdir's own stages, and move
+# with it when it is copied or moved.
+PATH_KEYS = ("teacher", "init_checkpoint")
+
+
+def _same_place(old: str, new: str, recorded_at: Optional[str], workdir) -> bool:
+    """Whether checkpoint path ``old``, recorded when the workdir was at ``recorded_at``, names
+    ``new`` now: the same path, or the same place relative to a workdir copied or moved since."""
+    if old == new:
+        return True
+    if not (old and new and recorded_at) or checkpoints.is_remote(workdir):
+        return False
+    now = os.path.realpath(os.fspath(workdir))
+    relative = os.path.relpath(os.path.realpath(old), recorded_at)
+    return os.path.normpath(os.path.join(now, relative)) == os.path.realpath(new)
+
+
 def check_resume(recorded: dict, config, workdir) -> None:
     """Raises ConfigError when ``config`` differs from the config ``workdir`` recorded in a setting
-    of ``RUN_IDENTITY``, naming each such key with its recorded and new value."""
+    of ``RUN_IDENTITY``, naming each such key with its recorded and new value. A checkpoint path
+    that moved with the workdir (a pipeline's earlier stage, the workdir copied or moved since) is
+    the same setting."""
     old, new = _flat(recorded), _flat(config.to_dict())
+    recorded_at = checkpoints.workdir_location(workdir)
     if "select_on" not in old and "select_on" in new:
         old["select_on"] = "dev"  # recorded before held-out selection existed: it selected on dev
     changed = []
     for key in sorted(set(old) | set(new)):
         if not any(key == k or key.startswith(k + ".") for k in RUN_IDENTITY):
+            continue
+        if key in PATH_KEYS and key in old and key in new and _same_place(old[key], new[key],
+                                                                          recorded_at, workdir):
             continue
         if key in old and key in new and old[key] != new[key]:
             changed.append(f"{key}: {old[key]!r} -> {new[key]!r}")
@@ -321,6 +344,17 @@ def student_spec(config, task: tasks.TaskSpec) -> ModelSpec:
         arch = dataclasses.replace(arch, hidden_dropout=config.student.dropout,
                                    attention_dropout=config.student.dropout)
     return ModelSpec(arch, _student_quant(config, start), task.head, task.num_labels)
+
+
+def check_lengths(config, task: tasks.TaskSpec, spec: ModelSpec) -> None:
+    """Refuses a sequence length (or bucket length) beyond the model's position embeddings."""
+    limit = spec.config.max_position
+    lengths = {"max_seq_length": config.max_seq_length or task.max_seq_length,
+               "bucket_lengths": max((int(b) for b in config.get("bucket_lengths", ())), default=0)}
+    for key, length in lengths.items():
+        if length > limit:
+            raise ConfigError(f"--config.{key}={length} is above the model's {limit} position "
+                              f"embeddings (allowed: ≤ {limit})")
 
 
 def load_init_params(config, init_params, previous: Optional[str | os.PathLike]):

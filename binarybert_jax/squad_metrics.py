@@ -102,14 +102,16 @@ def has_answer_map(dataset: Sequence[Mapping]) -> dict[str, bool]:
             for paragraph in article["paragraphs"] for qa in paragraph["qas"]}
 
 
-def _raw_scores(dataset, predictions):
+def _raw_scores(dataset, predictions, missing_zero: bool = False):
     exact, f1 = {}, {}
     for article in dataset:
         for paragraph in article["paragraphs"]:
             for qa in paragraph["qas"]:
                 golds = [a["text"] for a in qa["answers"] if normalize_answer(a["text"])] or [""]
                 if qa["id"] not in predictions:
-                    continue  # left out, as the script does (it prints a note)
+                    if missing_zero:  # in the total, wrong whether answerable or not
+                        exact[qa["id"]] = f1[qa["id"]] = 0
+                    continue  # else left out, as the script does (it prints a note)
                 pred = predictions[qa["id"]]
                 exact[qa["id"]] = max(_exact_v2(g, pred) for g in golds)
                 f1[qa["id"]] = max(_f1_v2(g, pred) for g in golds)
@@ -139,7 +141,7 @@ def _best_threshold(predictions, scores, na_probs, has_ans) -> tuple[float, floa
         if has_ans[qid]:
             diff = scores[qid]
         else:
-            diff = -1 if predictions[qid] else 0
+            diff = -1 if predictions.get(qid, True) else 0  # a missing one is a wrong answer
         score += diff
         if score > best:
             best, best_thresh = score, na_probs[qid]
@@ -147,7 +149,8 @@ def _best_threshold(predictions, scores, na_probs, has_ans) -> tuple[float, floa
 
 
 def evaluate_v2(dataset: Sequence[Mapping], predictions: Mapping[str, str],
-                na_probs: Optional[Mapping[str, float]] = None, na_prob_thresh: float = 1.0) -> dict:
+                na_probs: Optional[Mapping[str, float]] = None, na_prob_thresh: float = 1.0,
+                missing_zero: bool = False) -> dict:
     """evaluate-v2.0.py's ``main`` without the files.
 
     Args:
@@ -156,6 +159,8 @@ def evaluate_v2(dataset: Sequence[Mapping], predictions: Mapping[str, str],
       na_probs: question id -> probability of no answer; None is the script without
         ``--na-prob-file`` (every probability 0, no best thresholds).
       na_prob_thresh: a probability above it predicts no answer (the script's default 1.0).
+      missing_zero: a question without a prediction counts in every total as a wrong answer (as
+        v1.1 counts it) instead of being left out as the script leaves it (its default).
     Returns:
       ``exact``, ``f1``, ``total``, ``HasAns_*`` and ``NoAns_*`` (when such questions exist), and
       with ``na_probs`` ``best_exact``, ``best_exact_thresh``, ``best_f1``, ``best_f1_thresh``.
@@ -166,7 +171,9 @@ def evaluate_v2(dataset: Sequence[Mapping], predictions: Mapping[str, str],
     has_ans = has_answer_map(dataset)
     has_ans_qids = [k for k, v in has_ans.items() if v]
     no_ans_qids = [k for k, v in has_ans.items() if not v]
-    exact_raw, f1_raw = _raw_scores(dataset, predictions)
+    exact_raw, f1_raw = _raw_scores(dataset, predictions, missing_zero)
+    if missing_zero:  # never turned into "no answer" by the threshold
+        na_probs = {**na_probs, **{k: 0.0 for k in has_ans if k not in predictions}}
     exact = _apply_threshold(exact_raw, na_probs, has_ans, na_prob_thresh)
     f1 = _apply_threshold(f1_raw, na_probs, has_ans, na_prob_thresh)
     out = _eval_dict(exact, f1)

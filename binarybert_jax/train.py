@@ -54,7 +54,7 @@ from jax.sharding import PartitionSpec as P
 
 from binarybert_jax import checkpoints, evaluate, kd, model as M, optim, resolve, squad_metrics
 from binarybert_jax.data import batching, tasks
-from binarybert_jax.errors import ConfigError, UserError
+from binarybert_jax.errors import ConfigError
 from binarybert_jax.model import BertModel, ModelSpec, calibrate_act_quantizers
 from binarybert_jax.sharding import (DATA_AXIS, make_mesh, model_batch, model_inputs, replicate,
                                      shard_batch)
@@ -591,19 +591,20 @@ def train_and_evaluate(config, workdir: str | os.PathLike) -> dict:
     or ``{"interrupted": True, "phase", "step"}`` after ``config.stop_after_steps``."""
     # ---- Config and workdir: everything checkable is checked before anything is written ---
     resolve.validate(config)
+    checkpoints.check_workdir(workdir, checkpoints.TRAINING_RUN)
     workdir = checkpoints.as_path(workdir)
-    if workdir.exists() and not workdir.is_dir():
-        raise UserError(f"--workdir {workdir} is a file, not a directory: pick another path")
+    for key in ("teacher", "init_checkpoint", "pretrained", "data_dir"):
+        checkpoints.check_output("--workdir", workdir, {f"--config.{key}": config.get(key)})
     task = tasks.get_task(config.task)
     mesh = make_mesh()
     if config.batch_size % mesh.size or config.eval_batch_size % mesh.size:
         raise ConfigError(f"batch_size {config.batch_size} and eval_batch_size {config.eval_batch_size} "
                           f"must be multiples of the {mesh.size} devices")
     spec = resolve.student_spec(config, task)
+    resolve.check_lengths(config, task, spec)
     if (workdir / "config.json").is_file():
         resolve.check_resume(checkpoints.read_json(workdir / "config.json"), config, workdir)
-    if checkpoints.is_writer():
-        workdir.mkdir(parents=True, exist_ok=True)
+    checkpoints.claim_workdir(workdir, checkpoints.TRAINING_RUN)
     checkpoints.sync(f"workdir:{workdir}")
     with checkpoints.WorkdirLock(workdir):
         checkpoints.write_text(workdir / "config.json", config.to_json_best_effort(indent=2, sort_keys=True))

@@ -20,6 +20,7 @@ import time
 from absl import app, flags
 from ml_collections import config_flags
 
+from binarybert_jax.errors import UserError
 from launch import common
 
 FLAGS = flags.FLAGS
@@ -32,15 +33,16 @@ QUANT_LABELS = {"fp": "FP", "twn": "TWN", "bwn": "BWN"}
 
 def _pipeline_rows(config) -> list[dict]:
     """The results.json rows of ``config.pipeline_models`` (each with its ``checkpoint``)."""
-    from binarybert_jax import checkpoints
+    from binarybert_jax import checkpoints, pipeline
     workdir = checkpoints.as_path(config.pipeline_workdir)  # local or gs://
     results = workdir / "results.json"
     if not results.is_file():
-        raise FileNotFoundError(f"{results} not found: is {workdir} a finished pipeline workdir?")
-    rows = {r["model"]: r for r in json.loads(results.read_text())["rows"]}
+        raise UserError(f"{results} not found: is {workdir} a finished pipeline workdir?")
+    rows = {r["model"]: dict(r, checkpoint=pipeline.row_checkpoint(workdir, r))
+            for r in checkpoints.read_json(results)["rows"]}
     missing = [m for m in config.pipeline_models if m not in rows]
     if missing:
-        raise ValueError(f"{results} has no rows {missing}; it has {sorted(rows)}")
+        raise UserError(f"{results} has no rows {missing}; it has {sorted(rows)}")
     return [rows[m] for m in config.pipeline_models]
 
 
@@ -48,7 +50,7 @@ def _tokenizer_dir(config) -> str:
     """--config.tokenizer, else the one the (first) checkpoint names, else the pretrained dir."""
     from binarybert_jax import assets, checkpoints
     if bool(config.checkpoint) == bool(config.pipeline_workdir):
-        raise ValueError("give exactly one of --config.checkpoint (a model quantized without "
+        raise UserError("give exactly one of --config.checkpoint (a model quantized without "
                          "training) and --config.pipeline_workdir (its trained models)")
     first = config.checkpoint or _pipeline_rows(config)[0]["checkpoint"]
     named = checkpoints.read_model_meta(first).get("info", {}).get("tokenizer", "")
@@ -94,14 +96,26 @@ def main(argv):
     from binarybert_jax.tokenizer import load_tokenizer
 
     config = FLAGS.config
+    # What is read (checkpoints, a pipeline workdir and the models it names, the data) is never
+    # written over, and --out holds analyses only.
+    inputs = {"--config.checkpoint": config.checkpoint, "--config.pipeline_workdir": config.pipeline_workdir,
+              "--config.data_dir": config.data_dir, "--config.tokenizer": config.tokenizer,
+              "--config.pretrained": config.pretrained}
+    if config.pipeline_workdir:
+        inputs.update({f"the pipeline's {r['model']} model": r["checkpoint"] for r in _pipeline_rows(config)})
+    for flag, path in inputs.items():
+        checkpoints.check_output("--out", FLAGS.out, {flag: path})
+    checkpoints.check_workdir(FLAGS.out, checkpoints.ANALYSIS, "--out")
     out = pathlib.Path(FLAGS.out)
-    out.mkdir(parents=True, exist_ok=True)
-    task = tasks.get_glue_task(config.task)
+    try:
+        task = tasks.get_glue_task(config.task)
+    except ValueError as e:
+        raise UserError(f"--config.task: {e}") from None
 
     # ---- Data: a fixed list of training batches ----
     data_dir = config.data_dir or glue.glue_dir()
     if not data_dir:
-        raise ValueError("no GLUE data: set --config.data_dir=DIR or $GLUE_DIR")
+        raise UserError("no GLUE data: set --config.data_dir=DIR or $GLUE_DIR")
     tokenizer = load_tokenizer(_tokenizer_dir(config))
     max_len = config.max_seq_length or task.max_seq_length
     arrays = encode.load_encoded_split(tokenizer, task, "train", data_dir=data_dir, max_length=max_len,
@@ -110,7 +124,7 @@ def main(argv):
     analyses = tuple(config.analyses)
     unknown = sorted(set(analyses) - set(analysis.ANALYSES))
     if unknown or not analyses:
-        raise ValueError(f"--config.analyses {analyses}: allowed (one or more) {analysis.ANALYSES}")
+        raise UserError(f"--config.analyses {analyses}: allowed (one or more) {analysis.ANALYSES}")
     wanted = max([config.landscape_batches] * ("landscape" in analyses)
                  + [config.hessian_batches] * ("hessian" in analyses)
                  + [config.clipping_batches] * ("clipping" in analyses))
@@ -118,7 +132,7 @@ def main(argv):
         arrays, config.batch_size, shuffle=True, seed=config.seed,
         bucket_lengths=tuple(config.bucket_lengths) or None), wanted))
     if len(batches) < wanted:
-        raise ValueError(f"{len(arrays['labels'])} training examples make {len(batches)} batches of "
+        raise UserError(f"{len(arrays['labels'])} training examples make {len(batches)} batches of "
                          f"{config.batch_size}; the analysis asks for {wanted}")
     landscape_batches, hessian_batches = batches[:config.landscape_batches], batches[:config.hessian_batches]
     clipping_batches = batches[:config.clipping_batches]
@@ -132,6 +146,7 @@ def main(argv):
 
     # ---- Models ----
     models, protocol = _models(config, batches[0], analyses)
+    checkpoints.claim_workdir(out, checkpoints.ANALYSIS, "--out")
     labels = {name: label for name, label, _, _ in models}
     data = []
     if "landscape" in analyses:
@@ -204,7 +219,7 @@ def main(argv):
             clipping[name] = {"by_site": analysis.clipping_by_site(totals), "per_quantizer": totals}
             timing["clipping_s"][name] = round(time.perf_counter() - t, 1)
         if not clipping:
-            raise ValueError("--config.analyses has clipping, but no model has uniform activation "
+            raise UserError("--config.analyses has clipping, but no model has uniform activation "
                              "quantizers: set --config.act_bits=8 (a checkpoint quantized without "
                              "training), or analyse trained W-A8 models")
         report["clipping"] = clipping
@@ -224,4 +239,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main, flags_parser=common.parse_flags)
+    common.run_main(app.run, main, flags_parser=common.parse_flags)

@@ -7,12 +7,18 @@ The same arguments (their dashed spellings too) and the same JSON keys as evalua
 evaluate-v2.0.py (their numbers too: ``binarybert_jax.squad_metrics``). The version is the data
 file's (``version`` ``1.1`` or ``v2.0``) unless ``--version`` says it. ``--na_prob_file`` and
 ``--na_prob_thresh`` are v2.0's.
+
+Questions without a prediction are counted on one line on stderr and score 0 in the totals (as
+evaluate-v1.1.py scores them; evaluate-v2.0.py would leave them out of its total, so a file
+predicting only the easy questions would score higher). A predictions file that is empty, not
+JSON, or holds a non-string answer, and a no-answer file with a non-number, are refused.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from typing import Optional, Sequence
 
@@ -39,9 +45,30 @@ def build_parser() -> argparse.ArgumentParser:
 def _read_json(path: str, what: str):
     try:
         with open(path, encoding="utf-8") as f:
-            return json.load(f)
-    except (OSError, json.JSONDecodeError) as e:
-        raise UserError(f"{what} {path}: {e}") from None
+            text = f.read()
+    except OSError as e:
+        raise UserError(f"{what} {path}: {e.strerror or e}") from None
+    if not text.strip():
+        raise UserError(f"{what} {path}: the file is empty")
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        raise UserError(f"{what} {path}: not valid JSON ({e})") from None
+
+
+def _check_mapping(value, path: str, what: str, expected: str, ok) -> dict:
+    """Refuses a file that is not an object of question id -> ``expected``, naming the first bad id."""
+    if not isinstance(value, dict):
+        raise UserError(f"{what} {path}: expected an object mapping question ids to {expected}, "
+                        f"found a JSON {type(value).__name__}")
+    for qid, v in value.items():
+        if not ok(v):
+            raise UserError(f"{what} {path}: question {qid}: {v!r} is not {expected}")
+    return value
+
+
+def _is_number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 
 def _version(recorded: str, path: str) -> str:
@@ -60,25 +87,33 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except ValueError as e:
         raise UserError(str(e)) from None
     version = args.version or _version(recorded, args.data_file)
-    predictions = _read_json(args.pred_file, "predictions file")
-    if not isinstance(predictions, dict):
-        raise UserError(f"predictions file {args.pred_file}: expected an object mapping question ids "
-                        "to answer texts")
+    predictions = _check_mapping(_read_json(args.pred_file, "predictions file"), args.pred_file,
+                                 "predictions file", "an answer text (a string)",
+                                 lambda v: isinstance(v, str))
+    asked = squad_metrics.has_answer_map(data)
+    missing = [qid for qid in asked if qid not in predictions]
+    if missing:
+        # Scored 0 in the totals, as evaluate-v1.1.py does; v2.0's script would leave them out of
+        # the total, inflating the score: here both versions count them, and say so.
+        print(f"warning: {len(missing)} of {len(asked)} questions of {args.data_file} have no "
+              f"prediction in {args.pred_file} (e.g. {missing[0]}); they score 0", file=sys.stderr)
     if version == "1.1":
         if args.na_prob_file:
             raise UserError("--na_prob_file is evaluate-v2.0's; this is a v1.1 evaluation")
         print(json.dumps(squad_metrics.evaluate_v1(data, predictions)))
         return 0
-    na_probs = _read_json(args.na_prob_file, "na-prob file") if args.na_prob_file else None
-    if na_probs is not None:
-        missing = [k for k in predictions if k not in na_probs]
-        if missing:
-            raise UserError(f"na-prob file {args.na_prob_file} lacks {len(missing)} predicted ids "
-                            f"(e.g. {missing[0]})")
-    print(json.dumps(squad_metrics.evaluate_v2(data, predictions, na_probs, args.na_prob_thresh),
-                     indent=2))
+    na_probs = None
+    if args.na_prob_file:
+        na_probs = _check_mapping(_read_json(args.na_prob_file, "na-prob file"), args.na_prob_file,
+                                  "na-prob file", "a number", _is_number)
+        lacking = [k for k in predictions if k not in na_probs]
+        if lacking:
+            raise UserError(f"na-prob file {args.na_prob_file} lacks {len(lacking)} predicted ids "
+                            f"(e.g. {lacking[0]})")
+    print(json.dumps(squad_metrics.evaluate_v2(data, predictions, na_probs, args.na_prob_thresh,
+                                               missing_zero=True), indent=2))
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(common.run_guarded(main))
+    common.run_main(main)

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import pathlib
-import sys
 from typing import Optional, Sequence
 
 from binarybert_jax import export, size, checkpoints
@@ -38,6 +37,7 @@ def _dir_bytes(path: pathlib.Path) -> int:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
+    checkpoints.check_output("--out", args.out, {"--ckpt": args.ckpt})
     params, spec, info = checkpoints.load_model(args.ckpt)
     info = dict(info, source_checkpoint=str(pathlib.Path(args.ckpt).absolute()))
     summary = export.export_packed(params, spec, args.out, info=info,
@@ -65,4 +65,4 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(common.run_guarded(main))
+    common.run_main(main)

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import pathlib
-import sys
 from typing import Optional, Sequence
 
 from launch import arguments, common
@@ -51,6 +50,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         raise FileNotFoundError(f"--fixture {fixture}: no such file (the parity fixture lives in "
                                 "tests/fixtures or ../shared/fixtures beside the checkout)")
     model = args.model or str(assets.minilm_dir())
+    if args.out:
+        checkpoints.check_output("--out", args.out, {"--fixture": fixture, "--model": model})
     errors = hf_import.parity_errors(model, fixture)
     for key, what in HEADLINE:
         print(f"{key:<16} {errors[key]:.1e}  max abs error over {what}")
@@ -63,4 +64,4 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(common.run_guarded(main))
+    common.run_main(main)

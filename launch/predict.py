@@ -140,6 +140,7 @@ def main(argv: Optional[Sequence[str]] = None, stdin: Optional[TextIO] = None,
     for flag in ("batch_size", "doc_stride", "max_query_length", "n_best", "max_answer_length"):
         if getattr(args, flag) < 1:
             parser.error(f"--{flag.replace('_', '-')} must be positive, got {getattr(args, flag)}")
+    check_outputs(args)
     if task.head == "span":
         return predict_squad(args, task, stdout)
 
@@ -180,6 +181,18 @@ def main(argv: Optional[Sequence[str]] = None, stdin: Optional[TextIO] = None,
         print(f"{task.name} ({len(examples)} examples): "
               + ", ".join(f"{k} {v:.4f}" for k, v in scores.items()), file=report)
     return 0
+
+
+def check_outputs(args) -> None:
+    """Refuses, before anything is read or written, an output that is, contains or lies inside an
+    input (``--out`` naming the ``--input`` file or inside the ``--model`` checkpoint), and two
+    outputs on one file."""
+    inputs = {"--input": args.input, "--model": args.model, "--tokenizer": args.tokenizer}
+    if args.out != "-":
+        checkpoints.check_output("--out", args.out, inputs)
+    if args.na_prob_out is not None:
+        checkpoints.check_output("--na_prob_out", args.na_prob_out,
+                                 dict(inputs, **{"--out": None if args.out == "-" else args.out}))
 
 
 def _load_model(args, task):
@@ -236,4 +249,4 @@ def predict_squad(args, task: squad.SquadTask, stdout: TextIO) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(common.run_guarded(main))
+    common.run_main(main)

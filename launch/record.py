@@ -36,7 +36,6 @@ import argparse
 import json
 import os
 import pathlib
-import sys
 from typing import Optional, Sequence
 
 from binarybert_jax.errors import UserError
@@ -56,7 +55,7 @@ def _provenance(workdir: os.PathLike, fallback: Optional[os.PathLike] = None) ->
     """The invocations that ran the workdir (``provenance.json``) and the commit(s) among them."""
     for d in (workdir, fallback):
         if d is not None and (d / common.PROVENANCE_FILE).is_file():
-            runs = _read_json(d / common.PROVENANCE_FILE)
+            runs = common.read_provenance(d / common.PROVENANCE_FILE)
             worked = [r for r in runs if r.get("outcome") != "refused"]  # refused: changed nothing
             commits = sorted({r.get("git_commit") for r in worked if r.get("git_commit")})
             found = {"commits": commits, "dirty": any(r.get("git_dirty") for r in worked),
@@ -169,6 +168,7 @@ def record(workdir: str | os.PathLike, name: str, *, setting: Optional[str] = No
     from binarybert_jax import checkpoints
     # The workdir may be remote (gs://...); the records go to a local checkout.
     workdir, out = checkpoints.as_path(workdir), pathlib.Path(results_dir) / name
+    checkpoints.check_output("--results-dir/--name", out, {"WORKDIR": workdir, "--test-file": test_file})
     test = pathlib.Path(test_file) if test_file else None
     if test is not None and not test.is_file():
         raise FileNotFoundError(f"--test_file {test}: no such file")
@@ -252,4 +252,4 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(common.run_guarded(main))
+    common.run_main(main)

@@ -15,7 +15,6 @@ Flags are parsed with argparse so ``main(argv)`` can be called repeatedly in-pro
 from __future__ import annotations
 
 import argparse
-import sys
 from typing import Optional, Sequence
 
 from binarybert_jax import size
@@ -81,4 +80,4 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(common.run_guarded(main))
+    common.run_main(main)

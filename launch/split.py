@@ -21,7 +21,8 @@ import pathlib
 import sys
 from typing import Optional, Sequence
 
-from binarybert_jax import tws
+from binarybert_jax import checkpoints, tws
+from binarybert_jax.errors import UserError
 from launch import arguments, common
 
 
@@ -64,15 +65,24 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
     """Runs the split. ``argv`` excludes the program name (``sys.argv[1:]`` when None).
 
     Returns:
-      ``tws.split_checkpoint``'s summary. Raises SystemExit with the reason when the source is not
-      a model checkpoint, not an unsplit ternary model, or ``--only`` names an unknown matrix.
+      ``tws.split_checkpoint``'s summary. Raises UserError with the reason when the source is not
+      a model checkpoint, not an unsplit ternary model, ``--only`` names an unknown matrix, or
+      ``--out`` overlaps an input or holds something other than a model checkpoint.
     """
     args = build_parser().parse_args(argv)
+    only_file = args.only if args.only and pathlib.Path(args.only).is_file() else None
+    checkpoints.check_output("--out", args.out, {"--ternary": args.ternary, "--only": only_file})
+    kind = checkpoints.workdir_kind(args.out)
+    if kind not in (None, "model checkpoint"):  # --out is replaced whole
+        raise UserError(f"--out {args.out} holds a {kind}, not a model checkpoint: replacing it "
+                        "would delete it; write the split model elsewhere")
     try:
         summary = tws.split_checkpoint(args.ternary, args.out, only=parse_only(args.only),
                                        shared_act=not args.separate_act_quantizers)
+    except UserError:
+        raise
     except (ValueError, FileNotFoundError) as e:
-        raise SystemExit(f"split: {args.ternary}: {e}") from e
+        raise UserError(f"split: {args.ternary}: {e}") from e
     split, unsplit = len(summary["split"]), len(summary["unsplit"])
     print(f"split {split}/{split + unsplit} matrices ({unsplit} kept as single binary matrices); "
           f"parameters {summary['params_before']:,} -> {summary['params_after']:,}; "
@@ -81,4 +91,4 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
 
 
 if __name__ == "__main__":
-    common.run_guarded(main, sys.argv[1:])
+    common.run_main(main, sys.argv[1:])

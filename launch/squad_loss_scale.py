@@ -10,7 +10,6 @@ cross-entropy on start/end; and the teacher's own span loss on the labels) as JS
 
 from __future__ import annotations
 
-import sys
 from typing import Optional, Sequence
 
 import numpy as np
@@ -74,4 +73,4 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(common.run_guarded(main))
+    common.run_main(main)

@@ -84,4 +84,4 @@ def main(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(common.run_guarded(main, sys.argv[1:]))
+    common.run_main(main, sys.argv[1:])

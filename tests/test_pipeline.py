@@ -1,6 +1,7 @@
 """The whole method end to end on a tiny real-format model and the shipped SST-2 slice."""
 
 import json
+import shutil
 
 import pytest
 
@@ -56,8 +57,9 @@ def test_pipeline_end_to_end_and_rerun_skips(tmp_path, tiny_pretrained_1layer):
     assert_readable_png(tmp_path / "training_curves.png")
     # The papers' figure: per KD phase the training loss of each quantized model (TWS against the
     # ternary model it was split from), and beneath it, apart, the held-out metric at each evaluation.
-    quantized = [pipeline.StageResult(m, rows[m]["description"], rows[m]["checkpoint"], "", {}, {},
-                                      checkpoints.load_model_spec(rows[m]["checkpoint"]), str(tmp_path / m))
+    quantized = [pipeline.StageResult(m, rows[m]["description"], pipeline.row_checkpoint(tmp_path, rows[m]), "",
+                                      {}, {}, checkpoints.load_model_spec(pipeline.row_checkpoint(tmp_path, rows[m])),
+                                      str(tmp_path / m))
                  for m in ("ternary", "tws")]
     fig = pipeline.plot_training_curves(tmp_path / "again.png", quantized, "accuracy")
     (loss1, loss2), (dev1, dev2) = [fig.axes[:2], fig.axes[2:4]]
@@ -76,14 +78,23 @@ def test_pipeline_end_to_end_and_rerun_skips(tmp_path, tiny_pretrained_1layer):
     assert curves["stage1"]["loss"] and all(loss > 0 for _, loss in curves["stage1"]["loss"])
     assert [s for s, _ in curves["stage2"]["eval"]] == [2] and curves["stage2"]["split"] == "heldout"  # two steps, evaluated at the end
     # Recorded for results/: one record a trained stage, its description the setting.
-    records = record.record(tmp_path, "tiny_pipeline", results_dir=tmp_path / "results",
-                            find_test_file=False)
+    results = tmp_path.parent / f"{tmp_path.name}_results"  # records never go into what they read
+    records = record.record(tmp_path, "tiny_pipeline", results_dir=results, find_test_file=False)
     assert [r["name"] for r in records] == [f"tiny_pipeline/{m}" for m in rows]
     assert records[3]["setting"] == "TWS 1× (split from TWN 0.5×)" and records[3]["best"] == rows["tws"]["best"]
-    assert (tmp_path / "results" / "tiny_pipeline" / "pipeline.json").is_file()
+    assert (results / "tiny_pipeline" / "pipeline.json").is_file()
     # A rerun finds every stage complete and reports the same table.
     again = pipeline.run_pipeline(_tiny(tiny_pretrained_1layer), tmp_path)
     assert json.dumps(again["rows"]) == json.dumps(report["rows"])
+    # The report names the stages' models relative to the workdir: a copy of the workdir is a
+    # workdir of its own, whose rerun finds every stage complete (nothing retrained).
+    assert rows["tws"]["checkpoint"] == "tws/stage2/best"
+    copy = tmp_path.parent / f"{tmp_path.name}_copy"
+    shutil.copytree(tmp_path, copy)
+    before = sorted(p.name for p in (copy / "tws" / "stage2" / "ckpt").iterdir())
+    moved = pipeline.run_pipeline(_tiny(tiny_pretrained_1layer), copy)
+    assert json.dumps(moved["rows"]) == json.dumps(report["rows"])
+    assert sorted(p.name for p in (copy / "tws" / "stage2" / "ckpt").iterdir()) == before
 
 
 def test_every_stage_setting_takes_effect_or_is_refused():

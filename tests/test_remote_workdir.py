@@ -126,7 +126,9 @@ def test_reports_records_metrics_and_provenance_on_gs(tmp_path, tiny_pretrained,
             "final_checkpoint": "stage2/final", "phases": [{"phase": "stage2", "steps": 3}]})
         checkpoints.write_json(f"{run}/config.json", config.to_dict())
         written = record.record(run, "remote", results_dir=tmp_path / "results", find_test_file=False)
-    assert report["rows"][0]["checkpoint"] == f"{run}/stage2/best"
+    # Stored relative to the pipeline workdir, read back wherever the workdir is.
+    assert report["rows"][0]["checkpoint"] == "stage/stage2/best"
+    assert pipeline.row_checkpoint("gs://bucket/pipe", report["rows"][0]) == f"{run}/stage2/best"
     assert curves == {"stage2": {"loss": [(1, 1.0), (2, 0.5), (3, 1 / 3)],
                                  "eval": [(1, 0.5), (2, 0.5), (3, 0.5)], "split": "dev"}}
     for name in ("results.json", "results.md", "training_curves.png", "provenance.json"):

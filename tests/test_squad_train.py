@@ -95,7 +95,8 @@ def test_pipeline_on_squad_and_predictions(tmp_path, tiny_pretrained_1layer, cap
 
     # Predictions from the split binary model's packed file (launch.export of a span head).
     packed = tmp_path / "tws.safetensors"
-    assert export_main.main(["--ckpt", rows["tws"]["checkpoint"], "--out", str(packed)]) == 0
+    assert export_main.main(["--ckpt", pipeline.row_checkpoint(tmp_path / "pipe", rows["tws"]), "--out",
+                             str(packed)]) == 0
     out = tmp_path / "pred" / "predictions.json"
     assert predict_main.main(["--model", str(packed), "--task", "squad1", "--input", str(dev),
                               "--out", str(out), "--max-length", "128"]) == 0

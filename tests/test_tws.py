@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from binarybert_jax import quant, checkpoints, tws
+from binarybert_jax import quant, checkpoints, errors, tws
 from binarybert_jax.model import BertConfig, ModelSpec, QuantConfig
 from binarybert_jax.trees import flatten
 from launch import split as split_main
@@ -342,9 +342,9 @@ def test_launch_split_round_trip(tmp_path, capsys):
     assert "split 14/14 matrices (0 kept" in capsys.readouterr().out
 
     # The split model is not ternary: a clear error naming the field.
-    with pytest.raises(SystemExit, match="weight_method='bwn'"):
+    with pytest.raises(errors.UserError, match="weight_method='bwn'"):
         split_main.main(["--ternary", str(tmp_path / "tws"), "--out", str(tmp_path / "again")])
-    with pytest.raises(SystemExit, match="not a binarybert-jax model checkpoint"):
+    with pytest.raises(errors.UserError, match="not a binarybert-jax model checkpoint"):
         split_main.main(["--ternary", str(tmp_path / "missing"), "--out", str(tmp_path / "x")])
     assert not (tmp_path / "again").exists()
 

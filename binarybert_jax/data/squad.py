@@ -159,14 +159,21 @@ def read_dataset(path: str | os.PathLike) -> tuple[str, list]:
     return str(blob.get("version", "")), blob["data"]
 
 
-def examples_from_dataset(data: Sequence[Mapping], *, where: str = "SQuAD data") -> list[SquadExample]:
-    """Every question of a SQuAD ``data`` list, in file order.
+def examples_from_dataset(data: Sequence[Mapping], *, where: str = "SQuAD data",
+                          version: Optional[str] = None) -> list[SquadExample]:
+    """Every question of a SQuAD ``data`` list, in file order, checked as it is read.
 
+    Args:
+      data: the ``data`` list of a SQuAD file.
+      where: the file (or what stands for it) errors name.
+      version: ``1.1`` refuses unanswerable questions (a v2.0 file given to a v1.1 task would
+        train on answers that are not there); None or ``2.0`` takes both.
     Raises:
-      ValueError: a question without ``id``/``question``/``answers`` or an answer outside its
-        context (names the question id).
+      ValueError: a question without ``id``/``question``/``answers``, an answer that is not the text
+        at its offset in the context, an id used twice, or an unanswerable question in v1.1 data
+        (each names ``where`` and the question id).
     """
-    examples = []
+    examples, seen = [], {}
     for a, article in enumerate(data):
         for paragraph in article.get("paragraphs", ()):
             context = paragraph["context"]
@@ -174,14 +181,34 @@ def examples_from_dataset(data: Sequence[Mapping], *, where: str = "SQuAD data")
                 missing = [k for k in ("id", "question", "answers") if k not in qa]
                 if missing:
                     raise ValueError(f"{where}: a question of article {a} lacks {missing}")
+                qid = qa["id"]
+                if qid in seen:
+                    raise ValueError(f"{where}: question id {qid!r} appears twice (articles {seen[qid]} "
+                                     f"and {a}); ids must be unique, predictions are keyed by them")
+                seen[qid] = a
                 answers = tuple((ans["text"], int(ans["answer_start"])) for ans in qa["answers"])
                 for text, start in answers:
                     if not 0 <= start <= len(context) - len(text):
-                        raise ValueError(f"{where}: question {qa['id']}: answer {text!r} at "
+                        raise ValueError(f"{where}: question {qid}: answer {text!r} at "
                                          f"{start} lies outside its context")
-                examples.append(SquadExample(qa["id"], qa["question"], context, answers,
-                                             bool(qa.get("is_impossible", False)) or not answers, a))
+                    if context[start:start + len(text)] != text:
+                        raise ValueError(f"{where}: question {qid}: answer {text!r} is not the text at "
+                                         f"its answer_start {start} (the context has "
+                                         f"{context[start:start + len(text)]!r} there)")
+                impossible = bool(qa.get("is_impossible", False)) or not answers
+                if impossible and version == "1.1":
+                    raise ValueError(f"{where}: question {qid} has no answer (is_impossible): a SQuAD "
+                                     "v2.0 file; v1.1 (squad1) questions all have answers: use squad2 "
+                                     "for v2.0 data")
+                examples.append(SquadExample(qid, qa["question"], context, answers, impossible, a))
     return examples
+
+
+def check_version(recorded: str, path, version: str) -> None:
+    """Refuses a file whose recorded ``version`` (``1.1``, ``v2.0``) is not the task's."""
+    if recorded and recorded.lstrip("v") in VERSIONS and recorded.lstrip("v") != version:
+        raise ValueError(f"{path}: a SQuAD v{recorded.lstrip('v')} file, but the task is v{version} "
+                         f"(squad{version[0]}); use squad{recorded.lstrip('v')[0]} or the v{version} file")
 
 
 def split_by_article(data: Sequence[Mapping], train_fraction: float) -> tuple[list, list]:
@@ -450,22 +477,32 @@ def load_squad_data(task: SquadTask, tokenizer, *, data_dir="", source: str = "j
     max_length = max_length or task.max_seq_length
 
     def read(split):
+        """The ``data`` list of a split and the name errors give it, checked whole before anything
+        is tokenized: a bad question fails the load, not an epoch."""
         if source == "tfds":
             from binarybert_jax.data import tfds_source
-            return tfds_source.read_squad_tfds(task.version, split, data_dir or None)
-        return read_dataset(split_path(data_dir, task.version, split))[1]
+            data, where = tfds_source.read_squad_tfds(task.version, split, data_dir or None), \
+                f"tfds squad {split} (v{task.version})"
+        else:
+            path = split_path(data_dir, task.version, split)
+            recorded, data = read_dataset(path)
+            check_version(recorded, path, task.version)
+            where = str(path)
+        examples_from_dataset(data, where=where, version=task.version)
+        return data, where
 
     # The dev file is read when it is evaluated, or when the dev-split protocol trains on part of it.
-    dev_data = read("dev") if dev or (train and dev_split) else None
-    train_data = None if dev_split or not train else read("train")
+    dev_data, dev_where = read("dev") if dev or (train and dev_split) else (None, None)
+    train_data, train_where = (None, None) if dev_split or not train else read("train")
     key = (task.name,)
     if dev_split:
         train_data, dev_data = split_by_article(dev_data, dev_split)
+        train_where = dev_where
         key = (task.name, f"devsplit{dev_split:g}")
     evals: dict[str, SquadEvalSet] = {}
     train = None
     if train_data is not None:
-        train_examples = examples_from_dataset(train_data)
+        train_examples = examples_from_dataset(train_data, where=train_where, version=task.version)
         if train_limit:
             train_examples = train_examples[:train_limit]
         if heldout is not None:
