@@ -45,7 +45,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from binarybert_jax import checkpoints, export, hf_import, kd, quant, size
+from binarybert_jax import export, hf_import, kd, quant, size, workdirs
 from binarybert_jax.model import ModelSpec, calibrate_act_quantizers
 from binarybert_jax.errors import UserError
 from binarybert_jax.sharding import MODEL_INPUTS, device_batch
@@ -582,7 +582,7 @@ def plot_landscapes(path, landscapes: Mapping[str, Landscape], dpi: int = 120):
         bar.set_label("training loss")
         fig.suptitle(f"Training loss with two matrices perturbed (x: {x_name}, y: {y_name})\n"
                      "one loss scale in every panel; red +: the trained weights", fontsize=11)
-        checkpoints.write_figure(path, fig, dpi=dpi)
+        workdirs.write_figure(path, fig, dpi=dpi)
         plt.close(fig)
     return fig
 

@@ -52,7 +52,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from binarybert_jax import checkpoints, kd, quant
+from binarybert_jax import checkpoints, kd, quant, workdirs
 from binarybert_jax.model import ModelSpec
 from binarybert_jax.sharding import device_batch, model_inputs
 from binarybert_jax.trees import flatten, unflatten
@@ -246,7 +246,7 @@ def make_half_width_checkpoint(teacher_dir: str | os.PathLike, out_dir: str | os
       ``stage='prune'``, the ``source``, ``width``, the kept ``heads`` and ``neurons`` per layer,
       the head scores, that summary, and the source's info as ``source_info``.
     """
-    src = checkpoints.absolute(teacher_dir)
+    src = workdirs.absolute(teacher_dir)
     params, spec, src_info = checkpoints.load_model(src)
     check_full_precision(spec)
     used = 0

@@ -53,7 +53,7 @@ from typing import Any, Callable, Mapping, NamedTuple, Optional, Sequence
 import jax
 import numpy as np
 
-from binarybert_jax import assets, bitwise, checkpoints, evaluate, export, resolve
+from binarybert_jax import assets, bitwise, checkpoints, evaluate, export, resolve, workdirs
 from binarybert_jax.data import encode, glue, squad, tasks
 from binarybert_jax.model import ModelSpec
 from binarybert_jax.sharding import MODEL_INPUTS
@@ -203,7 +203,7 @@ def load_predictor(path: str | os.PathLike, compute: str = INTEGER) -> Predictor
     if compute not in COMPUTES:
         raise ValueError(f"compute {compute!r}; allowed: {', '.join(COMPUTES)}")
     # A checkpoint directory may be in a remote workdir (gs://...); packed files are local.
-    path = checkpoints.as_path(path) if checkpoints.is_remote(path) else pathlib.Path(path)
+    path = workdirs.as_path(path) if workdirs.is_remote(path) else pathlib.Path(path)
     if path.is_file() and bitwise.is_bitwise_file(path):
         params, spec, info = bitwise.load_bitwise(path)
         spec = spec.without_axis()

@@ -30,7 +30,7 @@ import ml_collections
 import numpy as np
 from etils import epath
 
-from binarybert_jax import adaptive, checkpoints, evaluate, flops, halfwidth, resolve, size, train, tws
+from binarybert_jax import adaptive, checkpoints, evaluate, flops, halfwidth, resolve, size, train, tws, workdirs
 from binarybert_jax.data import batching, tasks
 from binarybert_jax.errors import UserError
 from binarybert_jax.model import ModelSpec
@@ -183,20 +183,20 @@ def run_pipeline(config, workdir) -> dict:
       "stage": name}`` when a training stage stopped early (``stop_after_steps``).
     """
     check_config(config)
-    checkpoints.check_workdir(workdir, checkpoints.PIPELINE)
-    workdir = checkpoints.as_path(workdir)
+    workdirs.check_workdir(workdir, workdirs.PIPELINE)
+    workdir = workdirs.as_path(workdir)
     for name in config.pipeline.stages:  # a given checkpoint is read: never write over it
-        checkpoints.check_output("--workdir", workdir, {
+        workdirs.check_output("--workdir", workdir, {
             f"--config.stages.{name}.checkpoint": config.stages[name].get("checkpoint")})
     for key in ("pretrained", "data_dir"):
-        checkpoints.check_output("--workdir", workdir, {f"--config.{key}": config.get(key)})
+        workdirs.check_output("--workdir", workdir, {f"--config.{key}": config.get(key)})
     recorded = workdir / "pipeline_config.json"
     if recorded.is_file():  # each stage checks its own keys again when it runs
-        resolve.check_resume(checkpoints.read_json(recorded), config, workdir)
-    checkpoints.claim_workdir(workdir, checkpoints.PIPELINE)
-    checkpoints.sync(f"workdir:{workdir}")
-    with checkpoints.WorkdirLock(workdir):
-        checkpoints.write_text(recorded, config.to_json_best_effort(indent=2, sort_keys=True))
+        resolve.check_resume(workdirs.read_json(recorded), config, workdir)
+    workdirs.claim_workdir(workdir, workdirs.PIPELINE)
+    workdirs.sync(f"workdir:{workdir}")
+    with workdirs.WorkdirLock(workdir):
+        workdirs.write_text(recorded, config.to_json_best_effort(indent=2, sort_keys=True))
         return _run_stages(config, workdir)
 
 
@@ -233,7 +233,7 @@ def _plan_adaptive(config, workdir: epath.Path, name: str, outputs: dict, task) 
     section = config.stages[name]
     plan_file, init = workdir / f"{name}.json", workdir / name
     if plan_file.is_file() and checkpoints.is_model_checkpoint(init):
-        return checkpoints.read_json(plan_file)
+        return workdirs.read_json(plan_file)
     source = outputs[section.source]
     params, spec, _ = checkpoints.load_model(source)
     batches = _batches(config, task, section.sensitivity_batches, section.batch_size, 2)
@@ -264,7 +264,7 @@ def _plan_adaptive(config, workdir: epath.Path, name: str, outputs: dict, task) 
             "sensitivities": {k: float(v) for k, v in plan.sensitivities.items()},
             "costs_bits": {k: int(v) for k, v in plan.costs.items()},
             "orders_right_after_split": baseline_scores, "orders_scored_on": scored_on}
-    checkpoints.write_json(plan_file, info)
+    workdirs.write_json(plan_file, info)
     return info
 
 
@@ -276,7 +276,7 @@ def relative_to_workdir(path: str, workdir: epath.Path) -> str:
     it (a copied or moved workdir still names its own models; ``row_checkpoint`` reads it back),
     a given checkpoint elsewhere as given."""
     try:
-        return os.fspath(checkpoints.as_path(path).relative_to(workdir))
+        return os.fspath(workdirs.as_path(path).relative_to(workdir))
     except ValueError:
         return path
 
@@ -284,8 +284,8 @@ def relative_to_workdir(path: str, workdir: epath.Path) -> str:
 def row_checkpoint(workdir: str | os.PathLike, row: dict) -> str:
     """The checkpoint of a row of a pipeline's ``results.json``, wherever the workdir is now."""
     path = row["checkpoint"]
-    return path if os.path.isabs(path) or checkpoints.is_remote(path) else os.fspath(
-        checkpoints.as_path(workdir) / path)
+    return path if os.path.isabs(path) or workdirs.is_remote(path) else os.fspath(
+        workdirs.as_path(workdir) / path)
 
 
 def write_report(workdir: epath.Path, task, rows: list[StageResult], config, adaptive_info) -> dict:
@@ -307,7 +307,7 @@ def write_report(workdir: epath.Path, task, rows: list[StageResult], config, ada
     selected_on = resolve.heldout_slice(config) is not None
     out = {"task": task.name, "main_metric": main, "seq_len_for_flops": seq,
            "protocol": "heldout" if selected_on else "dev", "rows": table, "adaptive": adaptive_info}
-    checkpoints.write_json(workdir / "results.json", out)
+    workdirs.write_json(workdir / "results.json", out)
     names = [k for k in (rows[0].best or {}) if "/" not in k] or [main]
     dev_name = "dev"
     if "squad" in config and config.squad.dev_split:
@@ -339,7 +339,7 @@ def write_report(workdir: epath.Path, task, rows: list[StageResult], config, ada
                      f"{t['gflops']:.2f} | " + " | ".join(cells) + " |")
     if adaptive_info:
         lines += [""] + adaptive_report(adaptive_info, main)
-    checkpoints.write_text(workdir / "results.md", "\n".join(lines) + "\n")
+    workdirs.write_text(workdir / "results.md", "\n".join(lines) + "\n")
     plot_training_curves(workdir / "training_curves.png", rows, main)
     print("\n".join(lines))
     return out
@@ -370,7 +370,7 @@ def training_curves(workdir: str | os.PathLike, main: str) -> dict[str, dict[str
     logged as ``heldout/<metric>``; ``dev`` for runs selected on dev, logged as ``eval/<metric>``).
     A resumed run logs some steps twice; the last value of a step wins."""
     curves: dict[str, dict[str, dict]] = {}
-    for m in checkpoints.read_metrics(checkpoints.as_path(workdir) / "metrics.jsonl"):
+    for m in workdirs.read_metrics(workdirs.as_path(workdir) / "metrics.jsonl"):
         if "phase" not in m or "step" not in m:
             continue
         phase = curves.setdefault(m["phase"], {"loss": {}, "eval": {}, "split": "dev"})
@@ -409,7 +409,7 @@ def plot_training_curves(path: epath.Path, rows: list[StageResult], main: str, d
 
     runs = [(r, training_curves(r.workdir, main)) for r in rows
             if r.workdir and r.spec.quant.weight_bits < 32
-            and (checkpoints.as_path(r.workdir) / "metrics.jsonl").is_file()]
+            and (workdirs.as_path(r.workdir) / "metrics.jsonl").is_file()]
     phases = sorted({p for _, curves in runs for p in curves}) or ["(no quantized training runs)"]
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     with plt.rc_context({"font.size": 11, "axes.titlesize": 12, "axes.labelsize": 11,
@@ -458,6 +458,6 @@ def plot_training_curves(path: epath.Path, rows: list[StageResult], main: str, d
         if handles:
             fig.legend(handles.values(), handles.keys(), loc="lower center", ncol=min(3, len(handles)),
                        frameon=False)
-        checkpoints.write_figure(path, fig, dpi=dpi)
+        workdirs.write_figure(path, fig, dpi=dpi)
         plt.close(fig)
     return fig

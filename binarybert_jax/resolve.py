@@ -20,7 +20,7 @@ from typing import Any, Optional
 
 import jax.numpy as jnp
 
-from binarybert_jax import assets, checkpoints, hf_import, kd
+from binarybert_jax import assets, checkpoints, hf_import, kd, workdirs
 from binarybert_jax.data import heldout, loading, squad, tasks
 from binarybert_jax.errors import ConfigError, UserError
 from binarybert_jax.model import (ACTIVATIONS, BertConfig, BertModel, ModelSpec, QuantConfig, model_variables,
@@ -161,7 +161,7 @@ def _same_place(old: str, new: str, recorded_at: Optional[str], workdir) -> bool
     ``new`` now: the same path, or the same place relative to a workdir copied or moved since."""
     if old == new:
         return True
-    if not (old and new and recorded_at) or checkpoints.is_remote(workdir):
+    if not (old and new and recorded_at) or workdirs.is_remote(workdir):
         return False
     now = os.path.realpath(os.fspath(workdir))
     relative = os.path.relpath(os.path.realpath(old), recorded_at)
@@ -174,7 +174,7 @@ def check_resume(recorded: dict, config, workdir) -> None:
     that moved with the workdir (a pipeline's earlier stage, the workdir copied or moved since) is
     the same setting."""
     old, new = _flat(recorded), _flat(config.to_dict())
-    recorded_at = checkpoints.workdir_location(workdir)
+    recorded_at = workdirs.workdir_location(workdir)
     if "select_on" not in old and "select_on" in new:
         old["select_on"] = "dev"  # recorded before held-out selection existed: it selected on dev
     changed = []
@@ -189,7 +189,7 @@ def check_resume(recorded: dict, config, workdir) -> None:
     if changed:
         raise ConfigError(f"{workdir} holds a run with another config ({'; '.join(changed)}): resuming "
                           "would mix two runs. Use a new --workdir, or the recorded settings "
-                          f"({checkpoints.as_path(workdir) / 'config.json'})")
+                          f"({workdirs.as_path(workdir) / 'config.json'})")
 
 
 def recorded_task(info: dict) -> Optional[str]:

@@ -5,9 +5,9 @@
 joint, or a single stage), resuming from the workdir when it holds a checkpoint. What the config
 resolves to (phases, the student's spec, its starting point, the teacher, the data) is
 ``resolve.py``'s; evaluation is ``evaluate.py``'s; placement on devices ``sharding.py``'s; every
-file is written through ``checkpoints.py``.
+file is written through ``workdirs.py`` or ``checkpoints.py``.
 
-Workdir layout (local, or remote: ``gs://bucket/run``, see ``checkpoints.as_path``)::
+Workdir layout (local, or remote: ``gs://bucket/run``, see ``workdirs.as_path``)::
 
     config.json                  the resolved config of the run
     <phase>/ckpt/<step>/         periodic train-state checkpoints (Orbax, atomic, last k kept)
@@ -52,7 +52,7 @@ from etils import epath
 from jax import lax
 from jax.sharding import PartitionSpec as P
 
-from binarybert_jax import checkpoints, evaluate, kd, model as M, optim, resolve, squad_metrics
+from binarybert_jax import checkpoints, evaluate, kd, model as M, optim, resolve, squad_metrics, workdirs
 from binarybert_jax.data import batching, tasks
 from binarybert_jax.errors import ConfigError
 from binarybert_jax.model import BertModel, ModelSpec, calibrate_act_quantizers
@@ -251,7 +251,7 @@ def progress_line(phase: str, step: int, total_steps: int, examples_per_s: float
             f"{examples_per_s:.1f} examples/s, {_duration(left)} left")
 
 
-def _log_mean(writer: checkpoints.MetricWriter, phase: str, fetched: list) -> None:
+def _log_mean(writer: workdirs.MetricWriter, phase: str, fetched: list) -> None:
     last_step, last = fetched[-1]
     writer.write(phase, last_step, {k: float(np.mean([m[k] for _, m in fetched])) for k in last})
 
@@ -267,7 +267,7 @@ def _schedules(config, phase: resolve.Phase, total_steps: int):
 
 
 def train_phase(config, workdir: epath.Path, phase: resolve.Phase, spec: ModelSpec, task: tasks.TaskSpec,
-                train_arrays: dict, eval_sets: dict, teacher, mesh, writer: checkpoints.MetricWriter,
+                train_arrays: dict, eval_sets: dict, teacher, mesh, writer: workdirs.MetricWriter,
                 previous: Optional[epath.Path], dev_sets: Optional[Callable[[], dict]] = None) -> dict:
     """Runs (or resumes, or skips when complete) one phase; returns its results entry.
 
@@ -346,7 +346,7 @@ def _train_phase(config, workdir, phase, spec, task, train_arrays, eval_sets, te
     results_file = phase_dir / "results.json"
     if checkpoints.is_model_checkpoint(final_dir) and results_file.is_file():
         log.info("phase %s already complete in %s; skipping", phase.name, phase_dir)
-        return checkpoints.read_json(results_file)
+        return workdirs.read_json(results_file)
 
     started = time.perf_counter()
 
@@ -430,7 +430,7 @@ def _train_phase(config, workdir, phase, spec, task, train_arrays, eval_sets, te
     from tqdm.auto import tqdm
     from tqdm.contrib.logging import logging_redirect_tqdm
     bar = tqdm(total=total_steps, initial=step, desc=phase.name, unit="step",
-               disable=not checkpoints.is_writer() or not config.progress_bar)
+               disable=not workdirs.is_writer() or not config.progress_bar)
     # The package's log lines (the progress line among them) printed above the bar, not into it,
     # where the mains gave the package a console handler.
     logging_beside_bar, ours = contextlib.ExitStack(), logging.getLogger("binarybert_jax")
@@ -459,7 +459,7 @@ def _train_phase(config, workdir, phase, spec, task, train_arrays, eval_sets, te
                     rate = window_examples / max(now - window_start, 1e-9)
                     writer.write(phase.name, step, {"examples_per_second": rate})
                     bar.set_postfix(examples_per_s=f"{rate:.1f}")
-                    if checkpoints.is_writer():
+                    if workdirs.is_writer():
                         log.info(progress_line(phase.name, step, total_steps, rate, config.batch_size))
                     window_start, window_examples = now, 0
 
@@ -581,7 +581,7 @@ def _train_phase(config, workdir, phase, spec, task, train_arrays, eval_sets, te
               "final_checkpoint": str(final_dir.relative_to(workdir)),
               "best_checkpoint": str((best_dir if meta["best"] else final_dir).relative_to(workdir)),
               "main_metric": main_metric, "wall_seconds": round(wall_seconds, 1)}
-    checkpoints.write_json(results_file, result)
+    workdirs.write_json(results_file, result)
     return result
 
 
@@ -591,10 +591,10 @@ def train_and_evaluate(config, workdir: str | os.PathLike) -> dict:
     or ``{"interrupted": True, "phase", "step"}`` after ``config.stop_after_steps``."""
     # ---- Config and workdir: everything checkable is checked before anything is written ---
     resolve.validate(config)
-    checkpoints.check_workdir(workdir, checkpoints.TRAINING_RUN)
-    workdir = checkpoints.as_path(workdir)
+    workdirs.check_workdir(workdir, workdirs.TRAINING_RUN)
+    workdir = workdirs.as_path(workdir)
     for key in ("teacher", "init_checkpoint", "pretrained", "data_dir"):
-        checkpoints.check_output("--workdir", workdir, {f"--config.{key}": config.get(key)})
+        workdirs.check_output("--workdir", workdir, {f"--config.{key}": config.get(key)})
     task = tasks.get_task(config.task)
     mesh = make_mesh()
     if config.batch_size % mesh.size or config.eval_batch_size % mesh.size:
@@ -603,11 +603,11 @@ def train_and_evaluate(config, workdir: str | os.PathLike) -> dict:
     spec = resolve.student_spec(config, task)
     resolve.check_lengths(config, task, spec)
     if (workdir / "config.json").is_file():
-        resolve.check_resume(checkpoints.read_json(workdir / "config.json"), config, workdir)
-    checkpoints.claim_workdir(workdir, checkpoints.TRAINING_RUN)
-    checkpoints.sync(f"workdir:{workdir}")
-    with checkpoints.WorkdirLock(workdir):
-        checkpoints.write_text(workdir / "config.json", config.to_json_best_effort(indent=2, sort_keys=True))
+        resolve.check_resume(workdirs.read_json(workdir / "config.json"), config, workdir)
+    workdirs.claim_workdir(workdir, workdirs.TRAINING_RUN)
+    workdirs.sync(f"workdir:{workdir}")
+    with workdirs.WorkdirLock(workdir):
+        workdirs.write_text(workdir / "config.json", config.to_json_best_effort(indent=2, sort_keys=True))
         return _run_phases(config, workdir, task, mesh, spec)
 
 
@@ -630,7 +630,7 @@ def _run_phases(config, workdir: epath.Path, task: tasks.TaskSpec, mesh, spec: M
         teacher = (teacher[0], replicate(teacher[1], mesh))
 
     # ---- Phases ----------------------------------------------------------------------------
-    writer = checkpoints.MetricWriter(workdir)
+    writer = workdirs.MetricWriter(workdir)
     results, previous = [], None
     try:
         for phase in resolve.phases_for(config):
@@ -650,5 +650,5 @@ def _run_phases(config, workdir: epath.Path, task: tasks.TaskSpec, mesh, spec: M
                "wall_seconds": round(sum(r.get("wall_seconds", 0.0) for r in results), 1),
                "best_checkpoint": last["best_checkpoint"], "final_checkpoint": last["final_checkpoint"],
                "main_metric": last["main_metric"], "spec": spec.to_dict()}
-    checkpoints.write_json(workdir / "results.json", summary)
+    workdirs.write_json(workdir / "results.json", summary)
     return summary

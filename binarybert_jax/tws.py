@@ -36,7 +36,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from binarybert_jax import checkpoints, quant
+from binarybert_jax import checkpoints, quant, workdirs
 from binarybert_jax.errors import UserError
 from binarybert_jax.model import ModelSpec, splittable_paths
 
@@ -277,8 +277,8 @@ def split_checkpoint(src_dir: str | os.PathLike, out_dir: str | os.PathLike, *,
       ``params_after`` (scalar counts). The checkpoint's ``info`` records ``stage='tws'``, the
       ``source`` path, the split/unsplit matrices, and the source's own info as ``source_info``.
     """
-    src = checkpoints.absolute(src_dir)
-    out = checkpoints.absolute(out_dir)
+    src = workdirs.absolute(src_dir)
+    out = workdirs.absolute(out_dir)
     if out == src or src in out.parents or out in src.parents:
         # save_model replaces ``out`` whole: it would destroy the ternary checkpoint.
         raise UserError(f"--out {out} overlaps the source checkpoint {src}: write the split model "

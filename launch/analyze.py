@@ -33,13 +33,13 @@ QUANT_LABELS = {"fp": "FP", "twn": "TWN", "bwn": "BWN"}
 
 def _pipeline_rows(config) -> list[dict]:
     """The results.json rows of ``config.pipeline_models`` (each with its ``checkpoint``)."""
-    from binarybert_jax import checkpoints, pipeline
-    workdir = checkpoints.as_path(config.pipeline_workdir)  # local or gs://
+    from binarybert_jax import pipeline, workdirs
+    workdir = workdirs.as_path(config.pipeline_workdir)  # local or gs://
     results = workdir / "results.json"
     if not results.is_file():
         raise UserError(f"{results} not found: is {workdir} a finished pipeline workdir?")
     rows = {r["model"]: dict(r, checkpoint=pipeline.row_checkpoint(workdir, r))
-            for r in checkpoints.read_json(results)["rows"]}
+            for r in workdirs.read_json(results)["rows"]}
     missing = [m for m in config.pipeline_models if m not in rows]
     if missing:
         raise UserError(f"{results} has no rows {missing}; it has {sorted(rows)}")
@@ -91,7 +91,7 @@ def main(argv):
     start = time.perf_counter()
     import itertools
 
-    from binarybert_jax import analysis, assets, checkpoints
+    from binarybert_jax import analysis, assets, workdirs
     from binarybert_jax.data import batching, encode, glue, tasks
     from binarybert_jax.tokenizer import load_tokenizer
 
@@ -104,8 +104,8 @@ def main(argv):
     if config.pipeline_workdir:
         inputs.update({f"the pipeline's {r['model']} model": r["checkpoint"] for r in _pipeline_rows(config)})
     for flag, path in inputs.items():
-        checkpoints.check_output("--out", FLAGS.out, {flag: path})
-    checkpoints.check_workdir(FLAGS.out, checkpoints.ANALYSIS, "--out")
+        workdirs.check_output("--out", FLAGS.out, {flag: path})
+    workdirs.check_workdir(FLAGS.out, workdirs.ANALYSIS, "--out")
     out = pathlib.Path(FLAGS.out)
     try:
         task = tasks.get_glue_task(config.task)
@@ -146,7 +146,7 @@ def main(argv):
 
     # ---- Models ----
     models, protocol = _models(config, batches[0], analyses)
-    checkpoints.claim_workdir(out, checkpoints.ANALYSIS, "--out")
+    workdirs.claim_workdir(out, workdirs.ANALYSIS, "--out")
     labels = {name: label for name, label, _, _ in models}
     data = []
     if "landscape" in analyses:
@@ -176,8 +176,8 @@ def main(argv):
             timing["landscape_s"][name] = round(time.perf_counter() - t, 1)
         analysis.plot_landscapes(out / "landscape.png", {labels[n]: l for n, l in landscapes.items()})
         for name, land in landscapes.items():
-            checkpoints.write_text(out / f"landscape_{name}.csv", analysis.landscape_csv(land))
-        checkpoints.write_text(out / "landscape.json",
+            workdirs.write_text(out / f"landscape_{name}.csv", analysis.landscape_csv(land))
+        workdirs.write_text(out / "landscape.json",
                                json.dumps({n: l.to_dict() for n, l in landscapes.items()}))
         report.update({
             "landscape_matrices": list(matrices), "landscape_coords": [float(c) for c in coords],
@@ -232,9 +232,9 @@ def main(argv):
                                   f"including compilation and data loading"},
         "config": json.loads(config.to_json_best_effort()),
     })
-    checkpoints.write_json(out / "analysis.json", report)
-    checkpoints.write_text(out / "config.json", config.to_json_best_effort(indent=2, sort_keys=True))
-    checkpoints.write_text(out / "analysis.md", analysis.markdown_report(report))
+    workdirs.write_json(out / "analysis.json", report)
+    workdirs.write_text(out / "config.json", config.to_json_best_effort(indent=2, sort_keys=True))
+    workdirs.write_text(out / "analysis.md", analysis.markdown_report(report))
     print(f"wrote {out / 'analysis.md'} ({total:.0f} s)")
 
 

@@ -166,7 +166,7 @@ def git_state(root: pathlib.Path = REPO_ROOT) -> dict:
     return {"git_commit": commit, "git_dirty": bool(status.strip())}
 
 
-# The kind of workdir each main that records provenance makes (checkpoints.workdir_kind).
+# The kind of workdir each main that records provenance makes (workdirs.workdir_kind).
 _MAIN_KINDS = {"train": "training run", "pipeline": "pipeline"}
 
 
@@ -183,22 +183,22 @@ def provenance(workdir, argv: Sequence[str]):
     (``workdir_existed``), so that a first entry saying so tells that the invocation which created
     the workdir left no entry, and its commit is unknown (``launch.record`` says so).
 
-    A directory of another kind than the main makes (``checkpoints.workdir_kind``: a pipeline's
+    A directory of another kind than the main makes (``workdirs.workdir_kind``: a pipeline's
     for ``launch.train``, a model), where the main is refused, gets no entry: it is left as it is."""
-    from binarybert_jax import checkpoints
+    from binarybert_jax import workdirs
     from binarybert_jax.errors import UserError
     if not str(workdir).strip():  # "" would be read as the current directory
         fail("--workdir is empty: give a directory")
     # The main's name, however it was started: launch/train.py, launch.train, binarybert-train.
     main = (pathlib.Path(str(argv[0]) if argv else "").name.removesuffix(".py").split(".")[-1]
             .removeprefix("binarybert-"))
-    found = checkpoints.workdir_kind(workdir)
+    found = workdirs.workdir_kind(workdir)
     if found is not None and found != _MAIN_KINDS.get(main, found):
         # A directory of another kind (the run will be refused there): its files are left alone.
         yield
         return
     started, outcome = time.time(), "interrupted"
-    path = checkpoints.as_path(workdir) / PROVENANCE_FILE
+    path = workdirs.as_path(workdir) / PROVENANCE_FILE
     entry = {"argv": list(argv), **git_state(),
              "started": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(started)),
              "workdir_existed": path.parent.is_dir()}
@@ -210,7 +210,7 @@ def provenance(workdir, argv: Sequence[str]):
         others = [e for e in read_provenance(path, set_aside=True)
                   if not (e.get("started") == entry["started"] and e.get("argv") == entry["argv"]
                           and e.get("outcome") == "running")]
-        checkpoints.write_json(path, others + [
+        workdirs.write_json(path, others + [
             dict(entry, wall_seconds=round(time.time() - started, 1), outcome=outcome)])
 
     write("running")
@@ -241,20 +241,20 @@ def read_provenance(path, set_aside: bool = False) -> list[dict]:
     short by a full disk, edited by hand) is skipped with a warning rather than blocking a run or
     a report; with ``set_aside`` it is kept beside as ``provenance.json.unreadable`` (the
     invocation then starts a fresh file)."""
-    from binarybert_jax import checkpoints
+    from binarybert_jax import workdirs
     from binarybert_jax.errors import UserError
-    path = checkpoints.as_path(path)
+    path = workdirs.as_path(path)
     if not path.is_file():
         return []
     try:
-        entries = checkpoints.read_json(path)
+        entries = workdirs.read_json(path)
     except UserError as e:
         entries = e
     if isinstance(entries, list) and all(isinstance(e, dict) for e in entries):
         return entries
     why = entries if isinstance(entries, UserError) else f"{path}: not a list of invocations"
     kept = ""
-    if set_aside and checkpoints.is_writer():
+    if set_aside and workdirs.is_writer():
         aside = path.with_name(path.name + ".unreadable")
         path.replace(aside)
         kept = f"; kept as {aside}, a new one is started"

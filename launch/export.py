@@ -16,7 +16,7 @@ import argparse
 import pathlib
 from typing import Optional, Sequence
 
-from binarybert_jax import export, size, checkpoints
+from binarybert_jax import export, size, checkpoints, workdirs
 
 from launch import arguments, common
 
@@ -37,7 +37,7 @@ def _dir_bytes(path: pathlib.Path) -> int:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
-    checkpoints.check_output("--out", args.out, {"--ckpt": args.ckpt})
+    workdirs.check_output("--out", args.out, {"--ckpt": args.ckpt})
     params, spec, info = checkpoints.load_model(args.ckpt)
     info = dict(info, source_checkpoint=str(pathlib.Path(args.ckpt).absolute()))
     summary = export.export_packed(params, spec, args.out, info=info,

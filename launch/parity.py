@@ -44,19 +44,19 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
-    from binarybert_jax import assets, checkpoints, hf_import
+    from binarybert_jax import assets, hf_import, workdirs
     fixture = pathlib.Path(args.fixture)
     if not fixture.is_file():
         raise FileNotFoundError(f"--fixture {fixture}: no such file (the parity fixture lives in "
                                 "tests/fixtures or ../shared/fixtures beside the checkout)")
     model = args.model or str(assets.minilm_dir())
     if args.out:
-        checkpoints.check_output("--out", args.out, {"--fixture": fixture, "--model": model})
+        workdirs.check_output("--out", args.out, {"--fixture": fixture, "--model": model})
     errors = hf_import.parity_errors(model, fixture)
     for key, what in HEADLINE:
         print(f"{key:<16} {errors[key]:.1e}  max abs error over {what}")
     if args.out:
-        checkpoints.write_json(args.out, {"kind": "parity", "model": pathlib.Path(model).name,
+        workdirs.write_json(args.out, {"kind": "parity", "model": pathlib.Path(model).name,
                                           "fixture": fixture.name, **common.git_state(),
                                           "errors": errors})
         print(f"wrote {args.out}")

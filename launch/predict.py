@@ -42,7 +42,7 @@ from typing import Optional, Sequence, TextIO
 
 import numpy as np
 
-from binarybert_jax import assets, checkpoints, inference, metrics, resolve, squad_metrics
+from binarybert_jax import assets, inference, metrics, resolve, squad_metrics, workdirs
 from binarybert_jax.data import glue, squad, tasks
 from binarybert_jax.errors import UserError
 from binarybert_jax.tokenizer import load_tokenizer
@@ -169,7 +169,7 @@ def main(argv: Optional[Sequence[str]] = None, stdin: Optional[TextIO] = None,
         report = sys.stderr
     else:
         out = pathlib.Path(args.out)
-        checkpoints.write_text(out, text)
+        workdirs.write_text(out, text)
         print(f"wrote {len(examples)} predictions to {out} ({predictor.kind} model "
               f"{predictor.path}, tokenizer {tokenizer_dir})", file=report)
 
@@ -189,9 +189,9 @@ def check_outputs(args) -> None:
     outputs on one file."""
     inputs = {"--input": args.input, "--model": args.model, "--tokenizer": args.tokenizer}
     if args.out != "-":
-        checkpoints.check_output("--out", args.out, inputs)
+        workdirs.check_output("--out", args.out, inputs)
     if args.na_prob_out is not None:
-        checkpoints.check_output("--na_prob_out", args.na_prob_out,
+        workdirs.check_output("--na_prob_out", args.na_prob_out,
                                  dict(inputs, **{"--out": None if args.out == "-" else args.out}))
 
 
@@ -231,11 +231,11 @@ def predict_squad(args, task: squad.SquadTask, stdout: TextIO) -> int:
         max_query_length=args.max_query_length, batch_size=args.batch_size, n_best=args.n_best,
         max_answer_length=args.max_answer_length, null_threshold=args.null_threshold)
     out = pathlib.Path(args.out)
-    checkpoints.write_json(out, answers)
+    workdirs.write_json(out, answers)
     written = [str(out)]
     if task.has_unanswerable:
         na_out = pathlib.Path(args.na_prob_out) if args.na_prob_out else out.parent / "na_probs.json"
-        checkpoints.write_json(na_out, null_diffs)
+        workdirs.write_json(na_out, null_diffs)
         written.append(str(na_out))
     print(f"wrote {len(answers)} answers to {' and '.join(written)} ({predictor.kind} model "
           f"{predictor.path}, tokenizer {tokenizer_dir})", file=stdout)

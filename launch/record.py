@@ -27,7 +27,7 @@ A record directory holds:
 
 Records group into README tables by ``setting`` (``launch.tables``: mean ± sample std over the
 seeds of a setting). Checkpoints stay in the workdir, out of git. Every file is written through
-``checkpoints.py``.
+``workdirs.py`` (checkpoints through ``checkpoints.py``).
 """
 
 from __future__ import annotations
@@ -47,8 +47,8 @@ DEFAULT_RESULTS = common.REPO_ROOT / "results"
 
 
 def _read_json(path: os.PathLike):
-    from binarybert_jax import checkpoints
-    return checkpoints.read_json(path)
+    from binarybert_jax import workdirs
+    return workdirs.read_json(path)
 
 
 def _provenance(workdir: os.PathLike, fallback: Optional[os.PathLike] = None) -> dict:
@@ -107,7 +107,7 @@ def record_run(workdir: os.PathLike, out: pathlib.Path, name: str, setting: str,
                test_file: Optional[pathlib.Path] = None, find_test_file: bool = True,
                provenance_dir: Optional[os.PathLike] = None) -> dict:
     """Writes the record of one finished ``launch.train`` workdir into ``out``; returns it."""
-    from binarybert_jax import checkpoints
+    from binarybert_jax import workdirs
     from binarybert_jax.data import tasks
     from launch import predict
     results_file = workdir / "results.json"
@@ -154,9 +154,9 @@ def record_run(workdir: os.PathLike, out: pathlib.Path, name: str, setting: str,
                                 "checkpoint": results["best_checkpoint"]}
     metrics_file = workdir / "metrics.jsonl"
     if metrics_file.is_file():
-        checkpoints.write_text(out / "metrics.jsonl", metrics_file.read_text())
+        workdirs.write_text(out / "metrics.jsonl", metrics_file.read_text())
     record = portable(record)
-    checkpoints.write_json(out / RECORD_FILE, record)
+    workdirs.write_json(out / RECORD_FILE, record)
     return record
 
 
@@ -165,10 +165,10 @@ def record(workdir: str | os.PathLike, name: str, *, setting: Optional[str] = No
            find_test_file: bool = True) -> list[dict]:
     """Records a train workdir as ``results_dir/name``, or a pipeline workdir as one record per
     trained stage under it; returns the records written."""
-    from binarybert_jax import checkpoints
+    from binarybert_jax import workdirs
     # The workdir may be remote (gs://...); the records go to a local checkout.
-    workdir, out = checkpoints.as_path(workdir), pathlib.Path(results_dir) / name
-    checkpoints.check_output("--results-dir/--name", out, {"WORKDIR": workdir, "--test-file": test_file})
+    workdir, out = workdirs.as_path(workdir), pathlib.Path(results_dir) / name
+    workdirs.check_output("--results-dir/--name", out, {"WORKDIR": workdir, "--test-file": test_file})
     test = pathlib.Path(test_file) if test_file else None
     if test is not None and not test.is_file():
         raise FileNotFoundError(f"--test_file {test}: no such file")
@@ -187,7 +187,7 @@ def record(workdir: str | os.PathLike, name: str, *, setting: Optional[str] = No
             written.append(record_run(stage, out / row["model"], f"{name}/{row['model']}", label,
                                       order=order, test_file=test, find_test_file=find_test_file,
                                       provenance_dir=workdir))
-        checkpoints.write_json(out / "pipeline.json", portable(report))
+        workdirs.write_json(out / "pipeline.json", portable(report))
         return written
     # A pipeline's stage: its invocations are in the pipeline's provenance.json, its setting is
     # the stage's description (as the pipeline's report gives it) and its row the stage's order.

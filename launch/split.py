@@ -21,7 +21,7 @@ import pathlib
 import sys
 from typing import Optional, Sequence
 
-from binarybert_jax import checkpoints, tws
+from binarybert_jax import tws, workdirs
 from binarybert_jax.errors import UserError
 from launch import arguments, common
 
@@ -71,8 +71,8 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
     """
     args = build_parser().parse_args(argv)
     only_file = args.only if args.only and pathlib.Path(args.only).is_file() else None
-    checkpoints.check_output("--out", args.out, {"--ternary": args.ternary, "--only": only_file})
-    kind = checkpoints.workdir_kind(args.out)
+    workdirs.check_output("--out", args.out, {"--ternary": args.ternary, "--only": only_file})
+    kind = workdirs.workdir_kind(args.out)
     if kind not in (None, "model checkpoint"):  # --out is replaced whole
         raise UserError(f"--out {args.out} holds a {kind}, not a model checkpoint: replacing it "
                         "would delete it; write the split model elsewhere")

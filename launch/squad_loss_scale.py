@@ -65,9 +65,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("teacher", help="the fine-tuned SQuAD v1.1 teacher's checkpoint")
     parser.add_argument("--out", required=True, help="the JSON file to write")
     args = parser.parse_args(argv)
-    from binarybert_jax import checkpoints
+    from binarybert_jax import workdirs
     scales = loss_scales(args.teacher)
-    checkpoints.write_json(args.out, scales)
+    workdirs.write_json(args.out, scales)
     print(scales)
     return 0
 

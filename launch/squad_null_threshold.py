@@ -18,7 +18,7 @@ import pathlib
 import sys
 import tempfile
 
-from binarybert_jax import checkpoints, squad_metrics
+from binarybert_jax import squad_metrics, workdirs
 from binarybert_jax.data import squad
 from binarybert_jax.errors import UserError
 from launch import arguments, common, predict
@@ -56,19 +56,19 @@ def main(argv: list[str]) -> int:
     results = {}
     with tempfile.TemporaryDirectory() as tmp:
         tmp = pathlib.Path(tmp)
-        checkpoints.write_json(tmp / "eval.json", {"version": "v2.0", "data": data})
+        workdirs.write_json(tmp / "eval.json", {"version": "v2.0", "data": data})
         for name, ckpt in models.items():
             preds_file = tmp / name / "predictions.json"
             predict.main(["--model", ckpt, "--task", "squad2", "--input", str(tmp / "eval.json"),
                           "--out", str(preds_file), "--max_length", str(MAX_LENGTH),
                           "--null_threshold", str(ALWAYS_ANSWER)])
-            preds = checkpoints.read_json(preds_file)
-            na = checkpoints.read_json(preds_file.parent / "na_probs.json")
+            preds = workdirs.read_json(preds_file)
+            na = workdirs.read_json(preds_file.parent / "na_probs.json")
             m = squad_metrics.evaluate_v2(data, preds, na, na_prob_thresh=ALWAYS_ANSWER)
             results[name] = {"checkpoint": ckpt, **{k: m[k] for k in (
                 "total", "HasAns_total", "NoAns_total", "HasAns_exact", "HasAns_f1",
                 "best_exact", "best_exact_thresh", "best_f1", "best_f1_thresh")}}
-    checkpoints.write_json(out_dir / "null_threshold.json", results)
+    workdirs.write_json(out_dir / "null_threshold.json", results)
     lines = ["| model | HasAns EM / F1, always answering | best EM / F1, tuned threshold | threshold (F1) |",
              "|---|---|---|---|"]
     for name, r in results.items():
@@ -78,7 +78,7 @@ def main(argv: list[str]) -> int:
     lines.append("")
     lines.append(f"{counts['total']} questions ({counts['HasAns_total']} answerable, "
                  f"{counts['NoAns_total']} not); written by launch/squad_null_threshold.py.")
-    checkpoints.write_text(out_dir / "null_threshold.md", "\n".join(lines) + "\n")
+    workdirs.write_text(out_dir / "null_threshold.md", "\n".join(lines) + "\n")
     print("\n".join(lines))
     return 0
 

@@ -26,8 +26,8 @@ def load_run(workdir: str | os.PathLike, which: str) -> dict:
     """``{"run", "task", "seed", "metrics"}`` of one finished run: dev at its ``final`` or at its
     ``selected`` checkpoint (``best`` is the older name of the latter: for runs selected on dev,
     their best periodic dev evaluation)."""
-    from binarybert_jax import checkpoints
-    workdir = checkpoints.as_path(workdir)  # local or gs://
+    from binarybert_jax import workdirs
+    workdir = workdirs.as_path(workdir)  # local or gs://
     results_file = workdir / "results.json"
     if not results_file.is_file():
         raise ValueError(f"{workdir}: no results.json; the run has not finished (or this is not a "

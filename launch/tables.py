@@ -68,7 +68,7 @@ PROTOCOL_LABELS = {"heldout": "held-out-selected", "dev": "dev-selected"}
 def load_records(results_dir: pathlib.Path, name: str) -> list[dict]:
     """Every ``record.json`` under ``results_dir/name``, in (order, name) order; for
     ``NAME+NAME2+...``, each folder's records in that order, one folder after the other."""
-    from binarybert_jax import checkpoints
+    from binarybert_jax import workdirs
     records = []
     for part in name.split("+"):
         root = results_dir / part
@@ -76,7 +76,7 @@ def load_records(results_dir: pathlib.Path, name: str) -> list[dict]:
         if not files:
             raise UserError(f"a marker names results:{name}, but {root} holds no record.json; record runs "
                             f"with python -m launch.record WORKDIR --name {part}/...")
-        records += sorted((checkpoints.read_json(f) for f in files),
+        records += sorted((workdirs.read_json(f) for f in files),
                           key=lambda r: (r.get("order", 0), r["name"]))
     return records
 
@@ -210,11 +210,11 @@ def render_curves(results_dir: pathlib.Path, name: str, records: list[dict], see
 
 
 def render_parity(results_dir: pathlib.Path) -> list[str]:
-    from binarybert_jax import checkpoints
+    from binarybert_jax import workdirs
     path = results_dir / "parity" / "parity.json"
     if not path.is_file():
         raise UserError(f"a marker names results:parity, but {path} does not exist: run python -m launch.parity")
-    e = checkpoints.read_json(path)["errors"]
+    e = workdirs.read_json(path)["errors"]
     return [f"Max abs error {e['hidden_states']:.1e} over every hidden state at real tokens, "
             f"{e['attention_probs']:.1e} over attention probabilities, {e['pooler']:.1e} on the "
             f"pooler output."]
@@ -223,9 +223,9 @@ def render_parity(results_dir: pathlib.Path) -> list[str]:
 def render_adaptive(results_dir: pathlib.Path, name: str) -> list[str]:
     """The adaptive split's budget and split orders of ``results/NAME/pipeline.json`` (a pipeline
     recorded by ``launch.record``), as the pipeline's own report prints them."""
-    from binarybert_jax import checkpoints, pipeline
+    from binarybert_jax import pipeline, workdirs
     path = results_dir / name / "pipeline.json"
-    report = checkpoints.read_json(path) if path.is_file() else {}
+    report = workdirs.read_json(path) if path.is_file() else {}
     if not report.get("adaptive"):
         raise UserError(f"a marker names results:{name} adaptive, but {path} holds no adaptive split: "
                         "record a pipeline run with the adaptive stages (launch.record)")
@@ -235,8 +235,8 @@ def render_adaptive(results_dir: pathlib.Path, name: str) -> list[str]:
 def render_clipping(results_dir: pathlib.Path, name: str) -> list[str]:
     """The activation-clipping table of ``results/NAME/analysis.json`` (``launch.analyze`` with
     ``--config.analyses`` naming ``clipping``, ``--out results/NAME``)."""
-    from binarybert_jax import analysis, checkpoints
-    report = checkpoints.read_json(results_dir / name / "analysis.json")
+    from binarybert_jax import analysis, workdirs
+    report = workdirs.read_json(results_dir / name / "analysis.json")
     if "clipping" not in report:
         raise UserError(f"a marker names results:{name}, but {results_dir / name / 'analysis.json'} has no "
                         "clipping statistics: rerun launch.analyze with --config.analyses=('clipping',)")
@@ -311,7 +311,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    from binarybert_jax import checkpoints
+    from binarybert_jax import workdirs
     args = build_parser().parse_args(argv)
     files = [pathlib.Path(f) for f in args.files] if args.files else documents()
     missing = [str(f) for f in files if not f.is_file()]
@@ -332,7 +332,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                 print(f"{path}: {sections} marked sections, up to date")
             continue
         if new != text:
-            checkpoints.write_text(path, new)
+            workdirs.write_text(path, new)
         print(f"{path}: {sections} marked sections rebuilt from {args.results_dir}"
               + ("" if new != text else " (no change)"))
     return 1 if stale else 0

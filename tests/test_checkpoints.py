@@ -6,7 +6,7 @@ import jax
 import numpy as np
 import pytest
 
-from binarybert_jax import model as M, checkpoints
+from binarybert_jax import model as M, checkpoints, workdirs
 
 TINY = M.BertConfig(vocab_size=50, hidden_size=16, num_layers=1, num_heads=2, head_dim=8,
                     intermediate_size=32, max_position=32)
@@ -36,7 +36,7 @@ def test_a_save_cut_short_between_its_renames_loses_nothing(tmp_path, monkeypatc
     p0, p1, p2 = (_params(spec, seed) for seed in range(3))
     target = tmp_path / "best"
     checkpoints.save_model(target, p0, spec, {"step": 0})
-    path_type = type(checkpoints.absolute(target))
+    path_type = type(workdirs.absolute(target))
     replace = path_type.replace
 
     def crash_before_the_second_rename(self, dst):

@@ -12,7 +12,7 @@ import jax
 import numpy as np
 import pytest
 
-from binarybert_jax import checkpoints, errors, model as M, resolve, train, tws
+from binarybert_jax import checkpoints, errors, model as M, resolve, train, tws, workdirs
 from conftest import run_config
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -183,7 +183,7 @@ def test_a_corrupt_latest_checkpoint_is_set_aside_and_the_previous_one_used(tmp_
 
 def test_a_second_run_in_a_held_workdir_is_refused_naming_the_holder(tmp_path, tiny_pretrained):
     tmp_path.mkdir(exist_ok=True)
-    with checkpoints.WorkdirLock(tmp_path):
+    with workdirs.WorkdirLock(tmp_path):
         with pytest.raises(errors.UserError, match=rf"in use by process {os.getpid()} on .* \(lock "):
             train.train_and_evaluate(_config(tiny_pretrained), tmp_path)
     assert not (tmp_path / "metrics.jsonl").exists()

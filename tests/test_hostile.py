@@ -14,7 +14,7 @@ import jax
 import numpy as np
 import pytest
 
-from binarybert_jax import checkpoints, errors, export, pipeline, resolve, squad_metrics, train
+from binarybert_jax import checkpoints, errors, export, pipeline, resolve, squad_metrics, train, workdirs
 from binarybert_jax import model as M
 from binarybert_jax.data import squad, tasks
 from conftest import run_config, tiny_config
@@ -97,7 +97,7 @@ def test_a_workdir_of_another_kind_is_refused_naming_what_is_there(tmp_path, tin
     from configs import pipeline as pipeline_config
     c = run_config(tiny_pretrained, SLICE, "sst-2")
     done = tmp_path / "pipeline"
-    checkpoints.claim_workdir(done, checkpoints.PIPELINE)
+    workdirs.claim_workdir(done, workdirs.PIPELINE)
     (done / "results.json").write_text('{"rows": []}')
     before = _snapshot(done)
     with pytest.raises(errors.UserError, match=r"holds a pipeline \(made by launch.pipeline\), not a training run"):
@@ -116,7 +116,7 @@ def test_a_workdir_of_another_kind_is_refused_naming_what_is_there(tmp_path, tin
         pipeline.run_pipeline(p, old_run)
     assert sorted(q.name for q in old_run.iterdir()) == ["config.json"]
     analysis = tmp_path / "analysis"
-    checkpoints.claim_workdir(analysis, checkpoints.ANALYSIS, "--out")
+    workdirs.claim_workdir(analysis, workdirs.ANALYSIS, "--out")
     with pytest.raises(errors.UserError, match=r"analysis holds an analysis \(made by launch.analyze\), not a training run"):
         train.train_and_evaluate(c, analysis)
     # split replaces its --out whole: a training run there is refused, not deleted.
@@ -343,7 +343,7 @@ def test_a_corrupt_provenance_and_a_cut_metrics_line_are_skipped_with_a_warning(
     # A metrics line cut short by a kill: the next run's first line starts on a line of its own,
     # and the curves skip the cut one.
     (workdir / "metrics.jsonl").write_text('{"phase": "stage2", "step": 1, "total": 2.0}\n{"phase": "sta')
-    writer = checkpoints.MetricWriter(workdir)
+    writer = workdirs.MetricWriter(workdir)
     writer.write("stage2", 2, {"total": 1.0, "eval/accuracy": 0.5})
     writer.close()
     caplog.clear()
@@ -357,7 +357,7 @@ def test_a_moved_workdir_keeps_its_stage_references(tmp_path, tiny_pretrained):
     # A pipeline stage records the earlier stage it learns from; moved together, it is the same.
     first = tmp_path / "p" / "ternary"
     c = run_config(tiny_pretrained, SLICE, "sst-2", teacher=str(tmp_path / "p" / "teacher" / "finetune" / "best"))
-    checkpoints.claim_workdir(first, checkpoints.TRAINING_RUN)
+    workdirs.claim_workdir(first, workdirs.TRAINING_RUN)
     recorded = json.loads(c.to_json())
     shutil.move(tmp_path / "p", tmp_path / "q")
     moved = run_config(tiny_pretrained, SLICE, "sst-2", teacher=str(tmp_path / "q" / "teacher" / "finetune" / "best"))
@@ -368,4 +368,4 @@ def test_a_moved_workdir_keeps_its_stage_references(tmp_path, tiny_pretrained):
     assert pipeline.row_checkpoint(tmp_path / "q", {"checkpoint": "teacher/finetune/best"}) == \
         str(tmp_path / "q" / "teacher" / "finetune" / "best")
     assert pipeline.relative_to_workdir(str(tmp_path / "q" / "tws" / "finetune" / "best"),
-                                        checkpoints.as_path(tmp_path / "q")) == "tws/finetune/best"
+                                        workdirs.as_path(tmp_path / "q")) == "tws/finetune/best"

@@ -1,5 +1,5 @@
 """Workdirs given as strings and as remote URIs (``gs://``): every workdir path goes through
-``checkpoints.as_path`` (``etils.epath``), so a URI is never mangled and every write works there.
+``workdirs.as_path`` (``etils.epath``), so a URI is never mangled and every write works there.
 
 The remote scheme is faked without network by etils' own test hook (``epath.testing.mock_epath``):
 every ``epath`` call sees ``gs://bucket/...`` and the bytes land in a local directory. Orbax writes
@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 from etils import epath
 
-from binarybert_jax import checkpoints, model as M, pipeline, train
+from binarybert_jax import checkpoints, model as M, pipeline, train, workdirs
 from binarybert_jax.data import tasks
 from binarybert_jax.errors import UserError
 from conftest import run_config, tiny_config
@@ -73,12 +73,12 @@ def fake_gcs(root: pathlib.Path, copy_fails=lambda src: False):
 
 
 def test_a_uri_survives_the_path_helper():
-    run = checkpoints.as_path("gs://bucket/run")
+    run = workdirs.as_path("gs://bucket/run")
     assert str(run / "x") == "gs://bucket/run/x"
-    assert str(checkpoints.absolute("gs://bucket/run/x")) == "gs://bucket/run/x"
+    assert str(workdirs.absolute("gs://bucket/run/x")) == "gs://bucket/run/x"
     assert str((run / "stage2" / "best").relative_to(run)) == "stage2/best"
     assert str((run / "ckpt").with_name("ckpt_unreadable")) == "gs://bucket/run/ckpt_unreadable"
-    assert checkpoints.is_remote(run / "x") and not checkpoints.is_remote("runs/x")
+    assert workdirs.is_remote(run / "x") and not workdirs.is_remote("runs/x")
     assert str(pathlib.Path("gs://bucket/run")) == "gs:/bucket/run"  # what as_path spares us
 
 
@@ -105,26 +105,26 @@ def test_reports_records_metrics_and_provenance_on_gs(tmp_path, tiny_pretrained,
     spec = M.ModelSpec(tiny_config(1), M.QuantConfig(2, 2, 8), num_labels=2)
     with fake_gcs(tmp_path):
         with common.provenance("gs://bucket/pipe", ["launch.pipeline", "--workdir", "gs://bucket/pipe"]):
-            checkpoints.as_path("gs://bucket/pipe").mkdir(parents=True, exist_ok=True)
+            workdirs.as_path("gs://bucket/pipe").mkdir(parents=True, exist_ok=True)
             with caplog.at_level(logging.WARNING):
                 for steps in ((1, 2), (3,)):  # a run and its resume: the log goes on
-                    writer = checkpoints.MetricWriter(run, upload_every_s=3600)
+                    writer = workdirs.MetricWriter(run, upload_every_s=3600)
                     for s in steps:
                         writer.write("stage2", s, {"total": 1.0 / s, "eval/accuracy": 0.5})
                     writer.close()
             row = pipeline.StageResult("stage", "TWN", f"{run}/stage2/best", f"{run}/stage2/final",
                                        {"accuracy": 0.5}, {"accuracy": 0.5}, spec, run)
             config = run_config(tiny_pretrained, SLICE, "sst-2")
-            pipeline.write_report(checkpoints.as_path("gs://bucket/pipe"), tasks.get_task("sst-2"),
+            pipeline.write_report(workdirs.as_path("gs://bucket/pipe"), tasks.get_task("sst-2"),
                                   [row], config, None)
-            report = checkpoints.read_json("gs://bucket/pipe/results.json")
+            report = workdirs.read_json("gs://bucket/pipe/results.json")
             curves = pipeline.training_curves(run, "accuracy")
         # A launch.train record made from the remote workdir, into a local results directory.
-        checkpoints.write_json(f"{run}/results.json", {
+        workdirs.write_json(f"{run}/results.json", {
             "task": "sst-2", "main_metric": "accuracy", "best": {"accuracy": 0.5},
             "final": {"accuracy": 0.5}, "best_checkpoint": "stage2/best",
             "final_checkpoint": "stage2/final", "phases": [{"phase": "stage2", "steps": 3}]})
-        checkpoints.write_json(f"{run}/config.json", config.to_dict())
+        workdirs.write_json(f"{run}/config.json", config.to_dict())
         written = record.record(run, "remote", results_dir=tmp_path / "results", find_test_file=False)
     # Stored relative to the pipeline workdir, read back wherever the workdir is.
     assert report["rows"][0]["checkpoint"] == "stage/stage2/best"
@@ -151,15 +151,15 @@ def test_model_meta_and_set_aside_on_gs(tmp_path):
     with fake_gcs(tmp_path):
         target = "gs://bucket/run/stage2/best"
         assert not checkpoints.is_model_checkpoint(target)
-        checkpoints.write_json(f"{target}/model.json", {"format": checkpoints.MODEL_FORMAT,
+        workdirs.write_json(f"{target}/model.json", {"format": checkpoints.MODEL_FORMAT,
                                                          "version": checkpoints.MODEL_FORMAT_VERSION,
                                                          "spec": spec.to_dict(), "info": {}})
         assert checkpoints.is_model_checkpoint(target)
         assert checkpoints.load_model_spec(target) == spec
-        checkpoints.write_text("gs://bucket/run/ckpt/4/state/a", "A")
-        checkpoints.write_text("gs://bucket/run/ckpt/4/meta/b", "B")
-        checkpoints._move(checkpoints.as_path("gs://bucket/run/ckpt/4"),
-                          checkpoints.as_path("gs://bucket/run/ckpt_unreadable/4-x"))
+        workdirs.write_text("gs://bucket/run/ckpt/4/state/a", "A")
+        workdirs.write_text("gs://bucket/run/ckpt/4/meta/b", "B")
+        workdirs.move_dir(workdirs.as_path("gs://bucket/run/ckpt/4"),
+                          workdirs.as_path("gs://bucket/run/ckpt_unreadable/4-x"))
     assert not (tmp_path / "bucket/run/ckpt/4").exists()
     aside = tmp_path / "bucket/run/ckpt_unreadable/4-x"
     assert (aside / "state/a").read_text() == "A" and (aside / "meta/b").read_text() == "B"
@@ -172,8 +172,8 @@ def test_a_save_cut_short_on_gs_leaves_a_complete_model(tmp_path):
     spec = M.ModelSpec(tiny_config(1), num_labels=2)
 
     def write(where, step):
-        checkpoints.write_text(f"{where}/params/weights", f"weights of step {step}")
-        checkpoints.write_json(f"{where}/model.json", {
+        workdirs.write_text(f"{where}/params/weights", f"weights of step {step}")
+        workdirs.write_json(f"{where}/model.json", {
             "format": checkpoints.MODEL_FORMAT, "version": checkpoints.MODEL_FORMAT_VERSION,
             "spec": spec.to_dict(), "info": {"step": step}})
 
@@ -181,17 +181,17 @@ def test_a_save_cut_short_on_gs_leaves_a_complete_model(tmp_path):
     with fake_gcs(tmp_path, copy_fails=lambda src: src.endswith("params/weights")):
         write(best, 1)
         write(best + ".tmp", 2)  # the new model, complete: what save_model writes first
-        checkpoints.as_path(best).rmtree()  # what it does next on gs, then the copy, cut short
+        workdirs.as_path(best).rmtree()  # what it does next on gs, then the copy, cut short
         with pytest.raises(OSError, match="connection lost"):
-            checkpoints._move(checkpoints.as_path(best + ".tmp"), checkpoints.as_path(best))
+            workdirs.move_dir(workdirs.as_path(best + ".tmp"), workdirs.as_path(best))
     local_best = tmp_path / "bucket/run/stage2/best"
     assert not (local_best / "model.json").exists()  # model.json is copied last, so not yet
     with fake_gcs(tmp_path):
         assert checkpoints.is_model_checkpoint(best)
         assert checkpoints.read_model_meta(best)["info"] == {"step": 2}
         assert str(checkpoints.complete_copy(best)) == best + ".tmp"
-        checkpoints._restore_interrupted_save(checkpoints.as_path(best))  # the next save's first act
-        assert checkpoints.complete_copy(best) == checkpoints.as_path(best)
+        checkpoints._restore_interrupted_save(workdirs.as_path(best))  # the next save's first act
+        assert checkpoints.complete_copy(best) == workdirs.as_path(best)
     assert (local_best / "params/weights").read_text() == "weights of step 2"
     assert sorted(p.name for p in local_best.parent.iterdir()) == ["best"]
 
@@ -199,11 +199,11 @@ def test_a_save_cut_short_on_gs_leaves_a_complete_model(tmp_path):
 def test_remote_lock_is_a_lease(tmp_path, caplog):
     with fake_gcs(tmp_path):
         lock_file = tmp_path / "bucket/run/.lock"
-        lock = checkpoints.WorkdirLock("gs://bucket/run", heartbeat_s=0.05).acquire()
+        lock = workdirs.WorkdirLock("gs://bucket/run", heartbeat_s=0.05).acquire()
         first = json.loads(lock_file.read_text())
         with pytest.raises(UserError, match=r"gs://bucket/run is in use by process \d+ on .*"
                                             r"delete gs://bucket/run/\.lock"):
-            checkpoints.WorkdirLock("gs://bucket/run").acquire()
+            workdirs.WorkdirLock("gs://bucket/run").acquire()
         deadline = time.time() + 5
         while json.loads(lock_file.read_text())["heartbeat"] == first["heartbeat"] and time.time() < deadline:
             time.sleep(0.02)
@@ -215,20 +215,20 @@ def test_remote_lock_is_a_lease(tmp_path, caplog):
         lease = dict(first, pid=os.getpid(), heartbeat=time.time())
         lock_file.write_text(json.dumps(lease))
         with pytest.raises(UserError, match="in use by"):
-            checkpoints.WorkdirLock("gs://bucket/run", stale_after_s=600).acquire()
+            workdirs.WorkdirLock("gs://bucket/run", stale_after_s=600).acquire()
         with caplog.at_level(logging.WARNING):
-            with checkpoints.WorkdirLock("gs://bucket/run", stale_after_s=0.0):
+            with workdirs.WorkdirLock("gs://bucket/run", stale_after_s=0.0):
                 assert json.loads(lock_file.read_text())["token"] != first["token"]
         assert "taking over the lock gs://bucket/run/.lock" in caplog.text
         assert not lock_file.exists()
         lock_file.write_text(json.dumps(dict(lease, pid=2 ** 22 + 12345)))  # beyond pid_max
-        with checkpoints.WorkdirLock("gs://bucket/run"):
+        with workdirs.WorkdirLock("gs://bucket/run"):
             pass
 
 
 def test_local_lock_still_uses_flock(tmp_path):
-    with checkpoints.WorkdirLock(str(tmp_path)):
+    with workdirs.WorkdirLock(str(tmp_path)):
         with pytest.raises(UserError, match=f"{tmp_path} is in use by process {os.getpid()}"):
-            checkpoints.WorkdirLock(tmp_path).acquire()
-    with checkpoints.WorkdirLock(tmp_path):  # released
+            workdirs.WorkdirLock(tmp_path).acquire()
+    with workdirs.WorkdirLock(tmp_path):  # released
         pass
