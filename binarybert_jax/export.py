@@ -509,20 +509,9 @@ def load_packed(path: str | os.PathLike, requantize: bool = False
       FileNotFoundError, PackedFormatError: unreadable file, unknown format or version, missing,
         unexpected, mis-shaped or mis-typed tensors (each named with expected and found).
     """
-    raw, manifest = read_packed_tensors(path)
-    spec = ModelSpec.from_dict(manifest["spec"])
-    entries = manifest["tensors"]
-    flat: dict[str, np.ndarray] = {}
-    for name, entry in entries.items():
-        if entry["encoding"] == "fp32":
-            flat[name] = raw[name]
-        elif entry["encoding"] == "fp32_sum":
-            # The forward pass adds the two halves: (sum, 0) adds up to the sum exactly.
-            flat[name] = np.stack([raw[name], np.zeros_like(raw[name])])
-        else:
-            codes, levels = _level_indices(raw, name, entry, path)
-            flat[name] = dequantize(codes, raw[f"{name}:scales"], levels, raw.get(f"{name}:zeros"))
-
+    raw, manifest, spec, flat, quantized = _read_entries(path)
+    for name, (codes, levels, _) in quantized.items():
+        flat[name] = dequantize(codes, raw[f"{name}:scales"], levels, raw.get(f"{name}:zeros"))
     info = dict(manifest.get("info", {}))
     info["quantized_spec"] = spec.to_dict()
     if requantize:
@@ -530,6 +519,24 @@ def load_packed(path: str | os.PathLike, requantize: bool = False
 
     inference = inference_spec(spec)
     return hf_import.unflatten(_merge_planes(flat, inference)), inference, info
+
+
+def _read_entries(path: str | os.PathLike):
+    """A packed file's tensors, checked: (raw tensors, manifest, quantized spec, the float32
+    parameters by flat name, and per quantized weight its (level indices, level table, entry)).
+    A split bias is stored summed; the forward adds its two halves, so (sum, 0) is it exactly."""
+    raw, manifest = read_packed_tensors(path)
+    spec = ModelSpec.from_dict(manifest["spec"])
+    flat: dict[str, np.ndarray] = {}
+    quantized: dict[str, tuple[np.ndarray, np.ndarray, Mapping[str, Any]]] = {}
+    for name, entry in manifest["tensors"].items():
+        if entry["encoding"] == "fp32":
+            flat[name] = raw[name]
+        elif entry["encoding"] == "fp32_sum":
+            flat[name] = np.stack([raw[name], np.zeros_like(raw[name])])
+        else:
+            quantized[name] = (*_level_indices(raw, name, entry, path), entry)
+    return raw, manifest, spec, flat, quantized
 
 
 def _level_indices(raw: Mapping[str, np.ndarray], name: str, entry: Mapping[str, Any], path
@@ -581,28 +588,20 @@ def load_packed_codes(path: str | os.PathLike
     """
     from binarybert_jax import weight_planes
 
-    raw, manifest = read_packed_tensors(path)
-    spec = ModelSpec.from_dict(manifest["spec"])
-    flat: dict[str, np.ndarray] = {}
+    raw, manifest, spec, flat, quantized = _read_entries(path)
     codes_flat: dict[str, np.ndarray] = {}
-    for name, entry in manifest["tensors"].items():
-        if entry["encoding"] == "fp32":
-            flat[name] = raw[name]
-        elif entry["encoding"] == "fp32_sum":
-            flat[name] = np.stack([raw[name], np.zeros_like(raw[name])])
-        else:
-            index, levels = _level_indices(raw, name, entry, path)
-            if not integer_levels(levels):
-                raise NotOnCodes(f"{path}: {name!r} has levels that are not integer codes (a LAT "
-                                 "file written before codes came from the quantizer); it runs "
-                                 "on float weights only (compute='float')")
-            codes = levels.astype(np.int32)[index]
-            zeros = raw.get(f"{name}:zeros")
-            if zeros is not None and zeros.size:
-                codes.reshape(-1)[zeros] = 0
-            codes_flat[f"{name}_planes"] = weight_planes.to_planes(
-                codes, weight_planes.planes_for(codes, entry["bits"]))
-            codes_flat[f"{name}_scale"] = np.asarray(raw[f"{name}:scales"], np.float32)
+    for name, (index, levels, entry) in quantized.items():
+        if not integer_levels(levels):
+            raise NotOnCodes(f"{path}: {name!r} has levels that are not integer codes (a LAT "
+                             "file written before codes came from the quantizer); it runs "
+                             "on float weights only (compute='float')")
+        codes = levels.astype(np.int32)[index]
+        zeros = raw.get(f"{name}:zeros")
+        if zeros is not None and zeros.size:
+            codes.reshape(-1)[zeros] = 0
+        codes_flat[f"{name}_planes"] = weight_planes.to_planes(
+            codes, weight_planes.planes_for(codes, entry["bits"]))
+        codes_flat[f"{name}_scale"] = np.asarray(raw[f"{name}:scales"], np.float32)
     info = dict(manifest.get("info", {}))
     info["quantized_spec"] = spec.to_dict()
     return hf_import.unflatten(flat), hf_import.unflatten(codes_flat), spec, info
