@@ -593,8 +593,8 @@ def train_and_evaluate(config, workdir: str | os.PathLike) -> dict:
     resolve.validate(config)
     workdirs.check_workdir(workdir, workdirs.TRAINING_RUN)
     workdir = workdirs.as_path(workdir)
-    for key in ("teacher", "init_checkpoint", "pretrained", "data_dir"):
-        workdirs.check_output("--workdir", workdir, {f"--config.{key}": config.get(key)})
+    workdirs.check_output("--workdir", workdir, {f"--config.{key}": config.get(key) for key in
+                                                 ("teacher", "init_checkpoint", "pretrained", "data_dir")})
     task = tasks.get_task(config.task)
     mesh = make_mesh()
     if config.batch_size % mesh.size or config.eval_batch_size % mesh.size:
