@@ -6,8 +6,8 @@ The one place a training run loads data. For GLUE, two sources give the same exa
   read by :mod:`~binarybert_jax.data.glue`;
 - ``tfds``: TensorFlow Datasets' ``glue/<config>``, read by
   :mod:`~binarybert_jax.data.tfds_source`; ``data_dir`` is then tfds's data directory (empty:
-  tfds's default). Its packages are optional and not in requirements.txt; asking for this source
-  without them fails at once, naming what to install.
+  tfds's default). Its packages are optional (the ``[tfds]`` extra, not in requirements.txt); asking
+  for this source without them fails at once, naming what to install.
 
 Either way the examples are tokenized through :mod:`~binarybert_jax.data.encode`'s on-disk
 cache, so a second run with the same data, tokenizer and length reads the arrays back.
@@ -34,7 +34,7 @@ _TASK_SOURCES = {"classification": ("tsv", "tfds"), "span": ("json", "tfds")}
 
 # (module, pip package) that source "tfds" imports: tfds reads GLUE through TensorFlow.
 _TFDS_PACKAGES = (("tensorflow_datasets", "tensorflow-datasets"), ("tensorflow", "tensorflow"))
-_TFDS_INSTALL = "pip install tensorflow-datasets tensorflow"
+_TFDS_INSTALL = "pip install tensorflow-datasets tensorflow (the [tfds] extra)"
 
 
 def resolve_data_dir(data_dir: str | os.PathLike) -> pathlib.Path:
@@ -80,8 +80,8 @@ def check_source(source: str, task=None) -> None:
         if missing:
             raise ImportError(
                 f"data source 'tfds' needs {' and '.join(missing)}, which "
-                f"{'is' if len(missing) == 1 else 'are'} not installed (optional, not in "
-                f"requirements.txt): {_TFDS_INSTALL}; or use source 'tsv' with the GLUE TSVs "
+                f"{'is' if len(missing) == 1 else 'are'} not installed (optional: the [tfds] "
+                f"extra): {_TFDS_INSTALL}; or use source 'tsv' with the GLUE TSVs "
                 f"(data_dir or ${glue.GLUE_DIR_ENV}).")
 
 
