@@ -150,6 +150,13 @@ def test_every_stage_setting_takes_effect_or_is_refused():
         pipeline.check_config(c)
 
 
+def test_the_slice_default_batches_at_two_lengths_and_full_runs_at_every_sixteen_tokens():
+    # Each bucket is one more compiled train step in every phase: on the 2,000-sentence slice a
+    # compilation costs more than the padding the buckets between 16 and 64 would save.
+    assert tuple(pipeline_config.get_config().bucket_lengths) == (16, 64)
+    assert tuple(pipeline_config.get_config("task=mrpc,full").bucket_lengths) == tuple(range(16, 129, 16))
+
+
 def test_clip_presets_set_every_quantized_stage():
     released = pipeline_config.get_config("task=sst-2")
     for preset, key, value in (("none", "clip_init", 1e4), ("percentile", "clip_percentile", 99.9)):
