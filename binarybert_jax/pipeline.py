@@ -24,6 +24,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import time
 from typing import Optional
 
 import ml_collections
@@ -126,9 +127,11 @@ class _Interrupted(Exception):
     pass
 
 
-def _train(config, workdir: epath.Path, name: str, outputs: dict, context: dict) -> StageResult:
+def _train(config, workdir: epath.Path, name: str, outputs: dict, context: dict,
+           label: str = "") -> StageResult:
     """Trains stage ``name`` (or takes its given checkpoint). ``context`` fills placeholders of its
-    description, e.g. ``{budget_mb:.2f}`` after an adaptive split."""
+    description, e.g. ``{budget_mb:.2f}`` after an adaptive split; ``label`` begins the training's
+    progress lines."""
     section = config.stages[name]
     description = section.description.format(**context)
     if section.checkpoint:  # a trained model given instead of training one
@@ -137,8 +140,7 @@ def _train(config, workdir: epath.Path, name: str, outputs: dict, context: dict)
         return StageResult(name, f"{description} (given)", section.checkpoint,
                            section.checkpoint, dev, dev, spec)
     c = stage_config(config, name, outputs.get(section.teacher, ""), outputs.get(section.init, ""))
-    log.info("pipeline: stage %s", name)
-    result = train.train_and_evaluate(c, workdir / name)
+    result = train.train_and_evaluate(c, workdir / name, progress_label=label)
     if result.get("interrupted"):
         raise _Interrupted(name)
     run = workdir / name
@@ -205,11 +207,17 @@ def _run_stages(config, workdir: epath.Path) -> dict:
     rows: list[StageResult] = []
     outputs: dict[str, str] = {}  # stage -> the model checkpoint later stages refer to
     adaptive_info = None
+    order = tuple(config.pipeline.stages)
+    started = time.perf_counter()
     try:
-        for name in config.pipeline.stages:
+        for number, name in enumerate(order, 1):
             kind = config.stages[name].kind
+            label = f"stage {number}/{len(order)} {name}"
+            log.info("pipeline: %s (%s) starts, %s into the run", label, kind,
+                     train.format_duration(time.perf_counter() - started))
+            stage_started = time.perf_counter()
             if kind == "train":
-                row = _train(config, workdir, name, outputs, adaptive_info or {})
+                row = _train(config, workdir, name, outputs, adaptive_info or {}, label)
                 rows.append(row)
                 outputs[name] = row.checkpoint
             elif kind == "prune":
@@ -221,10 +229,14 @@ def _run_stages(config, workdir: epath.Path) -> dict:
             else:
                 adaptive_info = _plan_adaptive(config, workdir, name, outputs, task)
                 outputs[name] = str(workdir / name)
+            log.info("pipeline: %s done in %s", label, train.format_duration(time.perf_counter() - stage_started))
     except _Interrupted as e:
         log.info("pipeline: stage %s stopped early (stop_after_steps); rerun to resume", e)
         return {"interrupted": True, "stage": str(e)}
-    return write_report(workdir, task, rows, config, adaptive_info)
+    report = write_report(workdir, task, rows, config, adaptive_info)
+    log.info("pipeline: %d stages and the report done in %s", len(order),
+             train.format_duration(time.perf_counter() - started))
+    return report
 
 
 def _plan_adaptive(config, workdir: epath.Path, name: str, outputs: dict, task) -> dict:

@@ -16,9 +16,10 @@ from __future__ import annotations
 import dataclasses
 import os
 import pathlib
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import jax.numpy as jnp
+import numpy as np
 
 from binarybert_jax import assets, checkpoints, hf_import, kd, workdirs
 from binarybert_jax.data import heldout, loading, squad, tasks
@@ -357,13 +358,18 @@ def check_lengths(config, task: tasks.TaskSpec, spec: ModelSpec) -> None:
                               f"embeddings (allowed: ≤ {limit})")
 
 
-def load_init_params(config, init_params, previous: Optional[str | os.PathLike]):
+def load_init_params(config, init_params, previous: Optional[str | os.PathLike],
+                     initialize: Optional[Callable[[], Any]] = None):
     """Student parameters for a phase's first step (see the module docstring for the order).
 
     Args:
       config: the run's config.
-      init_params: freshly initialised parameters of the student (the tree to fill).
+      init_params: freshly initialised parameters of the student (the tree to fill), or only
+        their shapes (``jax.eval_shape`` of the initialiser) when ``initialize`` is given.
       previous: the previous phase's final model checkpoint, if any.
+      initialize: makes the fresh parameters; called only when the source lacks some of them (a
+        new head, new quantizer clips), since compiling the model's initialiser takes seconds
+        and a phase that starts from a complete checkpoint overwrites every fresh value.
     Returns:
       (params, source description, whether activation quantizer params came with them).
     """
@@ -381,7 +387,15 @@ def load_init_params(config, init_params, previous: Optional[str | os.PathLike])
         source = str(pretrained)
         _, flat = hf_import.load_hf_checkpoint(pretrained)
     has_quant = any(k.endswith(("_clip", "_step")) for k in flat)
+    if initialize is not None and not _fills_every_leaf(init_params, flat):
+        init_params = initialize()
     return hf_import.merge_pretrained(init_params, flat, source), source, has_quant
+
+
+def _fills_every_leaf(target, imported: dict) -> bool:
+    """Whether ``imported`` (flat) holds every leaf of the tree ``target`` at its shape."""
+    return all(k in imported and tuple(np.shape(imported[k])) == tuple(np.shape(v))
+               for k, v in flatten(target).items())
 
 
 def load_teacher(config, student: ModelSpec) -> Optional[tuple[BertModel, Any, ModelSpec]]:

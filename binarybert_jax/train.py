@@ -231,7 +231,7 @@ def _stop_on_nonfinite(e: NonFiniteLossError, ckpts: checkpoints.TrainCheckpoint
     return NonFiniteLossError(f"{e}; stopped, nothing saved from it.{aside} {where}", e.step)
 
 
-def _duration(seconds: float) -> str:
+def format_duration(seconds: float) -> str:
     """``h:mm:ss`` (``m:ss`` under an hour)."""
     if not math.isfinite(seconds):
         return "?"
@@ -241,14 +241,23 @@ def _duration(seconds: float) -> str:
 
 
 def progress_line(phase: str, step: int, total_steps: int, examples_per_s: float,
-                  batch_size: int) -> str:
+                  batch_size: int, later_steps: int = 0, label: str = "") -> str:
     """A phase's progress in one line: steps done of the total, the rate of the last log period
     (evaluations and checkpoints in it included, so the time left counts them too) and the time
-    the remaining steps take at that rate."""
-    left = ((total_steps - step) * batch_size / examples_per_s if examples_per_s > 0
-            else (0.0 if step >= total_steps else math.inf))
-    return (f"phase {phase}: step {step}/{total_steps} ({100 * step / total_steps:.0f}%), "
-            f"{examples_per_s:.1f} examples/s, {_duration(left)} left")
+    the remaining steps take at that rate. ``later_steps``: the steps of the run's phases after
+    this one, whose time at the same rate the line adds (``in the run``, or in ``label``'s
+    first word: a pipeline names its stage, e.g. ``stage 4/9 ternary``); their compilation is not
+    in it."""
+    def time_for(steps: int) -> float:
+        return (steps * batch_size / examples_per_s if examples_per_s > 0
+                else (0.0 if steps <= 0 else math.inf))
+
+    line = (f"phase {phase}: step {step}/{total_steps} ({100 * step / total_steps:.0f}%), "
+            f"{examples_per_s:.1f} examples/s, {format_duration(time_for(total_steps - step))} left")
+    if label or later_steps:
+        whole = (label.split() or ["run"])[0]
+        line += f" in the phase, {format_duration(time_for(total_steps - step + later_steps))} in the {whole}"
+    return f"{label}, {line}" if label else line
 
 
 def _log_mean(writer: workdirs.MetricWriter, phase: str, fetched: list) -> None:
@@ -268,19 +277,21 @@ def _schedules(config, phase: resolve.Phase, total_steps: int):
 
 def train_phase(config, workdir: epath.Path, phase: resolve.Phase, spec: ModelSpec, task: tasks.TaskSpec,
                 train_arrays: dict, eval_sets: dict, teacher, mesh, writer: workdirs.MetricWriter,
-                previous: Optional[epath.Path], dev_sets: Optional[Callable[[], dict]] = None) -> dict:
+                previous: Optional[epath.Path], dev_sets: Optional[Callable[[], dict]] = None,
+                later_steps: int = 0, progress_label: str = "") -> dict:
     """Runs (or resumes, or skips when complete) one phase; returns its results entry.
 
     ``eval_sets`` are the splits checkpoints are selected on (the held-out slice, or dev);
     ``dev_sets`` returns the dev splits, called only after training has ended (None: ``eval_sets``
-    are dev).
+    are dev). ``later_steps`` and ``progress_label`` go into the progress lines
+    (``progress_line``).
 
     SIGINT and SIGTERM are held from here on: the step in flight finishes, a checkpoint is saved
     and ``Interrupted`` raised (a second SIGINT exits at once).
     """
     with _StopSignals() as signals:
         return _train_phase(config, workdir, phase, spec, task, train_arrays, eval_sets, teacher, mesh,
-                            writer, previous, signals, dev_sets)
+                            writer, previous, signals, dev_sets, later_steps, progress_label)
 
 
 def _best_on_disk(best_dir: epath.Path, meta: dict, main_metric: str) -> dict:
@@ -339,8 +350,18 @@ def _score_dev(config, task, predict_step, params, lat_diag, eval_sets: dict, de
                              lat_diag), chosen
 
 
+def phase_steps(phase: resolve.Phase, steps_per_epoch: int) -> int:
+    """The updates of a phase: its epochs of ``steps_per_epoch`` (fractions round up), at least one."""
+    return max(1, int(math.ceil(phase.epochs * steps_per_epoch)))
+
+
+def _steps_per_epoch(train_arrays: dict, batch_size: int) -> int:
+    return batching.num_batches(len(train_arrays["input_ids"]), batch_size, drop_remainder=True)
+
+
 def _train_phase(config, workdir, phase, spec, task, train_arrays, eval_sets, teacher, mesh, writer,
-                 previous, signals: _StopSignals, dev_sets=None) -> dict:
+                 previous, signals: _StopSignals, dev_sets=None, later_steps: int = 0,
+                 progress_label: str = "") -> dict:
     phase_dir = workdir / phase.name
     final_dir, best_dir = phase_dir / "final", phase_dir / "best"
     results_file = phase_dir / "results.json"
@@ -351,12 +372,11 @@ def _train_phase(config, workdir, phase, spec, task, train_arrays, eval_sets, te
     started = time.perf_counter()
 
     # ---- Optimizer and schedule ------------------------------------------------------------
-    steps_per_epoch = batching.num_batches(len(train_arrays["input_ids"]), config.batch_size,
-                                           drop_remainder=True)
+    steps_per_epoch = _steps_per_epoch(train_arrays, config.batch_size)
     if steps_per_epoch == 0:
         raise ConfigError(f"{len(train_arrays['input_ids'])} training examples cannot fill one batch "
                          f"of {config.batch_size}")
-    total_steps = max(1, int(math.ceil(phase.epochs * steps_per_epoch)))
+    total_steps = phase_steps(phase, steps_per_epoch)
     schedule, tx = _schedules(config, phase, total_steps)
 
     # ---- Student and its initial state -----------------------------------------------------
@@ -364,9 +384,14 @@ def _train_phase(config, workdir, phase, spec, task, train_arrays, eval_sets, te
     first = next(_epoch_batches(train_arrays, config, 0, 0))
     example = [jnp.asarray(x[:1]) for x in model_inputs(first)]
     host_model = resolve.build_student(spec.without_axis(), config)  # outside shard_map: no cross-device axis
-    init_params = jax.jit(host_model.init)(jax.random.key(config.seed), *example)["params"]
+
+    def initialize():
+        return jax.jit(host_model.init)(jax.random.key(config.seed), *example)["params"]
+
+    # Shapes only: the initialiser is compiled and run only for a start that lacks some parameters.
+    param_shapes = jax.eval_shape(initialize)
     abstract_state = jax.eval_shape(lambda p: TrainState(jnp.zeros((), jnp.int32), p, tx.init(p)),
-                                    init_params)
+                                    param_shapes)
 
     # ---- Restore or initialise -------------------------------------------------------------
     ckpts = checkpoints.TrainCheckpoints(phase_dir / "ckpt", max_to_keep=config.max_to_keep)
@@ -380,7 +405,7 @@ def _train_phase(config, workdir, phase, spec, task, train_arrays, eval_sets, te
     else:
         meta = {"best": None, "best_step": None}
         elapsed_before = 0.0
-        params, source, has_quant = resolve.load_init_params(config, init_params, previous)
+        params, source, has_quant = resolve.load_init_params(config, param_shapes, previous, initialize)
         log.info("phase %s: student initialised from %s", phase.name, source)
         if spec.quant.calibrates_acts and not has_quant:
             params = calibrate_act_quantizers(host_model, params, *[jnp.asarray(x) for x in model_inputs(first)])
@@ -460,7 +485,8 @@ def _train_phase(config, workdir, phase, spec, task, train_arrays, eval_sets, te
                     writer.write(phase.name, step, {"examples_per_second": rate})
                     bar.set_postfix(examples_per_s=f"{rate:.1f}")
                     if workdirs.is_writer():
-                        log.info(progress_line(phase.name, step, total_steps, rate, config.batch_size))
+                        log.info(progress_line(phase.name, step, total_steps, rate, config.batch_size,
+                                               later_steps, progress_label))
                     window_start, window_examples = now, 0
 
                 # ---- Evaluate ----
@@ -585,10 +611,11 @@ def _train_phase(config, workdir, phase, spec, task, train_arrays, eval_sets, te
     return result
 
 
-def train_and_evaluate(config, workdir: str | os.PathLike) -> dict:
+def train_and_evaluate(config, workdir: str | os.PathLike, progress_label: str = "") -> dict:
     """Runs every phase of ``config`` in ``workdir`` (resuming what is there) and returns the
     results: ``{"phases": [...], "best": ..., "final": ..., "best_checkpoint", "final_checkpoint"}``,
-    or ``{"interrupted": True, "phase", "step"}`` after ``config.stop_after_steps``."""
+    or ``{"interrupted": True, "phase", "step"}`` after ``config.stop_after_steps``.
+    ``progress_label`` begins every progress line (a pipeline's stage, ``progress_line``)."""
     # ---- Config and workdir: everything checkable is checked before anything is written ---
     resolve.validate(config)
     workdirs.check_workdir(workdir, workdirs.TRAINING_RUN)
@@ -608,10 +635,11 @@ def train_and_evaluate(config, workdir: str | os.PathLike) -> dict:
     workdirs.sync(f"workdir:{workdir}")
     with workdirs.WorkdirLock(workdir):
         workdirs.write_text(workdir / "config.json", config.to_json_best_effort(indent=2, sort_keys=True))
-        return _run_phases(config, workdir, task, mesh, spec)
+        return _run_phases(config, workdir, task, mesh, spec, progress_label)
 
 
-def _run_phases(config, workdir: epath.Path, task: tasks.TaskSpec, mesh, spec: ModelSpec) -> dict:
+def _run_phases(config, workdir: epath.Path, task: tasks.TaskSpec, mesh, spec: ModelSpec,
+                progress_label: str = "") -> dict:
     # ---- Data ------------------------------------------------------------------------------
     tokenizer = load_tokenizer(resolve.tokenizer_dir(config))
     train_arrays, eval_sets = resolve.load_data(config, task, tokenizer)
@@ -632,10 +660,12 @@ def _run_phases(config, workdir: epath.Path, task: tasks.TaskSpec, mesh, spec: M
     # ---- Phases ----------------------------------------------------------------------------
     writer = workdirs.MetricWriter(workdir)
     results, previous = [], None
+    phases = resolve.phases_for(config)
+    steps = [phase_steps(p, _steps_per_epoch(train_arrays, config.batch_size)) for p in phases]
     try:
-        for phase in resolve.phases_for(config):
+        for i, phase in enumerate(phases):
             result = train_phase(config, workdir, phase, spec, task, train_arrays, eval_sets, teacher,
-                                 mesh, writer, previous, dev_sets)
+                                 mesh, writer, previous, dev_sets, sum(steps[i + 1:]), progress_label)
             if result.get("interrupted"):
                 return {"interrupted": True, "phase": phase.name, "step": result["step"]}
             results.append(result)

@@ -1,6 +1,7 @@
 """The whole method end to end on a tiny real-format model and the shipped SST-2 slice."""
 
 import json
+import logging
 import shutil
 
 import pytest
@@ -21,8 +22,26 @@ def _tiny(tiny_pretrained):
 
 
 @pytest.mark.slow
-def test_pipeline_end_to_end_and_rerun_skips(tmp_path, tiny_pretrained_1layer):
-    report = pipeline.run_pipeline(_tiny(tiny_pretrained_1layer), tmp_path)
+def test_pipeline_end_to_end_and_rerun_skips(tmp_path, tiny_pretrained_1layer, caplog):
+    ours = logging.getLogger("binarybert_jax")
+    propagates, ours.propagate = ours.propagate, True  # the mains turn it off; caplog reads the root
+    try:
+        with caplog.at_level(logging.INFO, logger="binarybert_jax"):
+            report = pipeline.run_pipeline(_tiny(tiny_pretrained_1layer), tmp_path)
+    finally:
+        ours.propagate = propagates
+    # Each stage says which of how many it is as it starts and how long it took; its training's
+    # progress lines name it and the time left in it.
+    lines = [r.getMessage() for r in caplog.records]
+    stages = ("teacher", "half_pruned", "half", "ternary", "tws_init", "tws", "adaptive_init", "adaptive")
+    for number, name in enumerate(stages, 1):
+        assert any(m.startswith(f"pipeline: stage {number}/8 {name} (") and m.endswith("into the run")
+                   for m in lines), name
+        assert any(m.startswith(f"pipeline: stage {number}/8 {name} done in ") for m in lines), name
+    progress = [m for m in lines if m.startswith("stage 4/8 ternary, phase ")]
+    assert [m.split(",")[1].split(":")[0] for m in progress] == [" phase stage1", " phase stage2"]
+    assert progress[0].endswith(" in the stage") and " left in the phase, " in progress[0]
+    assert lines[-1].startswith("pipeline: 8 stages and the report done in ")
     rows = {r["model"]: r for r in report["rows"]}
     assert list(rows) == ["teacher", "half", "ternary", "tws", "adaptive"]
     assert rows["teacher"]["bits"] == "32-32-32" and rows["ternary"]["bits"] == "2-2-8"
@@ -129,6 +148,13 @@ def test_every_stage_setting_takes_effect_or_is_refused():
     c.pipeline.stages = c.pipeline.stages + ("nope",)
     with pytest.raises(pipeline.PipelineConfigError, match="'nope', which config.stages does not declare"):
         pipeline.check_config(c)
+
+
+def test_the_slice_default_batches_at_two_lengths_and_full_runs_at_every_sixteen_tokens():
+    # Each bucket is one more compiled train step in every phase: on the 2,000-sentence slice a
+    # compilation costs more than the padding the buckets between 16 and 64 would save.
+    assert tuple(pipeline_config.get_config().bucket_lengths) == (16, 64)
+    assert tuple(pipeline_config.get_config("task=mrpc,full").bucket_lengths) == tuple(range(16, 129, 16))
 
 
 def test_clip_presets_set_every_quantized_stage():

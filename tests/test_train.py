@@ -341,6 +341,38 @@ def test_progress_line_reads_steps_rate_and_time_left():
         "phase stage1: step 20/114 (18%), 32.0 examples/s, 1:34 left"
     assert train.progress_line("stage2", 100, 10100, 2.5, 16).endswith("2.5 examples/s, 17:46:40 left")
     assert train.progress_line("stage2", 7, 7, 0.0, 4).endswith("(100%), 0.0 examples/s, 0:00 left")
+    # The phases after this one count at the same rate; a pipeline's stage names itself first.
+    assert train.progress_line("stage1", 20, 56, 32.0, 32, later_steps=56, label="stage 4/9 ternary") == \
+        "stage 4/9 ternary, phase stage1: step 20/56 (36%), 32.0 examples/s, 0:36 left in the phase, 1:32 in the stage"
+    assert train.progress_line("stage1", 56, 56, 64.0, 32, later_steps=60).endswith(
+        "0:00 left in the phase, 0:30 in the run")
+
+
+def test_the_initialiser_runs_only_for_parameters_the_start_lacks(tmp_path, tiny_pretrained, glue_dir):
+    c = _config(tiny_pretrained, glue_dir)
+    model = resolve.student_spec(c, tasks.get_task("mrpc")).without_axis().build()
+    ids = np.ones((1, 8), np.int32)
+    calls = []
+
+    def initialize():
+        calls.append(1)
+        return jax.jit(model.init)(jax.random.key(3), ids)["params"]
+
+    shapes = jax.eval_shape(initialize)
+    calls.clear()  # tracing for the shapes ran nothing
+    # The backbone has no classifier: the fresh one comes from the initialiser, run once.
+    params, _, _ = resolve.load_init_params(c, shapes, None, initialize)
+    assert len(calls) == 1
+    fresh = initialize()
+    np.testing.assert_array_equal(params["classifier"]["kernel"], fresh["classifier"]["kernel"])
+    # A checkpoint with every parameter: nothing initialised, every value the checkpoint's.
+    spec = resolve.student_spec(c, tasks.get_task("mrpc"))
+    saved = jax.tree_util.tree_map(lambda x: np.asarray(x) + 1.0, params)
+    checkpoints.save_model(tmp_path / "complete", saved, spec, {"task": "mrpc"})
+    loaded, _, _ = resolve.load_init_params(c, shapes, tmp_path / "complete", initialize)
+    assert len(calls) == 2
+    for a, b in zip(jax.tree_util.tree_leaves(loaded), jax.tree_util.tree_leaves(saved)):
+        np.testing.assert_array_equal(a, b)
 
 
 def test_split_student_trains_on_summed_halves_and_is_scored_and_saved_exact(tmp_path, tiny_pretrained,
