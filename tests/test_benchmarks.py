@@ -66,6 +66,25 @@ def test_printed_command_leaves_out_the_raw_results_path():
     assert train_step._without_json(argv) == ["--cases", "w2a8", "--out", "B.md"]
 
 
+def test_the_authors_figures_are_those_of_the_run_s_dimensions_and_machine_kind():
+    rows = {"w2a8": {"examples_per_s": 5.3, "step_s_median": 32 / 5.3},
+            "w1a8": {"examples_per_s": 4.0, "step_s_median": 8.0}}
+    amd, intel, other = "AMD EPYC 9B14", "Intel(R) Xeon(R) Platinum", "Apple M2"
+    # BERT-base on AMD: against 2.16 and 1.33, never against MiniLM's 11.8-11.9 (or Intel's).
+    text = train_step.reference_ratios(rows, True, amd)
+    assert "BERT-base" in text and "2.45× the reference's 2.16" in text and "3.01× the reference's 1.33" in text
+    targets = train_step.targets_table(rows, {}, None, train_step.reference_for(True, amd))
+    assert "(5.4 ex/s) | 5.3 ex/s, 2.45× | no |" in targets
+    mini = train_step.reference_ratios({"w2a8": {"examples_per_s": 29.6}}, False, amd)
+    assert "MiniLM" in mini and "2.49–2.51× the reference's 11.8–11.9" in mini
+    assert "12.9–14.4" in train_step.reference_ratios({"w2a8": {"examples_per_s": 29.6}}, False, intel)
+    # Dimensions or a machine kind without figures: no ratio at all.
+    for bert_base, cpu in ((True, intel), (False, other)):
+        assert train_step.reference_for(bert_base, cpu) is None
+        assert "no ratio to it is taken" in train_step.reference_ratios(rows, bert_base, cpu)
+        assert "authors' code" not in train_step.targets_table(rows, {}, None, None)
+
+
 def test_accelerator_check_runs_tiny_on_the_cpu(tmp_path):
     """The GPU/TPU check's own code path, shrunk: every figure is there and plausible."""
     from benchmarks import accelerator_check
