@@ -89,7 +89,13 @@ from typing import NamedTuple, Optional, Sequence
 
 from benchmarks import child, markdown
 
-SECTION = "## Training step"
+SECTION = "## Training step"  # at MiniLM dimensions; at BERT-base dimensions a section of its own
+
+
+def section_heading(bert_base: bool) -> str:
+    """The BENCHMARKS.md section a run writes: one per dimension set, so that a ``--bert-base``
+    run never replaces the MiniLM figures."""
+    return SECTION + (", BERT-base dimensions" if bert_base else "")
 CASES = ("fp", "w2a8", "w2a8-masked", "w2a4", "w1a8", "w1a8-summed", "w1a4")
 # How the quantized products are computed: (integer-domain forward, backward dtype, teacher dtype).
 VARIANTS = {"integer": (True, "float32", "float32"),          # backward and teacher in float32
@@ -556,7 +562,7 @@ def section(rows: dict, matmul: dict, epoch: Optional[dict], info: dict, command
     dims = dimensions(args.bert_base)
     load = ", ".join(f"{x:.2f}" for x in info["loadavg"])
     parts = [
-        SECTION, "",
+        section_heading(args.bert_base), "",
         f"The jitted KD train step (`train.make_train_step`), {dims} dimensions at half width (teacher "
         f"and student), batch {args.batch}, sequence {args.seq}, one CPU device; how each number is "
         "taken and how FLOPs are counted: the docstring of `benchmarks/train_step.py`.", "",
@@ -645,7 +651,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         run_args = argparse.Namespace(**saved["args"])
         text = section(saved["rows"], saved["matmul"], saved["epoch"], saved["info"], saved["command"], run_args)
         if args.out:
-            markdown.write_section(pathlib.Path(args.out), SECTION, text)
+            markdown.write_section(pathlib.Path(args.out), section_heading(run_args.bert_base), text)
         print(text)
         return 0
     argv = sys.argv[1:] if argv is None else list(argv)
@@ -685,7 +691,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                                                        "info": info, "matmul": matmul, "rows": rows,
                                                        "epoch": epoch}, indent=2))
     if args.out:
-        markdown.write_section(pathlib.Path(args.out), SECTION, section(rows, matmul, epoch, info, command, args))
+        markdown.write_section(pathlib.Path(args.out), section_heading(args.bert_base),
+                               section(rows, matmul, epoch, info, command, args))
     return 0
 
 

@@ -1,5 +1,6 @@
 """The benchmark scripts' bookkeeping: op classification, concurrency sweep, report sections."""
 
+import argparse
 import json
 
 import jax
@@ -83,6 +84,26 @@ def test_the_authors_figures_are_those_of_the_run_s_dimensions_and_machine_kind(
         assert train_step.reference_for(bert_base, cpu) is None
         assert "no ratio to it is taken" in train_step.reference_ratios(rows, bert_base, cpu)
         assert "authors' code" not in train_step.targets_table(rows, {}, None, None)
+
+
+def test_a_bert_base_run_writes_its_own_section(tmp_path):
+    out = tmp_path / "B.md"
+    rows = {"w2a8": {"examples_per_s": 5.3, "examples_per_s_best": 5.4, "step_s_median": 6.0, "step_s_min": 5.9,
+                     "cpu_s_median": 11.0, "model_gflops": 200.0, "model_gflops_best": 210.0,
+                     "fraction_of_probe_median": 1.0, "compile_s": 20.0, "rss_peak_mib": 6000.0,
+                     "host_ops": 0, "loadavg": (1.0, 1.0, 1.0)}}
+    for bert_base in (False, True):
+        args = argparse.Namespace(bert_base=bert_base, batch=32, seq=128, steps=1)
+        info = {"cpu": "AMD EPYC", "cores": 2, "jax": "x", "xla_flags": "", "loadavg": (0, 0, 0),
+                "date": "d", "glibc_tunables": "glibc.malloc.hugetlb=1"}
+        matmul = {"n": 2048, "gflops_best": 1.0, "gflops_median": 1.0}
+        text = train_step.section(rows, matmul, None, info, "cmd", args)
+        markdown.write_section(out, train_step.section_heading(bert_base), text)
+    written = out.read_text()
+    assert "## Training step\n" in written and "## Training step, BERT-base dimensions\n" in written
+    mini, bert = written.split("## Training step, BERT-base dimensions\n")
+    assert "MiniLM dimensions" in mini and "11.8" in mini and "2.16" not in mini
+    assert "BERT-base dimensions" in bert and "2.16" in bert and "11.8" not in bert
 
 
 def test_accelerator_check_runs_tiny_on_the_cpu(tmp_path):
