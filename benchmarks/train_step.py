@@ -56,10 +56,16 @@ does), stage-1 KD of the ``w2a8-masked`` student (products: ``--epoch-variant``)
 step is compiled before the clock starts (compile time reported apart) and the epoch is timed from the
 first step to the last result, the batches built, placed and fed as ``train.train_phase`` does.
 The reference (the authors' PyTorch code) is not run here (no torch in this project): the only
-figures quoted are those measured side by side with this benchmark on the same machine kind (Intel
-Xeon with AVX-512 BF16/VNNI, 2 cores), in the same hour, by the author of the speed targets: ternary W2A8 12.9 and
-14.4 ex/s, split binary W1A8 8.8 and 8.4 ex/s (torch 2.14, 2 threads). Ratios are never taken across
-machines.
+figures quoted are those measured side by side with this benchmark, in the same hour, by the author
+of the speed targets (torch 2.14, 2 threads), per dimension set and machine kind (``REFERENCES``):
+at MiniLM dimensions on an Intel Xeon with AVX-512 BF16/VNNI (2 cores) ternary W2A8 12.9 and 14.4
+ex/s, split binary W1A8 8.8 and 8.4; at MiniLM dimensions on an AMD EPYC (2 cores) 11.8-11.9 and
+8.1-8.2; at BERT-base dimensions on the AMD EPYC 2.16 and 1.33. Ratios are never taken across
+machine kinds or dimensions: a run on another kind, or at dimensions not measured on its kind,
+states that and takes none.
+
+The measuring children run with transparent huge pages for XLA's buffers, as the mains do
+(``binarybert_jax/host_memory.py``); the section names the glibc tunables they had.
 
 The compiled step is also checked for host synchronisation: no infeed/outfeed/send/recv and no
 host-callback custom calls in its optimized HLO (*host ops*, should be 0).
@@ -79,11 +85,17 @@ import shlex
 import statistics
 import sys
 import time
-from typing import Optional, Sequence
+from typing import NamedTuple, Optional, Sequence
 
 from benchmarks import child, markdown
 
-SECTION = "## Training step"
+SECTION = "## Training step"  # at MiniLM dimensions; at BERT-base dimensions a section of its own
+
+
+def section_heading(bert_base: bool) -> str:
+    """The BENCHMARKS.md section a run writes: one per dimension set, so that a ``--bert-base``
+    run never replaces the MiniLM figures."""
+    return SECTION + (", BERT-base dimensions" if bert_base else "")
 CASES = ("fp", "w2a8", "w2a8-masked", "w2a4", "w1a8", "w1a8-summed", "w1a4")
 # How the quantized products are computed: (integer-domain forward, backward dtype, teacher dtype).
 VARIANTS = {"integer": (True, "float32", "float32"),          # backward and teacher in float32
@@ -95,13 +107,44 @@ VARIANTS = {"integer": (True, "float32", "float32"),          # backward and tea
 DEFAULT_VARIANT = "integer+bf16-grad+bf16-teacher"
 DEFAULT_BUCKETS = (48, 64, 80, 112)
 MIB = 2 ** 20
-# The authors' code on this machine kind, side by side with this benchmark (two rounds each, ex/s,
-# MiniLM half width, batch 32 × 128, stage-1 KD, A8); the speed targets are set against it.
-REFERENCE = {"w2a8": (12.9, 14.4), "w1a8": (8.8, 8.4)}
-# When: the figures came without a date; they predate the first commit that benchmarks against
-# them (3833cdf, 2026-11-29 13:34 UTC).
-REFERENCE_DATE = "on or before 2026-11-29"
+
+
+class Reference(NamedTuple):
+    """The authors' PyTorch code measured side by side with this benchmark (ex/s; half width,
+    batch 32 × 128, stage-1 KD, 8-bit activations, 2 threads), one figure per round: the speed
+    targets are set against it."""
+
+    w2a8: tuple[float, ...]
+    w1a8: tuple[float, ...]
+    date: str  # the figures came without a date: the latest day they can be from
+
+
+# Per dimension set (``--bert-base`` or not) and machine kind (``machine_kind``): a ratio is only
+# ever taken against the figures of this run's dimensions on this run's machine kind. Intel's
+# predate the first commit that benchmarks against them (3833cdf, 2026-11-29 13:34 UTC); AMD's came
+# with the speed targets of 2026-12-07.
+REFERENCES = {
+    ("MiniLM", "Intel Xeon"): Reference((12.9, 14.4), (8.8, 8.4), "on or before 2026-11-29"),
+    ("MiniLM", "AMD EPYC"): Reference((11.8, 11.9), (8.1, 8.2), "on or before 2026-12-07"),
+    ("BERT-base", "AMD EPYC"): Reference((2.16,), (1.33,), "on or before 2026-12-07"),
+}
+MACHINE_KINDS = {"AMD EPYC": "AMD EPYC", "Xeon": "Intel Xeon"}  # a substring of the CPU's name
 EPOCH_TARGET_S = 60.0
+
+
+def dimensions(bert_base: bool) -> str:
+    return "BERT-base" if bert_base else "MiniLM"
+
+
+def machine_kind(cpu: str) -> Optional[str]:
+    """The machine kind a CPU model name belongs to (``MACHINE_KINDS``), None for another."""
+    return next((kind for key, kind in MACHINE_KINDS.items() if key in cpu), None)
+
+
+def reference_for(bert_base: bool, cpu: str) -> Optional[Reference]:
+    """The authors' code's figures at these dimensions on this machine kind, None where it was
+    not measured so."""
+    return REFERENCES.get((dimensions(bert_base), machine_kind(cpu)))
 
 
 # --------------------------------------------------------------------------------------------
@@ -392,8 +435,11 @@ def machine() -> dict:
     except OSError:
         pass
     from importlib import metadata
+    from binarybert_jax import host_memory
     return {"cpu": cpu, "cores": len(os.sched_getaffinity(0)), "jax": metadata.version("jax"),
             "xla_flags": os.environ.get("XLA_FLAGS", ""), "loadavg": os.getloadavg(),
+            # what the measuring children run with (``child.run_module``)
+            "glibc_tunables": host_memory.environment().get(host_memory.ENV, ""),
             "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")}
 
 
@@ -446,15 +492,24 @@ def _row(rows: dict, case: str, variant: str = DEFAULT_VARIANT) -> Optional[dict
     return rows.get(f"{case}/{variant}") or (rows.get(case) if variant == DEFAULT_VARIANT else None)
 
 
-def targets_table(rows: dict, matmul: dict, epoch: Optional[dict]) -> str:
-    """The speed targets against this run's figures (only those this run measured)."""
+def _span(lo: float, hi: float, digits: int) -> str:
+    return f"{lo:.{digits}f}" if round(lo, digits) == round(hi, digits) else f"{lo:.{digits}f}–{hi:.{digits}f}"
+
+
+def targets_table(rows: dict, matmul: dict, epoch: Optional[dict],
+                  reference: Optional[Reference] = None) -> str:
+    """The speed targets against this run's figures (only those this run measured); the targets
+    against the authors' code only where ``reference`` holds its figures for this run's
+    dimensions and machine kind."""
     lines = []
     w2a8, w1a8 = _row(rows, "w2a8"), _row(rows, "w1a8")
-    if w2a8:
-        lo, hi = min(REFERENCE["w2a8"]), max(REFERENCE["w2a8"])
+    if w2a8 and reference:
+        lo, hi = min(reference.w2a8), max(reference.w2a8)
         rate = w2a8["examples_per_s"]
-        lines.append(f"| ternary W2A8 step ≥ 2.5× the authors' code ({2.5 * lo:.0f}–{2.5 * hi:.0f} ex/s) | "
-                     f"{rate:.1f} ex/s, {rate / hi:.2f}–{rate / lo:.2f}× | {'yes' if rate >= 2.5 * hi else 'no'} |")
+        lines.append(f"| ternary W2A8 step ≥ 2.5× the authors' code ({_span(2.5 * lo, 2.5 * hi, 1)} ex/s) | "
+                     f"{rate:.1f} ex/s, {_span(rate / hi, rate / lo, 2)}× | "
+                     f"{'yes' if rate >= 2.5 * hi else 'no'} |")
+    if w2a8:
         if matmul.get("bf16_gflops_best"):
             mfu = w2a8["model_gflops_best"] / matmul["bf16_gflops_best"]
             lines.append(f"| ≥ 50% of the bf16 probe in model FLOP/s (stretch) | {mfu:.0%} | "
@@ -480,34 +535,41 @@ def targets_table(rows: dict, matmul: dict, epoch: Optional[dict]) -> str:
                       "| target | measured | met |", "|---|---|---|"] + lines)
 
 
-def reference_ratios(rows: dict) -> str:
-    """This run's default-product steps over the authors' code's figures on this machine kind."""
+def reference_ratios(rows: dict, bert_base: bool, cpu: str) -> str:
+    """This run's default-product steps over the authors' code's figures at this run's dimensions
+    on this machine kind (or a line saying there are none)."""
+    reference = reference_for(bert_base, cpu)
+    if reference is None:
+        measured = "; ".join(f"{dims} on {kind}" for dims, kind in REFERENCES)
+        return (f"No figures of the authors' code at {dimensions(bert_base)} dimensions on this machine "
+                f"kind ({cpu}): no ratio to it is taken (they were measured at {measured}).")
     parts = []
-    for case, figures in REFERENCE.items():
-        row = _row(rows, case)
+    for case in ("w2a8", "w1a8"):
+        row, figures = _row(rows, case), getattr(reference, case)
         if row:
             lo, hi = min(figures), max(figures)
             parts.append(f"{CASE_NAMES[case]} {row['examples_per_s']:.1f} ex/s median: "
-                         f"{row['examples_per_s'] / hi:.2f}–{row['examples_per_s'] / lo:.2f}× the "
-                         f"reference's {lo}–{hi}")
+                         f"{_span(row['examples_per_s'] / hi, row['examples_per_s'] / lo, 2)}× the "
+                         f"reference's {_span(lo, hi, 2 if lo < 10 else 1)}")
     if not parts:
         return ""
-    return (f"Against the authors' code as measured side by side on this machine kind, {REFERENCE_DATE} "
-            "(not rerun here): "
+    return (f"Against the authors' code at {dimensions(bert_base)} dimensions as measured side by side on "
+            f"this machine kind ({machine_kind(cpu)}), {reference.date} (not rerun here): "
             + "; ".join(parts) + ".")
 
 
 def section(rows: dict, matmul: dict, epoch: Optional[dict], info: dict, command: str, args) -> str:
-    dims = "BERT-base" if args.bert_base else "MiniLM"
+    dims = dimensions(args.bert_base)
     load = ", ".join(f"{x:.2f}" for x in info["loadavg"])
     parts = [
-        SECTION, "",
+        section_heading(args.bert_base), "",
         f"The jitted KD train step (`train.make_train_step`), {dims} dimensions at half width (teacher "
         f"and student), batch {args.batch}, sequence {args.seq}, one CPU device; how each number is "
         "taken and how FLOPs are counted: the docstring of `benchmarks/train_step.py`.", "",
         "```", command, "```", "",
         f"Measured {info['date']} on {info['cpu']} ({info['cores']} cores visible), jax {info['jax']}"
         + (f", XLA_FLAGS `{info['xla_flags']}`" if info["xla_flags"] else "")
+        + (f", GLIBC_TUNABLES `{info['glibc_tunables']}`" if info.get("glibc_tunables") else "")
         + f"; load average at the start {load} (where other jobs share the machine, times vary by "
         "tens of percent between runs; the load average column is each case's at its end). "
         f"Matmul probe ({matmul['n']}², XLA): float32 {matmul['gflops_best']:.0f} GFLOP/s best, "
@@ -521,12 +583,12 @@ def section(rows: dict, matmul: dict, epoch: Optional[dict], info: dict, command
         "*bf16-teacher* the teacher in bfloat16 (`--config.teacher_dtype`). The configs' default, "
         f"and the row named without products: *{DEFAULT_VARIANT}*.", "",
         table(rows, matmul, args.batch), ""]
-    ratios = reference_ratios(rows)
+    ratios = reference_ratios(rows, args.bert_base, info["cpu"]) if rows else ""
     if ratios:
         parts += [ratios, ""]
     if epoch:
         parts += [epoch_text(epoch), ""]
-    targets = targets_table(rows, matmul, epoch)
+    targets = targets_table(rows, matmul, epoch, reference_for(args.bert_base, info["cpu"]))
     if targets:
         parts += [targets, ""]
     return "\n".join(parts)
@@ -589,7 +651,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         run_args = argparse.Namespace(**saved["args"])
         text = section(saved["rows"], saved["matmul"], saved["epoch"], saved["info"], saved["command"], run_args)
         if args.out:
-            markdown.write_section(pathlib.Path(args.out), SECTION, text)
+            markdown.write_section(pathlib.Path(args.out), section_heading(run_args.bert_base), text)
         print(text)
         return 0
     argv = sys.argv[1:] if argv is None else list(argv)
@@ -619,15 +681,18 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(f"epoch: {json.dumps(epoch)}", file=sys.stderr)
     if rows:
         print(table(rows, matmul, args.batch))
+        print(reference_ratios(rows, args.bert_base, info["cpu"]))
     if epoch:
         print(epoch_text(epoch))
+    print(targets_table(rows, matmul, epoch, reference_for(args.bert_base, info["cpu"])))
     if args.json:
         run_args = {k: getattr(args, k) for k in ("bert_base", "batch", "seq", "steps")}
         pathlib.Path(args.json).write_text(json.dumps({"command": command, "args": run_args,
                                                        "info": info, "matmul": matmul, "rows": rows,
                                                        "epoch": epoch}, indent=2))
     if args.out:
-        markdown.write_section(pathlib.Path(args.out), SECTION, section(rows, matmul, epoch, info, command, args))
+        markdown.write_section(pathlib.Path(args.out), section_heading(args.bert_base),
+                               section(rows, matmul, epoch, info, command, args))
     return 0
 
 

@@ -1,5 +1,6 @@
 """The benchmark scripts' bookkeeping: op classification, concurrency sweep, report sections."""
 
+import argparse
 import json
 
 import jax
@@ -64,6 +65,45 @@ def test_write_section_replaces_only_its_own(tmp_path):
 def test_printed_command_leaves_out_the_raw_results_path():
     argv = ["--cases", "w2a8", "--json", "/tmp/x.json", "--out", "B.md", "--json=/tmp/y.json"]
     assert train_step._without_json(argv) == ["--cases", "w2a8", "--out", "B.md"]
+
+
+def test_the_authors_figures_are_those_of_the_run_s_dimensions_and_machine_kind():
+    rows = {"w2a8": {"examples_per_s": 5.3, "step_s_median": 32 / 5.3},
+            "w1a8": {"examples_per_s": 4.0, "step_s_median": 8.0}}
+    amd, intel, other = "AMD EPYC 9B14", "Intel(R) Xeon(R) Platinum", "Apple M2"
+    # BERT-base on AMD: against 2.16 and 1.33, never against MiniLM's 11.8-11.9 (or Intel's).
+    text = train_step.reference_ratios(rows, True, amd)
+    assert "BERT-base" in text and "2.45× the reference's 2.16" in text and "3.01× the reference's 1.33" in text
+    targets = train_step.targets_table(rows, {}, None, train_step.reference_for(True, amd))
+    assert "(5.4 ex/s) | 5.3 ex/s, 2.45× | no |" in targets
+    mini = train_step.reference_ratios({"w2a8": {"examples_per_s": 29.6}}, False, amd)
+    assert "MiniLM" in mini and "2.49–2.51× the reference's 11.8–11.9" in mini
+    assert "12.9–14.4" in train_step.reference_ratios({"w2a8": {"examples_per_s": 29.6}}, False, intel)
+    # Dimensions or a machine kind without figures: no ratio at all.
+    for bert_base, cpu in ((True, intel), (False, other)):
+        assert train_step.reference_for(bert_base, cpu) is None
+        assert "no ratio to it is taken" in train_step.reference_ratios(rows, bert_base, cpu)
+        assert "authors' code" not in train_step.targets_table(rows, {}, None, None)
+
+
+def test_a_bert_base_run_writes_its_own_section(tmp_path):
+    out = tmp_path / "B.md"
+    rows = {"w2a8": {"examples_per_s": 5.3, "examples_per_s_best": 5.4, "step_s_median": 6.0, "step_s_min": 5.9,
+                     "cpu_s_median": 11.0, "model_gflops": 200.0, "model_gflops_best": 210.0,
+                     "fraction_of_probe_median": 1.0, "compile_s": 20.0, "rss_peak_mib": 6000.0,
+                     "host_ops": 0, "loadavg": (1.0, 1.0, 1.0)}}
+    for bert_base in (False, True):
+        args = argparse.Namespace(bert_base=bert_base, batch=32, seq=128, steps=1)
+        info = {"cpu": "AMD EPYC", "cores": 2, "jax": "x", "xla_flags": "", "loadavg": (0, 0, 0),
+                "date": "d", "glibc_tunables": "glibc.malloc.hugetlb=1"}
+        matmul = {"n": 2048, "gflops_best": 1.0, "gflops_median": 1.0}
+        text = train_step.section(rows, matmul, None, info, "cmd", args)
+        markdown.write_section(out, train_step.section_heading(bert_base), text)
+    written = out.read_text()
+    assert "## Training step\n" in written and "## Training step, BERT-base dimensions\n" in written
+    mini, bert = written.split("## Training step, BERT-base dimensions\n")
+    assert "MiniLM dimensions" in mini and "11.8" in mini and "2.16" not in mini
+    assert "BERT-base dimensions" in bert and "2.16" in bert and "11.8" not in bert
 
 
 def test_accelerator_check_runs_tiny_on_the_cpu(tmp_path):
