@@ -8,6 +8,12 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export JAX_PLATFORMS=cpu
+# XLA's large per-run buffers on transparent huge pages, as every main runs them
+# (binarybert_jax/host_memory.py); glibc reads this only when a process starts.
+case ":${GLIBC_TUNABLES:-}:" in
+  *:glibc.malloc.hugetlb=*) ;;
+  *) export GLIBC_TUNABLES="${GLIBC_TUNABLES:+$GLIBC_TUNABLES:}glibc.malloc.hugetlb=1" ;;
+esac
 py=python
 [ -x .venv/bin/python ] && py=.venv/bin/python
 paths=tests
