@@ -581,7 +581,9 @@ def load_packed_codes(path: str | os.PathLike
     Returns:
       (params, weight_codes, spec, info): the ``params`` tree without the quantized weights
       (numpy float32; a split bias as (sum, 0)), the ``WEIGHT_CODES`` tree (uint8 planes, float32
-      scales), the quantized spec, and the stored info plus ``quantized_spec``.
+      scales, and ``<P>_one_product`` on the split weights whose halves run as one product:
+      ``_one_product_where_exact``), the quantized spec, and the stored info plus
+      ``quantized_spec``.
     Raises:
       FileNotFoundError, PackedFormatError: as ``load_packed``; ``NotOnCodes`` for level tables
         that are not integer codes (load those with ``load_packed``).
