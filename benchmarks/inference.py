@@ -13,8 +13,9 @@ with ``inference.load_predictor`` as a user would:
   resident as bit planes, ``weight_planes``). ``twn-packed`` (TernaryBERT's 2-2-8) and
   ``bwn4-packed`` (1-1-4) likewise.
 * ``tws-packed``: the ternary-weight-split 1-1-8 model (``tws.split_params`` of the TWN 2-2-8
-  quantization of the same weights: two binary planes per matrix) packed likewise, each half's
-  codes multiplied as in training.
+  quantization of the same weights: two binary planes per matrix) packed likewise. Its halves'
+  scales are those of a model just split (equal in most layers): such a layer runs as one product
+  of the halves' summed codes (the same bits as the two products), the others as two products.
 * ``bwn-ckpt``: the BWN 1-1-8 model as a training checkpoint (float32 latent weights), which
   re-quantizes every weight in every forward pass, as training and evaluation do.
 * ``bibert-bitwise``: the same weights quantized to BiBERT's 1-1-1 (mean-centred sign weights

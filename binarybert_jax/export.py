@@ -581,7 +581,9 @@ def load_packed_codes(path: str | os.PathLike
     Returns:
       (params, weight_codes, spec, info): the ``params`` tree without the quantized weights
       (numpy float32; a split bias as (sum, 0)), the ``WEIGHT_CODES`` tree (uint8 planes, float32
-      scales), the quantized spec, and the stored info plus ``quantized_spec``.
+      scales, and ``<P>_one_product`` on the split weights whose halves run as one product:
+      ``_one_product_where_exact``), the quantized spec, and the stored info plus
+      ``quantized_spec``.
     Raises:
       FileNotFoundError, PackedFormatError: as ``load_packed``; ``NotOnCodes`` for level tables
         that are not integer codes (load those with ``load_packed``).
@@ -604,7 +606,31 @@ def load_packed_codes(path: str | os.PathLike
         codes_flat[f"{name}_scale"] = np.asarray(raw[f"{name}:scales"], np.float32)
     info = dict(manifest.get("info", {}))
     info["quantized_spec"] = spec.to_dict()
+    _one_product_where_exact(spec, codes_flat)
     return hf_import.unflatten(flat), hf_import.unflatten(codes_flat), spec, info
+
+
+def _one_product_where_exact(spec: ModelSpec, codes_flat: dict[str, np.ndarray]) -> None:
+    """Marks (``<P>_one_product``, ``model.ONE_PRODUCT``) the split weights whose two halves may be
+    multiplied as one product of their summed codes with the same bits as their two products.
+
+    Both halves share their input quantizer and have equal scales (a layer just split from a
+    ternary one, before its halves train apart): the summed operand
+    (``integer_dot.summed_halves_operand``) is then the exact integer codes k1 + k2 at the common
+    scale, its one product the exact integer P1 + P2, and the scaling the same multiplications as
+    the two products' (the halves' scale difference is 0): half the multiply-adds. Halves whose
+    scales differ, even by one rounding, keep their two exact products."""
+    from binarybert_jax import model
+
+    q = spec.quant
+    if not (q.split and q.split_shared_act):
+        return
+    for key, scale in list(codes_flat.items()):
+        name = key.removesuffix("_scale")
+        if (key.endswith("_scale") and not key.startswith("embeddings/")
+                and q.is_split(name.rsplit("/", 1)[0]) and scale.shape[:1] == (2,)
+                and np.array_equal(scale[0], scale[1])):
+            codes_flat[f"{name}_{model.ONE_PRODUCT}"] = np.ones((), np.bool_)
 
 
 # The temporary file an export writes beside its output, then renames over it; the process id

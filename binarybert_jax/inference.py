@@ -10,7 +10,9 @@
   quantized to their codes, every quantized product the training forward's exact integer-domain
   one (``integer_dot``: codes in bfloat16, float32 accumulation). Its logits are the checkpoint
   forward's (same codes, same scales, same products; bitwise in the tests' configurations or
-  within a float32 rounding of a scale). ``compute="float"`` unpacks once at load into float32
+  within a float32 rounding of a scale); a split layer whose halves' scales are equal runs as one
+  product of their summed codes, the same bits (``export.load_packed_codes``).
+  ``compute="float"`` unpacks once at load into float32
   weights that hold exactly the quantized values instead, run by the normal model with weight
   quantization off (``export.inference_spec``): activations are still quantized, but every
   product is a float32 one of the values, at float32's rate and float32's resident memory, which

@@ -37,7 +37,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from binarybert_jax.quant import QuantizedCodes
+from binarybert_jax.quant import QuantizedCodes, runtime_scalar
 
 # Integers of magnitude ≤ 256 are exact in bfloat16 (8 significant bits); sums of integers are
 # exact in float32 below 2^24.
@@ -56,7 +56,9 @@ def centred(q: QuantizedCodes) -> QuantizedCodes:
     if q.zero is None:
         return q
     shift = (q.bound + 1) // 2
-    return QuantizedCodes(q.codes - shift, q.scale, q.zero + shift * q.scale, max(shift, q.bound - shift))
+    # ``runtime_scalar``: the shift applied inside XLA:CPU's product fusion, not materialized.
+    return QuantizedCodes(q.codes - runtime_scalar(shift, q.scale), q.scale, q.zero + shift * q.scale,
+                          max(shift, q.bound - shift))
 
 
 def _free_axes(ndim: int, contracting, batch) -> tuple[int, ...]:

@@ -57,6 +57,9 @@ CALIBRATION = "calibration"  # the collection the calibration pass sows into
 # per weight ``<name>_planes`` (``weight_planes``' resident bit planes) and ``<name>_scale`` in
 # place of the latent float32 parameter ``<name>``.
 WEIGHT_CODES = "weight_codes"
+# A split weight's mark in ``WEIGHT_CODES`` (``<name>_one_product``): its halves' scales are equal,
+# so one product of their summed codes gives their two products' bits (``export.load_packed_codes``).
+ONE_PRODUCT = "one_product"
 
 # The released code's additive mask constant (Hugging Face uses the dtype's minimum instead).
 MASK_VALUE = -10000.0
@@ -393,11 +396,13 @@ class QuantDense(nn.Module, _ActQuantMixin):
         kernel = None if resident is not None else self.param(
             "kernel", nn.initializers.normal(0.02), lead + (x.shape[-1], self.features), jnp.float32)
         bias = self.param("bias", nn.initializers.zeros, lead + (self.features,), jnp.float32)
+        summed = cfg.split_forward == "summed"
         if resident is not None:
             # A packed model's weight, resident as codes: its values are scale·codes, the
             # quantizer's own product (the codes and scales the exporter stored).
             w_codes, w = resident, resident.values()
             integer = True
+            summed = summed or self.has_variable(WEIGHT_CODES, f"kernel_{ONE_PRODUCT}")
         else:
             if not self.quantized:
                 return jnp.dot(x.astype(self.dtype), kernel.astype(self.dtype)) + bias.astype(self.dtype)
@@ -417,7 +422,7 @@ class QuantDense(nn.Module, _ActQuantMixin):
             y = integer_dot.quantized_dot_general(
                 xq.astype(self.dtype), x_codes if integer else None, wq.astype(self.dtype), wq_codes,
                 dims, groups=groups, grad_dtype=self.grad_dtype,
-                summed=cfg.split_forward == "summed")
+                summed=summed)
             return y.astype(self.dtype)
 
         if self.split and not cfg.split_shared_act:

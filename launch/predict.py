@@ -93,6 +93,29 @@ def _split_for(task: glue.TaskSpec, path: pathlib.Path, split: Optional[str]) ->
                      f"({', '.join(task.splits)})")
 
 
+class SplitUnknown(ValueError):
+    """A TSV whose name says no split, read without ``--split``."""
+
+
+def read_examples(input_path: str, task: glue.TaskSpec, split: Optional[str],
+                  stdin: TextIO) -> list[glue.Example]:
+    """The examples of ``--input``: a GLUE TSV read with the layout of ``split`` (default: the split
+    its file name says), or ``-``: ``read_lines`` of ``stdin``.
+
+    Raises:
+      SplitUnknown: no ``split`` and a file name that names none.
+      FileNotFoundError, ValueError: as ``glue.read_tsv`` and ``read_lines`` raise them.
+    """
+    if input_path == "-":
+        return read_lines(stdin, task)
+    path = pathlib.Path(input_path)
+    try:
+        split = _split_for(task, path, split)
+    except ValueError as e:
+        raise SplitUnknown(str(e)) from None
+    return glue.read_tsv(path, task, split).examples
+
+
 def read_lines(stream: TextIO, task: glue.TaskSpec) -> list[glue.Example]:
     """One example a non-blank line; a pair task's line holds its two sentences tab-separated.
 
@@ -145,18 +168,13 @@ def main(argv: Optional[Sequence[str]] = None, stdin: Optional[TextIO] = None,
         return predict_squad(args, task, stdout)
 
     # ---- examples ----
-    if args.input == "-":
-        examples = read_lines(stdin, task)
-    else:
-        path = pathlib.Path(args.input)
-        try:
-            split = _split_for(task, path, args.split)
-        except ValueError as e:
-            parser.error(str(e))
-        examples = glue.read_tsv(path, task, split).examples
+    try:
+        examples = read_examples(args.input, task, args.split, stdin)
+    except SplitUnknown as e:
+        parser.error(str(e))
 
     # ---- model and tokenizer ----
-    predictor, tokenizer, tokenizer_dir = _load_model(args, task)
+    predictor, tokenizer, tokenizer_dir = load_model(args.model, task, args.compute, args.tokenizer)
     max_length = args.max_length or task.max_seq_length
 
     # ---- predictions ----
@@ -174,13 +192,23 @@ def main(argv: Optional[Sequence[str]] = None, stdin: Optional[TextIO] = None,
               f"{predictor.path}, tokenizer {tokenizer_dir})", file=report)
 
     # ---- metrics, when the input is labelled ----
-    if examples and all(ex.label is not None for ex in examples):
-        labels = np.array([ex.label for ex in examples],
-                          np.float32 if task.is_regression else np.int64)
-        scores = metrics.glue_metrics(task, logits, labels)
-        print(f"{task.name} ({len(examples)} examples): "
-              + ", ".join(f"{k} {v:.4f}" for k, v in scores.items()), file=report)
+    scores = labelled_metrics(task, examples, logits)
+    if scores is not None:
+        print(f"{task.name} ({len(examples)} examples): {format_metrics(scores)}", file=report)
     return 0
+
+
+def labelled_metrics(task: glue.TaskSpec, examples: Sequence[glue.Example],
+                     logits: np.ndarray) -> Optional[dict[str, float]]:
+    """The GLUE metrics of ``logits`` when every example has a label, else None."""
+    if not examples or any(ex.label is None for ex in examples):
+        return None
+    labels = np.array([ex.label for ex in examples], np.float32 if task.is_regression else np.int64)
+    return metrics.glue_metrics(task, logits, labels)
+
+
+def format_metrics(scores: dict[str, float]) -> str:
+    return ", ".join(f"{k} {v:.4f}" for k, v in scores.items())
 
 
 def check_outputs(args) -> None:
@@ -195,21 +223,21 @@ def check_outputs(args) -> None:
                                  dict(inputs, **{"--out": None if args.out == "-" else args.out}))
 
 
-def _load_model(args, task):
-    """The predictor of ``--model`` (checked against ``task``), its tokenizer and that tokenizer's
-    directory."""
-    predictor = inference.load_predictor(args.model, compute=args.compute)
+def load_model(model: str, task, compute: str = inference.INTEGER, tokenizer: Optional[str] = None):
+    """The predictor of ``model`` (a packed file or checkpoint, checked against ``task``), its
+    tokenizer (``tokenizer``, else the model's, else MiniLM's) and that tokenizer's directory."""
+    predictor = inference.load_predictor(model, compute=compute)
     trained_on = resolve.recorded_task(predictor.info)
     if trained_on and tasks.get_task(trained_on).name != task.name:
-        raise UserError(f"{args.model} is a {trained_on} model, not a {task.name} one: pass "
+        raise UserError(f"{model} is a {trained_on} model, not a {task.name} one: pass "
                         f"--task {trained_on}, or a {task.name} model")
     if predictor.spec.head != task.head:
-        raise UserError(f"{args.model}: the model has a {predictor.spec.head} head, {task.name} needs "
+        raise UserError(f"{model}: the model has a {predictor.spec.head} head, {task.name} needs "
                         f"a {task.head} head; is it a {task.name} model?")
     if predictor.num_labels != task.num_labels:
-        raise UserError(f"{args.model}: the model has {predictor.num_labels} outputs, "
+        raise UserError(f"{model}: the model has {predictor.num_labels} outputs, "
                         f"{task.name} needs {task.num_labels}; is it a {task.name} model?")
-    tokenizer_dir = args.tokenizer or predictor.tokenizer_dir or assets.minilm_dir()
+    tokenizer_dir = tokenizer or predictor.tokenizer_dir or assets.minilm_dir()
     return predictor, load_tokenizer(tokenizer_dir), tokenizer_dir
 
 
@@ -224,7 +252,7 @@ def predict_squad(args, task: squad.SquadTask, stdout: TextIO) -> int:
         raise UserError(f"--input {args.input}: {e}") from None
     except ValueError as e:
         raise UserError(str(e)) from None
-    predictor, tokenizer, tokenizer_dir = _load_model(args, task)
+    predictor, tokenizer, tokenizer_dir = load_model(args.model, task, args.compute, args.tokenizer)
     answers, null_diffs = inference.predict_squad(
         predictor, tokenizer, examples, version=task.version,
         max_length=args.max_length or task.max_seq_length, doc_stride=args.doc_stride,

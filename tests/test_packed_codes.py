@@ -150,3 +150,37 @@ def test_levels_that_are_not_integer_codes_run_on_floats(tmp_path, batch, caplog
     assert predictor.compute == "float" and "compute='float'" in caplog.text
     want = inference.load_predictor(path, compute="float").logits(batch)
     np.testing.assert_array_equal(np.asarray(predictor.logits(batch)), np.asarray(want))
+
+
+def test_split_halves_with_equal_scales_run_as_one_product_with_the_same_bits(tmp_path, batch):
+    """A model just split from a ternary one (its halves' scales equal) runs each split layer as
+    one product of the summed codes, bitwise the checkpoint's two-product forward; halves whose
+    scales differ (random latent halves) keep the two products."""
+    from binarybert_jax import tws
+    twn = ModelSpec(TINY, BIT_WIDTHS["twn-2-2-8"])
+    params, spec = tws.split_params(random_params(twn), twn)
+    path = export.export_packed(params, spec, tmp_path / "split.safetensors").path
+    predictor = inference.load_predictor(path)
+    assert predictor.spec == spec
+    codes = export.hf_import.flatten(predictor.weight_codes)
+    marked = {k.removesuffix("_one_product") for k in codes if k.endswith("_one_product")}
+    # Exactly the split dense weights whose halves' scales are equal (splitting halves a weight
+    # and its scale, which rounds in some of them).
+    equal = {k.removesuffix("_scale") for k, v in codes.items() if k.endswith("_scale")
+             and not k.startswith("embeddings") and np.array_equal(v[0], v[1])}
+    assert marked == equal and len(marked) >= 2 * TINY.num_layers
+    checkpoint = np.asarray(evaluate.forward_fn(spec)(params, batch)["logits"])
+    np.testing.assert_array_equal(np.asarray(predictor.logits(batch)), checkpoint)
+
+    # One product of the summed codes per marked layer: fewer operations than the halves' two.
+    def flops(codes):
+        args = (predictor.params, batch, None, codes)
+        return predictor._apply.lower(*args).compile().cost_analysis()["flops"]
+
+    unmarked = {k: v for k, v in export.hf_import.flatten(predictor.weight_codes).items()
+                if not k.endswith("_one_product")}
+    assert flops(predictor.weight_codes) < flops(export.hf_import.unflatten(unmarked))
+
+    _, _, apart = _saved("tws-1-1-8", tmp_path)  # random latent halves: scales apart
+    assert not any(k.endswith("_one_product") for k in
+                   export.hf_import.flatten(inference.load_predictor(apart).weight_codes))

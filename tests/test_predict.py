@@ -6,6 +6,7 @@ import json
 import pathlib
 import re
 
+import jax
 import numpy as np
 import pytest
 from safetensors import safe_open
@@ -15,6 +16,7 @@ from binarybert_jax import hf_import, export, inference, size, checkpoints
 from binarybert_jax.data import glue, tasks
 from binarybert_jax.model import BertConfig, ModelSpec, QuantConfig
 from binarybert_jax.tokenizer import load_tokenizer
+from launch import export as export_main
 from launch import predict as predict_main
 
 from conftest import write_mrpc_test_file
@@ -281,3 +283,77 @@ def test_predictor_call_matches_predict_texts(saved, tiny_hf):
     np.testing.assert_allclose(result.scores.sum(-1), 1.0, rtol=1e-6)
     with pytest.raises(TypeError, match="lists of sentences"):
         model("A man sings.")
+
+
+# --------------------------------------------------------------------------------------------
+# launch.export --check_input: the written file against the checkpoint it came from.
+# --------------------------------------------------------------------------------------------
+MISMATCHES = re.compile(r"prediction mismatches: (\d+)")
+LARGEST = re.compile(r"largest \|logit difference\|: (\S+)")
+
+
+def test_export_checks_the_file_it_wrote_against_its_checkpoint(saved, glue_dir, tmp_path, capsys):
+    _, ckpt = saved
+    dev = glue_dir / "MRPC" / "dev.tsv"
+    out = tmp_path / "checked.safetensors"
+    assert export_main.main(["--ckpt", str(ckpt), "--out", str(out), "--check_input", str(dev),
+                             "--task", "MRPC"] + FAST) == 0
+    text = capsys.readouterr().out
+    assert out.is_file() and f"check on {dev} (mrpc, 64 examples, batch 8, length 32)" in text
+    assert "(packed, integer)" in text
+    assert MISMATCHES.search(text).group(1) == "0"
+    assert float(LARGEST.search(text).group(1)) <= 1e-5
+    # Labelled: the metrics of both, the ones launch.predict prints for each model.
+    shown = dict(re.findall(r"^  (checkpoint|packed) metrics: (.*)$", text, re.M))
+    assert set(shown) == {"checkpoint", "packed"}
+    for name, model in (("checkpoint", ckpt), ("packed", out)):
+        predict_main.main(["--model", str(model), "--task", "mrpc", "--input", str(dev),
+                           "--out", str(tmp_path / f"{name}.tsv")] + FAST)
+        assert f"mrpc (64 examples): {shown[name]}" in capsys.readouterr().out
+
+    # Unlabelled lines on stdin, the packed file on floats: no metrics.
+    again = tmp_path / "floats.safetensors"
+    assert export_main.main(["--ckpt", str(ckpt), "--out", str(again), "--check_input", "-",
+                             "--task", "mrpc", "--compute", "float"] + FAST,
+                            stdin=io.StringIO("A man sings.\tA person sings.\nA dog.\tA cat.\n")) == 0
+    text = capsys.readouterr().out
+    assert "2 examples" in text and "(packed, float)" in text and "metrics" not in text
+    assert MISMATCHES.search(text).group(1) == "0"
+
+
+def test_export_check_reports_a_file_that_predicts_otherwise(saved, glue_dir, tmp_path, capsys):
+    """Another model's file (the classifier negated: every logit's sign flips) against the
+    checkpoint: every prediction differs, counted, and the check's status is nonzero."""
+    _, ckpt = saved
+    params, spec, info = checkpoints.load_model(ckpt)
+    params = jax.tree_util.tree_map(np.asarray, params)
+    params["classifier"] = {k: -v for k, v in params["classifier"].items()}
+    other = export.export_packed(params, spec, tmp_path / "other.safetensors", info=info).path
+    task = tasks.get_task("sst-2")
+    examples = glue.read_tsv(SLICE / "SST-2" / "dev.tsv", task, "dev").examples[:16]
+    assert export_main.check_agreement(ckpt, other, task, examples, where="slice", tokenizer=None,
+                                       compute="integer", max_length=32, batch_size=8) \
+        == export_main.EXIT_DISAGREES
+    captured = capsys.readouterr()
+    assert MISMATCHES.search(captured.out).group(1) == "16"
+    assert "accuracy" in captured.out
+    assert f"16 of 16 predictions of {other} differ" in captured.err
+
+
+@pytest.mark.parametrize("extra, message", [
+    ([], "--check_input needs --task"),
+    (["--task", "squad1"], "not a GLUE task"),
+    (["--task", "mrpc", "--batch_size", "0"], "--batch_size must be positive"),
+])
+def test_export_check_refuses_bad_input_before_writing(saved, slices, tmp_path, capsys, extra, message):
+    _, ckpt = saved
+    out = tmp_path / "never.safetensors"
+    with pytest.raises(SystemExit) as e:
+        export_main.main(["--ckpt", str(ckpt), "--out", str(out), "--check_input",
+                          str(slices["test"])] + extra)
+    assert e.value.code == 2 and message in capsys.readouterr().err and not out.exists()
+    # A file whose name says no split, without --split.
+    with pytest.raises(SystemExit):
+        export_main.main(["--ckpt", str(ckpt), "--out", str(out), "--check_input",
+                          str(slices["dev"]), "--task", "mrpc"])
+    assert "pass --split" in capsys.readouterr().err and not out.exists()
