@@ -50,16 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--check_input", default=None,
                        help="a GLUE TSV (or - for stdin lines) both models predict; needs --task")
     check.add_argument("--task", default=None, help=f"the check's task: {', '.join(glue.TASK_NAMES)}")
-    check.add_argument("--split", default=None,
-                       help="the TSV layout to read; default: the split the file name says")
-    check.add_argument("--tokenizer", default=None, help="tokenizer directory (default: the "
-                       "model's if it names one, else MiniLM's)")
-    check.add_argument("--max_length", type=int, default=None,
-                       help="padded sequence length (default: the task's)")
-    check.add_argument("--batch_size", type=int, default=32)
-    check.add_argument("--compute", choices=inference.COMPUTES, default=inference.INTEGER,
-                       help="the packed file's products in the check: on integer codes (default, "
-                            "as launch.predict runs it) or on weights unpacked to float32")
+    predict.add_reading_arguments(check)
     return parser
 
 

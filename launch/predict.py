@@ -51,6 +51,22 @@ from launch import arguments, common
 STSB_RANGE = (0.0, 5.0)
 
 
+def add_reading_arguments(group) -> None:
+    """The flags that say how ``--input`` is read and predicted (layout, tokenizer, length, batch,
+    a packed file's products): this main's, and ``launch.export``'s check, which reads alike."""
+    group.add_argument("--split", default=None,
+                       help="the TSV layout to read (test, dev, train, MNLI's dev_mismatched..."
+                            "); default: the split the file name says")
+    group.add_argument("--tokenizer", default=None, help="tokenizer directory (default: the "
+                       "model's if it names one, else MiniLM's)")
+    group.add_argument("--max_length", type=int, default=None,
+                       help="padded sequence length (default: the task's, 64, 128 or 384)")
+    group.add_argument("--batch_size", type=int, default=32)
+    group.add_argument("--compute", choices=inference.COMPUTES, default=inference.INTEGER,
+                       help="a packed file's products: on integer codes (default) or on its "
+                            "weights unpacked to float32")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = arguments.ArgumentParser(prog="python -m launch.predict", epilog=arguments.examples_from(__doc__),
                                      description="GLUE predictions from a packed file or a "
@@ -60,18 +76,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--task", required=True, help=f"task: {', '.join(tasks.TASK_NAMES)}")
     parser.add_argument("--input", required=True, help="GLUE TSV file, or - for stdin lines; "
                         "SQuAD: a SQuAD JSON file")
-    parser.add_argument("--split", default=None,
-                        help="the TSV layout to read (test, dev, train, MNLI's dev_mismatched..."
-                             "); default: the split the file name says")
     parser.add_argument("--out", required=True, help="output TSV (- for stdout); SQuAD: predictions.json")
-    parser.add_argument("--tokenizer", default=None, help="tokenizer directory (default: the "
-                        "model's if it names one, else MiniLM's)")
-    parser.add_argument("--max_length", type=int, default=None,
-                        help="padded sequence length (default: the task's, 64, 128 or 384)")
-    parser.add_argument("--batch_size", type=int, default=32)
-    parser.add_argument("--compute", choices=inference.COMPUTES, default=inference.INTEGER,
-                        help="a packed file's products: on integer codes (default) or on its "
-                             "weights unpacked to float32")
+    add_reading_arguments(parser)
     squad_args = parser.add_argument_group("SQuAD")
     squad_args.add_argument("--na_prob_out", default=None,
                             help="v2.0: where the no-answer scores go (default: na_probs.json beside --out)")
