@@ -93,7 +93,10 @@ def main(argv: Optional[Sequence[str]] = None, stdin: Optional[TextIO] = None) -
           f"listed zeros); {summary.fp32_bytes / summary.file_bytes:.1f}x smaller than float32")
     if examples is None:
         return 0
-    return check_against_checkpoint(args, task, examples)
+    return check_agreement(args.ckpt, args.out, task, examples, where=args.check_input,
+                           tokenizer=args.tokenizer, compute=args.compute,
+                           max_length=args.max_length or task.max_seq_length,
+                           batch_size=args.batch_size)
 
 
 def _check_examples(parser, args, stdin: TextIO):
@@ -104,10 +107,7 @@ def _check_examples(parser, args, stdin: TextIO):
         task = tasks.get_glue_task(args.task)
     except ValueError as e:
         parser.error(f"--task: {e}")
-    for flag in ("batch_size", "max_length"):
-        value = getattr(args, flag)
-        if value is not None and value < 1:
-            parser.error(f"--{flag} must be positive, got {value}")
+    predict.check_positive(parser, args, ("batch_size", "max_length"))
     try:
         examples = predict.read_examples(args.check_input, task, args.split, stdin)
     except predict.SplitUnknown as e:
@@ -115,14 +115,6 @@ def _check_examples(parser, args, stdin: TextIO):
     if not examples:
         parser.error(f"--check_input {args.check_input}: no examples")
     return task, examples
-
-
-def check_against_checkpoint(args, task, examples) -> int:
-    """``--check_input``: ``check_agreement`` of ``--ckpt`` and the file ``--out``."""
-    return check_agreement(args.ckpt, args.out, task, examples, where=args.check_input,
-                           tokenizer=args.tokenizer, compute=args.compute,
-                           max_length=args.max_length or task.max_seq_length,
-                           batch_size=args.batch_size)
 
 
 def check_agreement(ckpt, packed_path, task, examples, *, where: str, tokenizer: Optional[str],

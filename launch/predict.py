@@ -67,6 +67,14 @@ def add_reading_arguments(group) -> None:
                             "weights unpacked to float32")
 
 
+def check_positive(parser: argparse.ArgumentParser, args, flags) -> None:
+    """Refuses (exit 2) a flag of ``flags`` given as zero or less; unset (None) ones pass."""
+    for flag in flags:
+        value = getattr(args, flag)
+        if value is not None and value < 1:
+            parser.error(f"--{flag} must be positive, got {value}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = arguments.ArgumentParser(prog="python -m launch.predict", epilog=arguments.examples_from(__doc__),
                                      description="GLUE predictions from a packed file or a "
@@ -166,9 +174,8 @@ def main(argv: Optional[Sequence[str]] = None, stdin: Optional[TextIO] = None,
         task = tasks.get_task(args.task)
     except ValueError as e:
         parser.error(str(e))
-    for flag in ("batch_size", "doc_stride", "max_query_length", "n_best", "max_answer_length"):
-        if getattr(args, flag) < 1:
-            parser.error(f"--{flag.replace('_', '-')} must be positive, got {getattr(args, flag)}")
+    check_positive(parser, args, ("batch_size", "max_length", "doc_stride", "max_query_length", "n_best",
+                                  "max_answer_length"))
     check_outputs(args)
     if task.head == "span":
         return predict_squad(args, task, stdout)

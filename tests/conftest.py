@@ -38,14 +38,14 @@ def pytest_configure(config):
                             "launch/test.sh --fast leaves it out")
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def shared_dir() -> pathlib.Path:
     if not SHARED.is_dir():
         pytest.skip(f"{SHARED} (the shared/ folder beside the checkout) is absent")
     return SHARED
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def fixtures_dir() -> pathlib.Path:
     """``tests/fixtures``, its files checked against its SHA256SUMS once per test run."""
     sums = FIXTURES / "SHA256SUMS"
@@ -61,7 +61,7 @@ def fixtures_dir() -> pathlib.Path:
     return FIXTURES
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def glue_dir(fixtures_dir) -> pathlib.Path:
     """GLUE slices in GLUE's layout: the header and first 64 rows of train.tsv and dev.tsv of MRPC/,
     STS-B/ and SST-2/ (no test.tsv), checked against SHA256SUMS."""
@@ -78,7 +78,7 @@ def write_mrpc_test_file(glue_dir: pathlib.Path, out: pathlib.Path, rows: int) -
     return out
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def tokenizer():
     """MiniLM's real tokenizer (the default backbone's)."""
     from binarybert_jax.assets import minilm_dir
@@ -105,7 +105,7 @@ class CountingTokenizer:
         return getattr(self._tokenizer, name)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def minilm_dir():
     from binarybert_jax import assets
     return assets.minilm_dir()
@@ -149,12 +149,12 @@ def _write_tiny(directory, config, minilm_dir):
     return hf_import.write_hf_checkpoint(directory, params, config, minilm_dir)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def tiny_pretrained(tmp_path_factory, minilm_dir):
     """A 2-layer BERT in the Hugging Face layout (config.json + model.safetensors + MiniLM's tokenizer)."""
     return _write_tiny(tmp_path_factory.mktemp("tiny_hf"), tiny_config(2), minilm_dir)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def tiny_pretrained_1layer(tmp_path_factory, minilm_dir):
     return _write_tiny(tmp_path_factory.mktemp("tiny_hf1"), tiny_config(1), minilm_dir)
