@@ -31,7 +31,8 @@ import ml_collections
 import numpy as np
 from etils import epath
 
-from binarybert_jax import adaptive, checkpoints, evaluate, flops, halfwidth, resolve, size, train, tws, workdirs
+from binarybert_jax import (adaptive, checkpoints, evaluate, flops, halfwidth, phase_time, resolve, size, train,
+                            tws, workdirs)
 from binarybert_jax.data import batching, tasks
 from binarybert_jax.errors import UserError
 from binarybert_jax.model import ModelSpec
@@ -208,7 +209,7 @@ def _run_stages(config, workdir: epath.Path) -> dict:
     outputs: dict[str, str] = {}  # stage -> the model checkpoint later stages refer to
     adaptive_info = None
     order = tuple(config.pipeline.stages)
-    started = time.perf_counter()
+    started, compiled = time.perf_counter(), phase_time.compile_seconds()
     try:
         for number, name in enumerate(order, 1):
             kind = config.stages[name].kind
@@ -234,8 +235,9 @@ def _run_stages(config, workdir: epath.Path) -> dict:
         log.info("pipeline: stage %s stopped early (stop_after_steps); rerun to resume", e)
         return {"interrupted": True, "stage": str(e)}
     report = write_report(workdir, task, rows, config, adaptive_info)
-    log.info("pipeline: %d stages and the report done in %s", len(order),
-             train.format_duration(time.perf_counter() - started))
+    log.info("pipeline: %d stages and the report done in %s, %s of it compiling", len(order),
+             train.format_duration(time.perf_counter() - started),
+             train.format_duration(phase_time.compile_seconds() - compiled))
     return report
 
 

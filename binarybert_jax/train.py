@@ -52,7 +52,8 @@ from etils import epath
 from jax import lax
 from jax.sharding import PartitionSpec as P
 
-from binarybert_jax import checkpoints, evaluate, kd, model as M, optim, resolve, squad_metrics, workdirs
+from binarybert_jax import (checkpoints, evaluate, kd, model as M, optim, phase_time, resolve, squad_metrics,
+                            workdirs)
 from binarybert_jax.data import batching, tasks
 from binarybert_jax.errors import ConfigError
 from binarybert_jax.model import BertModel, ModelSpec, calibrate_act_quantizers
@@ -370,6 +371,7 @@ def _train_phase(config, workdir, phase, spec, task, train_arrays, eval_sets, te
         return workdirs.read_json(results_file)
 
     started = time.perf_counter()
+    clock = phase_time.PhaseClock()
 
     # ---- Optimizer and schedule ------------------------------------------------------------
     steps_per_epoch = _steps_per_epoch(train_arrays, config.batch_size)
@@ -462,6 +464,7 @@ def _train_phase(config, workdir, phase, spec, task, train_arrays, eval_sets, te
     if not bar.disable and ours.handlers:
         logging_beside_bar.enter_context(logging_redirect_tqdm([ours]))
     window_start, window_examples = time.perf_counter(), 0
+    clock.attribute_elapsed("setup")
     try:
         while step < total_steps and not stopped_early and not early_stop:
             epoch, start = divmod(step, steps_per_epoch)
@@ -497,8 +500,9 @@ def _train_phase(config, workdir, phase, spec, task, train_arrays, eval_sets, te
                     if fetched:
                         _log_mean(writer, phase.name, fetched)
                     lat_diag = lat_diagonal(state) if lat else None
-                    scores = evaluate.evaluate(predict_step, state.params, task, eval_sets,
-                                               config.eval_batch_size, mesh, buckets, lat_diag)
+                    with clock.section("evaluation"):
+                        scores = evaluate.evaluate(predict_step, state.params, task, eval_sets,
+                                                   config.eval_batch_size, mesh, buckets, lat_diag)
                     last_eval = (step, scores)
                     writer.write(phase.name, step, {f"{eval_prefix}/{k}": v for k, v in scores.items()})
                     log.info("phase %s step %d (%s): %s", phase.name, step, selected_on, scores)
@@ -507,8 +511,9 @@ def _train_phase(config, workdir, phase, spec, task, train_arrays, eval_sets, te
                         info = {**record, "step": step, "selected_on": selected_on, "selection": scores}
                         if dev_sets is None:
                             info["dev"] = scores
-                        checkpoints.save_model(best_dir, jax.device_get(state.params), exact_spec, info,
-                                               lat_diag=jax.device_get(lat_diag))
+                        with clock.section("checkpoints"):
+                            checkpoints.save_model(best_dir, jax.device_get(state.params), exact_spec, info,
+                                                   lat_diag=jax.device_get(lat_diag))
                     else:
                         meta = {**meta, "evals_since_best": meta.get("evals_since_best", 0) + 1}
                         early_stop = bool(config.early_stop_evals and step < total_steps and
@@ -529,7 +534,8 @@ def _train_phase(config, workdir, phase, spec, task, train_arrays, eval_sets, te
                     if fetched:
                         _log_mean(writer, phase.name, fetched)
                     elapsed = elapsed_before + time.perf_counter() - started
-                    ckpts.save(step, state, {**meta, "elapsed_s": elapsed})
+                    with clock.section("checkpoints"):
+                        ckpts.save(step, state, {**meta, "elapsed_s": elapsed})
                     last_saved = step
                 if signals.received is not None:
                     raise Interrupted(signals.received, phase.name, step, workdir)
@@ -553,29 +559,35 @@ def _train_phase(config, workdir, phase, spec, task, train_arrays, eval_sets, te
         elif last_eval is not None and last_eval[0] == step:
             final_scores = last_eval[1]  # the loop scored these very parameters at its last step
         else:
-            final_scores = evaluate.evaluate(predict_step, state.params, task, eval_sets,
-                                             config.eval_batch_size, mesh, buckets, lat_diag)
+            with clock.section("evaluation"):
+                final_scores = evaluate.evaluate(predict_step, state.params, task, eval_sets,
+                                                 config.eval_batch_size, mesh, buckets, lat_diag)
         if step != last_saved:
-            ckpts.save(step, state, {**meta, "elapsed_s": elapsed_before + time.perf_counter() - started})
+            with clock.section("checkpoints"):
+                ckpts.save(step, state, {**meta, "elapsed_s": elapsed_before + time.perf_counter() - started})
         # ---- Dev: read only now that training has ended ------------------------------------
         dev_selected, dev_final, chosen = meta["best"] or final_scores, final_scores, {}
         if evaluates and dev_sets is not None:
-            dev = dev_sets()
-            dev_final, chosen_final = _score_dev(config, task, predict_step, state.params, lat_diag,
-                                                 eval_sets, dev, mesh, buckets)
+            with clock.section("evaluation"):
+                dev = dev_sets()
+                dev_final, chosen_final = _score_dev(config, task, predict_step, state.params, lat_diag,
+                                                     eval_sets, dev, mesh, buckets)
             chosen = {"final": chosen_final} if chosen_final else {}
             dev_selected, chosen_best = dev_final, chosen_final
             if meta["best"] is not None:
-                best_params, _, best_info = checkpoints.load_model(best_dir)
-                best_lat = checkpoints.load_lat_diag(best_dir) if lat else None
+                with clock.section("checkpoints"):
+                    best_params, _, best_info = checkpoints.load_model(best_dir)
+                    best_lat = checkpoints.load_lat_diag(best_dir) if lat else None
                 if meta["best_step"] != step:
-                    dev_selected, chosen_best = _score_dev(
-                        config, task, predict_step, replicate(best_params, mesh),
-                        None if best_lat is None else replicate(best_lat, mesh), eval_sets, dev, mesh,
-                        buckets)
+                    with clock.section("evaluation"):
+                        dev_selected, chosen_best = _score_dev(
+                            config, task, predict_step, replicate(best_params, mesh),
+                            None if best_lat is None else replicate(best_lat, mesh), eval_sets, dev, mesh,
+                            buckets)
                 # The selected model carries its dev score, as the final one does.
-                checkpoints.save_model(best_dir, best_params, exact_spec, {**best_info, "dev": dev_selected},
-                                       lat_diag=best_lat)
+                with clock.section("checkpoints"):
+                    checkpoints.save_model(best_dir, best_params, exact_spec,
+                                           {**best_info, "dev": dev_selected}, lat_diag=best_lat)
             if chosen_best:
                 chosen["selected"] = chosen_best
             log.info("phase %s: dev at the selected checkpoint (step %s) %s; at the final one %s",
@@ -583,9 +595,16 @@ def _train_phase(config, workdir, phase, spec, task, train_arrays, eval_sets, te
         final_info = {**record, "step": step, "selected_on": selected_on, "selection": final_scores}
         if evaluates:
             final_info["dev"] = dev_final
-        checkpoints.save_model(final_dir, jax.device_get(state.params), exact_spec, final_info,
-                               lat_diag=jax.device_get(lat_diag))
+        with clock.section("checkpoints"):
+            checkpoints.save_model(final_dir, jax.device_get(state.params), exact_spec, final_info,
+                                   lat_diag=jax.device_get(lat_diag))
         wall_seconds = elapsed_before + time.perf_counter() - started
+        # This run's part of the wall time, split; a resumed phase's earlier runs as one sum.
+        time_seconds = clock.seconds()
+        if elapsed_before:
+            time_seconds["earlier_runs"] = round(elapsed_before, 1)
+        log.info("phase %s: %s in this run (%s)", phase.name,
+                 format_duration(time.perf_counter() - started), phase_time.describe(time_seconds))
     except NonFiniteLossError as e:
         raise _stop_on_nonfinite(e, ckpts) from None
     finally:
@@ -606,7 +625,8 @@ def _train_phase(config, workdir, phase, spec, task, train_arrays, eval_sets, te
               "best_step": meta["best_step"] if meta["best"] else step,
               "final_checkpoint": str(final_dir.relative_to(workdir)),
               "best_checkpoint": str((best_dir if meta["best"] else final_dir).relative_to(workdir)),
-              "main_metric": main_metric, "wall_seconds": round(wall_seconds, 1)}
+              "main_metric": main_metric, "wall_seconds": round(wall_seconds, 1),
+              "time_seconds": time_seconds}
     workdirs.write_json(results_file, result)
     return result
 
@@ -678,6 +698,7 @@ def _run_phases(config, workdir: epath.Path, task: tasks.TaskSpec, mesh, spec: M
                "dev_selected": last.get("dev_selected", last["best"]),
                "dev_final": last.get("dev_final", last["final"]),
                "wall_seconds": round(sum(r.get("wall_seconds", 0.0) for r in results), 1),
+               "time_seconds": phase_time.add_up(r.get("time_seconds", {}) for r in results),
                "best_checkpoint": last["best_checkpoint"], "final_checkpoint": last["final_checkpoint"],
                "main_metric": last["main_metric"], "spec": spec.to_dict()}
     workdirs.write_json(workdir / "results.json", summary)

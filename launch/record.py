@@ -14,7 +14,8 @@ A record directory holds:
                     split's scores at the selected checkpoint (and its step), dev's at the selected
                     checkpoint (``dev_selected``, also ``best``) and at the final one (``dev_final``,
                     also ``final``), per phase the same and its wall seconds, the run's wall
-                    seconds, the git commit(s) that ran it (from the workdir's provenance.json, else
+                    seconds and how they split (``time_seconds``: setup, compiling, steps,
+                    evaluation, checkpoints; ``binarybert_jax.phase_time``), the git commit(s) that ran it (from the workdir's provenance.json, else
                     the checkout's commit now, marked so), whether tracked files differed from it
                     (untracked ones do not count), the commands that ran it (each invocation's
                     argv; none known without provenance.json), the resolved config and the model's
@@ -127,7 +128,7 @@ def record_run(workdir: os.PathLike, out: pathlib.Path, name: str, setting: str,
     provenance = _provenance(workdir, provenance_dir)
     phases = [{k: p.get(k) for k in ("phase", "objective", "steps", "protocol", "selection",
                                        "dev_selected", "dev_final", "best", "best_step", "final",
-                                       "wall_seconds")} for p in results["phases"]]
+                                       "wall_seconds", "time_seconds")} for p in results["phases"]]
     record = {
         "format": RECORD_FORMAT, "version": RECORD_VERSION, "name": name, "setting": setting,
         "order": order, "task": task.name, "seed": config.get("seed"),
@@ -140,6 +141,7 @@ def record_run(workdir: os.PathLike, out: pathlib.Path, name: str, setting: str,
         "final": results["final"],
         "wall_seconds": results.get("wall_seconds",
                                     sum(p.get("wall_seconds") or 0.0 for p in results["phases"])),
+        "time_seconds": results.get("time_seconds"),
         "phases": phases, "git_commits": provenance["commits"], "git_dirty": provenance["dirty"],
         "commands": provenance["commands"], "provenance": provenance, "workdir": str(workdir), "spec": results.get("spec"),
         "config": config, "submission": None}

@@ -26,6 +26,8 @@ A marked section is everything between a line ``<!-- results:NAME [options] -->`
   ``metrics=accuracy,f1`` (default: the task's metrics),
   ``per_seed`` (every seed's value after each mean, in the order of the seeds listed in the
   ``seeds`` column; ``--per_seed`` turns it on everywhere), ``wall`` (a column with the mean wall minutes),
+  ``time`` (after it, the wall minutes' split: compiling, steps, evaluation, checkpoints and setup,
+  from the records' ``time_seconds``; a dash for records made before runs split their time),
   ``bits`` (a ``W-E-A`` column: the bits of weights, word embedding and activations),
   ``order=FOLDER,FOLDER,...`` (the rows of the settings recorded in those folders, the ones holding
   each seed's record as in ``NAME/FOLDER/s<seed>``, first and in that order; the rest after them),
@@ -58,7 +60,7 @@ DEFAULT_RESULTS = common.REPO_ROOT / "results"
 DOCUMENTS = ("README.md", "BENCHMARKS.md", "docs/*.md")
 BEGIN = re.compile(r"^(?P<indent>[ \t]*)<!-- results:(?P<name>[\w./+-]+)(?P<options>[^>]*?)\s*-->\s*$")
 END = re.compile(r"^[ \t]*<!-- /results -->\s*$")
-OPTIONS = ("which", "metrics", "per_seed", "wall", "bits", "order", "curves", "adaptive")
+OPTIONS = ("which", "metrics", "per_seed", "wall", "time", "bits", "order", "curves", "adaptive")
 WHICH = ("both", "selected", "final")
 # How a record's checkpoint was selected, as a table labels it (records without a protocol were
 # made before held-out selection existed: they selected on dev).
@@ -138,7 +140,8 @@ def protocol_label(record: dict) -> str:
 
 
 def render_table(records: list[dict], which: str = "both", metrics: Optional[Sequence[str]] = None,
-                 per_seed: bool = False, wall: bool = False, bits: bool = False) -> list[str]:
+                 per_seed: bool = False, wall: bool = False, bits: bool = False,
+                 time_split: bool = False) -> list[str]:
     """The Markdown lines of one table: one row per setting, mean ± sample std over its records;
     dev at the selected and at the final checkpoint side by side (``which=both``), or one of them."""
     from binarybert_jax.data import tasks as task_specs
@@ -162,8 +165,10 @@ def render_table(records: list[dict], which: str = "both", metrics: Optional[Seq
     # which=final keeps the heading it always had: the final checkpoint involves no selection.
     names = {"selected": "dev at selected", "final": "dev at final" if which == "both" else "final"}
     header += [f"{m} ({names[c]})" for m in metrics for c in columns]
-    if wall:
+    if wall or time_split:
         header.append("wall min (mean)")
+    split_names = ("compiling", "steps", "evaluation", "checkpoints", "setup") if time_split else ()
+    header += [f"of it {name}" for name in split_names]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for setting, runs in settings.items():
         missing = [(r["name"], c, m) for r in runs for m in metrics for c in columns
@@ -182,8 +187,12 @@ def render_table(records: list[dict], which: str = "both", metrics: Optional[Seq
             cells.append(_cell(held, per_seed) if len(held) == len(runs) else "—")
         cells += [_cell([100 * dev_scores(r, c)[m] for r in runs], per_seed)
                   for m in metrics for c in columns]
-        if wall:
+        if wall or time_split:
             cells.append(f"{statistics.mean(r['wall_seconds'] for r in runs) / 60:.1f}")
+        for part in split_names:
+            splits = [r.get("time_seconds") or {} for r in runs]
+            cells.append(f"{statistics.mean(t[part] for t in splits) / 60:.1f}"
+                         if all(part in t for t in splits) else "—")
         lines.append("| " + " | ".join(cells) + " |")
     return lines
 
@@ -281,7 +290,8 @@ def rebuild(text: str, results_dir: pathlib.Path, per_seed: bool = False, where:
                 records = order_records(records, options["order"].split(","), f"{where}:{start}")
             body = render_table(records, options.get("which", "both"), metrics,
                                 per_seed=per_seed or bool(options.get("per_seed")),
-                                wall=bool(options.get("wall")), bits=bool(options.get("bits")))
+                                wall=bool(options.get("wall")), bits=bool(options.get("bits")),
+                                time_split=bool(options.get("time")))
         out += [indent + b for b in body]
         out.append(lines[i])  # the end marker
         i += 1

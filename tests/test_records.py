@@ -6,7 +6,7 @@ import statistics
 
 import pytest
 
-from binarybert_jax import train
+from binarybert_jax import phase_time, train
 from configs import common as config_common
 from launch import common, parity, record, tables
 from figures import assert_readable_png
@@ -62,6 +62,11 @@ def test_record_holds_what_outlives_the_run(runs, results):
     assert rec["dev_final"] == out[1]["dev_final"] == rec["final"]
     assert rec["config"]["seed"] == 1 and rec["config"]["train_limit"] == 16
     assert rec["wall_seconds"] > 0 and rec["phases"][0]["wall_seconds"] > 0
+    # How the wall time split: the first run of a phase compiles its steps; the parts add up to it.
+    split = rec["phases"][0]["time_seconds"]
+    assert set(split) == set(phase_time.CATEGORIES) and split["compiling"] > 0
+    assert sum(split.values()) == pytest.approx(rec["phases"][0]["wall_seconds"], abs=0.5)
+    assert rec["time_seconds"] == split  # one phase: the run's split is the phase's
     now = common.git_state()
     if now["git_commit"]:
         assert rec["git_commits"] == [now["git_commit"]]
@@ -163,6 +168,18 @@ def test_tables_rebuild_marked_sections_from_records(runs, results, tmp_path, ca
     assert rows[0] == ("| setting | protocol | n | accuracy (dev at selected) | accuracy (dev at final) "
                        "| f1 (dev at selected) | f1 (dev at final) |")
     assert rows[1] == "| another setting | dev-selected | 1 | 50.0 | 37.5 | 25.0 | 12.5 |"
+    # The wall minutes and their split; a record made before runs split their time shows dashes.
+    readme.write_text("<!-- results:tiny+other time metrics=accuracy which=final -->\n<!-- /results -->\n")
+    del rec["time_seconds"]
+    (results / "other" / "s1" / "record.json").write_text(json.dumps(rec))
+    assert tables.main(["--readme", str(readme), "--results-dir", str(results)]) == 0
+    rows = [line for line in readme.read_text().splitlines() if line.startswith("| ")]
+    assert rows[0] == ("| setting | n | accuracy (final) | wall min (mean) | of it compiling | of it steps "
+                       "| of it evaluation | of it checkpoints | of it setup |")
+    tiny = [json.loads((results / "tiny" / "fp" / f"s{s}" / "record.json").read_text()) for s in (1, 2)]
+    compiling = statistics.mean(r["time_seconds"]["compiling"] for r in tiny) / 60
+    assert rows[1].split(" | ")[4] == f"{compiling:.1f}"
+    assert rows[2].endswith("| — | — | — | — | — |")
     readme.write_text("<!-- results:other which=best -->\n<!-- /results -->\n")
     with pytest.raises(ValueError, match="which='best'; allowed: both, selected, final"):
         tables.main(["--readme", str(readme), "--results-dir", str(results)])

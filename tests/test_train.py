@@ -140,6 +140,10 @@ def test_interrupted_run_resumes_to_the_same_parameters(tmp_path, tiny_pretraine
                            _final_params(tmp_path / "resumed", "finetune"),
                            _final_params(tmp_path / "straight", "finetune"))
     assert resumed["final"] == pytest.approx(straight["final"])
+    # The resumed phase's wall time: this run's split plus the interrupted run's work as one sum.
+    split, wall = resumed["phases"][0]["time_seconds"], resumed["phases"][0]["wall_seconds"]
+    assert split["earlier_runs"] > 0 and "earlier_runs" not in straight["phases"][0]["time_seconds"]
+    assert sum(split.values()) == pytest.approx(wall, abs=0.5)
     lines = [json.loads(l) for l in (tmp_path / "straight" / "metrics.jsonl").read_text().splitlines()]
     assert any("label_loss" in l and "grad_norm" in l and "learning_rate" in l for l in lines)
     assert any("heldout/accuracy" in l for l in lines)
