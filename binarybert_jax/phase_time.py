@@ -82,10 +82,17 @@ class PhaseClock:
         self._compile_at_start = compile_seconds()
         self._named = {name: 0.0 for name in CATEGORIES if name not in ("compiling", "steps")}
 
-    @contextlib.contextmanager
-    def section(self, name: str) -> Iterator[None]:
+    def elapsed(self) -> float:
+        """Wall seconds since the clock was made."""
+        return time.perf_counter() - self._started
+
+    def _check(self, name: str) -> None:
         if name not in self._named:
             raise ValueError(f"unknown time section {name!r}; allowed: {sorted(self._named)}")
+
+    @contextlib.contextmanager
+    def section(self, name: str) -> Iterator[None]:
+        self._check(name)
         started, compiled = time.perf_counter(), compile_seconds()
         try:
             yield
@@ -95,13 +102,12 @@ class PhaseClock:
     def attribute_elapsed(self, name: str) -> None:
         """Everything since the clock was made that no section and no compilation holds counts as
         ``name`` (the phase's setup, ended when its loop starts)."""
-        if name not in self._named:
-            raise ValueError(f"unknown time section {name!r}; allowed: {sorted(self._named)}")
+        self._check(name)
         self._named[name] += self.seconds(rounded=False)["steps"]
 
     def seconds(self, rounded: bool = True) -> dict[str, float]:
         """Seconds per category, adding up to the wall time since the clock was made."""
-        wall = time.perf_counter() - self._started
+        wall = self.elapsed()
         compiling = compile_seconds() - self._compile_at_start
         steps = wall - compiling - sum(self._named.values())
         split = {**self._named, "compiling": compiling, "steps": steps}

@@ -370,8 +370,7 @@ def _train_phase(config, workdir, phase, spec, task, train_arrays, eval_sets, te
         log.info("phase %s already complete in %s; skipping", phase.name, phase_dir)
         return workdirs.read_json(results_file)
 
-    started = time.perf_counter()
-    clock = phase_time.PhaseClock()
+    clock = phase_time.PhaseClock()  # this run's wall time of the phase, and how it splits
 
     # ---- Optimizer and schedule ------------------------------------------------------------
     steps_per_epoch = _steps_per_epoch(train_arrays, config.batch_size)
@@ -533,7 +532,7 @@ def _train_phase(config, workdir, phase, spec, task, train_arrays, eval_sets, te
                     _check_finite(fetched, phase.name)
                     if fetched:
                         _log_mean(writer, phase.name, fetched)
-                    elapsed = elapsed_before + time.perf_counter() - started
+                    elapsed = elapsed_before + clock.elapsed()
                     with clock.section("checkpoints"):
                         ckpts.save(step, state, {**meta, "elapsed_s": elapsed})
                     last_saved = step
@@ -564,7 +563,7 @@ def _train_phase(config, workdir, phase, spec, task, train_arrays, eval_sets, te
                                                  config.eval_batch_size, mesh, buckets, lat_diag)
         if step != last_saved:
             with clock.section("checkpoints"):
-                ckpts.save(step, state, {**meta, "elapsed_s": elapsed_before + time.perf_counter() - started})
+                ckpts.save(step, state, {**meta, "elapsed_s": elapsed_before + clock.elapsed()})
         # ---- Dev: read only now that training has ended ------------------------------------
         dev_selected, dev_final, chosen = meta["best"] or final_scores, final_scores, {}
         if evaluates and dev_sets is not None:
@@ -598,13 +597,13 @@ def _train_phase(config, workdir, phase, spec, task, train_arrays, eval_sets, te
         with clock.section("checkpoints"):
             checkpoints.save_model(final_dir, jax.device_get(state.params), exact_spec, final_info,
                                    lat_diag=jax.device_get(lat_diag))
-        wall_seconds = elapsed_before + time.perf_counter() - started
+        wall_seconds = elapsed_before + clock.elapsed()
         # This run's part of the wall time, split; a resumed phase's earlier runs as one sum.
         time_seconds = clock.seconds()
         if elapsed_before:
             time_seconds["earlier_runs"] = round(elapsed_before, 1)
         log.info("phase %s: %s in this run (%s)", phase.name,
-                 format_duration(time.perf_counter() - started), phase_time.describe(time_seconds))
+                 format_duration(clock.elapsed()), phase_time.describe(time_seconds))
     except NonFiniteLossError as e:
         raise _stop_on_nonfinite(e, ckpts) from None
     finally:
