@@ -66,12 +66,14 @@ def time_step(student, teacher, objective: str, masked: bool, mesh, batch: int, 
     """Compiles the sharded KD step in ``dtype`` and times ``steps`` of it on synthetic data."""
     import jax
     import jax.numpy as jnp
-    from binarybert_jax import flops, optim, sharding, train
+    from binarybert_jax import flops, kd, optim, sharding, train
 
-    schedule = optim.warmup_linear_schedule(2e-5, 1000)
-    tx = optim.bert_adam(schedule, optim.warmup_linear_schedule(1e-4, 1000))
-    step = train.make_train_step(student.build(dtype), teacher.build(dtype), tx, schedule, mesh,
-                                 objective=objective, is_regression=False, ignore_padding=masked)
+    schedule = optim.Schedule.warmup_linear(2e-5, 1e-4, 1000)
+    tx = optim.scheduled_bert_adam(schedule)
+    objectives = kd.TWO_STAGE if objective in kd.TWO_STAGE else (objective,)  # as training runs it
+    inputs = train.phase_inputs(schedule, objective, objectives)
+    step = train.make_train_step(student.build(dtype), teacher.build(dtype), mesh, objectives=objectives,
+                                 is_regression=False, ignore_padding=masked)
     ids = jnp.ones((1, seq), jnp.int32)
     params = jax.jit(student.without_axis().build().init)(jax.random.key(0), ids)["params"]
     state = sharding.replicate(train.TrainState(jnp.zeros((), jnp.int32), params, tx.init(params)), mesh)
@@ -80,12 +82,12 @@ def time_step(student, teacher, objective: str, masked: bool, mesh, batch: int, 
     data = sharding.shard_batch(train_step.synthetic_batch(batch, seq, student.config.vocab_size), mesh)
     rng = jax.random.key(0)
     start = time.perf_counter()
-    compiled = step.lower(state, teacher_variables, data, rng).compile()
+    compiled = step.lower(state, teacher_variables, data, rng, inputs).compile()
     compile_s = time.perf_counter() - start
     for _ in range(2):
-        state, measured = compiled(state, teacher_variables, data, rng)
+        state, measured = compiled(state, teacher_variables, data, rng, inputs)
     jax.block_until_ready(state)
-    times, state = train_step.time_steps(compiled, state, teacher_variables, data, rng, steps)
+    times, state = train_step.time_steps(compiled, state, teacher_variables, data, rng, inputs, steps)
     median = statistics.median(times)
     per_example = flops.kd_step_flops(student.config, teacher.config, seq)
     return {"compile_s": compile_s, "step_s_median": median, "examples_per_s": batch / median,

@@ -48,7 +48,8 @@ def flax_dropout():
 
 
 def compiled_steps(case: str, batch: int, seq: int):
-    """{"threefry": (compiled step, state), "flax": (...)}, the teacher's params and the batch."""
+    """{"threefry": (compiled step, state), "flax": (...)}, the teacher's params, the batch, the RNG
+    and the phase's inputs."""
     import jax
     from binarybert_jax import sharding
 
@@ -59,24 +60,24 @@ def compiled_steps(case: str, batch: int, seq: int):
     out, teacher_variables = {}, None
     for name in ("threefry", "flax"):
         # A fresh state each: the step donates it.
-        step, tx = train_step.build_step(student_spec, teacher_spec, objective, ignore_padding, mesh)
+        step, tx, inputs = train_step.build_step(student_spec, teacher_spec, objective, ignore_padding, mesh)
         state, teacher_variables = train_step.init_state(student_spec, teacher_spec, tx, mesh, seq)
         with flax_dropout() if name == "flax" else contextlib.nullcontext():
             start = time.perf_counter()
-            compiled = step.lower(state, teacher_variables, data, rng).compile()
+            compiled = step.lower(state, teacher_variables, data, rng, inputs).compile()
         print(f"{name}: compiled in {time.perf_counter() - start:.1f} s", file=sys.stderr)
         out[name] = [compiled, state]
-    return out, teacher_variables, data, rng
+    return out, teacher_variables, data, rng, inputs
 
 
 def time_train_step(case: str, batch: int, seq: int, steps: int, rounds: int) -> list[float]:
     import jax
 
-    steps_by_name, teacher_variables, data, rng = compiled_steps(case, batch, seq)
+    steps_by_name, teacher_variables, data, rng, inputs = compiled_steps(case, batch, seq)
     losses = {}
     for name, entry in steps_by_name.items():  # warm-up, and the equality check
         for i in range(2):
-            entry[1], measured = entry[0](entry[1], teacher_variables, data, rng)
+            entry[1], measured = entry[0](entry[1], teacher_variables, data, rng, inputs)
             if i == 0:
                 losses[name] = float(measured["total"])
         jax.block_until_ready(entry[1])
@@ -84,7 +85,7 @@ def time_train_step(case: str, batch: int, seq: int, steps: int, rounds: int) ->
 
     def run(name: str) -> float:
         compiled, state = steps_by_name[name]
-        times, state = train_step.time_steps(compiled, state, teacher_variables, data, rng, steps)
+        times, state = train_step.time_steps(compiled, state, teacher_variables, data, rng, inputs, steps)
         steps_by_name[name][1] = state
         return statistics.median(times)
 

@@ -151,27 +151,27 @@ def _warm_step(student, teacher, objective: str, ignore_padding: bool, variant: 
     from binarybert_jax import sharding
 
     mesh = sharding.make_mesh(1)
-    step, tx = train_step.build_step(student, teacher, objective, ignore_padding, mesh, variant)
+    step, tx, inputs = train_step.build_step(student, teacher, objective, ignore_padding, mesh, variant)
     state, teacher_variables = train_step.init_state(student, teacher, tx, mesh, 128)
     data = sharding.shard_batch(train_step.synthetic_batch(32, 128, student.config.vocab_size), mesh)
     rng = jax.random.key(0)
-    compiled = step.lower(state, teacher_variables, data, rng).compile()
+    compiled = step.lower(state, teacher_variables, data, rng, inputs).compile()
     for _ in range(2):
-        state, measured = compiled(state, teacher_variables, data, rng)
+        state, measured = compiled(state, teacher_variables, data, rng, inputs)
     jax.block_until_ready((state, measured))
-    return compiled, (state, teacher_variables, data, rng)
+    return compiled, (state, teacher_variables, data, rng, inputs)
 
 
 def profile(case: str, steps: int, variant: str) -> dict:
     import jax
 
-    compiled, (state, teacher_variables, data, rng) = _warm_step(*train_step.case_setup(case, False), variant)
+    compiled, (state, teacher_variables, data, rng, inputs) = _warm_step(*train_step.case_setup(case, False), variant)
     op_names = hlo_op_names(compiled.as_text())
     with tempfile.TemporaryDirectory() as trace_dir:
         with jax.profiler.trace(trace_dir, create_perfetto_trace=True):
             start = time.perf_counter()
             for _ in range(steps):
-                state, measured = compiled(state, teacher_variables, data, rng)
+                state, measured = compiled(state, teacher_variables, data, rng, inputs)
                 jax.block_until_ready((state, measured))
             wall = (time.perf_counter() - start) / steps
         events = trace_events(trace_dir)
@@ -223,9 +223,9 @@ def ablate(case: str, changes: dict, steps: int, variant: str) -> dict:
     student = ModelSpec(config, quant)
     if "teacher" in changes:
         teacher, objective = None, "supervised"
-    compiled, (state, teacher_variables, data, rng) = _warm_step(student, teacher, objective, ignore_padding,
+    compiled, (state, teacher_variables, data, rng, inputs) = _warm_step(student, teacher, objective, ignore_padding,
                                                                  variant)
-    times, _ = train_step.time_steps(compiled, state, teacher_variables, data, rng, steps)
+    times, _ = train_step.time_steps(compiled, state, teacher_variables, data, rng, inputs, steps)
     return {"best_s": min(times), "median_s": statistics.median(times)}
 
 

@@ -188,16 +188,17 @@ def case_setup(case: str, bert_base: bool):
 
 def build_step(student_spec, teacher_spec, objective: str, ignore_padding: bool, mesh,
                variant: str = DEFAULT_VARIANT):
-    from binarybert_jax import optim, resolve, train
+    from binarybert_jax import kd, optim, resolve, train
 
     integer, grad, teacher_dtype = VARIANTS[variant]
     student = student_spec.build(integer_products=integer, grad_dtype=resolve.DTYPES[grad])
     teacher = teacher_spec.build(resolve.DTYPES[teacher_dtype]) if teacher_spec else None
-    schedule = optim.warmup_linear_schedule(2e-5, 1000)
-    tx = optim.bert_adam(schedule, optim.warmup_linear_schedule(1e-4, 1000))
-    step = train.make_train_step(student, teacher, tx, schedule, mesh, objective=objective,
-                                 is_regression=False, ignore_padding=ignore_padding)
-    return step, tx
+    schedule = optim.Schedule.warmup_linear(2e-5, 1e-4, 1000)
+    # A stage of two-stage distillation runs the program of both stages, as training does.
+    objectives = kd.TWO_STAGE if objective in kd.TWO_STAGE else (objective,)
+    step = train.make_train_step(student, teacher, mesh, objectives=objectives, is_regression=False,
+                                 ignore_padding=ignore_padding)
+    return step, optim.scheduled_bert_adam(schedule), train.phase_inputs(schedule, objective, objectives)
 
 
 def init_state(student_spec, teacher_spec, tx, mesh, seq: int):
@@ -216,14 +217,14 @@ def init_state(student_spec, teacher_spec, tx, mesh, seq: int):
     return state, teacher_variables
 
 
-def time_steps(compiled, state, teacher_variables, data, rng, steps: int):
+def time_steps(compiled, state, teacher_variables, data, rng, inputs, steps: int):
     """Runs ``steps`` compiled KD steps, each timed to its result; returns ``(seconds, state)``."""
     import jax
 
     times = []
     for _ in range(steps):
         start = time.perf_counter()
-        state, measured = compiled(state, teacher_variables, data, rng)
+        state, measured = compiled(state, teacher_variables, data, rng, inputs)
         jax.block_until_ready((state, measured))
         times.append(time.perf_counter() - start)
     return times, state
@@ -275,7 +276,7 @@ def measure_case(case: str, bert_base: bool, batch: int, seq: int, steps: int,
 
     student_spec, teacher_spec, objective, ignore_padding = case_setup(case, bert_base)
     mesh = sharding.make_mesh(1)
-    step, tx = build_step(student_spec, teacher_spec, objective, ignore_padding, mesh, variant)
+    step, tx, inputs = build_step(student_spec, teacher_spec, objective, ignore_padding, mesh, variant)
     state, teacher_variables = init_state(student_spec, teacher_spec, tx, mesh, seq)
     data = sharding.shard_batch(synthetic_batch(batch, seq, student_spec.config.vocab_size), mesh)
     rng = jax.random.key(0)
@@ -283,7 +284,7 @@ def measure_case(case: str, bert_base: bool, batch: int, seq: int, steps: int,
     rss_before = _rss_mib()
 
     start = time.perf_counter()
-    compiled = step.lower(state, teacher_variables, data, rng).compile()
+    compiled = step.lower(state, teacher_variables, data, rng, inputs).compile()
     compile_s = time.perf_counter() - start
     summary = hlo_summary(compiled)
     if hlo_dir:
@@ -291,14 +292,14 @@ def measure_case(case: str, bert_base: bool, batch: int, seq: int, steps: int,
         (pathlib.Path(hlo_dir) / f"{case}.{variant}.hlo.txt").write_text(compiled.as_text())
 
     for _ in range(2):
-        state, measured = compiled(state, teacher_variables, data, rng)
+        state, measured = compiled(state, teacher_variables, data, rng, inputs)
     jax.block_until_ready((state, measured))
     probe = MatmulProbe()
     times, cpu_times, probe_rates = [], [], []
     for _ in range(steps):
         probe_rates.append(probe.rate())  # the machine's matmul rate right now (shared machine)
         start, cpu_start = time.perf_counter(), time.process_time()
-        state, measured = compiled(state, teacher_variables, data, rng)
+        state, measured = compiled(state, teacher_variables, data, rng, inputs)
         jax.block_until_ready((state, measured))
         times.append(time.perf_counter() - start)
         cpu_times.append(time.process_time() - cpu_start)
@@ -376,7 +377,7 @@ def measure_epoch(bert_base: bool, batch: int, buckets: Sequence[int],
                                        cache_dir=assets.cache_dir() / "tokenized")
     student_spec, teacher_spec, objective, ignore_padding = case_setup("w2a8-masked", bert_base)
     mesh = sharding.make_mesh(1)
-    step, tx = build_step(student_spec, teacher_spec, objective, ignore_padding, mesh, variant)
+    step, tx, inputs = build_step(student_spec, teacher_spec, objective, ignore_padding, mesh, variant)
     state, teacher_variables = init_state(student_spec, teacher_spec, tx, mesh, 128)
     rng = jax.random.key(0)
 
@@ -390,19 +391,19 @@ def measure_epoch(bert_base: bool, batch: int, buckets: Sequence[int],
     for length in sorted(set(lengths)):
         example = sharding.shard_batch(next(b for b in batches() if b["input_ids"].shape[1] == length), mesh)
         start = time.perf_counter()
-        compiled[length] = step.lower(state, teacher_variables, example, rng).compile()
+        compiled[length] = step.lower(state, teacher_variables, example, rng, inputs).compile()
         compile_s[length] = time.perf_counter() - start
     # One warm-up step per shape (first-run allocations), on a copy so the timed epoch starts fresh.
     for length, fn in compiled.items():
         example = sharding.shard_batch(next(b for b in batches() if b["input_ids"].shape[1] == length), mesh)
         warm = jax.tree_util.tree_map(lambda x: x.copy(), state)
-        jax.block_until_ready(fn(warm, teacher_variables, example, rng))
+        jax.block_until_ready(fn(warm, teacher_variables, example, rng, inputs))
     load_start = os.getloadavg()
     start = time.perf_counter()
     pending = []
     for b in batches():
         state, measured = compiled[b["input_ids"].shape[1]](state, teacher_variables,
-                                                            sharding.shard_batch(b, mesh), rng)
+                                                            sharding.shard_batch(b, mesh), rng, inputs)
         pending.append(measured["total"])
     jax.block_until_ready((state, pending))
     epoch_s = time.perf_counter() - start

@@ -32,6 +32,9 @@ import jax.numpy as jnp
 
 MASKED_SCORE = -100.0
 MODES = ("two_stage", "joint", "intermediate", "prediction", "supervised", "dmd")
+# Two-stage distillation's objectives, stage 1's then stage 2's, and the terms of each (``kd_losses``).
+TWO_STAGE = ("intermediate", "prediction")
+TERMS = {"intermediate": ("hidden_loss", "attention_loss"), "prediction": ("prediction_loss",)}
 # Weight of the ground-truth term in BiBERT's objective (the released ``gt_beta``).
 DMD_LABEL_WEIGHT = 0.5
 

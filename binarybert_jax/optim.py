@@ -45,12 +45,50 @@ def scale_by_bert_adam(b1: float = 0.9, b2: float = 0.999, eps: float = 1e-6,
     return optax.GradientTransformation(init, update)
 
 
+def warmup_linear(count, peak, total_steps, warmup_steps) -> jax.Array:
+    """The learning rate at update ``count``: a linear warmup over ``warmup_steps`` to ``peak``, then
+    a linear decay to 0 at ``total_steps``. Any argument may be a traced array."""
+    count = jnp.asarray(count, jnp.float32)
+    warmup = jnp.maximum(jnp.asarray(warmup_steps, jnp.float32), 1.0)
+    decay_steps = jnp.maximum(jnp.asarray(total_steps, jnp.float32) - warmup, 1.0)
+    rising = count / warmup
+    falling = jnp.clip(1.0 - (count - warmup) / decay_steps, 0.0, 1.0)
+    return jnp.asarray(peak, jnp.float32) * jnp.where(count < warmup, rising, falling)
+
+
+def warmup_steps(total_steps: int, warmup_proportion: float) -> int:
+    """The warmup's length in updates: ``warmup_proportion`` of the phase, at least one."""
+    return max(1, int(round(total_steps * warmup_proportion)))
+
+
 def warmup_linear_schedule(peak: float, total_steps: int, warmup_proportion: float = 0.1) -> optax.Schedule:
     """Linear warmup over ``warmup_proportion`` of the steps to ``peak``, then linear decay to 0."""
-    warmup = max(1, int(round(total_steps * warmup_proportion)))
-    return optax.join_schedules(
-        [optax.linear_schedule(0.0, peak, warmup),
-         optax.linear_schedule(peak, 0.0, max(1, total_steps - warmup))], [warmup])
+    warmup = warmup_steps(total_steps, warmup_proportion)
+    return lambda count: warmup_linear(count, peak, total_steps, warmup)
+
+
+class Schedule(NamedTuple):
+    """A phase's learning rates as arrays (peaks, length, warmup), so that a compiled train step
+    reads them at run time: phases that differ only in their schedules share one program."""
+
+    peak: jax.Array
+    quant_peak: jax.Array
+    total_steps: jax.Array
+    warmup_steps: jax.Array
+
+    @classmethod
+    def warmup_linear(cls, peak: float, quant_peak: float, total_steps: int,
+                      warmup_proportion: float = 0.1) -> "Schedule":
+        """``warmup_linear_schedule``'s shape for the weights (``peak``) and the activation
+        quantizers' parameters (``quant_peak``)."""
+        return cls(jnp.float32(peak), jnp.float32(quant_peak), jnp.int32(total_steps),
+                   jnp.int32(warmup_steps(total_steps, warmup_proportion)))
+
+    def learning_rate(self, count) -> jax.Array:
+        return warmup_linear(count, self.peak, self.total_steps, self.warmup_steps)
+
+    def quant_learning_rate(self, count) -> jax.Array:
+        return warmup_linear(count, self.quant_peak, self.total_steps, self.warmup_steps)
 
 
 def param_labels(params) -> Any:
@@ -84,6 +122,15 @@ def bert_adam(learning_rate: optax.ScalarOrSchedule, quant_learning_rate: optax.
     if clip_grad_norm:
         tx = optax.chain(optax.clip_by_global_norm(clip_grad_norm), tx)
     return tx
+
+
+def scheduled_bert_adam(schedule: Schedule, weight_decay: float = 0.01, eps: float = 1e-6,
+                        clip_grad_norm: Optional[float] = None,
+                        bias_correction: bool = False) -> optax.GradientTransformation:
+    """``bert_adam`` on a ``Schedule``'s two learning rates. Its state does not depend on the
+    schedule's values, so one built from any schedule initialises the state of every other."""
+    return bert_adam(schedule.learning_rate, schedule.quant_learning_rate, weight_decay, eps,
+                     clip_grad_norm=clip_grad_norm, bias_correction=bias_correction)
 
 
 def second_moments(opt_state) -> Optional[dict]:

@@ -36,13 +36,14 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import logging
 import math
 import os
 import signal
 import threading
 import time
-from typing import Any, Callable, Iterator, NamedTuple, Optional
+from typing import Any, Callable, Iterator, NamedTuple, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -136,11 +137,37 @@ def lat_diagonal(state: TrainState) -> Optional[dict]:
 # ==============================================================================================
 # The update step.
 # ==============================================================================================
-def make_train_step(student: BertModel, teacher: Optional[BertModel], tx: optax.GradientTransformation,
-                    schedule: optax.Schedule, mesh, *, objective: str, is_regression: bool,
+class PhaseInputs(NamedTuple):
+    """What a train step reads of its phase at run time: the learning-rate schedule, and the weight
+    of each of the step's objectives in the loss it minimises (stage 1 of two-stage distillation
+    weighs ``intermediate`` 1 and ``prediction`` 0, stage 2 the reverse). As arrays, not constants
+    of the program, they let every phase of a run share one compiled step."""
+
+    schedule: optim.Schedule
+    loss_weights: dict
+
+
+def phase_inputs(schedule: optim.Schedule, objective: str, objectives: Sequence[str]) -> PhaseInputs:
+    """The inputs of a phase that minimises ``objective``, one of the step's ``objectives``."""
+    if objective not in objectives:
+        raise ValueError(f"objective {objective!r} is not one of the train step's {tuple(objectives)}")
+    return PhaseInputs(schedule, {o: jnp.float32(o == objective) for o in objectives})
+
+
+def make_train_step(student: BertModel, teacher: Optional[BertModel], mesh, *, objectives: Sequence[str],
+                    is_regression: bool,
+                    optimizer: Callable[[optim.Schedule], optax.GradientTransformation] = optim.scheduled_bert_adam,
                     temperature: float = 1.0, attention: bool = True, ignore_padding: bool = False,
                     teacher_dropout: bool = False, span: bool = False) -> Callable:
-    """Builds the jitted, sharded KD train step ``(state, teacher_variables, batch, rng) -> (state, metrics)``.
+    """Builds the jitted, sharded KD train step
+    ``(state, teacher_variables, batch, rng, inputs: PhaseInputs) -> (state, metrics)``.
+
+    The loss is Σ over ``objectives`` (``kd.kd_losses``) of the objective's weight in
+    ``inputs.loss_weights`` times its total; the metrics hold every objective's terms. The update
+    is ``optimizer(inputs.schedule)``'s (``optim.scheduled_bert_adam`` by default), so the state's
+    optimizer part is ``optimizer(any schedule).init(params)``. Two-stage distillation passes both
+    of its objectives and weighs one per phase: the two phases then run one compiled program, where
+    a program per objective compiles every bucket's step twice.
 
     Written as a per-device program (``jax.shard_map``) with ``lax.pmean`` over ``data``: the
     gradient all-reduce and the cross-device reduction of activation ranges
@@ -152,43 +179,49 @@ def make_train_step(student: BertModel, teacher: Optional[BertModel], tx: optax.
     The state buffers are donated; the RNG is folded with the step and the device index; nothing
     inside syncs with the host.
     """
+    objectives = tuple(objectives)
     lat = M.uses_lat_diag(student.quant_cfg)
-    qkv = objective == "dmd"  # Q, K, V before binarization: only direction matching reads them
+    qkv = "dmd" in objectives  # Q, K, V before binarization: only direction matching reads them
     replicas = mesh.shape[DATA_AXIS]
 
-    def per_device(state: TrainState, teacher_variables, batch, rng):
+    def kd_train_step(state: TrainState, teacher_variables, batch, rng, inputs: PhaseInputs):
         rng = jax.random.fold_in(jax.random.fold_in(rng, state.step), lax.axis_index(DATA_AXIS))
         student_rng, teacher_rng = jax.random.split(rng)
-        inputs = model_inputs(batch)
+        model_in = model_inputs(batch)
         teacher_out = None
         if teacher is not None:
             teacher_out = lax.stop_gradient(teacher.apply(
-                teacher_variables, *inputs, deterministic=not teacher_dropout,
+                teacher_variables, *model_in, deterministic=not teacher_dropout,
                 rngs={"dropout": teacher_rng}, output_qkv=qkv))
         lat_diag = lat_diagonal(state) if lat else None
 
         def loss_fn(params):
-            out = student.apply(M.model_variables(params, lat_diag), *inputs, deterministic=False,
+            out = student.apply(M.model_variables(params, lat_diag), *model_in, deterministic=False,
                                 rngs={"dropout": student_rng}, output_qkv=qkv)
-            terms = kd.kd_losses(out, teacher_out, batch, objective=objective,
-                                 is_regression=is_regression, temperature=temperature,
-                                 attention=attention, ignore_padding=ignore_padding, span=span)
-            return terms["total"], terms
+            terms, total = {}, 0.0
+            for objective in objectives:
+                objective_terms = kd.kd_losses(out, teacher_out, batch, objective=objective,
+                                               is_regression=is_regression, temperature=temperature,
+                                               attention=attention, ignore_padding=ignore_padding,
+                                               span=span)
+                total = total + inputs.loss_weights[objective] * objective_terms.pop("total")
+                terms.update(objective_terms)
+            return total, dict(terms, total=total)
 
         (_, terms), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
         if replicas > 1:  # on one device the mean is the identity, yet XLA:CPU copies the 17M
             # gradients through an all-reduce (10 ms of a 1.1 s step, profiled)
             grads = lax.pmean(grads, DATA_AXIS)
             terms = lax.pmean(terms, DATA_AXIS)
-        updates, opt_state = tx.update(grads, state.opt_state, state.params)
+        updates, opt_state = optimizer(inputs.schedule).update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         measurements = dict(terms, grad_norm=optax.tree.norm(grads),
                             update_norm=optax.tree.norm(updates),
                             param_norm=optax.tree.norm(params),
-                            learning_rate=jnp.asarray(schedule(state.step), jnp.float32))
+                            learning_rate=inputs.schedule.learning_rate(state.step))
         return TrainState(state.step + 1, params, opt_state), measurements
 
-    sharded = jax.shard_map(per_device, mesh=mesh, in_specs=(P(), P(), P(DATA_AXIS), P()),
+    sharded = jax.shard_map(kd_train_step, mesh=mesh, in_specs=(P(), P(), P(DATA_AXIS), P(), P()),
                             out_specs=(P(), P()), check_vma=False)
     return jax.jit(sharded, donate_argnums=(0,))
 
@@ -266,18 +299,60 @@ def _log_mean(writer: workdirs.MetricWriter, phase: str, fetched: list) -> None:
     writer.write(phase, last_step, {k: float(np.mean([m[k] for _, m in fetched])) for k in last})
 
 
-def _schedules(config, phase: resolve.Phase, total_steps: int):
-    schedule = optim.warmup_linear_schedule(phase.learning_rate, total_steps, config.warmup_proportion)
-    quant_schedule = optim.warmup_linear_schedule(config.quant_learning_rate, total_steps,
-                                                  config.warmup_proportion)
-    tx = optim.bert_adam(schedule, quant_schedule, config.weight_decay, config.adam_eps,
-                         clip_grad_norm=config.clip_grad_norm or None,
-                         bias_correction=config.adam_bias_correction)
-    return schedule, tx
+def _schedule(config, phase: resolve.Phase, total_steps: int) -> optim.Schedule:
+    return optim.Schedule.warmup_linear(phase.learning_rate, config.quant_learning_rate, total_steps,
+                                        config.warmup_proportion)
+
+
+def optimizer_for(config) -> Callable[[optim.Schedule], optax.GradientTransformation]:
+    """The run's optimizer on a phase's schedule: BertAdam with the config's decay, ε, clipping."""
+    return functools.partial(optim.scheduled_bert_adam, weight_decay=config.weight_decay,
+                             eps=config.adam_eps, clip_grad_norm=config.clip_grad_norm or None,
+                             bias_correction=config.adam_bias_correction)
+
+
+@dataclasses.dataclass(frozen=True)
+class RunPrograms:
+    """What every phase of a run computes with, built once so the phases share the compiled
+    programs: the train step over all the run's objectives (``make_train_step``), the predictor of
+    the model's exact forward, and the teacher's variables (None when supervised)."""
+
+    host_student: BertModel  # outside shard_map: no cross-device axis (initialisation, calibration)
+    exact_spec: ModelSpec
+    objectives: tuple
+    optimizer: Callable[[optim.Schedule], optax.GradientTransformation]
+    train_step: Callable
+    predict_step: Callable
+    teacher_variables: Any
+
+    @classmethod
+    def build(cls, config, task: tasks.TaskSpec, spec: ModelSpec, phases: Sequence[resolve.Phase],
+              teacher, mesh) -> "RunPrograms":
+        objectives = tuple(dict.fromkeys(p.objective for p in phases))
+        teacher_model, teacher_variables = teacher if teacher is not None else (None, None)
+        if objectives == ("supervised",):
+            teacher_model, teacher_variables = None, None
+        elif teacher_model is None:
+            raise ConfigError(f"kd.mode {config.kd.mode!r} distils from a teacher: set --config.teacher=CKPT "
+                              "(a model checkpoint, e.g. the fine-tuned full-precision model)")
+        student = resolve.build_student(spec, config)
+        optimizer = optimizer_for(config)
+        train_step = make_train_step(student, teacher_model, mesh, objectives=objectives,
+                                     is_regression=task.is_regression, optimizer=optimizer,
+                                     temperature=config.kd.temperature, attention=config.kd.attention,
+                                     ignore_padding=config.kd.ignore_padding,
+                                     teacher_dropout=config.kd.teacher_dropout, span=task.head == "span")
+        # Evaluation and the saved checkpoints compute the model's exact forward, whatever forward
+        # training takes (``QuantConfig.split_forward``).
+        exact_spec = spec.for_evaluation()
+        predict_step = evaluate.make_predict_step(
+            student if exact_spec is spec else resolve.build_student(exact_spec, config), mesh)
+        return cls(resolve.build_student(spec.without_axis(), config), exact_spec, objectives,
+                   optimizer, train_step, predict_step, teacher_variables)
 
 
 def train_phase(config, workdir: epath.Path, phase: resolve.Phase, spec: ModelSpec, task: tasks.TaskSpec,
-                train_arrays: dict, eval_sets: dict, teacher, mesh, writer: workdirs.MetricWriter,
+                train_arrays: dict, eval_sets: dict, programs: RunPrograms, mesh, writer: workdirs.MetricWriter,
                 previous: Optional[epath.Path], dev_sets: Optional[Callable[[], dict]] = None,
                 later_steps: int = 0, progress_label: str = "") -> dict:
     """Runs (or resumes, or skips when complete) one phase; returns its results entry.
@@ -291,7 +366,7 @@ def train_phase(config, workdir: epath.Path, phase: resolve.Phase, spec: ModelSp
     and ``Interrupted`` raised (a second SIGINT exits at once).
     """
     with _StopSignals() as signals:
-        return _train_phase(config, workdir, phase, spec, task, train_arrays, eval_sets, teacher, mesh,
+        return _train_phase(config, workdir, phase, spec, task, train_arrays, eval_sets, programs, mesh,
                             writer, previous, signals, dev_sets, later_steps, progress_label)
 
 
@@ -360,7 +435,7 @@ def _steps_per_epoch(train_arrays: dict, batch_size: int) -> int:
     return batching.num_batches(len(train_arrays["input_ids"]), batch_size, drop_remainder=True)
 
 
-def _train_phase(config, workdir, phase, spec, task, train_arrays, eval_sets, teacher, mesh, writer,
+def _train_phase(config, workdir, phase, spec, task, train_arrays, eval_sets, programs, mesh, writer,
                  previous, signals: _StopSignals, dev_sets=None, later_steps: int = 0,
                  progress_label: str = "") -> dict:
     phase_dir = workdir / phase.name
@@ -378,13 +453,15 @@ def _train_phase(config, workdir, phase, spec, task, train_arrays, eval_sets, te
         raise ConfigError(f"{len(train_arrays['input_ids'])} training examples cannot fill one batch "
                          f"of {config.batch_size}")
     total_steps = phase_steps(phase, steps_per_epoch)
-    schedule, tx = _schedules(config, phase, total_steps)
+    inputs = phase_inputs(_schedule(config, phase, total_steps), phase.objective, programs.objectives)
+    tx = programs.optimizer(inputs.schedule)
+    # Terms of the step's other objectives (weighed 0 in this phase) are left out of the log.
+    unlogged = {name for o in programs.objectives if o != phase.objective for name in kd.TERMS.get(o, ())}
 
     # ---- Student and its initial state -----------------------------------------------------
-    student = resolve.build_student(spec, config)
     first = next(_epoch_batches(train_arrays, config, 0, 0))
     example = [jnp.asarray(x[:1]) for x in model_inputs(first)]
-    host_model = resolve.build_student(spec.without_axis(), config)  # outside shard_map: no cross-device axis
+    host_model = programs.host_student
 
     def initialize():
         return jax.jit(host_model.init)(jax.random.key(config.seed), *example)["params"]
@@ -413,24 +490,8 @@ def _train_phase(config, workdir, phase, spec, task, train_arrays, eval_sets, te
         state = TrainState(jnp.zeros((), jnp.int32), params, tx.init(params))
     state = replicate(jax.tree_util.tree_map(jnp.asarray, state), mesh)
 
-    # ---- Compiled steps --------------------------------------------------------------------
-    teacher_model, teacher_variables = teacher if teacher is not None else (None, None)
-    if phase.objective == "supervised":
-        teacher_model, teacher_variables = None, None
-    elif teacher_model is None:
-        ckpts.close()
-        raise ConfigError(f"kd.mode {config.kd.mode!r} distils from a teacher: set --config.teacher=CKPT "
-                         "(a model checkpoint, e.g. the fine-tuned full-precision model)")
-    train_step = make_train_step(student, teacher_model, tx, schedule, mesh,
-                                 objective=phase.objective, is_regression=task.is_regression,
-                                 temperature=config.kd.temperature, attention=config.kd.attention,
-                                 ignore_padding=config.kd.ignore_padding,
-                                 teacher_dropout=config.kd.teacher_dropout, span=task.head == "span")
-    # Evaluation and the saved checkpoints compute the model's exact forward, whatever forward
-    # training takes (``QuantConfig.split_forward``).
-    exact_spec = spec.for_evaluation()
-    predict_step = evaluate.make_predict_step(
-        student if exact_spec is spec else resolve.build_student(exact_spec, config), mesh)
+    teacher_variables, train_step = programs.teacher_variables, programs.train_step
+    exact_spec, predict_step = programs.exact_spec, programs.predict_step
     lat = M.uses_lat_diag(spec.quant)
     buckets = tuple(config.bucket_lengths) or None
     rng = jax.random.key(config.seed + 1)
@@ -470,8 +531,9 @@ def _train_phase(config, workdir, phase, spec, task, train_arrays, eval_sets, te
             for batch in _epoch_batches(train_arrays, config, epoch, start):
                 if step >= total_steps:
                     break
-                state, measured = train_step(state, teacher_variables, shard_batch(model_batch(batch), mesh), rng)
-                pending.append((step, measured))
+                state, measured = train_step(state, teacher_variables, shard_batch(model_batch(batch), mesh),
+                                             rng, inputs)
+                pending.append((step, {k: v for k, v in measured.items() if k not in unlogged}))
                 step += 1
                 run_steps += 1
                 window_examples += config.batch_size
@@ -680,10 +742,11 @@ def _run_phases(config, workdir: epath.Path, task: tasks.TaskSpec, mesh, spec: M
     writer = workdirs.MetricWriter(workdir)
     results, previous = [], None
     phases = resolve.phases_for(config)
+    programs = RunPrograms.build(config, task, spec, phases, teacher, mesh)
     steps = [phase_steps(p, _steps_per_epoch(train_arrays, config.batch_size)) for p in phases]
     try:
         for i, phase in enumerate(phases):
-            result = train_phase(config, workdir, phase, spec, task, train_arrays, eval_sets, teacher,
+            result = train_phase(config, workdir, phase, spec, task, train_arrays, eval_sets, programs,
                                  mesh, writer, previous, dev_sets, sum(steps[i + 1:]), progress_label)
             if result.get("interrupted"):
                 return {"interrupted": True, "phase": phase.name, "step": result["step"]}

@@ -2,6 +2,7 @@
 
 import dataclasses
 import json
+import logging
 import pathlib
 
 import jax
@@ -36,7 +37,7 @@ def test_hf_writer_roundtrip(tiny_pretrained):
 ONE_LAYER = dataclasses.replace(TINY, vocab_size=1000, num_layers=1).with_width(0.5)
 
 
-def _step_outputs(num_devices, quant_cfg, objective):
+def _step_outputs(num_devices, quant_cfg, objective, objectives=None):
     assert jax.device_count() >= 2, "conftest sets two host devices"
     mesh = sharding.make_mesh(num_devices)
     student = M.BertModel(ONE_LAYER, quant_cfg, num_labels=2)
@@ -50,13 +51,16 @@ def _step_outputs(num_devices, quant_cfg, objective):
     # Initialised under jit: one program each, where eager init compiles every op on its own.
     s_params = jax.jit(host.init)(jax.random.key(1), batch["input_ids"][:1])["params"]
     t_params = jax.jit(teacher.init)(jax.random.key(2), batch["input_ids"][:1])["params"]
-    sched = optim.warmup_linear_schedule(1e-3, 10)
-    tx = optim.bert_adam(sched, sched)
+    schedule = optim.Schedule.warmup_linear(1e-3, 1e-3, 10)
+    tx = optim.scheduled_bert_adam(schedule)
     state = sharding.replicate(train.TrainState(jnp.zeros((), jnp.int32), s_params, tx.init(s_params)), mesh)
-    step = train.make_train_step(student, teacher, tx, sched, mesh, objective=objective, is_regression=False)
+    objectives = objectives or (objective,)
+    step = train.make_train_step(student, teacher, mesh, objectives=objectives, is_regression=False)
     teacher_variables = sharding.replicate({"params": t_params}, mesh)
+    inputs = train.phase_inputs(schedule, objective, objectives)
     for _ in range(2):
-        state, measured = step(state, teacher_variables, sharding.shard_batch(batch, mesh), jax.random.key(3))
+        state, measured = step(state, teacher_variables, sharding.shard_batch(batch, mesh), jax.random.key(3),
+                               inputs)
     return jax.device_get(state.params), jax.device_get(measured)
 
 
@@ -69,6 +73,19 @@ def test_two_device_step_equals_one_device(act_method, objective):
     for k in m1:
         np.testing.assert_allclose(m2[k], m1[k], rtol=2e-4, atol=1e-6, err_msg=k)
     jax.tree_util.tree_map(lambda a, b: np.testing.assert_allclose(a, b, rtol=2e-4, atol=2e-6), p2, p1)
+
+
+@pytest.mark.parametrize("objective", kd.TWO_STAGE)
+def test_the_two_stage_step_in_one_stage_trains_as_that_stage_alone(objective):
+    """The one program both stages run (weights 1 and 0 on their objectives) updates the model as a
+    step of the stage's objective alone, and measures that objective's terms the same."""
+    q = M.QuantConfig(2, 2, 8)
+    p_alone, m_alone = _step_outputs(1, q, objective)
+    p_both, m_both = _step_outputs(1, q, objective, kd.TWO_STAGE)
+    assert set(m_both) == set(m_alone) | {t for o in kd.TWO_STAGE if o != objective for t in kd.TERMS[o]}
+    for k in m_alone:
+        np.testing.assert_allclose(m_both[k], m_alone[k], rtol=1e-5, atol=1e-7, err_msg=k)
+    jax.tree_util.tree_map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7), p_both, p_alone)
 
 
 def test_lat_step_uses_second_moment():
@@ -84,8 +101,8 @@ def test_lat_step_uses_second_moment():
              "labels": np.array([0, 1, 1, 0], np.int32), "example_mask": np.ones(4, np.float32)}
     # On the host: the step donates its state, and the reference losses below reuse the parameters.
     params = jax.device_get(jax.jit(student.init)(jax.random.key(1), batch["input_ids"][:1])["params"])
-    sched = optim.warmup_linear_schedule(1e-3, 10)
-    tx = optim.bert_adam(sched, sched)
+    schedule = optim.Schedule.warmup_linear(1e-3, 1e-3, 10)
+    tx = optim.scheduled_bert_adam(schedule)
     # A ν that varies within each kernel (spread over four decades): a uniform ν scales D = √ν by a
     # constant, which leaves LAT's values unchanged, so only a non-uniform one shows the wiring.
     nu = {k: (10.0 ** rng.uniform(-6, -2, v.shape)).astype(np.float32)
@@ -100,10 +117,10 @@ def test_lat_step_uses_second_moment():
     opt_state = jax.tree_util.tree_map(with_nu, tx.init(params),
                                        is_leaf=lambda s: isinstance(s, optim.BertAdamState))
     mesh = sharding.make_mesh(1)
-    step = train.make_train_step(student, None, tx, sched, mesh, objective="supervised",
-                                 is_regression=False)
+    step = train.make_train_step(student, None, mesh, objectives=("supervised",), is_regression=False)
     state = sharding.replicate(train.TrainState(jnp.zeros((), jnp.int32), params, opt_state), mesh)
-    _, measured = step(state, sharding.replicate({}, mesh), sharding.shard_batch(batch, mesh), jax.random.key(3))
+    _, measured = step(state, sharding.replicate({}, mesh), sharding.shard_batch(batch, mesh), jax.random.key(3),
+                       train.phase_inputs(schedule, "supervised", ("supervised",)))
     measured_loss = float(jax.device_get(measured["total"]))
 
     @jax.jit  # eagerly, LAT's refit loop would compile anew for every kernel
@@ -169,7 +186,7 @@ def test_a_resumed_phase_keeps_the_best_model_saved_after_its_checkpoint(tmp_pat
     assert train._best_on_disk(best, recorded, "pearson") == recorded  # scored on another metric
 
 
-def test_two_stage_kd_from_teacher_with_lsq_student(tmp_path, tiny_pretrained, glue_dir):
+def test_two_stage_kd_from_teacher_with_lsq_student(tmp_path, tiny_pretrained, glue_dir, caplog):
     teacher = train.train_and_evaluate(_config(tiny_pretrained, glue_dir, **{"stage2.epochs": 0.5}),
                                        tmp_path / "teacher")
     cfg = _config(tiny_pretrained, glue_dir, **{"kd.mode": "two_stage", "stage1.epochs": 0.5,
@@ -178,9 +195,21 @@ def test_two_stage_kd_from_teacher_with_lsq_student(tmp_path, tiny_pretrained, g
     cfg.student.quant = common.quant_config(2, 2, 4, act_method="lsq")
     # The bfloat16 options: the backward of the quantized products, and the teacher's forward.
     cfg.matmul_precision, cfg.teacher_dtype = "bfloat16", "bfloat16"
-    result = train.train_and_evaluate(cfg, tmp_path / "student")
+    caplog.set_level(logging.WARNING, logger="jax")
+    with jax.log_compiles(True):
+        result = train.train_and_evaluate(cfg, tmp_path / "student")
     assert 0 <= result["final"]["accuracy"] <= 1
     assert [p["phase"] for p in result["phases"]] == ["stage1", "stage2"]
+    # Both stages run one program: the train step compiles once per batch shape, in stage 1.
+    compiled = [r.getMessage().split(" with ")[1] for r in caplog.records
+                if r.getMessage().startswith("Compiling jit(kd_train_step)")]
+    assert compiled and len(compiled) == len(set(compiled)), compiled
+    # Each stage logs its own objective's terms.
+    logged = [json.loads(line) for line in (tmp_path / "student" / "metrics.jsonl").read_text().splitlines()]
+    for phase, own, other in (("stage1", "hidden_loss", "prediction_loss"),
+                              ("stage2", "prediction_loss", "hidden_loss")):
+        losses = [m for m in logged if m["phase"] == phase and "total" in m]
+        assert losses and all(own in m and other not in m for m in losses), phase
     params, spec, info = checkpoints.load_model(tmp_path / "student" / result["final_checkpoint"])
     assert spec.quant.act_method == "lsq" and spec.config.hidden_act == "relu"
     steps = [v for k, v in hf_import.flatten(params).items() if k.endswith("_step")]
@@ -213,7 +242,7 @@ def test_lat_model_is_scored_saved_predicted_and_exported_as_trained(tmp_path, t
 
     # The saved diagonal is the final train state's second moments, kernels only.
     phase = resolve.phases_for(cfg)[-1]
-    _, tx = train._schedules(cfg, phase, 1)
+    tx = train.optimizer_for(cfg)(train._schedule(cfg, phase, 1))
     abstract = jax.eval_shape(lambda p: train.TrainState(jnp.zeros((), jnp.int32), p, tx.init(p)), params)
     _, state, _ = checkpoints.TrainCheckpoints(tmp_path / "run" / phase.name / "ckpt").restore_latest(abstract)
     trained = hf_import.flatten(train.lat_diagonal(state))
