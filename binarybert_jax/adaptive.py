@@ -125,6 +125,16 @@ def kd_loss(outputs, reference, batch, is_regression: bool = False, span: bool =
                         attention=False, ignore_padding=True, span=span)["total"]
 
 
+def _binarized_leaf(spec: ModelSpec, flat: Mapping[str, jax.Array], path: str) -> tuple[str, jax.Array]:
+    """Candidate ``path``'s leaf key in the flat tree, and BWN of its weight."""
+    q = spec.quant
+    if path == tws.EMBEDDING_PATH:
+        key, axes = path, tws.EMBED_AXES[q.embed_granularity]
+    else:
+        key, axes = f"{path}/kernel", tws.KERNEL_AXES[q.weight_granularity]
+    return key, quant.binary_values(flat[key], axes)
+
+
 def binarized_variants(spec: ModelSpec, params: Any) -> dict[str, Any]:
     """For each candidate ``i``, the ternary model's parameters with ``w_i`` replaced by BWN(w_i):
     run as the ternary model they compute the split model with only ``i`` left binary (see the
@@ -133,16 +143,20 @@ def binarized_variants(spec: ModelSpec, params: Any) -> dict[str, Any]:
     Returns:
       ``{path: params tree}`` in model order.
     """
-    q = spec.quant
     flat = {k: jnp.asarray(v) for k, v in flatten(params).items()}
-    variants = {}
-    for path in tws.candidate_paths(spec):
-        if path == tws.EMBEDDING_PATH:
-            key, axes = path, tws.EMBED_AXES[q.embed_granularity]
-        else:
-            key, axes = f"{path}/kernel", tws.KERNEL_AXES[q.weight_granularity]
-        variants[path] = unflatten({**flat, key: quant.binary_values(flat[key], axes)})
-    return variants
+    return {path: unflatten({**flat, **dict([_binarized_leaf(spec, flat, path)])})
+            for path in tws.candidate_paths(spec)}
+
+
+def as_ternary(spec: ModelSpec, params: Any, chosen: Iterable[str]) -> Any:
+    """The ternary model's parameters that compute the split model of a plan: every candidate not
+    in ``chosen`` replaced by BWN of its weight (module docstring). Run as the ternary model
+    (``spec``), they give what ``tws.split_params(params, spec, only=chosen)`` gives, and every
+    plan runs the ternary model's one compiled forward where each split model compiles its own."""
+    chosen = set(chosen)
+    flat = {k: jnp.asarray(v) for k, v in flatten(params).items()}
+    swapped = dict(_binarized_leaf(spec, flat, p) for p in tws.candidate_paths(spec) if p not in chosen)
+    return unflatten({**flat, **swapped})
 
 
 def sensitivities(spec: ModelSpec, params: Any, batches: Iterable[Mapping[str, Any]], *,

@@ -36,7 +36,7 @@ from binarybert_jax import (adaptive, checkpoints, evaluate, flops, halfwidth, p
 from binarybert_jax.data import batching, tasks
 from binarybert_jax.errors import UserError
 from binarybert_jax.model import ModelSpec
-from binarybert_jax.sharding import make_mesh, model_batch
+from binarybert_jax.sharding import make_mesh, model_batch, replicate
 from binarybert_jax.tokenizer import load_tokenizer
 
 log = logging.getLogger(__name__)
@@ -267,12 +267,14 @@ def _plan_adaptive(config, workdir: epath.Path, name: str, outputs: dict, task) 
         # selection too, and dev stays unread until the models are trained.
         _, sets = resolve.load_data(config, task, load_tokenizer(resolve.tokenizer_dir(config)))
         mesh = make_mesh()
+        # Each split model is scored as the ternary model it equals (adaptive.as_ternary): the
+        # orders share one compiled forward.
+        predict_step = evaluate.make_predict_step(spec.without_axis().build(), mesh)
         for order, chosen in {"adaptive": plan.chosen, **plan.baselines}.items():
-            split_params, split_spec = tws.split_params(params, spec, only=set(chosen))
-            scores = evaluate.evaluate_model(split_spec, split_params, task, sets, config.eval_batch_size,
-                                             mesh)
-            baseline_scores[order] = {"split": len(chosen), scored_on: scores,
-                                      "size_mb": size.model_size_bits(split_spec).mebibytes}
+            scores = evaluate.evaluate(predict_step, replicate(adaptive.as_ternary(spec, params, chosen), mesh),
+                                       task, sets, config.eval_batch_size, mesh)
+            baseline_scores[order] = {"split": len(chosen), scored_on: scores, "size_mb": size.model_size_bits(
+                tws.split_spec(spec, set(chosen))).mebibytes}
     info = {"budget_mb": budget, "size_no_split_mb": none, "size_all_split_mb": full,
             "chosen": sorted(plan.chosen), "size_mb": plan.size_mb,
             "sensitivities": {k: float(v) for k, v in plan.sensitivities.items()},

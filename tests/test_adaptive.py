@@ -8,7 +8,7 @@ import jax
 import numpy as np
 import pytest
 
-from binarybert_jax import adaptive, sharding, size, tws
+from binarybert_jax import adaptive, sharding, size, trees, tws
 from binarybert_jax.model import BertConfig, ModelSpec, QuantConfig
 
 CONFIG = BertConfig(vocab_size=100, hidden_size=32, num_layers=1, num_heads=2, head_dim=8,
@@ -140,14 +140,17 @@ def test_sensitivities_equal_explicitly_split_models(trained):
     for path in variants:  # each u_i is the swapped model's loss increase
         assert u[path] == pytest.approx(_mean_loss(forward, variants[path], params, batches) - base, abs=1e-6)
     # One split model with a kernel and the (row-wise) embedding left binary, against the
-    # ternary model with both swapped: one compilation checks both kinds of swap.
+    # ternary model with both swapped (as_ternary, how the pipeline scores split orders): one
+    # compilation checks both kinds of swap.
     kernel = "encoder/layer_0/ffn/intermediate"
     only = [p for p in variants if p not in (kernel, tws.EMBEDDING_PATH)]
     split_params, split_spec = tws.split_params(params, SPEC, only=only)
-    swapped = jax.tree_util.tree_map(lambda x: x, params)
-    swapped["embeddings"]["word_embeddings"] = variants[tws.EMBEDDING_PATH]["embeddings"]["word_embeddings"]
-    swapped["encoder"]["layer_0"]["ffn"]["intermediate"]["kernel"] = \
-        variants[kernel]["encoder"]["layer_0"]["ffn"]["intermediate"]["kernel"]
+    swapped = adaptive.as_ternary(SPEC, params, only)
+    for path in (kernel, tws.EMBEDDING_PATH):  # the two swaps, each as its one-matrix variant has it
+        key = path if path == tws.EMBEDDING_PATH else f"{path}/kernel"
+        np.testing.assert_array_equal(trees.flatten(swapped)[key], trees.flatten(variants[path])[key])
+    assert sum(not np.array_equal(a, b) for a, b in zip(jax.tree_util.tree_leaves(swapped),
+                                                        jax.tree_util.tree_leaves(params))) == 2
     explicit = _mean_loss(adaptive.outputs_fn(split_spec), split_params, params, batches) - base
     fast = _mean_loss(forward, swapped, params, batches) - base
     assert min(u[kernel], u[tws.EMBEDDING_PATH]) > 1e-3 and fast > 1e-3
