@@ -67,7 +67,7 @@ def get_config(arg=None):
     if a.tiny:
         c.train_limit = 32
         c.max_seq_length = 32
-        c.bucket_lengths = (16, 32)
+        c.bucket_lengths = (32,)  # one length: each program compiled once
         c.batch_size = 4
         c.landscape_batches = c.hessian_batches = c.clipping_batches = 1
         c.hessian_examples = 0
