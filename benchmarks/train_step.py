@@ -16,7 +16,8 @@ Cases (``--cases``), each the jitted ``train.make_train_step`` on a one-device `
 
 * ``fp``: full-precision fine-tuning of the student, supervised objective (no teacher).
 * ``w2a8``: ternary TWN weights and word embedding, 8-bit uniform activations (learnable clips),
-  stage-1 KD (hidden-state + attention-score MSE) from a float32 teacher; ranges over the whole
+  stage-1 KD (hidden-state + attention-score MSE) from a float32 teacher, in the program both
+  stages run (it also computes stage 2's prediction loss, at weight 0); ranges over the whole
   tensor, as the released code.
 * ``w2a8-masked``: ``w2a8`` with padding-independent ranges and losses (per-example ranges with
   padding masked out, ``kd.ignore_padding``): the configuration the MRPC epoch uses.

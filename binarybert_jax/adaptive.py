@@ -153,9 +153,11 @@ def as_ternary(spec: ModelSpec, params: Any, chosen: Iterable[str]) -> Any:
     in ``chosen`` replaced by BWN of its weight (module docstring). Run as the ternary model
     (``spec``), they give what ``tws.split_params(params, spec, only=chosen)`` gives, and every
     plan runs the ternary model's one compiled forward where each split model compiles its own."""
-    chosen = set(chosen)
+    tws.check_ternary_spec(spec)
+    candidates = tws.candidate_paths(spec)
+    chosen = tws.chosen_paths(candidates, chosen, spec)  # an unknown path is an error, as for a split
     flat = {k: jnp.asarray(v) for k, v in flatten(params).items()}
-    swapped = dict(_binarized_leaf(spec, flat, p) for p in tws.candidate_paths(spec) if p not in chosen)
+    swapped = dict(_binarized_leaf(spec, flat, p) for p in candidates if p not in chosen)
     return unflatten({**flat, **swapped})
 
 

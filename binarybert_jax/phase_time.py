@@ -1,7 +1,8 @@
 """Where a training phase's wall time goes: compiling, training steps, evaluation, checkpoints.
 
 On a CPU the short runs (the embedded default, the tests' slices) spend as long compiling as
-training: one program per bucket length per phase, each some seconds of XLA. JAX reports every
+training: one train-step program per bucket length per run (its phases share it), each some
+seconds of XLA. JAX reports every
 trace, lowering and XLA compilation as a time span through ``jax.monitoring``; ``compile_seconds``
 adds them up (nested spans, a jitted function traced inside another, once), and ``PhaseClock``
 splits a phase's wall time into what the loop names (evaluation, checkpoints, setup) and what it

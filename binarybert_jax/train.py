@@ -167,7 +167,9 @@ def make_train_step(student: BertModel, teacher: Optional[BertModel], mesh, *, o
     is ``optimizer(inputs.schedule)``'s (``optim.scheduled_bert_adam`` by default), so the state's
     optimizer part is ``optimizer(any schedule).init(params)``. Two-stage distillation passes both
     of its objectives and weighs one per phase: the two phases then run one compiled program, where
-    a program per objective compiles every bucket's step twice.
+    a program per objective compiles every bucket's step twice. The objective weighed 0 is still
+    computed: its activations are those stage 1 keeps anyway (the run's peak memory is unchanged),
+    and its terms are finite wherever the model's outputs are.
 
     Written as a per-device program (``jax.shard_map``) with ``lax.pmean`` over ``data``: the
     gradient all-reduce and the cross-device reduction of activation ranges
@@ -311,6 +313,12 @@ def optimizer_for(config) -> Callable[[optim.Schedule], optax.GradientTransforma
                              bias_correction=config.adam_bias_correction)
 
 
+def _check_teacher(config, teacher) -> None:
+    if teacher is None:
+        raise ConfigError(f"kd.mode {config.kd.mode!r} distils from a teacher: set --config.teacher=CKPT "
+                          "(a model checkpoint, e.g. the fine-tuned full-precision model)")
+
+
 @dataclasses.dataclass(frozen=True)
 class RunPrograms:
     """What every phase of a run computes with, built once so the phases share the compiled
@@ -332,9 +340,8 @@ class RunPrograms:
         teacher_model, teacher_variables = teacher if teacher is not None else (None, None)
         if objectives == ("supervised",):
             teacher_model, teacher_variables = None, None
-        elif teacher_model is None:
-            raise ConfigError(f"kd.mode {config.kd.mode!r} distils from a teacher: set --config.teacher=CKPT "
-                              "(a model checkpoint, e.g. the fine-tuned full-precision model)")
+        else:
+            _check_teacher(config, teacher_model)
         student = resolve.build_student(spec, config)
         optimizer = optimizer_for(config)
         train_step = make_train_step(student, teacher_model, mesh, objectives=objectives,
@@ -699,6 +706,8 @@ def train_and_evaluate(config, workdir: str | os.PathLike, progress_label: str =
     ``progress_label`` begins every progress line (a pipeline's stage, ``progress_line``)."""
     # ---- Config and workdir: everything checkable is checked before anything is written ---
     resolve.validate(config)
+    if config.kd.mode != "supervised":
+        _check_teacher(config, config.teacher or None)
     workdirs.check_workdir(workdir, workdirs.TRAINING_RUN)
     workdir = workdirs.as_path(workdir)
     workdirs.check_output("--workdir", workdir, {f"--config.{key}": config.get(key) for key in
@@ -739,10 +748,10 @@ def _run_phases(config, workdir: epath.Path, task: tasks.TaskSpec, mesh, spec: M
         teacher = (teacher[0], replicate(teacher[1], mesh))
 
     # ---- Phases ----------------------------------------------------------------------------
-    writer = workdirs.MetricWriter(workdir)
-    results, previous = [], None
     phases = resolve.phases_for(config)
     programs = RunPrograms.build(config, task, spec, phases, teacher, mesh)
+    writer = workdirs.MetricWriter(workdir)
+    results, previous = [], None
     steps = [phase_steps(p, _steps_per_epoch(train_arrays, config.batch_size)) for p in phases]
     try:
         for i, phase in enumerate(phases):

@@ -154,7 +154,7 @@ def split_spec(spec: ModelSpec, only: Optional[Iterable[str]] = None,
     """
     check_ternary_spec(spec)
     candidates = candidate_paths(spec)
-    chosen = _chosen_paths(candidates, only, spec)
+    chosen = chosen_paths(candidates, only, spec)
     q = spec.quant
     embed_ternary = q.embed_bits != quant.FULL_PRECISION_BITS
     new_quant = dataclasses.replace(
@@ -166,7 +166,8 @@ def split_spec(spec: ModelSpec, only: Optional[Iterable[str]] = None,
     return dataclasses.replace(spec, quant=new_quant)
 
 
-def _chosen_paths(candidates: list[str], only: Optional[Iterable[str]], spec: ModelSpec) -> set[str]:
+def chosen_paths(candidates: list[str], only: Optional[Iterable[str]], spec: ModelSpec) -> set[str]:
+    """The matrices of ``candidates`` that ``only`` names (all for None); an unknown one is an error."""
     if only is None:
         return set(candidates)
     if isinstance(only, str):

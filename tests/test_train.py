@@ -340,6 +340,15 @@ def test_config_errors_are_clear():
         resolve.validate(c)
 
 
+def test_distillation_without_a_teacher_is_refused_before_anything_is_written(tmp_path, tiny_pretrained,
+                                                                              glue_dir):
+    cfg = _config(tiny_pretrained, glue_dir, **{"kd.mode": "two_stage"})
+    cfg.teacher = ""
+    with pytest.raises(ValueError, match="distils from a teacher: set --config.teacher"):
+        train.train_and_evaluate(cfg, tmp_path / "run")
+    assert not (tmp_path / "run").exists()
+
+
 def test_buckets_cut_training_batches_without_regrouping_them_unless_asked():
     rng = np.random.default_rng(0)
     n, width = 96, 64
