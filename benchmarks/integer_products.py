@@ -24,12 +24,14 @@ the first layer's products, the rest follow from there).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime
 import functools
 import pathlib
 import platform
 import shlex
 import sys
+from typing import Optional
 
 import flax.linen as nn
 import jax
@@ -68,10 +70,16 @@ def _minilm(path: str):
     return hf_import.load_hf_checkpoint(path)
 
 
-def pretrained_model(spec_quant: QuantConfig, split: bool, batch: dict, minilm=None):
+def pretrained_model(spec_quant: QuantConfig, split: bool, batch: dict, minilm=None,
+                     layers: Optional[int] = None):
     """MiniLM's weights under ``spec_quant`` (split by TWS when asked), with LSQ steps calibrated
-    on ``batch``; returns ``(spec, params)``."""
+    on ``batch``; returns ``(spec, params)``. ``layers``: keep only the first ``layers``
+    Transformer layers (a shorter program to compile; None keeps all six)."""
     config, imported = _minilm(str(minilm or assets.minilm_dir()))
+    if layers is not None:
+        config = dataclasses.replace(config, num_layers=layers)
+        imported = {k: v for k, v in imported.items()
+                    if not (k.startswith("encoder/layer_") and int(k.split("/")[1][len("layer_"):]) >= layers)}
     spec = ModelSpec(config, spec_quant)
     model = spec.build()
     init = jax.jit(model.init)(jax.random.key(0), batch["input_ids"][:1])["params"]

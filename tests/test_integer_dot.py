@@ -123,17 +123,18 @@ def test_gradients_are_the_straight_through_ones(grad_dtype, tol):
 
 
 def test_dense_products_of_the_real_model_are_closer_to_float64(tokenizer, glue_dir):
-    """Every quantized dense product of the real MiniLM forward (W2A8, split W1A8, W2A4) against the
-    float64 product of its own quantized operands: the integer path's RMS error below the float32
-    path's (figures: BENCHMARKS.md, 'Integer-domain products')."""
+    """Every quantized dense product of the real MiniLM forward (W2A8, split W1A8, W2A4; its first
+    two layers, the benchmark runs all six) against the float64 product of its own quantized
+    operands: the integer path's RMS error below the float32 path's (figures: BENCHMARKS.md,
+    'Integer-domain products')."""
     from benchmarks import integer_products as ip
 
     batch = ip.mrpc_batch(tokenizer, 2, glue_dir, max_length=48)
     for name, q in ip.SETTINGS.items():
-        spec, params = ip.pretrained_model(q, "split" in name, batch)
+        spec, params = ip.pretrained_model(q, "split" in name, batch, layers=2)
         integer = ip.dense_product_errors(spec, params, batch, integer=True)
         float32 = ip.dense_product_errors(spec, params, batch, integer=False)
-        assert integer["layers"] == float32["layers"] == 6 * 6 + 1, name
+        assert integer["layers"] == float32["layers"] == 2 * 6 + 1, name
         assert integer["rms"] < 0.5 * float32["rms"], (name, integer, float32)
         assert integer["max"] < float32["max"], (name, integer, float32)
 
