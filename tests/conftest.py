@@ -22,9 +22,13 @@ import jax  # noqa: E402
 import pytest  # noqa: E402
 
 # Tests build the same small train steps several times (a run, its resume, a rerun): the
-# persistent compilation cache turns the repeats into cache hits.
-jax.config.update("jax_compilation_cache_dir", os.environ.get(
-    "BINARYBERT_TEST_JAX_CACHE", os.path.join(tempfile.gettempdir(), "binarybert_jax_test_cache")))
+# persistent compilation cache turns the repeats into cache hits. The mains the tests start (in
+# this process or as children) use it too, rather than the user's cache (launch/common.py's
+# enable_compilation_cache reads BINARYBERT_JAX_CACHE), so a test run adds no programs to it.
+TEST_JAX_CACHE = os.environ.get("BINARYBERT_TEST_JAX_CACHE",
+                                os.path.join(tempfile.gettempdir(), "binarybert_jax_test_cache"))
+os.environ["BINARYBERT_JAX_CACHE"] = TEST_JAX_CACHE
+jax.config.update("jax_compilation_cache_dir", TEST_JAX_CACHE)
 jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
 
 SHARED = pathlib.Path(__file__).resolve().parents[2] / "shared"
