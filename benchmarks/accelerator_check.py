@@ -70,7 +70,7 @@ def time_step(student, teacher, objective: str, masked: bool, mesh, batch: int, 
 
     schedule = optim.Schedule.warmup_linear(2e-5, 1e-4, 1000)
     tx = optim.scheduled_bert_adam(schedule)
-    objectives = kd.TWO_STAGE if objective in kd.TWO_STAGE else (objective,)  # as training runs it
+    objectives = kd.step_objectives(objective)  # the program training runs
     inputs = train.phase_inputs(schedule, objective, objectives)
     step = train.make_train_step(student.build(dtype), teacher.build(dtype), mesh, objectives=objectives,
                                  is_regression=False, ignore_padding=masked)

@@ -195,8 +195,7 @@ def build_step(student_spec, teacher_spec, objective: str, ignore_padding: bool,
     student = student_spec.build(integer_products=integer, grad_dtype=resolve.DTYPES[grad])
     teacher = teacher_spec.build(resolve.DTYPES[teacher_dtype]) if teacher_spec else None
     schedule = optim.Schedule.warmup_linear(2e-5, 1e-4, 1000)
-    # A stage of two-stage distillation runs the program of both stages, as training does.
-    objectives = kd.TWO_STAGE if objective in kd.TWO_STAGE else (objective,)
+    objectives = kd.step_objectives(objective)  # the program training runs
     step = train.make_train_step(student, teacher, mesh, objectives=objectives, is_regression=False,
                                  ignore_padding=ignore_padding)
     return step, optim.scheduled_bert_adam(schedule), train.phase_inputs(schedule, objective, objectives)

@@ -144,8 +144,11 @@ def binarized_variants(spec: ModelSpec, params: Any) -> dict[str, Any]:
       ``{path: params tree}`` in model order.
     """
     flat = {k: jnp.asarray(v) for k, v in flatten(params).items()}
-    return {path: unflatten({**flat, **dict([_binarized_leaf(spec, flat, path)])})
-            for path in tws.candidate_paths(spec)}
+    variants = {}
+    for path in tws.candidate_paths(spec):
+        key, binary = _binarized_leaf(spec, flat, path)
+        variants[path] = unflatten({**flat, key: binary})
+    return variants
 
 
 def as_ternary(spec: ModelSpec, params: Any, chosen: Iterable[str]) -> Any:

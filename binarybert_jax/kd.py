@@ -35,6 +35,12 @@ MODES = ("two_stage", "joint", "intermediate", "prediction", "supervised", "dmd"
 # Two-stage distillation's objectives, stage 1's then stage 2's, and the terms of each (``kd_losses``).
 TWO_STAGE = ("intermediate", "prediction")
 TERMS = {"intermediate": ("hidden_loss", "attention_loss"), "prediction": ("prediction_loss",)}
+
+
+def step_objectives(objective: str) -> tuple[str, ...]:
+    """The objectives of the train step that a phase minimising ``objective`` runs in training:
+    both of two-stage distillation's for either stage (its phases share one program), else its own."""
+    return TWO_STAGE if objective in TWO_STAGE else (objective,)
 # Weight of the ground-truth term in BiBERT's objective (the released ``gt_beta``).
 DMD_LABEL_WEIGHT = 0.5
 

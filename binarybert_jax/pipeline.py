@@ -273,8 +273,8 @@ def _plan_adaptive(config, workdir: epath.Path, name: str, outputs: dict, task) 
         for order, chosen in {"adaptive": plan.chosen, **plan.baselines}.items():
             scores = evaluate.evaluate(predict_step, replicate(adaptive.as_ternary(spec, params, chosen), mesh),
                                        task, sets, config.eval_batch_size, mesh)
-            baseline_scores[order] = {"split": len(chosen), scored_on: scores, "size_mb": size.model_size_bits(
-                tws.split_spec(spec, set(chosen))).mebibytes}
+            size_mb = size.model_size_bits(tws.split_spec(spec, set(chosen))).mebibytes
+            baseline_scores[order] = {"split": len(chosen), scored_on: scores, "size_mb": size_mb}
     info = {"budget_mb": budget, "size_no_split_mb": none, "size_all_split_mb": full,
             "chosen": sorted(plan.chosen), "size_mb": plan.size_mb,
             "sensitivities": {k: float(v) for k, v in plan.sensitivities.items()},
