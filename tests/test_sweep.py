@@ -70,6 +70,25 @@ def test_fidelity_settings_name_their_tables_and_derive_their_overrides():
     assert "--config.stages.teacher.checkpoint=runs/r1/base/teacher/<best>" in sweep.command(other[0], resolve=False)
 
 
+def test_summed_split_pairs_with_the_seeds_run_it_is_split_from():
+    runs = {r.name: r for r in sweep.load_sweep("fidelity:parts=seeds+summed,seeds=2,clip=none")}
+    assert "summed/s2" not in {r.name for r in sweep.load_sweep("fidelity:seeds=2")}  # on request only
+    summed = runs["summed/s2"]
+    assert summed.needs == ("base", "seeds/s2")
+    assert _records([summed]) == ["mrpc_w1a8_clip_none_seeds/tws_summed/s2"]
+    assert summed.records[0].setting == ("TWS 1× (split from TWN 0.5×), trained on the summed halves, "
+                                         "on the clip=none preset")
+    argv = sweep.command(summed, resolve=False)
+    # The seeds run's ternary checkpoint, the same seed: only the training forward differs.
+    assert "--config.stages.ternary.checkpoint=runs/fidelity_mrpc_a8/w1a8_clip_none_s2/ternary/<best>" in argv
+    assert "--config.stages.tws.student.quant.split_forward=summed" in argv and "--config.seed=2" in argv
+    assert '--config.pipeline.stages=("teacher","half","ternary","tws_init","tws")' in argv
+    assert runs["seeds/s2"].workdir == "runs/fidelity_mrpc_a8/w1a8_clip_none_s2"
+    # Without the seeds part in the sweep, the checkpoint is still read from its workdir.
+    alone = sweep.load_sweep("fidelity:parts=summed,seeds=2")
+    assert [r.name for r in alone] == ["base", "summed/s2"] and alone[1].needs == ("base",)
+
+
 @pytest.mark.parametrize("spec,message", [
     ("fidelity:parts=seeds+bogus", "unknown part bogus"),
     ("fidelity:binary=bwn_half", "unknown binary stage bwn_half"),

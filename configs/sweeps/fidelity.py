@@ -20,12 +20,17 @@ Parts, in the order they run (``parts`` picks and orders them); the runs are nam
                        -> results/<tag>_w1a<bits>_seeds/half/s<seed>
     adaptive/s<seed>   the adaptive split, at the first seed only
                        -> results/<tag>_w1a<bits>_seeds/adaptive/s<seed>
+    summed/s<seed>     TWS 1x trained on one product of the summed halves (split_forward=summed),
+                       split from the seeds part's TWN 0.5x checkpoint and trained at its seed, so
+                       that it pairs with that part's TWS 1x, whose training forward multiplies
+                       each half; not run unless ``parts`` names it
+                       -> results/<tag>_w1a<bits>_seeds/tws_summed/s<seed>
 
 and ``base``, the teacher and half-width model every other run starts from (``base_dir``; trained
 when a run needs it; recorded with ``record_base``).
 
 ``arg`` keys: ``task`` (mrpc); ``act_bits`` (8); ``epochs`` (1, per KD stage; the released scripts
-use 2); ``seeds`` (1+2+3); ``parts`` (seeds+ablation+half+adaptive); ``ablations`` (the settings
+use 2); ``seeds`` (1+2+3); ``parts`` (seeds+ablation+half+adaptive; summed too on request); ``ablations`` (the settings
 besides ``both``, default no_clip+percentile+acts_only+weights_only, what README's table ran);
 ``binary`` (bwn; the seeds part's binary baselines among bwn and bwn_full; empty: none);
 ``clip`` (the 8-bit activation-clip preset of every quantized stage: released, none or
@@ -49,7 +54,8 @@ from configs import common
 from configs import pipeline as pipeline_config
 from configs.sweeps import Best, Record, Run, words
 
-PARTS = ("seeds", "ablation", "half", "adaptive")
+PARTS = ("seeds", "ablation", "half", "adaptive", "summed")
+DEFAULT_PARTS = PARTS[:4]
 BINARY = ("bwn", "bwn_full")
 CLIP_PRESETS = ("released", "none", "percentile")
 TERNARY, QUANT = "stages.ternary", "stages.ternary.student.quant"
@@ -90,7 +96,7 @@ def _check(name: str, values: list, allowed) -> None:
 
 def get_runs(arg=None) -> list:
     a = common.parse_arg(arg, task="mrpc", act_bits=8, epochs=1.0, seeds="1 2 3",
-                         parts=" ".join(PARTS), ablations="no_clip percentile acts_only weights_only",
+                         parts=" ".join(DEFAULT_PARTS), ablations="no_clip percentile acts_only weights_only",
                          binary="bwn", clip="released", float32=False, root="", tag="", base_dir="",
                          record_base=False, base_table="", base_note="", data_dir="", tiny=False)
     bits, seeds, parts, binary = a.act_bits, words(a.seeds), words(a.parts), words(a.binary)
@@ -169,6 +175,18 @@ def get_runs(arg=None) -> list:
                                  "stages.teacher.checkpoint": Best(f"{base_dir}/teacher"), "seed": seed},
                                 records=(Record(f"{workdir}/half", f"{half_table}/half/s{seed}"),),
                                 needs=needs))
+            elif part == "summed":
+                # The seeds part's ternary checkpoint, split and trained again at the same seed:
+                # the one difference from that part's TWS run is the training forward.
+                workdir = f"{root}/tws_summed{suffix}_s{seed}"
+                runs.append(Run(f"summed/s{seed}", "launch.pipeline", workdir, config,
+                                {**shared, "pipeline.stages": ("teacher", "half", "ternary", "tws_init", "tws"),
+                                 **from_base, "stages.ternary.checkpoint": Best(f"{seeds_run}/ternary"),
+                                 "stages.tws.student.quant.split_forward": "summed", "seed": seed},
+                                records=(Record(f"{workdir}/tws", f"{seed_table}/tws_summed/s{seed}",
+                                                f"{base_config.stages.tws.description}, trained on the "
+                                                f"summed halves{clip_label}"),),
+                                needs=needs + ((f"seeds/s{seed}",) if "seeds" in parts else ())))
             elif part == "adaptive" and seed == int(seeds[0]):
                 # The seeds part's stages (skipped where finished), then the adaptive split.
                 pipeline(f"adaptive/s{seed}", seeds_run, (*seed_stages, "adaptive_init", "adaptive"), seed,
