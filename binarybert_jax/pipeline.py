@@ -210,6 +210,7 @@ def _run_stages(config, workdir: epath.Path) -> dict:
     adaptive_info = None
     order = tuple(config.pipeline.stages)
     started, compiled = time.perf_counter(), phase_time.compile_seconds()
+    stage_seconds: dict[str, float] = {}
     try:
         for number, name in enumerate(order, 1):
             kind = config.stages[name].kind
@@ -230,15 +231,43 @@ def _run_stages(config, workdir: epath.Path) -> dict:
             else:
                 adaptive_info = _plan_adaptive(config, workdir, name, outputs, task)
                 outputs[name] = str(workdir / name)
-            log.info("pipeline: %s done in %s", label, train.format_duration(time.perf_counter() - stage_started))
+            stage_seconds[name] = time.perf_counter() - stage_started
+            log.info("pipeline: %s done in %s", label, train.format_duration(stage_seconds[name]))
     except _Interrupted as e:
         log.info("pipeline: stage %s stopped early (stop_after_steps); rerun to resume", e)
         return {"interrupted": True, "stage": str(e)}
-    report = write_report(workdir, task, rows, config, adaptive_info)
+    report = write_report(workdir, task, rows, config, adaptive_info,
+                          RunTime(started, compiled, stage_seconds))
     log.info("pipeline: %d stages and the report done in %s, %s of it compiling", len(order),
-             train.format_duration(time.perf_counter() - started),
-             train.format_duration(phase_time.compile_seconds() - compiled))
+             train.format_duration(report["run_time"]["wall_seconds"]),
+             train.format_duration(report["run_time"]["compile_seconds"]))
     return report
+
+
+@dataclasses.dataclass
+class RunTime:
+    """Where this invocation's time went, for the report: its start (``time.perf_counter``), the
+    process's compile seconds then (``phase_time.compile_seconds``), each stage's wall seconds."""
+    started: float
+    compiled_before: float
+    stage_seconds: dict
+
+    def summary(self) -> dict:
+        """Wall and compile seconds from the start to now (the report included), and each stage's
+        wall seconds. A rerun that finds stages complete counts only what it ran: theirs are the
+        seconds it took to find them so."""
+        return {"wall_seconds": round(time.perf_counter() - self.started, 1),
+                "compile_seconds": round(phase_time.compile_seconds() - self.compiled_before, 1),
+                "stage_seconds": {k: round(v, 1) for k, v in self.stage_seconds.items()}}
+
+
+def run_time_sentence(run_time: dict) -> str:
+    """The report's line on where the invocation's time went."""
+    fmt = train.format_duration
+    stages = ", ".join(f"{name} {fmt(s)}" for name, s in run_time["stage_seconds"].items())
+    return (f"From the first stage to this report, this invocation took {fmt(run_time['wall_seconds'])} "
+            f"(m:ss), {fmt(run_time['compile_seconds'])} of it compiling; by stage: {stages}; "
+            "the rest writing the report.")
 
 
 def _plan_adaptive(config, workdir: epath.Path, name: str, outputs: dict, task) -> dict:
@@ -304,7 +333,8 @@ def row_checkpoint(workdir: str | os.PathLike, row: dict) -> str:
         workdirs.as_path(workdir) / path)
 
 
-def write_report(workdir: epath.Path, task, rows: list[StageResult], config, adaptive_info) -> dict:
+def write_report(workdir: epath.Path, task, rows: list[StageResult], config, adaptive_info,
+                 run_time: RunTime) -> dict:
     """Writes results.json, results.md and training_curves.png; returns the report dict."""
     seq = config.max_seq_length or task.max_seq_length
     main = task.main_metric
@@ -323,7 +353,6 @@ def write_report(workdir: epath.Path, task, rows: list[StageResult], config, ada
     selected_on = resolve.heldout_slice(config) is not None
     out = {"task": task.name, "main_metric": main, "seq_len_for_flops": seq,
            "protocol": "heldout" if selected_on else "dev", "rows": table, "adaptive": adaptive_info}
-    workdirs.write_json(workdir / "results.json", out)
     names = [k for k in (rows[0].best or {}) if "/" not in k] or [main]
     dev_name = "dev"
     if "squad" in config and config.squad.dev_split:
@@ -355,8 +384,11 @@ def write_report(workdir: epath.Path, task, rows: list[StageResult], config, ada
                      f"{t['gflops']:.2f} | " + " | ".join(cells) + " |")
     if adaptive_info:
         lines += [""] + adaptive_report(adaptive_info, main)
-    workdirs.write_text(workdir / "results.md", "\n".join(lines) + "\n")
     plot_training_curves(workdir / "training_curves.png", rows, main)
+    out["run_time"] = run_time.summary()
+    workdirs.write_json(workdir / "results.json", out)
+    lines += ["", run_time_sentence(out["run_time"])]
+    workdirs.write_text(workdir / "results.md", "\n".join(lines) + "\n")
     print("\n".join(lines))
     return out
 

@@ -35,7 +35,8 @@ A marked section is everything between a line ``<!-- results:NAME [options] -->`
   that seed, drawn from their ``metrics.jsonl`` into ``results/NAME/training_curves_s<SEED>.png``,
   and the image link), ``adaptive`` (instead of a table: the adaptive split's budget and the split
   orders' scores right after splitting, from ``results/NAME/pipeline.json``, as the pipeline's own
-  report has them).
+  report has them), ``run_time`` (instead of a table: the recorded pipeline invocation's wall time,
+  its compiling and each stage's time, from ``results/NAME/pipeline.json``, as its report says).
 
 A marker naming records that do not exist is an error naming it: a table is never left stale.
 Figures are linked relative to the file that shows them, so a table moves between files unchanged.
@@ -60,7 +61,7 @@ DEFAULT_RESULTS = common.REPO_ROOT / "results"
 DOCUMENTS = ("README.md", "BENCHMARKS.md", "docs/*.md")
 BEGIN = re.compile(r"^(?P<indent>[ \t]*)<!-- results:(?P<name>[\w./+-]+)(?P<options>[^>]*?)\s*-->\s*$")
 END = re.compile(r"^[ \t]*<!-- /results -->\s*$")
-OPTIONS = ("which", "metrics", "per_seed", "wall", "time", "bits", "order", "curves", "adaptive")
+OPTIONS = ("which", "metrics", "per_seed", "wall", "time", "bits", "order", "curves", "adaptive", "run_time")
 WHICH = ("both", "selected", "final")
 # How a record's checkpoint was selected, as a table labels it (records without a protocol were
 # made before held-out selection existed: they selected on dev).
@@ -229,16 +230,33 @@ def render_parity(results_dir: pathlib.Path) -> list[str]:
             f"pooler output."]
 
 
-def render_adaptive(results_dir: pathlib.Path, name: str) -> list[str]:
-    """The adaptive split's budget and split orders of ``results/NAME/pipeline.json`` (a pipeline
-    recorded by ``launch.record``), as the pipeline's own report prints them."""
-    from binarybert_jax import pipeline, workdirs
+def _pipeline_report(results_dir: pathlib.Path, name: str, option: str, key: str, what: str) -> dict:
+    """``results/NAME/pipeline.json`` (a pipeline recorded by ``launch.record``), which must hold
+    ``key``."""
+    from binarybert_jax import workdirs
     path = results_dir / name / "pipeline.json"
     report = workdirs.read_json(path) if path.is_file() else {}
-    if not report.get("adaptive"):
-        raise UserError(f"a marker names results:{name} adaptive, but {path} holds no adaptive split: "
-                        "record a pipeline run with the adaptive stages (launch.record)")
+    if not report.get(key):
+        raise UserError(f"a marker names results:{name} {option}, but {path} holds no {what}: "
+                        f"record a pipeline run {'with the adaptive stages' if key == 'adaptive' else 'again'} "
+                        "(launch.record)")
+    return report
+
+
+def render_adaptive(results_dir: pathlib.Path, name: str) -> list[str]:
+    """The adaptive split's budget and split orders of a recorded pipeline, as the pipeline's own
+    report prints them."""
+    from binarybert_jax import pipeline
+    report = _pipeline_report(results_dir, name, "adaptive", "adaptive", "adaptive split")
     return pipeline.adaptive_report(report["adaptive"], report["main_metric"])
+
+
+def render_run_time(results_dir: pathlib.Path, name: str) -> list[str]:
+    """Where a recorded pipeline invocation's time went, as the pipeline's own report says it."""
+    from binarybert_jax import pipeline
+    report = _pipeline_report(results_dir, name, "run_time", "run_time",
+                              "run time (recorded before reports kept it)")
+    return [pipeline.run_time_sentence(report["run_time"])]
 
 
 def render_clipping(results_dir: pathlib.Path, name: str) -> list[str]:
@@ -278,6 +296,8 @@ def rebuild(text: str, results_dir: pathlib.Path, per_seed: bool = False, where:
             body = render_parity(results_dir)
         elif options.get("adaptive"):
             body = render_adaptive(results_dir, name)
+        elif options.get("run_time"):
+            body = render_run_time(results_dir, name)
         elif (results_dir / name / "analysis.json").is_file():
             body = render_clipping(results_dir, name)
         elif isinstance(options.get("curves"), str):

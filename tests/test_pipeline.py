@@ -6,7 +6,7 @@ import shutil
 
 import pytest
 
-from binarybert_jax import pipeline, checkpoints
+from binarybert_jax import checkpoints, pipeline, train
 from figures import assert_readable_png
 from configs import pipeline as pipeline_config
 from launch import record
@@ -42,6 +42,13 @@ def test_pipeline_end_to_end_and_rerun_skips(tmp_path, tiny_pretrained_1layer, c
     assert [m.split(",")[1].split(":")[0] for m in progress] == [" phase stage1", " phase stage2"]
     assert progress[0].endswith(" in the stage") and " left in the phase, " in progress[0]
     assert lines[-1].startswith("pipeline: 8 stages and the report done in ")
+    # The report keeps where the invocation's time went: every stage's wall seconds, within the
+    # whole, and the compiling the last line names.
+    spent = report["run_time"]
+    assert list(spent["stage_seconds"]) == list(stages)
+    assert 0 < sum(spent["stage_seconds"].values()) <= spent["wall_seconds"]
+    assert 0 < spent["compile_seconds"] < spent["wall_seconds"]
+    assert lines[-1].endswith(f"{train.format_duration(spent['compile_seconds'])} of it compiling")
     rows = {r["model"]: r for r in report["rows"]}
     assert list(rows) == ["teacher", "half", "ternary", "tws", "adaptive"]
     assert rows["teacher"]["bits"] == "32-32-32" and rows["ternary"]["bits"] == "2-2-8"
@@ -70,6 +77,7 @@ def test_pipeline_end_to_end_and_rerun_skips(tmp_path, tiny_pretrained_1layer, c
     assert spec.quant.split and info["stage"] == "tws"
     assert params["encoder"]["layer_0"]["ffn"]["output"]["kernel"].shape[0] == 2
     md = (tmp_path / "results.md").read_text()
+    assert md.rstrip().endswith("the rest writing the report.") and "by stage: teacher " in md
     assert "| TWS 1× (split from TWN 0.5×) | 1-1-8 |" in md
     assert "| held-out accuracy at selection | accuracy dev: selected / final |" in md
     assert "| accuracy (held-out) |" in md  # the split orders' comparison
@@ -105,6 +113,7 @@ def test_pipeline_end_to_end_and_rerun_skips(tmp_path, tiny_pretrained_1layer, c
     # A rerun finds every stage complete and reports the same table.
     again = pipeline.run_pipeline(_tiny(tiny_pretrained_1layer), tmp_path)
     assert json.dumps(again["rows"]) == json.dumps(report["rows"])
+    assert again["run_time"]["wall_seconds"] < spent["wall_seconds"]  # it counts what it ran
     # The report names the stages' models relative to the workdir: a copy of the workdir is a
     # workdir of its own, whose rerun finds every stage complete (nothing retrained).
     assert rows["tws"]["checkpoint"] == "tws/stage2/best"

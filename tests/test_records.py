@@ -367,3 +367,14 @@ def test_tables_print_the_adaptive_split_of_a_recorded_pipeline(tmp_path):
                                                    "adaptive": None}))
     with pytest.raises(ValueError, match="results:pipe/s42 adaptive, but .*pipeline.json holds no adaptive split"):
         tables.main(["--readme", str(readme), "--results-dir", str(tmp_path / "results")])
+    # The invocation's time, as its report says it; a pipeline recorded before reports kept it is named.
+    readme.write_text("<!-- results:pipe/s42 run_time -->\ntyped\n<!-- /results -->\n")
+    with pytest.raises(ValueError, match="results:pipe/s42 run_time, but .*pipeline.json holds no run time"):
+        tables.main(["--readme", str(readme), "--results-dir", str(tmp_path / "results")])
+    (run / "pipeline.json").write_text(json.dumps({"task": "sst-2", "main_metric": "accuracy", "rows": [],
+                                                   "run_time": {"wall_seconds": 739.2, "compile_seconds": 291.4,
+                                                                "stage_seconds": {"teacher": 110.6, "tws": 128.0}}}))
+    assert tables.main(["--readme", str(readme), "--results-dir", str(tmp_path / "results")]) == 0
+    assert readme.read_text().splitlines()[1] == (
+        "From the first stage to this report, this invocation took 12:19 (m:ss), 4:51 of it compiling; "
+        "by stage: teacher 1:51, tws 2:08; the rest writing the report.")

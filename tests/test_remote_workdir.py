@@ -116,7 +116,8 @@ def test_reports_records_metrics_and_provenance_on_gs(tmp_path, tiny_pretrained,
                                        {"accuracy": 0.5}, {"accuracy": 0.5}, spec, run)
             config = run_config(tiny_pretrained, SLICE, "sst-2")
             pipeline.write_report(workdirs.as_path("gs://bucket/pipe"), tasks.get_task("sst-2"),
-                                  [row], config, None)
+                                  [row], config, None,
+                                  pipeline.RunTime(time.perf_counter() - 2.0, 0.0, {"stage": 1.5}))
             report = workdirs.read_json("gs://bucket/pipe/results.json")
             curves = pipeline.training_curves(run, "accuracy")
         # A launch.train record made from the remote workdir, into a local results directory.
@@ -128,6 +129,7 @@ def test_reports_records_metrics_and_provenance_on_gs(tmp_path, tiny_pretrained,
         written = record.record(run, "remote", results_dir=tmp_path / "results", find_test_file=False)
     # Stored relative to the pipeline workdir, read back wherever the workdir is.
     assert report["rows"][0]["checkpoint"] == "stage/stage2/best"
+    assert report["run_time"]["stage_seconds"] == {"stage": 1.5} and report["run_time"]["wall_seconds"] >= 2.0
     assert pipeline.row_checkpoint("gs://bucket/pipe", report["rows"][0]) == f"{run}/stage2/best"
     assert curves == {"stage2": {"loss": [(1, 1.0), (2, 0.5), (3, 1 / 3)],
                                  "eval": [(1, 0.5), (2, 0.5), (3, 0.5)], "split": "dev"}}
