@@ -20,13 +20,14 @@ Model and train-state checkpoints are ``checkpoints.py``'s.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import logging
 import os
 import threading
 import time
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import jax
 from etils import epath
@@ -218,6 +219,22 @@ def check_workdir(workdir: str | os.PathLike, kind: str, flag: str = "--workdir"
                         "there would overwrite it; use another directory")
 
 
+# Called with each workdir ``claim_workdir`` has just made or confirmed (process 0): how the
+# invocation's provenance entry (launch/common.py) reaches a workdir the invocation itself creates,
+# before anything can kill it there.
+_claim_listeners: list[Callable[[epath.Path], None]] = []
+
+
+@contextlib.contextmanager
+def on_claim(listener: Callable[[epath.Path], None]):
+    """Calls ``listener(workdir)`` after every ``claim_workdir`` inside the block."""
+    _claim_listeners.append(listener)
+    try:
+        yield
+    finally:
+        _claim_listeners.remove(listener)
+
+
 def claim_workdir(workdir: str | os.PathLike, kind: str, flag: str = "--workdir") -> None:
     """``check_workdir``, then creates ``workdir`` and records its ``kind`` there (process 0).
     Call before anything else is written into it."""
@@ -228,6 +245,8 @@ def claim_workdir(workdir: str | os.PathLike, kind: str, flag: str = "--workdir"
         workdir.mkdir(parents=True, exist_ok=True)
         if _read_marker(workdir) != marker:
             write_json(workdir / WORKDIR_FILE, marker)
+        for listener in list(_claim_listeners):
+            listener(workdir)
 
 
 def _read_marker(workdir: epath.Path) -> dict:

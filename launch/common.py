@@ -177,11 +177,12 @@ def provenance(workdir, argv: Sequence[str]):
     ends, however it ends, if the workdir exists by then: what ``launch.record`` reads to say which
     code produced a run and how long it took.
 
-    A process killed outright (SIGKILL, a machine taken away) runs no ``finally``, so an invocation
-    that finds the workdir already there is written at its start too, as ``running``, and replaced
-    at its end; and each entry says whether the workdir existed when it started
-    (``workdir_existed``), so that a first entry saying so tells that the invocation which created
-    the workdir left no entry, and its commit is unknown (``launch.record`` says so).
+    A process killed outright (SIGKILL, a machine taken away) runs no ``finally``, so the entry is
+    written at the start too, as ``running``, and replaced at the end: at once when the workdir is
+    already there, else as soon as the main creates it (``workdirs.claim_workdir``). Each entry
+    says whether the workdir existed when it started (``workdir_existed``), so that a first entry
+    saying so tells that the invocation which created the workdir left no entry (one made by code
+    older than these early entries), and its commit is unknown (``launch.record`` says so).
 
     A directory of another kind than the main makes (``workdirs.workdir_kind``: a pipeline's
     for ``launch.train``, a model), where the main is refused, gets no entry: it is left as it is."""
@@ -213,9 +214,14 @@ def provenance(workdir, argv: Sequence[str]):
         workdirs.write_json(path, others + [
             dict(entry, wall_seconds=round(time.time() - started, 1), outcome=outcome)])
 
+    def created(claimed) -> None:  # the main has just made (or confirmed) a workdir: this one?
+        if os.fspath(claimed) == os.fspath(path.parent):
+            write("running")  # replaces this invocation's own running entry, if there is one
+
     write("running")
     try:
-        yield
+        with workdirs.on_claim(created):
+            yield
         outcome = "finished"
     except SystemExit as e:
         # Bad input (a changed config on resume, a held lock, a missing file) ends a run before it

@@ -93,13 +93,19 @@ def test_record_holds_what_outlives_the_run(runs, results):
 
 
 def test_provenance_survives_a_killed_invocation(tmp_path):
-    """An invocation killed outright leaves its ``running`` entry when the workdir existed at its
-    start; one that created the workdir leaves none, and the next entry's ``workdir_existed`` lets
-    the record say that its commits may miss the code that trained the run."""
+    """An invocation killed outright leaves its ``running`` entry: written at its start when the
+    workdir existed, else as soon as the main claims the workdir it creates. A workdir made some
+    other way gets the entry only at the end, and when that never came, the next entry's
+    ``workdir_existed`` lets the record say that its commits may miss the code that trained the run."""
+    from binarybert_jax import workdirs
     workdir, path = tmp_path / "run", tmp_path / "run" / common.PROVENANCE_FILE
     with common.provenance(workdir, ["launch.train", "first"]):
         assert not path.exists()  # no workdir yet: nothing to write into
-        workdir.mkdir()
+        workdirs.claim_workdir(workdir, workdirs.TRAINING_RUN)
+        (claimed,) = json.loads(path.read_text())  # what a SIGKILL right after creating it would leave
+        assert claimed["outcome"] == "running" and claimed["workdir_existed"] is False
+        workdirs.claim_workdir(tmp_path / "other", workdirs.TRAINING_RUN)  # another workdir: not this entry's
+        assert not (tmp_path / "other" / common.PROVENANCE_FILE).exists()
     (first,) = json.loads(path.read_text())
     assert first["outcome"] == "finished" and first["workdir_existed"] is False
     assert "unrecorded" not in record._provenance(workdir)
