@@ -643,10 +643,10 @@ def _train_phase(config, workdir, phase, spec, task, train_arrays, eval_sets, pr
             chosen = {"final": chosen_final} if chosen_final else {}
             dev_selected, chosen_best = dev_final, chosen_final
             if meta["best"] is not None:
-                with clock.section("checkpoints"):
-                    best_params, _, best_info = checkpoints.load_model(best_dir)
-                    best_lat = checkpoints.load_lat_diag(best_dir) if lat else None
                 if meta["best_step"] != step:
+                    with clock.section("checkpoints"):
+                        best_params, _, _ = checkpoints.load_model(best_dir)
+                        best_lat = checkpoints.load_lat_diag(best_dir) if lat else None
                     with clock.section("evaluation"):
                         dev_selected, chosen_best = _score_dev(
                             config, task, predict_step, replicate(best_params, mesh),
@@ -654,8 +654,8 @@ def _train_phase(config, workdir, phase, spec, task, train_arrays, eval_sets, pr
                             buckets)
                 # The selected model carries its dev score, as the final one does.
                 with clock.section("checkpoints"):
-                    checkpoints.save_model(best_dir, best_params, exact_spec,
-                                           {**best_info, "dev": dev_selected}, lat_diag=best_lat)
+                    best_info = checkpoints.read_model_meta(best_dir).get("info", {})
+                    checkpoints.update_model_info(best_dir, {**best_info, "dev": dev_selected})
             if chosen_best:
                 chosen["selected"] = chosen_best
             log.info("phase %s: dev at the selected checkpoint (step %s) %s; at the final one %s",

@@ -28,6 +28,26 @@ def test_model_roundtrip_and_replace(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt"]  # no temporary left behind
 
 
+def test_updating_a_models_info_leaves_its_parameters_alone(tmp_path):
+    spec = M.ModelSpec(TINY, M.QuantConfig(2, 2, 8), num_labels=2)
+    p0 = _params(spec)
+    target = tmp_path / "best"
+    checkpoints.save_model(target, p0, spec, {"step": 3})
+    files = {p: p.stat().st_mtime_ns for p in (target / "params").rglob("*") if p.is_file()}
+    checkpoints.update_model_info(target, {"step": 3, "dev": {"accuracy": 0.75}})
+    params, spec2, info = checkpoints.load_model(target)
+    assert info == {"step": 3, "dev": {"accuracy": 0.75}} and spec2 == spec
+    assert {p: p.stat().st_mtime_ns for p in files} == files  # not rewritten
+    jax.tree_util.tree_map(np.testing.assert_array_equal, params, jax.tree_util.tree_map(np.asarray, p0))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["best"]
+    # A copy an interrupted save left is put back first, then updated.
+    target.rename(tmp_path / "best.tmp")
+    checkpoints.update_model_info(target, {"step": 4})
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["best"] and checkpoints.load_model(target)[2] == {"step": 4}
+    with pytest.raises(FileNotFoundError, match="not a binarybert-jax model checkpoint"):
+        checkpoints.update_model_info(tmp_path / "none", {})
+
+
 def test_a_save_cut_short_between_its_renames_loses_nothing(tmp_path, monkeypatch):
     """Locally the new model is written to ``ckpt.tmp``, the old one renamed to ``ckpt.old``, then
     the new one to ``ckpt``. A crash between the renames leaves no ``ckpt``: readers take the new
