@@ -5,7 +5,7 @@ sentences shipped in data/glue_slice (origin in its README), the full SST-2 dev 
 
     python -m launch.pipeline --config configs/pipeline.py --workdir runs/pipeline_default
 
-About 12 minutes on 2 CPU cores, 5 of them compiling. Then ``results.md``, ``results.json`` and
+About 12 minutes on 2 CPU cores, 4 of them compiling. Then ``results.md``, ``results.json`` and
 ``training_curves.png`` are in the workdir.
 
 The paper's setting on a full GLUE task (hours on a CPU; use a GPU/TPU)::
