@@ -34,6 +34,13 @@ run twice to warm up, then ``--steps`` times, each blocked on (``block_until_rea
 *ex/s* is the batch over the median step time (the best step in brackets: on a shared machine the
 best is the steadier figure).
 
+With ``--interleave ROUNDS`` the run measures the cases (default products) in one subprocess
+instead, their steps alternated: each round one step of every case in turn, after two warm-up
+rounds. Each case's ratio to the first case's step is taken within its round, so both steps of a
+ratio ran under the same load, and its section's split targets read the median over the rounds
+(list ``w2a8`` first): on a machine whose other tenants come and go, two medians taken minutes
+apart in different processes can differ by tens of percent. It writes a section of its own.
+
 FLOPs ("model GFLOP/s") are counted from the shapes by ``binarybert_jax.flops``: matrix products
 only, 2·m·n·k each (Q, K, V, attention output, FFN in and out, QKᵀ, probabilities·V, pooler,
 classifier); per example, one teacher forward plus one student forward and backward, the backward
@@ -93,10 +100,11 @@ from benchmarks import child, markdown
 SECTION = "## Training step"  # at MiniLM dimensions; at BERT-base dimensions a section of its own
 
 
-def section_heading(bert_base: bool) -> str:
+def section_heading(bert_base: bool, interleaved: bool = False) -> str:
     """The BENCHMARKS.md section a run writes: one per dimension set, so that a ``--bert-base``
-    run never replaces the MiniLM figures."""
-    return SECTION + (", BERT-base dimensions" if bert_base else "")
+    run never replaces the MiniLM figures, and an ``--interleave`` run's apart from the others."""
+    return (SECTION + (", BERT-base dimensions" if bert_base else "")
+            + (": cases interleaved in one process" if interleaved else ""))
 CASES = ("fp", "w2a8", "w2a8-masked", "w2a4", "w1a8", "w1a8-summed", "w1a4")
 # How the quantized products are computed: (integer-domain forward, backward dtype, teacher dtype).
 VARIANTS = {"integer": (True, "float32", "float32"),          # backward and teacher in float32
@@ -269,23 +277,87 @@ def _rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
 
 
-def measure_case(case: str, bert_base: bool, batch: int, seq: int, steps: int,
-                 hlo_dir: Optional[str], variant: str = DEFAULT_VARIANT) -> dict:
+class Program(NamedTuple):
+    """A case's compiled KD step with its arguments: ``compiled(*args)`` runs one step and
+    returns ``(state, metrics)``; ``args`` with the state replaced runs the next."""
+    compiled: object
+    args: tuple
+    student_spec: object
+    teacher_spec: object
+    objective: str
+    compile_s: float
+
+    def run(self, state):
+        """One step from ``state``, waited for; returns ``(seconds, state, metrics)``."""
+        import jax
+        start = time.perf_counter()
+        state, measured = self.compiled(state, *self.args[1:])
+        jax.block_until_ready((state, measured))
+        return time.perf_counter() - start, state, measured
+
+
+def prepare_case(case: str, bert_base: bool, batch: int, seq: int, variant: str = DEFAULT_VARIANT,
+                 shrink: Optional[dict] = None, before_compile=None) -> Program:
+    """A case's step, compiled ahead of time (*compile s*: ``lower`` + ``compile``) for a batch of
+    random token ids; ``shrink``: BertConfig fields to override in both models (tests);
+    ``before_compile()`` runs once everything else is in place."""
+    import dataclasses
     import jax
-    from binarybert_jax import flops, sharding
+    from binarybert_jax import sharding
+    from binarybert_jax.model import ModelSpec
 
     student_spec, teacher_spec, objective, ignore_padding = case_setup(case, bert_base)
+    if shrink:
+        student_spec = ModelSpec(dataclasses.replace(student_spec.config, **shrink), student_spec.quant)
+        teacher_spec = teacher_spec and ModelSpec(dataclasses.replace(teacher_spec.config, **shrink))
     mesh = sharding.make_mesh(1)
     step, tx, inputs = build_step(student_spec, teacher_spec, objective, ignore_padding, mesh, variant)
     state, teacher_variables = init_state(student_spec, teacher_spec, tx, mesh, seq)
     data = sharding.shard_batch(synthetic_batch(batch, seq, student_spec.config.vocab_size), mesh)
     rng = jax.random.key(0)
     jax.block_until_ready((state, teacher_variables, data))
-    rss_before = _rss_mib()
-
+    if before_compile:
+        before_compile()
     start = time.perf_counter()
     compiled = step.lower(state, teacher_variables, data, rng, inputs).compile()
-    compile_s = time.perf_counter() - start
+    return Program(compiled, (state, teacher_variables, data, rng, inputs), student_spec, teacher_spec,
+                   objective, time.perf_counter() - start)
+
+
+def measure_interleaved(cases: Sequence[str], bert_base: bool, batch: int, seq: int, rounds: int,
+                        shrink: Optional[dict] = None) -> dict:
+    """The cases' steps in one process, alternated: each round runs one step of every case in
+    turn, so that each case's time and its ratio to the first case's are taken under the same
+    load, round by round (a shared machine's other tenants come and go between rounds, not
+    within one). Two warm-up rounds first."""
+    programs = {case: prepare_case(case, bert_base, batch, seq, shrink=shrink) for case in cases}
+    states = {case: p.args[0] for case, p in programs.items()}
+    times = {case: [] for case in cases}
+    for round_ in range(rounds + 2):
+        for case, program in programs.items():
+            seconds, states[case], _ = program.run(states[case])
+            if round_ >= 2:
+                times[case].append(seconds)
+    first = cases[0]
+    ratios = {case: [t / b for t, b in zip(times[case], times[first])] for case in cases[1:]}
+    return {"cases": list(cases), "rounds": rounds, "batch": batch, "step_s_all": times,
+            "step_s_median": {c: statistics.median(t) for c, t in times.items()},
+            "ratio_to_first_all": ratios,
+            "ratio_to_first_median": {c: statistics.median(r) for c, r in ratios.items()},
+            "loadavg": os.getloadavg()}
+
+
+def measure_case(case: str, bert_base: bool, batch: int, seq: int, steps: int,
+                 hlo_dir: Optional[str], variant: str = DEFAULT_VARIANT) -> dict:
+    import jax
+    from binarybert_jax import flops
+
+    rss_before = []  # the resident memory before compiling: what the compiler adds shows apart
+    program = prepare_case(case, bert_base, batch, seq, variant,
+                           before_compile=lambda: rss_before.append(_rss_mib()))
+    compiled, (state, teacher_variables, data, rng, inputs) = program.compiled, program.args
+    student_spec, teacher_spec, objective = program.student_spec, program.teacher_spec, program.objective
+    rss_before, compile_s = rss_before[0], program.compile_s
     summary = hlo_summary(compiled)
     if hlo_dir:
         pathlib.Path(hlo_dir).mkdir(parents=True, exist_ok=True)
@@ -497,13 +569,28 @@ def _span(lo: float, hi: float, digits: int) -> str:
     return f"{lo:.{digits}f}" if round(lo, digits) == round(hi, digits) else f"{lo:.{digits}f}–{hi:.{digits}f}"
 
 
+def _split_ratio(rows: dict, interleaved: Optional[dict], case: str) -> Optional[tuple[float, str]]:
+    """``case``'s step over the ternary W2A8 step, and how it was taken: round by round when the
+    interleaved run measured both (the first case there being ``w2a8``), else the two medians."""
+    if interleaved and interleaved["cases"][0] == "w2a8" and case in interleaved["ratio_to_first_median"]:
+        all_ = interleaved["ratio_to_first_all"][case]
+        return (interleaved["ratio_to_first_median"][case],
+                f"median of {len(all_)} interleaved rounds, {min(all_):.2f}–{max(all_):.2f}")
+    w2a8, row = _row(rows, "w2a8"), _row(rows, case)
+    if not (w2a8 and row):
+        return None
+    return (row["step_s_median"] / w2a8["step_s_median"],
+            f"{row['step_s_median']:.2f} s vs {w2a8['step_s_median']:.2f} s median")
+
+
 def targets_table(rows: dict, matmul: dict, epoch: Optional[dict],
-                  reference: Optional[Reference] = None) -> str:
+                  reference: Optional[Reference] = None, interleaved: Optional[dict] = None) -> str:
     """The speed targets against this run's figures (only those this run measured); the targets
     against the authors' code only where ``reference`` holds its figures for this run's
-    dimensions and machine kind."""
+    dimensions and machine kind; the split step's ratios to the ternary step from the
+    ``interleaved`` run where it measured them."""
     lines = []
-    w2a8, w1a8 = _row(rows, "w2a8"), _row(rows, "w1a8")
+    w2a8 = _row(rows, "w2a8")
     if w2a8 and reference:
         lo, hi = min(reference.w2a8), max(reference.w2a8)
         rate = w2a8["examples_per_s"]
@@ -515,17 +602,13 @@ def targets_table(rows: dict, matmul: dict, epoch: Optional[dict],
             mfu = w2a8["model_gflops_best"] / matmul["bf16_gflops_best"]
             lines.append(f"| ≥ 50% of the bf16 probe in model FLOP/s (stretch) | {mfu:.0%} | "
                          f"{'yes' if mfu >= 0.5 else 'no'} |")
-    if w2a8 and w1a8:
-        ratio = w1a8["step_s_median"] / w2a8["step_s_median"]
-        lines.append(f"| split W1A8 step ≤ 1.0× the ternary step | {ratio:.2f}× "
-                     f"({w1a8['step_s_median']:.2f} s vs {w2a8['step_s_median']:.2f} s median) | "
-                     f"{'yes' if ratio <= 1.0 else 'no'} |")
-    summed = _row(rows, "w1a8-summed")
-    if w2a8 and summed:
-        ratio = summed["step_s_median"] / w2a8["step_s_median"]
-        lines.append(f"| split W1A8 step, summed halves (`split_forward=summed`), ≤ 1.0× the "
-                     f"ternary step | {ratio:.2f}× ({summed['step_s_median']:.2f} s vs "
-                     f"{w2a8['step_s_median']:.2f} s median) | {'yes' if ratio <= 1.0 else 'no'} |")
+    for case, target in (("w1a8", "split W1A8 step ≤ 1.0× the ternary step"),
+                         ("w1a8-summed", "split W1A8 step, summed halves (`split_forward=summed`), "
+                                         "≤ 1.0× the ternary step")):
+        found = _split_ratio(rows, interleaved, case)
+        if found:
+            ratio, how = found
+            lines.append(f"| {target} | {ratio:.2f}× ({how}) | {'yes' if ratio <= 1.0 else 'no'} |")
     if epoch:
         lines.append(f"| MRPC stage-1 KD epoch ≤ {EPOCH_TARGET_S:.0f} s | {epoch['epoch_s']:.1f} s "
                      f"(products *{epoch.get('variant', 'integer')}*) | "
@@ -557,6 +640,23 @@ def reference_ratios(rows: dict, bert_base: bool, cpu: str) -> str:
     return (f"Against the authors' code at {dimensions(bert_base)} dimensions as measured side by side on "
             f"this machine kind ({machine_kind(cpu)}), {reference.date} (not rerun here): "
             + "; ".join(parts) + ".")
+
+
+def interleaved_text(il: dict) -> str:
+    """The interleaved run: each case's median step and its ratios to the first case's."""
+    first = il["cases"][0]
+    lines = [f"The same cases in one process, their steps alternated: {il['rounds']} rounds of one step "
+             f"of each, after two of warm-up, each ratio taken to the {CASE_NAMES.get(first, first)} "
+             f"step of its own round (load average at the end {il['loadavg'][0]:.1f}):", "",
+             "| case | step s median | ex/s median | step over the first case's: median (range) |",
+             "|---|---|---|---|"]
+    for case in il["cases"]:
+        median = il["step_s_median"][case]
+        ratio = ("1 (the reference)" if case == first else
+                 f"{il['ratio_to_first_median'][case]:.2f}× ({min(il['ratio_to_first_all'][case]):.2f}–"
+                 f"{max(il['ratio_to_first_all'][case]):.2f})")
+        lines.append(f"| {CASE_NAMES.get(case, case)} | {median:.2f} | {il['batch'] / median:.1f} | {ratio} |")
+    return "\n".join(lines)
 
 
 def section(rows: dict, matmul: dict, epoch: Optional[dict], info: dict, command: str, args) -> str:
@@ -595,6 +695,24 @@ def section(rows: dict, matmul: dict, epoch: Optional[dict], info: dict, command
     return "\n".join(parts)
 
 
+def interleaved_section(interleaved: dict, info: dict, command: str, args) -> str:
+    """The section of an ``--interleave`` run."""
+    load = ", ".join(f"{x:.2f}" for x in info["loadavg"])
+    return "\n".join([
+        section_heading(args.bert_base, interleaved=True), "",
+        f"The KD train steps of the training-step section's cases (`train.make_train_step`, default products), "
+        f"{dimensions(args.bert_base)} dimensions at half width, batch {args.batch}, sequence {args.seq}, "
+        "compiled in one process and timed alternately (`benchmarks/train_step.py`'s docstring, "
+        "`--interleave`).", "",
+        "```", command, "```", "",
+        f"Measured {info['date']} on {info['cpu']} ({info['cores']} cores visible), jax {info['jax']}"
+        + (f", XLA_FLAGS `{info['xla_flags']}`" if info["xla_flags"] else "")
+        + (f", GLIBC_TUNABLES `{info['glibc_tunables']}`" if info.get("glibc_tunables") else "")
+        + f"; load average at the start {load}.", "",
+        interleaved_text(interleaved), "",
+        targets_table({}, {}, None, None, interleaved), ""])
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.train_step",
                                      description="Speed of the KD train step and of an MRPC epoch.")
@@ -605,6 +723,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--cases", nargs="+", choices=CASES, default=list(CASES))
     parser.add_argument("--variants", nargs="+", choices=tuple(VARIANTS), default=[DEFAULT_VARIANT],
                         help="how the quantized products are computed; each case runs with each")
+    parser.add_argument("--interleave", type=int, default=0, metavar="ROUNDS",
+                        help="instead, run the --cases (default products) in one process, their steps "
+                             "alternated for ROUNDS rounds: each case's ratio to the first one's under "
+                             "the same load (list w2a8 first); writes a section of its own")
     parser.add_argument("--no-epoch", action="store_true", help="skip the MRPC epoch")
     parser.add_argument("--epoch-variant", choices=tuple(VARIANTS), default=DEFAULT_VARIANT,
                         help="how the MRPC epoch's products are computed")
@@ -640,6 +762,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if args.child == "matmul":
         print(json.dumps(measure_matmul()))
         return 0
+    if args.child == "interleaved":
+        print(json.dumps(measure_interleaved(args.cases, args.bert_base, args.batch, args.seq, args.interleave)))
+        return 0
     if args.child == "epoch":
         print(json.dumps(measure_epoch(args.bert_base, args.batch, args.buckets, args.epoch_variant)))
         return 0
@@ -650,9 +775,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if args.render:
         saved = json.loads(pathlib.Path(args.render).read_text())
         run_args = argparse.Namespace(**saved["args"])
-        text = section(saved["rows"], saved["matmul"], saved["epoch"], saved["info"], saved["command"], run_args)
+        if saved.get("interleaved"):
+            text = interleaved_section(saved["interleaved"], saved["info"], saved["command"], run_args)
+        else:
+            text = section(saved["rows"], saved["matmul"], saved["epoch"], saved["info"], saved["command"],
+                           run_args)
         if args.out:
-            markdown.write_section(pathlib.Path(args.out), section_heading(run_args.bert_base), text)
+            markdown.write_section(pathlib.Path(args.out),
+                                   section_heading(run_args.bert_base, bool(saved.get("interleaved"))), text)
         print(text)
         return 0
     argv = sys.argv[1:] if argv is None else list(argv)
@@ -661,6 +791,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     common = ["--batch", str(args.batch), "--seq", str(args.seq), "--steps", str(args.steps)]
     if args.bert_base:
         common.append("--bert-base")
+    if args.interleave:
+        return _main_interleaved(args, info, command, common)
     matmul = _subprocess(["--child", "matmul"])
     print(f"matmul: {json.dumps(matmul)}", file=sys.stderr)
     rows = {}
@@ -694,6 +826,21 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if args.out:
         markdown.write_section(pathlib.Path(args.out), section_heading(args.bert_base),
                                section(rows, matmul, epoch, info, command, args))
+    return 0
+
+
+def _main_interleaved(args, info: dict, command: str, common: list[str]) -> int:
+    """An ``--interleave`` run: the cases in one subprocess, their steps alternated."""
+    interleaved = _subprocess(["--child", "interleaved", "--cases", *args.cases,
+                               "--interleave", str(args.interleave)] + common)
+    text = interleaved_section(interleaved, info, command, args)
+    print(text)
+    if args.json:
+        run_args = {k: getattr(args, k) for k in ("bert_base", "batch", "seq", "steps")}
+        pathlib.Path(args.json).write_text(json.dumps({"command": command, "args": run_args, "info": info,
+                                                       "interleaved": interleaved}, indent=2))
+    if args.out:
+        markdown.write_section(pathlib.Path(args.out), section_heading(args.bert_base, interleaved=True), text)
     return 0
 
 

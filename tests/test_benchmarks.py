@@ -150,6 +150,10 @@ ENTRY %main (x: f32[4,8], w: f32[8,3]) -> f32[4,3] {
         ("dense matmuls (+ fused epilogues)", "teacher forward")
 
 
+# The benchmark's cases shrunk to one small layer: smoke runs of the real programs, no timing.
+SMALL = dict(num_layers=1, vocab_size=2000, hidden_size=64, num_heads=2, head_dim=32, intermediate_size=128)
+
+
 def test_default_variant_is_the_configs_default():
     from configs import common
 
@@ -163,37 +167,49 @@ def test_train_step_times_the_summed_split_beside_the_exact_one():
     is the ``w1a8`` student with ``split_forward=summed``, and its compiled KD step runs one dense
     product per split matrix where ``w1a8`` runs two (the student's dense forward FLOPs fewer by
     one forward's worth), to a finite loss."""
-    import dataclasses
-    from binarybert_jax import sharding
-    from binarybert_jax.model import ModelSpec
-
-    mesh, batch, seq = sharding.make_mesh(1), 4, 16
-    small = dict(num_layers=1, vocab_size=2000, hidden_size=64, num_heads=2, head_dim=32,
-                 intermediate_size=128)
+    batch, seq = 4, 16
     counted, losses = {}, {}
     for case in ("w1a8", "w1a8-summed"):
-        student, teacher, objective, masked = train_step.case_setup(case, bert_base=False)
-        assert student.quant.split and student.quant.split_forward == (
+        program = train_step.prepare_case(case, False, batch, seq, shrink=SMALL)
+        assert program.student_spec.quant.split and program.student_spec.quant.split_forward == (
             "summed" if case == "w1a8-summed" else "exact")
-        student = ModelSpec(dataclasses.replace(student.config, **small), student.quant)
-        teacher = ModelSpec(dataclasses.replace(teacher.config, **small))
-        step, tx, inputs = train_step.build_step(student, teacher, objective, masked, mesh)
-        state, teacher_variables = train_step.init_state(student, teacher, tx, mesh, seq)
-        data = sharding.shard_batch(train_step.synthetic_batch(batch, seq, small["vocab_size"]), mesh)
-        compiled = step.lower(state, teacher_variables, data, jax.random.key(0), inputs).compile()
-        cost = compiled.cost_analysis()
+        cost = program.compiled.cost_analysis()
         counted[case] = (cost[0] if isinstance(cost, list) else cost)["flops"]
-        _, measured = compiled(state, teacher_variables, data, jax.random.key(0), inputs)
+        _, _, measured = program.run(program.args[0])
         losses[case] = float(measured["total"])
     assert all(np.isfinite(v) for v in losses.values())
     assert losses["w1a8-summed"] == pytest.approx(losses["w1a8"], rel=1e-2)
     # The split matrices' forward products (Q, K, V, attention output, FFN in and out per token;
     # the pooler's on the first token), which the exact forward runs twice, once per half.
-    config = student.config
+    config = program.student_spec.config
     h, a, i = config.hidden_size, config.attention_size, config.intermediate_size
     split_forward = batch * (2 * seq * (3 * h * a + a * h + 2 * h * i) * config.num_layers + 2 * h * h)
     saved = counted["w1a8"] - counted["w1a8-summed"]
     assert 0.9 * split_forward <= saved <= 1.1 * split_forward, (saved, split_forward, counted)
+
+
+def test_interleaved_steps_give_each_case_its_ratio_to_the_first_round_by_round():
+    il = train_step.measure_interleaved(["w2a8", "w1a8-summed"], False, 2, 8, rounds=3, shrink=SMALL)
+    assert il["cases"] == ["w2a8", "w1a8-summed"] and len(il["step_s_all"]["w2a8"]) == 3
+    first, summed = il["step_s_all"]["w2a8"], il["step_s_all"]["w1a8-summed"]
+    assert il["ratio_to_first_all"]["w1a8-summed"] == pytest.approx([s / f for s, f in zip(summed, first)])
+    assert il["ratio_to_first_median"]["w1a8-summed"] == pytest.approx(
+        sorted(s / f for s, f in zip(summed, first))[1])
+    # The split targets read the interleaved ratios where the run has them, the medians' ratio else.
+    rows = {"w2a8": {"step_s_median": 2.0}, "w1a8": {"step_s_median": 2.4}}
+    fixed = dict(il, ratio_to_first_all={"w1a8-summed": [0.7, 0.8, 0.9]},
+                 ratio_to_first_median={"w1a8-summed": 0.8})
+    targets = train_step.targets_table(rows, {}, None, None, fixed)
+    assert "| split W1A8 step ≤ 1.0× the ternary step | 1.20× (2.40 s vs 2.00 s median) | no |" in targets
+    assert "≤ 1.0× the ternary step | 0.80× (median of 3 interleaved rounds, 0.70–0.90) | yes |" in targets
+    text = train_step.interleaved_text(fixed)
+    assert "| ternary W2A8 (TWN, uniform 8-bit) |" in text and "| 0.80× (0.70–0.90) |" in text
+    # Its own section: a run of the other cases never replaces it.
+    info = {"date": "d", "cpu": "AMD EPYC", "cores": 2, "jax": "j", "xla_flags": "", "loadavg": (1.0, 1.0, 1.0)}
+    args = argparse.Namespace(bert_base=False, batch=2, seq=8)
+    section = train_step.interleaved_section(fixed, info, "cmd", args)
+    assert section.startswith("## Training step: cases interleaved in one process\n")
+    assert "0.80× (median of 3 interleaved rounds, 0.70–0.90) | yes |" in section
 
 
 def test_inference_interleaved_runs_tiny(tmp_path):
