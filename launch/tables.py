@@ -230,16 +230,14 @@ def render_parity(results_dir: pathlib.Path) -> list[str]:
             f"pooler output."]
 
 
-def _pipeline_report(results_dir: pathlib.Path, name: str, option: str, key: str, what: str) -> dict:
+def _pipeline_report(results_dir: pathlib.Path, name: str, key: str, missing: str) -> dict:
     """``results/NAME/pipeline.json`` (a pipeline recorded by ``launch.record``), which must hold
-    ``key``."""
+    ``key`` (the marker's option of that name reads it); ``missing`` says what else to record."""
     from binarybert_jax import workdirs
     path = results_dir / name / "pipeline.json"
     report = workdirs.read_json(path) if path.is_file() else {}
     if not report.get(key):
-        raise UserError(f"a marker names results:{name} {option}, but {path} holds no {what}: "
-                        f"record a pipeline run {'with the adaptive stages' if key == 'adaptive' else 'again'} "
-                        "(launch.record)")
+        raise UserError(f"a marker names results:{name} {key}, but {path} holds no {missing} (launch.record)")
     return report
 
 
@@ -247,15 +245,16 @@ def render_adaptive(results_dir: pathlib.Path, name: str) -> list[str]:
     """The adaptive split's budget and split orders of a recorded pipeline, as the pipeline's own
     report prints them."""
     from binarybert_jax import pipeline
-    report = _pipeline_report(results_dir, name, "adaptive", "adaptive", "adaptive split")
+    report = _pipeline_report(results_dir, name, "adaptive",
+                              "adaptive split: record a pipeline run with the adaptive stages")
     return pipeline.adaptive_report(report["adaptive"], report["main_metric"])
 
 
 def render_run_time(results_dir: pathlib.Path, name: str) -> list[str]:
     """Where a recorded pipeline invocation's time went, as the pipeline's own report says it."""
     from binarybert_jax import pipeline
-    report = _pipeline_report(results_dir, name, "run_time", "run_time",
-                              "run time (recorded before reports kept it)")
+    report = _pipeline_report(results_dir, name, "run_time",
+                              "run time (a report written before reports kept it): record a new run")
     return [pipeline.run_time_sentence(report["run_time"])]
 
 
