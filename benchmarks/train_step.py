@@ -667,10 +667,10 @@ def interleaved_text(il: dict) -> str:
         ratio = ("1 (the reference)" if case == first else
                  f"{il['ratio_of_best_to_first'][case]:.2f}× / {il['ratio_to_first_median'][case]:.2f}× "
                  f"({min(il['ratio_to_first_all'][case]):.2f}–{max(il['ratio_to_first_all'][case]):.2f})")
-        cost = il.get("xla_cost", {}).get(case)
-        cost = f"{cost['flops'] / 1e9:.1f}, {cost['bytes'] / 1e9:.1f}" if cost else "–"
+        cost = il["xla_cost"][case]
         lines.append(f"| {CASE_NAMES.get(case, case)} | {median:.2f} ({il['step_s_min'][case]:.2f}) | "
-                     f"{il['batch'] / median:.1f} | {ratio} | {cost} |")
+                     f"{il['batch'] / median:.1f} | {ratio} | {cost['flops'] / 1e9:.1f}, "
+                     f"{cost['bytes'] / 1e9:.1f} |")
     return "\n".join(lines)
 
 

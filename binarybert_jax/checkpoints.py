@@ -185,15 +185,17 @@ def save_model(directory: str | os.PathLike, params: Any, spec: ModelSpec,
     return final
 
 
-def update_model_info(directory: str | os.PathLike, info: dict) -> None:
-    """Replaces the ``info`` of the model checkpoint at ``directory``; its parameters stay as they
-    are. ``model.json`` is rewritten in one step (a rename; one upload on an object store), so the
-    checkpoint is complete at every moment. Call it on every process, as ``save_model``."""
+def update_model_info(directory: str | os.PathLike, changes: dict) -> None:
+    """Sets the keys ``changes`` names in the ``info`` of the model checkpoint at ``directory``;
+    its parameters stay as they are. ``model.json`` is rewritten in one step (a rename; one upload
+    on an object store), so the checkpoint is complete at every moment. Call it on every process,
+    as ``save_model``."""
     final = workdirs.absolute(directory)
     if workdirs.is_writer():
         _restore_interrupted_save(final)
         meta = _read_meta(_readable(final))
-        workdirs.write_text(final / "model.json", json.dumps({**meta, "info": info}, indent=2, sort_keys=True))
+        meta["info"] = {**meta.get("info", {}), **changes}
+        workdirs.write_text(final / "model.json", json.dumps(meta, indent=2, sort_keys=True))
     workdirs.sync(f"update_model_info:{final}")
 
 

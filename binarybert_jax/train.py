@@ -654,8 +654,7 @@ def _train_phase(config, workdir, phase, spec, task, train_arrays, eval_sets, pr
                             buckets)
                 # The selected model carries its dev score, as the final one does.
                 with clock.section("checkpoints"):
-                    best_info = checkpoints.read_model_meta(best_dir).get("info", {})
-                    checkpoints.update_model_info(best_dir, {**best_info, "dev": dev_selected})
+                    checkpoints.update_model_info(best_dir, {"dev": dev_selected})
             if chosen_best:
                 chosen["selected"] = chosen_best
             log.info("phase %s: dev at the selected checkpoint (step %s) %s; at the final one %s",

@@ -34,16 +34,17 @@ def test_updating_a_models_info_leaves_its_parameters_alone(tmp_path):
     target = tmp_path / "best"
     checkpoints.save_model(target, p0, spec, {"step": 3})
     files = {p: p.stat().st_mtime_ns for p in (target / "params").rglob("*") if p.is_file()}
-    checkpoints.update_model_info(target, {"step": 3, "dev": {"accuracy": 0.75}})
+    checkpoints.update_model_info(target, {"dev": {"accuracy": 0.75}})
     params, spec2, info = checkpoints.load_model(target)
-    assert info == {"step": 3, "dev": {"accuracy": 0.75}} and spec2 == spec
+    assert info == {"step": 3, "dev": {"accuracy": 0.75}} and spec2 == spec  # the other keys kept
     assert {p: p.stat().st_mtime_ns for p in files} == files  # not rewritten
     jax.tree_util.tree_map(np.testing.assert_array_equal, params, jax.tree_util.tree_map(np.asarray, p0))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["best"]
     # A copy an interrupted save left is put back first, then updated.
     target.rename(tmp_path / "best.tmp")
     checkpoints.update_model_info(target, {"step": 4})
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["best"] and checkpoints.load_model(target)[2] == {"step": 4}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["best"]
+    assert checkpoints.load_model(target)[2] == {"step": 4, "dev": {"accuracy": 0.75}}
     with pytest.raises(FileNotFoundError, match="not a binarybert-jax model checkpoint"):
         checkpoints.update_model_info(tmp_path / "none", {})
 
